@@ -1,0 +1,31 @@
+"""arlm: autoregressive language models, from corpus to checkpoint to generated text.
+
+The top-level names are imported lazily so ``import arlm`` stays cheap (no torch import until used)::
+
+    import arlm
+    m = arlm.load("runs/shakespeare")          # model + tokenizer
+    print(m.generate("ROMEO:", max_new_tokens=100, temperature=0.8, seed=1))
+    print(m.perplexity("To be, or not to be, that is the question."))
+"""
+
+__version__ = "0.1.0"
+__all__ = ["load", "train", "UserError", "__version__"]
+
+from arlm.errors import UserError
+
+
+def load(path, device="auto"):
+    """Load a checkpoint directory (or a training output directory) as a :class:`arlm.api.LanguageModel`."""
+    from arlm.api import load as _load
+
+    return _load(path, device=device)
+
+
+def train(config=None, callbacks=None, **overrides):
+    """Train a model; ``config`` is a :class:`arlm.config.TrainConfig`, a dict, or a TOML path. Returns a summary dict.
+
+    (After ``arlm.train`` the package is imported, this name is the package, which is callable the same way.)
+    """
+    from arlm.train.loop import train as _train
+
+    return _train(config, callbacks, **overrides)

@@ -1,0 +1,3 @@
+from arlm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""The Python API: ``arlm.load(dir)`` (``arlm.train(config)`` is ``arlm.train.loop.train``).
+
+>>> m = arlm.load("runs/shakespeare-char")
+>>> m.generate("ROMEO.", max_new_tokens=40, temperature=0.8, seed=1)   # continuation only
+>>> for piece in m.stream("JULIET.", max_new_tokens=40): print(piece, end="")
+>>> m.perplexity("To be, or not to be, that is the question.")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from arlm.config import GenerateConfig, from_dict
+from arlm.errors import UserError
+from arlm.eval.perplexity import evaluate_text
+from arlm.generate.decode import generate_ids
+from arlm.generate.stream import TextStream
+from arlm.runtime import resolve_device
+from arlm.train.checkpoint import load_model
+
+log = logging.getLogger(__name__)
+
+
+def generate_config(**controls) -> GenerateConfig:
+    """A validated GenerateConfig from keyword controls; unknown names are a UserError."""
+    known = {f.name for f in dataclasses.fields(GenerateConfig)}
+    unknown = sorted(set(controls) - known)
+    if unknown:
+        raise UserError(f"unknown generation option(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    if isinstance(controls.get("stop"), str):
+        controls["stop"] = [controls["stop"]]
+    cfg = from_dict(GenerateConfig, {k: v for k, v in controls.items() if v is not None or k == "seed"}, "generate options")
+    cfg.validate()
+    return cfg
+
+
+class LanguageModel:
+    """A loaded model and its tokenizer, ready to generate and score text."""
+
+    def __init__(self, model, tokenizer, config: dict[str, Any]):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = model.transformer.wte.weight.device
+
+    @property
+    def block_size(self) -> int:
+        return self.model.config.block_size
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Prompt ids, cut from the left to the context window (with a warning); an empty
+        prompt starts from the end-of-text token, i.e. unconditional generation."""
+        ids = self.tokenizer.encode(prompt) if prompt else []
+        if not ids:
+            if self.tokenizer.eot_id is None:
+                raise UserError("empty prompt: this tokenizer has no end-of-text token to start from; give a prompt")
+            ids = [self.tokenizer.eot_id]
+        if len(ids) > self.block_size:
+            log.warning("prompt is %d tokens, longer than the context window (%d): keeping the last %d",
+                        len(ids), self.block_size, self.block_size)
+            ids = ids[-self.block_size:]
+        return ids
+
+    def stream_sequences(self, prompt: str, cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
+        """Yield ``(sequence index, new text)`` as tokens arrive, for ``cfg.num_return_sequences`` rows."""
+        ids = self.encode_prompt(prompt)
+        B = cfg.num_return_sequences
+        streams = [TextStream(self.tokenizer, cfg.stop) for _ in range(B)]
+        finished = torch.zeros(B, dtype=torch.bool)
+        eos = (self.tokenizer.eot_id,) if self.tokenizer.eot_id is not None else ()
+        for nxt in generate_ids(self.model, ids, cfg, eos, finished):
+            for b, tok in enumerate(nxt.tolist()):
+                if streams[b].done:
+                    continue
+                if tok in eos:
+                    streams[b].done = True
+                    piece = streams[b].finish()
+                else:
+                    piece = streams[b].push(tok)
+                    if streams[b].done:  # a stop string was produced
+                        finished[b] = True
+                if piece:
+                    yield b, piece
+        for b, s in enumerate(streams):
+            piece = s.finish()
+            if piece:
+                yield b, piece
+
+    def stream(self, prompt: str, **controls) -> Iterator[str]:
+        """Yield the continuation of ``prompt`` piece by piece (one sequence)."""
+        cfg = generate_config(**controls)
+        if cfg.num_return_sequences != 1:
+            raise UserError("stream() produces one sequence; use generate() for num_return_sequences > 1")
+        for _, piece in self.stream_sequences(prompt, cfg):
+            yield piece
+
+    def generate(self, prompt: str | list[str], **controls) -> str | list[str] | list[list[str]]:
+        """The continuation of ``prompt`` (without the prompt): a str, or a list of str for a list of
+        prompts. With ``num_return_sequences=n > 1`` each prompt gives a list of n strings."""
+        cfg = generate_config(**controls)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not all(isinstance(p, str) for p in prompts):
+            raise UserError("prompt must be a string or a list of strings")
+        results = []
+        for p in prompts:
+            texts = [""] * cfg.num_return_sequences
+            for b, piece in self.stream_sequences(p, cfg):
+                texts[b] += piece
+            results.append(texts if cfg.num_return_sequences > 1 else texts[0])
+        return results[0] if isinstance(prompt, str) else results
+
+    def evaluate(self, text: str, batch_size: int = 8) -> dict[str, Any]:
+        """Loss, perplexity, bits per character/byte of ``text``."""
+        return evaluate_text(self.model, self.tokenizer, text, batch_size, self.device)
+
+    def perplexity(self, text: str) -> float:
+        return self.evaluate(text)["perplexity"]
+
+
+def load(path: str | Path, device: str = "auto") -> LanguageModel:
+    dev = resolve_device(device)
+    model, tokenizer, config = load_model(path, dev)
+    return LanguageModel(model, tokenizer, config)

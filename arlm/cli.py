@@ -1,0 +1,283 @@
+"""``arlm <verb>``: the command line. Flags are generated from the config dataclasses in arlm/config.py.
+
+Only flags the user actually gives are passed on (argparse.SUPPRESS), so a TOML file's values are
+overridden only by explicit flags, and ``--resume`` knows exactly what the user asked to change.
+User errors print one line and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import typing
+from typing import Any
+
+import arlm
+from arlm.config import EvalConfig, GenerateConfig, PrepareConfig, TrainConfig, field_types, from_dict, read_toml
+from arlm.errors import UserError
+
+log = logging.getLogger("arlm")
+
+# ----------------------------------------------------------------------------------------------
+# flags from dataclasses
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Add one flag per field of config dataclass ``cls`` (nested dataclasses become their own group)."""
+    types = field_types(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = types[f.name]
+        if dataclasses.is_dataclass(tp):
+            group = parser.add_argument_group(f"{f.name} options ([{f.name}] table in a TOML config)")
+            add_config_args(group, tp, prefix=f"{prefix}{f.name}.")
+            continue
+        default = getattr(defaults, f.name)
+        help_text = f.metadata.get("help", "")
+        if default not in ("", None, []) and not isinstance(default, bool):
+            help_text += f" (default: {default})"
+        kw: dict[str, Any] = dict(dest=prefix + f.name, default=argparse.SUPPRESS, help=help_text)
+        if "choices" in f.metadata:
+            kw["choices"] = [c for c in f.metadata["choices"] if c != ""]
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+            kw["help"] = help_text + f" (default: {'on' if default else 'off'})"
+        elif origin is list:
+            kw.update(action="append", metavar=f.name.upper(), type=typing.get_args(tp)[0])
+        else:
+            if origin is not None:  # Optional[X]
+                tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+            kw.update(type=_typed(tp, f.name), metavar=f.name.upper() if "choices" not in kw else None)
+        parser.add_argument(_flag(f.name), **kw)
+
+
+def _typed(tp, name: str):
+    def convert(text: str):
+        try:
+            value = tp(text)
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}.get(tp, tp.__name__)
+            raise argparse.ArgumentTypeError(f"{_flag(name)} must be {kind}, got {text!r}") from None
+        if tp is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{_flag(name)} must be a finite number, got {text!r}")
+        return value
+
+    convert.__name__ = tp.__name__
+    return convert
+
+
+def explicit_values(ns: argparse.Namespace, names: list[str] | None = None) -> dict[str, Any]:
+    """The flags the user gave, as a nested dict ("model.n_layer" -> {"model": {"n_layer": ...}})."""
+    out: dict[str, Any] = {}
+    for key, value in vars(ns).items():
+        if key.startswith("_") or (names is not None and key.split(".")[0] not in names):
+            continue
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+# ----------------------------------------------------------------------------------------------
+# output helpers
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------------------------
+# verbs
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from arlm.data.prepare import prepare
+
+    cfg = from_dict(PrepareConfig, explicit_values(args, _names(PrepareConfig)), "prepare options")
+    meta = prepare(cfg)
+    if args.json:
+        _emit_json(meta)
+    else:
+        print(f"prepared {meta['documents']} document(s), {meta['characters']:,} characters -> "
+              f"{meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
+              f"({meta['tokenizer']} tokenizer, vocab {meta['vocab_size']:,}, {meta['dtype']}) in {cfg.out} "
+              f"[{meta['seconds']}s]")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from arlm.train.loop import train
+
+    config = read_toml(args.config) if args.config else {}
+    overrides = explicit_values(args, _names(TrainConfig))
+    summary = train(config, **overrides)
+    if args.json:
+        _emit_json(summary)
+        return 0
+    print(f"{summary['status']}: {summary['step']} steps, {summary['tokens']:,} tokens, "
+          f"{summary['train_seconds']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s ({summary['device']}, {summary['dtype']})")
+    if "val_loss" in summary:
+        print(f"validation (whole split, {summary['val_tokens']:,} tokens): loss {_fmt(summary['val_loss'])} nats/token, "
+              f"perplexity {_fmt(summary['val_ppl'], 2)}")
+    print(f"checkpoints: {summary['best']} (best), {summary['latest']} (latest)" +
+          (f"; curve: {summary['plot']}" if "plot" in summary else ""))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from arlm.api import generate_config, load
+
+    cfg = generate_config(**explicit_values(args, _names(GenerateConfig)))
+    m = load(args.model, device=args.device)
+    n = cfg.num_return_sequences
+    if args.json:
+        texts = [""] * n
+        for b, piece in m.stream_sequences(args.prompt, cfg):
+            texts[b] += piece
+        _emit_json({"prompt": args.prompt, "completions": texts})
+        return 0
+    out = sys.stdout
+    if n == 1:
+        out.write(args.prompt)
+        out.flush()
+        for _, piece in m.stream_sequences(args.prompt, cfg):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        return 0
+    # Several sequences are decoded together; the first is streamed, the others printed after it.
+    texts = [""] * n
+    out.write(f"--- sample 1 of {n} ---\n{args.prompt}")
+    for b, piece in m.stream_sequences(args.prompt, cfg):
+        texts[b] += piece
+        if b == 0:
+            out.write(piece)
+            out.flush()
+    out.write("\n")
+    for b in range(1, n):
+        out.write(f"--- sample {b + 1} of {n} ---\n{args.prompt}{texts[b]}\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from arlm.api import load
+    from arlm.data.prepare import read_text_file
+
+    cfg = from_dict(EvalConfig, explicit_values(args, _names(EvalConfig)), "eval options")
+    cfg.validate()
+    text = read_text_file(cfg.data, cfg.errors)
+    m = load(cfg.model, device=cfg.device)
+    result = m.evaluate(text, batch_size=cfg.batch_size)
+    result.update(model=m.config["path"], data=cfg.data)
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"{cfg.data}: {result['tokens']:,} tokens, {result['characters']:,} characters")
+        print(f"loss {result['loss']:.4f} nats/token | perplexity {result['perplexity']:.2f} | "
+              f"{result['bits_per_char']:.4f} bits/char | {result['bits_per_byte']:.4f} bits/byte")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="arlm",
+        description="Autoregressive language models: prepare a corpus, train, evaluate, generate.",
+        epilog="Run `arlm VERB --help` for the options of each verb. Errors in your input exit with status 2.",
+    )
+    p.add_argument("--version", action="version", version=f"arlm {arlm.__version__}")
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only print errors and results")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="print debugging information")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def json_flag(sp):
+        sp.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line of stdout")
+
+    sp = sub.add_parser("prepare", help="turn text files, folders or JSONL into a tokenizer and token shards",
+                        description="Read a corpus, build a tokenizer (character-level or byte-level BPE), "
+                                    "and write train.bin, val.bin, tokenizer.json and meta.json.")
+    sp.add_argument("inputs", nargs="+", metavar="INPUT", help="text files, folders, glob patterns or .jsonl files")
+    add_config_args(sp, PrepareConfig, skip=("inputs",))
+    json_flag(sp)
+    sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("train", help="train a GPT on prepared data (or resume a run)",
+                        description="Train a decoder-only Transformer. Options come from --config FILE.toml, "
+                                    "then from these flags. `arlm train --resume OUT` continues a stopped run.")
+    sp.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with training keys and a [model] table")
+    add_config_args(sp, TrainConfig)
+    json_flag(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("generate", help="generate text from a prompt, streamed",
+                        description="Continue a prompt with a trained model, printing tokens as they come.")
+    sp.add_argument("--model", required=True, metavar="DIR", help="checkpoint or training output folder")
+    sp.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto")
+    add_config_args(sp, GenerateConfig)
+    sp.add_argument("--json", action="store_true", help="print {prompt, completions} as one JSON object instead of streaming")
+    sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("eval", help="loss, perplexity and bits per character of a model on a text file",
+                        description="Score every token of a UTF-8 text file with a trained model.")
+    add_config_args(sp, EvalConfig)
+    json_flag(sp)
+    sp.set_defaults(func=cmd_eval)
+    return p
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose else "%(message)s"))
+    root = logging.getLogger("arlm")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet, args.verbose)
+    if args.quiet and args.verb == "train" and not hasattr(args, "progress"):
+        args.progress = False
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"arlm {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"arlm {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `arlm generate ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

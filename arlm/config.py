@@ -1,0 +1,319 @@
+"""Typed configuration: the only place defaults live.
+
+Every verb's options are a dataclass here. The CLI (``arlm/cli.py``) builds its flags from these
+fields (name, type, default and the ``help`` metadata), and TOML files are read into the same classes,
+so a default is written exactly once.
+
+A training TOML has top-level training keys and a ``[model]`` table::
+
+    max_steps = 2000
+    lr = 1e-3
+    [model]
+    n_layer = 4
+    n_embd = 256
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arlm.errors import UserError
+
+
+def _f(default, help: str, choices: tuple | None = None, **kw):
+    """A dataclass field with CLI help text (and optional choices) in its metadata."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+
+
+@dataclass
+class GPTConfig:
+    """Shape of the decoder-only Transformer (names follow GPT-2 / nanoGPT)."""
+
+    vocab_size: int = _f(0, "vocabulary size; set from the prepared data's tokenizer when 0")
+    block_size: int = _f(256, "context length in tokens")
+    n_layer: int = _f(6, "number of Transformer blocks")
+    n_head: int = _f(6, "attention heads per block")
+    n_embd: int = _f(384, "embedding width (must be divisible by n_head)")
+    dropout: float = _f(0.2, "dropout probability on embeddings, attention and residual paths")
+    bias: bool = _f(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
+
+    def validate(self) -> None:
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise UserError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+                f"try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+# Named model shapes, kept as data. "gpt2*" are the published GPT-2 sizes (Radford et al. 2019).
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+    "char-small": dict(block_size=128, n_layer=4, n_head=4, n_embd=192, dropout=0.0),
+    "char-medium": dict(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+    "gpt2": dict(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0),
+    "gpt2-medium": dict(block_size=1024, n_layer=24, n_head=16, n_embd=1024, dropout=0.0),
+    "gpt2-large": dict(block_size=1024, n_layer=36, n_head=20, n_embd=1280, dropout=0.0),
+    "gpt2-xl": dict(block_size=1024, n_layer=48, n_head=25, n_embd=1600, dropout=0.0),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# prepare
+
+
+@dataclass
+class PrepareConfig:
+    """Options of ``arlm prepare``: corpus files -> tokenizer + token shards."""
+
+    inputs: list[str] = _f([], "text files, folders, glob patterns or .jsonl files")
+    out: str = _f("", "output folder for train.bin, val.bin, meta.json and tokenizer.json")
+    tokenizer: str = _f("char", "tokenizer to build from the corpus", choices=("char", "bpe"))
+    vocab_size: int = _f(8192, "vocabulary size for --tokenizer bpe (including 256 byte tokens and specials)")
+    val_fraction: float = _f(0.1, "fraction of tokens (the end of the corpus) held out for validation")
+    glob: str = _f("**/*.txt", "which files to take from a folder given as input")
+    jsonl_field: str = _f("text", "the field holding the text in .jsonl inputs")
+    errors: str = _f(
+        "strict", "what to do with bytes that are not UTF-8: stop with an error, or replace them with U+FFFD",
+        choices=("strict", "replace"),
+    )
+
+    def validate(self) -> None:
+        if not self.inputs:
+            raise UserError("no input given: name one or more text files, folders, globs or .jsonl files")
+        if not self.out:
+            raise UserError("no output folder given: add --out DIR")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.tokenizer == "bpe" and not 260 <= self.vocab_size <= 4_294_967_295:
+            raise UserError(f"--vocab-size for bpe must be at least 260 (256 bytes + specials), got {self.vocab_size}")
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``arlm train``. Model shape lives in ``model`` (the ``[model]`` table in TOML)."""
+
+    data: str = _f("", "prepared data folder (output of `arlm prepare`)")
+    out: str = _f("", "output folder for checkpoints (best/, latest/), metrics.jsonl and loss.png")
+    resume: str = _f("", "continue a stopped run from this output folder (or checkpoint folder)")
+    preset: str = _f("", "named model shape to start from", choices=("",) + tuple(MODEL_PRESETS))
+    max_steps: int = _f(5000, "optimizer steps to train for (the LR schedule spans this many)")
+    max_minutes: float = _f(0.0, "stop after this many minutes of training, saving a checkpoint (0: no limit)")
+    batch_size: int = _f(32, "sequences per micro-batch")
+    grad_accum_steps: int = _f(1, "micro-batches per optimizer step (effective batch = batch_size * this)")
+    lr: float = _f(1e-3, "peak learning rate")
+    min_lr: float = _f(1e-4, "learning rate at the end of the cosine/linear decay")
+    lr_schedule: str = _f("cosine", "learning-rate schedule after warmup", choices=("cosine", "linear", "constant"))
+    warmup_steps: int = _f(100, "steps of linear warmup from 0 to --lr")
+    weight_decay: float = _f(0.1, "AdamW weight decay (applied to matrices only, not biases/norms)")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.99, "AdamW beta2")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this value (0: no clipping)")
+    eval_interval: int = _f(250, "evaluate, log and checkpoint every this many steps")
+    eval_batches: int = _f(20, "batches of validation data per periodic evaluation")
+    final_eval: bool = _f(True, "evaluate the best checkpoint on the whole validation split at the end")
+    patience: int = _f(0, "stop after this many evaluations without improvement (0: never stop early)")
+    min_delta: float = _f(0.0, "smallest drop in validation loss that counts as an improvement")
+    log_interval: int = _f(10, "record training loss every this many steps")
+    seed: int = _f(1337, "random seed for initialisation, data order and dropout")
+    device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto")
+    dtype: str = _f("auto", "compute precision; auto = bfloat16 autocast on capable GPUs, float32 on CPU",
+                    choices=("auto", "float32", "bfloat16", "float16"))
+    compile: bool = _f(False, "compile the model with torch.compile (faster steps after a slow first one)")
+    threads: int = _f(0, "CPU threads for PyTorch (0: PyTorch's default)")
+    progress: bool = _f(True, "show a progress bar")
+    model: GPTConfig = field(default_factory=GPTConfig)
+
+    def validate(self) -> None:
+        if not self.resume:
+            if not self.data:
+                raise UserError("no data given: add --data DIR (a folder made by `arlm prepare`)")
+            if not self.out:
+                raise UserError("no output folder given: add --out DIR")
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "min_delta"):
+            v = getattr(self, name)
+            if v < 0 or not math.isfinite(v):
+                raise UserError(f"{name} must be a finite number >= 0, got {v}")
+        if self.lr == 0:
+            raise UserError("lr must be > 0")
+        if self.warmup_steps < 0 or self.patience < 0 or self.threads < 0:
+            raise UserError("warmup_steps, patience and threads must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        self.model.validate()
+
+
+# ----------------------------------------------------------------------------------------------
+# generate / eval
+
+
+@dataclass
+class GenerateConfig:
+    """Decoding controls, shared by ``arlm generate``, the Python API and (later) the server."""
+
+    max_new_tokens: int = _f(200, "tokens to generate after the prompt")
+    temperature: float = _f(1.0, "divide logits by this; 0 means greedy (always the most likely token)")
+    top_k: int = _f(0, "sample only among the k most likely tokens (0: off)")
+    top_p: float = _f(1.0, "nucleus sampling: smallest set of tokens whose probability sums to top_p (1: off)")
+    repetition_penalty: float = _f(1.0, "CTRL-style penalty > 1 for tokens already in the context (1: off)")
+    no_repeat_ngram_size: int = _f(0, "never repeat an n-gram of this size (0: off)")
+    num_return_sequences: int = _f(1, "independent continuations per prompt")
+    stop: list[str] = _f([], "stop when this text is generated (repeatable); the stop text is not returned")
+    seed: int | None = _f(None, "random seed for sampling (default: nondeterministic)")
+    use_cache: bool = _f(True, "use the KV cache (off recomputes the whole context each token; for testing)")
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 0:
+            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0 or not math.isfinite(self.temperature):
+            raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise UserError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.repetition_penalty <= 0 or not math.isfinite(self.repetition_penalty):
+            raise UserError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if self.no_repeat_ngram_size < 0:
+            raise UserError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.num_return_sequences < 1:
+            raise UserError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if any(s == "" for s in self.stop):
+            raise UserError("stop strings must not be empty")
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``arlm eval``."""
+
+    model: str = _f("", "checkpoint or training output folder")
+    data: str = _f("", "UTF-8 text file to score")
+    batch_size: int = _f(8, "windows per forward pass")
+    device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto")
+    errors: str = _f("strict", "what to do with bytes that are not UTF-8", choices=("strict", "replace"))
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UserError("no model given: add --model DIR")
+        if not self.data:
+            raise UserError("no data given: add --data FILE")
+        if self.batch_size <= 0:
+            raise UserError(f"batch_size must be positive, got {self.batch_size}")
+
+
+# ----------------------------------------------------------------------------------------------
+# reading configs from dicts / TOML, with errors that name the bad key
+
+
+def field_types(cls) -> dict[str, Any]:
+    """Resolved type hints of a config dataclass (annotations are strings under __future__)."""
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {typing.get_args(tp)[0].__name__}"
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_name(args[0]) + " (or omitted)"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def coerce(tp, value, where: str):
+    """Check ``value`` against the field type ``tp``; ints are accepted for floats. Raises UserError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return coerce(args[0], value, where)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be {_type_name(tp)}, got {value!r}")
+        return [coerce(inner, v, where) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise UserError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict[str, Any], source: str = "config"):
+    """Build config ``cls`` from a (possibly nested) dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source} must be a table of keys, got {type(data).__name__}")
+    types = field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types:
+            valid = ", ".join(sorted(types))
+            raise UserError(f"unknown config key '{key}' in {source}; valid keys are: {valid}")
+        tp = types[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, f"{source} [{key}]")
+        else:
+            kwargs[key] = coerce(tp, value, f"config key '{key}' in {source}")
+    return cls(**kwargs)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {p} is not valid TOML: {e}") from None
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursively overlay ``overrides`` on ``base`` (new dict; inputs untouched)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def apply_preset(d: dict[str, Any]) -> dict[str, Any]:
+    """Expand ``preset`` into the ``model`` table; explicit model keys win over the preset."""
+    name = d.get("preset") or ""
+    if not name:
+        return d
+    if name not in MODEL_PRESETS:
+        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(MODEL_PRESETS)}")
+    return merge(d, {"model": merge(MODEL_PRESETS[name], d.get("model", {}))})

@@ -1,0 +1,1 @@
+"""Corpus preparation (text -> token shards) and batch loading."""

@@ -1,0 +1,1 @@
+"""Generation: pure logits processors (sampling.py), the decode loop (decode.py), text streaming (stream.py)."""

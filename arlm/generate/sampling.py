@@ -1,0 +1,90 @@
+"""Logits -> logits functions, each small and pure, and the sampler that composes them.
+
+All take ``logits`` of shape (B, V) and return a new tensor; removed tokens get -inf. The order
+in :func:`process_logits` follows Hugging Face ``generate``: penalties first, then temperature,
+top-k, top-p, so the same controls give the same distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from arlm.config import GenerateConfig
+
+
+def repetition_penalty(logits: torch.Tensor, context: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL penalty (Keskar et al. 2019): tokens in ``context`` (B, L) have positive logits divided
+    by ``penalty`` and negative logits multiplied by it, so both become less likely."""
+    if penalty == 1.0 or context.numel() == 0:
+        return logits
+    seen = torch.gather(logits, 1, context)  # (B, L)
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return logits.scatter(1, context, seen)
+
+
+def banned_ngram_tokens(seq: list[int], n: int) -> list[int]:
+    """Tokens that would complete an n-gram already present in ``seq`` (Paulus et al. 2018)."""
+    if n <= 0 or len(seq) < n:
+        return []
+    prefix = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
+    banned = []
+    for i in range(len(seq) - n + 1):
+        if tuple(seq[i:i + n - 1]) == prefix:
+            banned.append(seq[i + n - 1])
+    return banned
+
+
+def no_repeat_ngram(logits: torch.Tensor, context: torch.Tensor, n: int) -> torch.Tensor:
+    if n <= 0:
+        return logits
+    out = logits.clone()
+    for b, seq in enumerate(context.tolist()):
+        banned = banned_ngram_tokens(seq, n)
+        if banned:
+            out[b, banned] = float("-inf")
+    return out
+
+
+def temperature(logits: torch.Tensor, t: float) -> torch.Tensor:
+    return logits if t == 1.0 else logits / t
+
+
+def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits per row (ties with the k-th are kept)."""
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
+    probabilities sum to at least ``p``; the most likely token is always kept."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cum <= (1 - p)  # the low tail whose total mass is at most 1 - p
+    remove_sorted[..., -1:] = False
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def process_logits(logits: torch.Tensor, context: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
+    """Apply every enabled control to next-token ``logits`` (B, V) given ``context`` ids (B, L)."""
+    logits = logits.float()
+    logits = repetition_penalty(logits, context, cfg.repetition_penalty)
+    logits = no_repeat_ngram(logits, context, cfg.no_repeat_ngram_size)
+    if cfg.temperature == 0:
+        return logits  # greedy: the remaining filters cannot change the argmax
+    logits = temperature(logits, cfg.temperature)
+    logits = top_k(logits, cfg.top_k)
+    return top_p(logits, cfg.top_p)
+
+
+def sample(logits: torch.Tensor, greedy: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token per row, (B,): the argmax, or a draw from softmax(logits)."""
+    if greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

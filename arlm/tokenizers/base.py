@@ -1,0 +1,58 @@
+"""The Tokenizer protocol, and loading/training by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence, runtime_checkable
+
+from arlm.errors import UserError
+
+EOT = "<|endoftext|>"  # document separator, as in GPT-2
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    kind: str  # "char" or "bpe"
+    vocab_size: int
+    eot_id: int | None  # id that separates documents and ends generation
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def save(self, directory: str | Path) -> None: ...
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 0) -> Tokenizer:
+    """Build a tokenizer of ``kind`` ("char" or "bpe") from the corpus ``texts``."""
+    if kind == "char":
+        from arlm.tokenizers.char import CharTokenizer
+
+        return CharTokenizer.train(texts)
+    if kind == "bpe":
+        from arlm.tokenizers.bpe import BPETokenizer
+
+        return BPETokenizer.train(texts, vocab_size)
+    raise UserError(f"unknown tokenizer '{kind}'; choose char or bpe")
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Load the tokenizer saved in ``directory`` (``tokenizer.json``, ours or Hugging Face's)."""
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.is_file():
+        raise UserError(f"no {TOKENIZER_FILE} in {directory}; is this a folder made by `arlm prepare` or `arlm train`?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged ({e}); prepare the data or save the model again") from None
+    if data.get("arlm") == "char":
+        from arlm.tokenizers.char import CharTokenizer
+
+        return CharTokenizer.from_dict(data)
+    if "model" in data:
+        from arlm.tokenizers.bpe import BPETokenizer
+
+        return BPETokenizer.from_file(path)
+    raise UserError(f"{path} is not a tokenizer file arlm knows")

@@ -1,0 +1,153 @@
+"""Checkpoints: safetensors weights + JSON config + tokenizer (+ optimizer/RNG state), written atomically.
+
+A training output folder looks like::
+
+    OUT/
+      latest/   model.safetensors  config.json  tokenizer.json  trainer_state.pt
+      best/     model.safetensors  config.json  tokenizer.json
+      metrics.jsonl  loss.png
+
+Each checkpoint folder is built under a temporary name and swapped in whole (``arlm.fsutil.atomic_dir``),
+so a crash mid-save leaves the previous checkpoint intact, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import arlm
+from arlm.config import GPTConfig, TrainConfig, from_dict, to_dict
+from arlm.errors import UserError
+from arlm.fsutil import atomic_dir, recover_dir
+from arlm.model.gpt import GPT
+from arlm.tokenizers import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+STATE = "trainer_state.pt"
+LATEST, BEST = "latest", "best"
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Weights to save: tied tensors once (safetensors refuses shared storage), contiguous, on CPU."""
+    sd = model.state_dict()
+    sd.pop("lm_head.weight", None)  # tied to transformer.wte.weight
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def save_checkpoint(path: str | Path, model: GPT, tokenizer: Tokenizer, info: dict[str, Any],
+                    trainer_state: dict[str, Any] | None = None) -> Path:
+    """Write one checkpoint folder atomically. ``info`` goes into config.json beside the model config."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        save_file(model_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        config = {"arlm_version": arlm.__version__, "model_type": "gpt", "model": to_dict(model.config), **info}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+        tokenizer.save(tmp)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / STATE)
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint folder or a training output folder (then prefer best/, else latest/)."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"model folder not found: {p}")
+    for candidate in (p, p / BEST, p / LATEST):
+        recover_dir(candidate)
+        if (candidate / CONFIG).is_file() or (candidate / WEIGHTS).is_file():
+            return candidate
+    raise UserError(f"{p} holds no checkpoint (no {CONFIG} / {WEIGHTS}); point --model at a folder written by `arlm train`")
+
+
+def read_config(ckpt: Path) -> dict[str, Any]:
+    f = ckpt / CONFIG
+    if not f.is_file():
+        raise UserError(f"checkpoint {ckpt} is incomplete: {CONFIG} is missing")
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"checkpoint {ckpt} is damaged: {CONFIG} is not valid JSON ({e})") from None
+
+
+def load_weights(model: GPT, ckpt: Path) -> None:
+    f = ckpt / WEIGHTS
+    if not f.is_file():
+        raise UserError(f"checkpoint {ckpt} is incomplete: {WEIGHTS} is missing")
+    try:
+        sd = load_file(str(f))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"checkpoint {ckpt} is damaged or truncated ({WEIGHTS}: {e}); use another checkpoint "
+                        f"(best/ or latest/) or train again") from None
+    sd["lm_head.weight"] = sd["transformer.wte.weight"] if "transformer.wte.weight" in sd else None
+    try:
+        model.load_state_dict(sd, strict=True)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"checkpoint {ckpt} does not match its config.json ({str(e).splitlines()[0]})") from None
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict[str, Any]]:
+    """Load (model in eval mode, tokenizer, config.json dict) from a checkpoint or output folder."""
+    ckpt = resolve_checkpoint(path)
+    config = read_config(ckpt)
+    if config.get("model_type", "gpt") != "gpt" or "model" not in config:
+        raise UserError(f"checkpoint {ckpt} has a model type this version of arlm cannot load")
+    mcfg = from_dict(GPTConfig, config["model"], f"{ckpt / CONFIG} [model]")
+    tokenizer = load_tokenizer(ckpt)
+    model = GPT(mcfg)
+    load_weights(model, ckpt)
+    model.to(device).eval()
+    config["path"] = str(ckpt)
+    return model, tokenizer, config
+
+
+def load_trainer_state(ckpt: Path) -> dict[str, Any]:
+    f = ckpt / STATE
+    if not f.is_file():
+        raise UserError(f"cannot resume from {ckpt}: {STATE} is missing (only latest/ checkpoints can be resumed)")
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for damaged pickles/zips
+        raise UserError(f"cannot resume from {ckpt}: {STATE} is damaged or truncated ({type(e).__name__})") from None
+
+
+def resume_config(path: str | Path, overrides: dict[str, Any]) -> tuple[Path, TrainConfig]:
+    """The training config to resume with: the saved one, plus ``overrides`` that keep it compatible.
+
+    Training-length keys (``max_steps``, ``max_minutes``, ``eval_interval``...) may change; the model
+    shape and the data may not, since the saved weights and optimizer state depend on them.
+    """
+    p = Path(path)
+    ckpt = p / LATEST if (p / LATEST).exists() or (p / (LATEST + ".old")).exists() else p
+    recover_dir(ckpt)
+    if not ckpt.is_dir():
+        raise UserError(f"nothing to resume in {p}: no {LATEST}/ checkpoint")
+    saved = read_config(ckpt)
+    if "train" not in saved:
+        raise UserError(f"cannot resume from {ckpt}: it was not written by `arlm train`")
+    base = dict(saved["train"], model=saved["model"])
+    for key, value in overrides.get("model", {}).items():
+        if key in base["model"] and base["model"][key] != value:
+            raise UserError(
+                f"cannot resume with a different model: {key} is {base['model'][key]} in {ckpt} but {value} "
+                f"was given; drop that option, or start a new run with --out"
+            )
+    for key in ("data", "preset"):
+        if key in overrides and overrides[key] and overrides[key] != base.get(key):
+            raise UserError(f"cannot resume with a different {key} ({overrides[key]!r} vs {base.get(key)!r} in {ckpt}); "
+                            f"start a new run instead")
+    merged = dict(base)
+    merged.update({k: v for k, v in overrides.items() if k != "model"})
+    merged["resume"] = str(p)
+    merged.pop("preset", None)  # the model table already holds the preset's values
+    return ckpt, from_dict(TrainConfig, merged, f"{ckpt / CONFIG}")

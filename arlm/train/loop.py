@@ -1,0 +1,297 @@
+"""THE training loop. Everything else (fine-tuning, distributed, distillation) is a parameter or hook of it.
+
+Maximum-likelihood training: minimise the mean cross-entropy of each next token given the ones
+before it, with AdamW, a warmup + decay learning-rate schedule, gradient clipping and accumulation.
+
+Determinism: the data order comes from its own ``torch.Generator``, dropout from the global torch
+RNG, periodic evaluation uses a fixed set of windows and no RNG at all. All of that is saved in
+``latest/``, so a resumed run's losses equal an uninterrupted run's exactly (CPU, float32).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from arlm.config import TrainConfig, apply_preset, from_dict, read_toml, to_dict
+from arlm.data.loader import TokenData, random_batch, sequential_batches
+from arlm.errors import UserError
+from arlm.eval.perplexity import loss_over_batches
+from arlm.model.gpt import GPT
+from arlm.runtime import autocast, resolve_device, resolve_dtype, seed_everything, set_threads
+from arlm.tokenizers import load_tokenizer
+from arlm.train import checkpoint as ckpt_io
+from arlm.train.optim import lr_at, make_optimizer
+from arlm.viz.curves import plot_loss_curve
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.jsonl"
+PLOT = "loss.png"
+
+# A callback receives each metrics record (training or evaluation) and may return True to stop
+# the run after the current step, with a checkpoint written as for Ctrl-C.
+Callback = Callable[[dict[str, Any]], Any]
+
+
+def build_config(data: dict[str, Any] | TrainConfig | None = None, **overrides) -> TrainConfig:
+    """A validated TrainConfig from a dict (TOML layout) or config, presets expanded, plus overrides."""
+    if isinstance(data, TrainConfig):
+        data = to_dict(data)
+    d = dict(data or {})
+    for k, v in overrides.items():
+        if k == "model":
+            d["model"] = {**d.get("model", {}), **v}
+        else:
+            d[k] = v
+    cfg = from_dict(TrainConfig, apply_preset(d), "train config")
+    cfg.validate()
+    return cfg
+
+
+@contextmanager
+def _graceful_interrupt(flag: dict) -> Iterator[None]:
+    """First Ctrl-C: finish the current step, save, stop. A second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if flag.get("stop"):
+            raise KeyboardInterrupt
+        flag["stop"] = "interrupted"
+        log.warning("interrupt received: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _rng_state(data_gen: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    data_gen.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _truncate_metrics(path: Path, after_step: int) -> None:
+    """On resume, drop records logged after the checkpoint (they will be produced again)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln).get("step", 0) <= after_step]
+    path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=True)
+
+
+@contextmanager
+def _logging_through(bar) -> Iterator[None]:
+    """Route log lines above the progress bar instead of through it."""
+    if bar.disable:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=[logging.getLogger("arlm")]):
+        yield
+
+
+def train(config: dict[str, Any] | TrainConfig | str | Path | None = None, callbacks: list[Callback] | None = None,
+          **overrides) -> dict[str, Any]:
+    """Train; returns a summary with losses, speed and paths.
+
+    ``config`` is a TOML path, a dict in the TOML layout or a TrainConfig; ``overrides`` are keys given explicitly
+    (CLI flags). With ``resume`` set, only explicitly given keys change the saved run's config, and
+    they may not change the model or the data.
+    """
+    if isinstance(config, (str, Path)):
+        config = read_toml(config)
+    d = to_dict(config) if isinstance(config, TrainConfig) else dict(config or {})
+    for k, v in overrides.items():
+        d[k] = {**d.get("model", {}), **v} if k == "model" else v
+    if d.get("resume"):
+        resume_ckpt, cfg = ckpt_io.resume_config(d["resume"], {k: v for k, v in d.items() if k != "resume"})
+        cfg.validate()
+    else:
+        resume_ckpt, cfg = None, build_config(d)
+    return _run(cfg, resume_ckpt, callbacks or [])
+
+
+def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) -> dict[str, Any]:
+    set_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    out = Path(cfg.out)
+
+    data = TokenData.open(cfg.data)
+    tokenizer = load_tokenizer(data.path)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = int(data.meta["vocab_size"])
+    elif cfg.model.vocab_size < data.meta["vocab_size"]:
+        raise UserError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
+                        f"({data.meta['vocab_size']}); leave vocab_size at 0 to take it from the data")
+    data.check_block_size(cfg.model.block_size)
+    out.mkdir(parents=True, exist_ok=True)
+
+    seed_everything(cfg.seed)
+    model = GPT(cfg.model).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    step, best_val, bad_evals, tokens_seen, elapsed_before = 0, math.inf, 0, 0, 0.0
+
+    if resume_ckpt is not None:
+        ckpt_io.load_weights(model, resume_ckpt)
+        state = ckpt_io.load_trainer_state(resume_ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], data_gen)
+        step, best_val, bad_evals = int(state["step"]), float(state["best_val"]), int(state["bad_evals"])
+        tokens_seen, elapsed_before = int(state["tokens_seen"]), float(state["elapsed_s"])
+        _truncate_metrics(out / METRICS, step)
+        log.info("resumed from %s at step %d", resume_ckpt, step)
+        if step >= cfg.max_steps:
+            raise UserError(f"the run in {cfg.resume} already reached step {step}; pass a larger --max-steps to continue")
+
+    compiled = torch.compile(model) if cfg.compile else model
+    n_params = model.num_params()
+    log.info("model: %.2fM parameters, device %s, dtype %s", n_params / 1e6, device, str(dtype).replace("torch.", ""))
+    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * cfg.model.block_size
+
+    # Periodic evaluation uses the same validation windows every time, drawn once from a fixed seed,
+    # so successive estimates differ only because the model changed.
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    eval_set = [random_batch(data.val, cfg.batch_size, cfg.model.block_size, eval_gen) for _ in range(cfg.eval_batches)]
+
+    def evaluate() -> float:
+        return loss_over_batches(compiled, eval_set, device, dtype)
+
+    def record(rec: dict[str, Any]) -> bool:
+        with open(out / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        return any(bool(cb(rec)) for cb in callbacks)
+
+    def trainer_state() -> dict[str, Any]:
+        return {
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(data_gen),
+            "step": step, "best_val": best_val, "bad_evals": bad_evals, "tokens_seen": tokens_seen,
+            "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
+        }
+
+    def info(val_loss: float | None) -> dict[str, Any]:
+        train_dict = to_dict(cfg)
+        train_dict.pop("model")
+        return {"train": train_dict, "step": step, "val_loss": val_loss, "data": data.meta}
+
+    stop_flag: dict[str, Any] = {}
+    status = "completed"
+    t_start = time.perf_counter()
+    t_log, tokens_at_log, tokens_at_start, last_val = time.perf_counter(), tokens_seen, tokens_seen, None
+    bar = _progress(cfg.max_steps, step, cfg.progress)
+    model.train()
+    with _graceful_interrupt(stop_flag), _logging_through(bar):
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(cfg.grad_accum_steps):
+                x, y = random_batch(data.train, cfg.batch_size, cfg.model.block_size, data_gen)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast(device, dtype):
+                    _, loss = compiled(x, y)
+                # Average over micro-batches so the gradient equals that of one big batch.
+                scaler.scale(loss / cfg.grad_accum_steps).backward()
+                loss_sum += loss.detach()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            bar.update(1)
+
+            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                now = time.perf_counter()
+                train_loss = (loss_sum / cfg.grad_accum_steps).item()
+                if not math.isfinite(train_loss):
+                    raise UserError(f"training diverged at step {step} (loss {train_loss}); lower --lr or use --grad-clip")
+                tok_s = (tokens_seen - tokens_at_log) / max(now - t_log, 1e-9)
+                t_log, tokens_at_log = now, tokens_seen
+                bar.set_postfix_str(f"loss {train_loss:.4f} | {tok_s:,.0f} tok/s" + (f" | val {last_val:.4f}" if last_val else ""))
+                if record({"step": step, "loss": train_loss, "lr": lr, "tokens": tokens_seen, "tokens_per_s": round(tok_s, 1),
+                           "elapsed_s": round(elapsed_before + now - t_start, 3)}):
+                    stop_flag["stop"] = "callback"
+
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                last_val = evaluate()
+                improved = last_val < best_val - cfg.min_delta
+                if improved:
+                    best_val, bad_evals = last_val, 0
+                    ckpt_io.save_checkpoint(out / ckpt_io.BEST, model, tokenizer, info(last_val))
+                else:
+                    bad_evals += 1
+                ckpt_io.save_checkpoint(out / ckpt_io.LATEST, model, tokenizer, info(last_val), trainer_state())
+                log.info("step %d: val loss %.4f (ppl %.2f)%s", step, last_val, math.exp(last_val), " *best*" if improved else "")
+                if record({"step": step, "val_loss": last_val, "val_ppl": math.exp(last_val)}):
+                    stop_flag["stop"] = "callback"
+                if cfg.patience and bad_evals >= cfg.patience:
+                    status = "early_stopped"
+                    log.info("early stopping: no improvement in %d evaluations", bad_evals)
+                    break
+            if cfg.max_minutes and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes:
+                stop_flag["stop"] = "time_limit"
+            if stop_flag.get("stop"):
+                status = stop_flag["stop"]
+                if step % cfg.eval_interval:  # not just saved: save the exact state now
+                    ckpt_io.save_checkpoint(out / ckpt_io.LATEST, model, tokenizer, info(last_val), trainer_state())
+                break
+    bar.close()
+    train_seconds = time.perf_counter() - t_start
+
+    summary: dict[str, Any] = {
+        "status": status, "step": step, "max_steps": cfg.max_steps, "params": n_params,
+        "tokens": tokens_seen, "train_seconds": round(train_seconds, 2),
+        "tokens_per_s": round((tokens_seen - tokens_at_start) / max(train_seconds, 1e-9), 1),
+        "best_val_loss": best_val if math.isfinite(best_val) else None,
+        "out": str(out), "best": str(out / ckpt_io.BEST), "latest": str(out / ckpt_io.LATEST),
+        "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+    }
+    if cfg.final_eval and status in ("completed", "early_stopped", "time_limit") and (out / ckpt_io.BEST).exists():
+        ckpt_io.load_weights(model, out / ckpt_io.BEST)
+        val = loss_over_batches(model, sequential_batches(data.val, cfg.model.block_size, cfg.batch_size), device, dtype)
+        summary["val_loss"] = val
+        summary["val_ppl"] = math.exp(val)
+        summary["val_tokens"] = int(len(data.val))
+        record({"step": step, "final_val_loss": val, "final_val_ppl": math.exp(val)})
+    try:
+        plot_loss_curve(out / METRICS, out / PLOT)
+        summary["plot"] = str(out / PLOT)
+    except Exception as e:  # a plotting failure must not lose the trained model
+        log.warning("could not draw the loss curve: %s", e)
+    return summary

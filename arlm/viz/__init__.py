@@ -1,0 +1,1 @@
+"""Plots: loss curves (and, later, attention maps)."""

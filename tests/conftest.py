@@ -1,0 +1,54 @@
+"""Shared fixtures: a small slice of the bundled corpus, prepared once, and a tiny trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "data" / "shakespeare"
+
+TINY_MODEL = dict(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+
+
+def tiny_train_config(data: Path, out: Path, **overrides) -> dict:
+    """A training config that runs in about a second on one CPU core."""
+    cfg = dict(data=str(data), out=str(out), max_steps=20, batch_size=4, eval_interval=10, eval_batches=2,
+               log_interval=1, warmup_steps=2, lr=3e-3, min_lr=3e-4, progress=False, device="cpu",
+               final_eval=False, model=dict(TINY_MODEL))
+    for k, v in overrides.items():
+        if k == "model":
+            cfg["model"] = {**cfg["model"], **v}
+        else:
+            cfg[k] = v
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """Two short real texts (the first 40k characters of two plays)."""
+    d = tmp_path_factory.mktemp("corpus")
+    for name in ("hamlet.txt", "sonnets.txt"):
+        (d / name).write_text((CORPUS / name).read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="session")
+def char_data(corpus_dir, tmp_path_factory) -> Path:
+    from arlm.config import PrepareConfig
+    from arlm.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "char"
+    prepare(PrepareConfig(inputs=[str(corpus_dir)], out=str(out), tokenizer="char"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(char_data, tmp_path_factory) -> Path:
+    """A tiny model trained for 60 steps: enough for text that is not uniform noise."""
+    from arlm.train.loop import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_train_config(char_data, out, max_steps=60, eval_interval=30, final_eval=True))
+    return out

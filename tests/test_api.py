@@ -1,0 +1,82 @@
+"""The Python API: arlm.load(...).generate / .stream / .perplexity, arlm.train(...)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import arlm
+from arlm.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def lm(trained_model):
+    return arlm.load(trained_model, device="cpu")
+
+
+def test_generate_returns_continuation_only(lm):
+    out = lm.generate("HAMLET.", max_new_tokens=25, temperature=0)
+    assert isinstance(out, str) and 0 < len(out) <= 25
+    assert out == lm.generate("HAMLET.", max_new_tokens=25, temperature=0)  # greedy is deterministic
+
+
+def test_list_of_prompts_and_several_sequences(lm):
+    outs = lm.generate(["To be", "KING."], max_new_tokens=10, seed=0)
+    assert isinstance(outs, list) and len(outs) == 2 and all(isinstance(o, str) for o in outs)
+    many = lm.generate("To be", max_new_tokens=10, seed=0, num_return_sequences=3)
+    assert len(many) == 3 and len(set(many)) > 1
+
+
+def test_stream_concatenates_to_generate(lm):
+    kw = dict(max_new_tokens=30, temperature=0.8, top_p=0.9, seed=5)
+    assert "".join(lm.stream("Lord", **kw)) == lm.generate("Lord", **kw)
+
+
+def test_stop_string_is_cut(lm):
+    full = lm.generate("The", max_new_tokens=40, temperature=0)
+    stop = full[5:7]
+    cut = lm.generate("The", max_new_tokens=40, temperature=0, stop=stop)
+    assert cut == full[: full.index(stop)]
+
+
+def test_perplexity_is_lower_on_shakespeare_than_on_noise(lm):
+    assert lm.perplexity("And what is the matter with the lord?") < lm.perplexity("zqxj vkqw pfzx qqqq jjjj")
+
+
+def test_long_prompt_is_cut_from_the_left_with_a_warning(lm, caplog):
+    prompt = "the time is out of joint; " * 10
+    with caplog.at_level(logging.WARNING, logger="arlm"):
+        out = lm.generate(prompt, max_new_tokens=5, temperature=0)
+    assert "longer than the context window" in caplog.text and len(out) <= 5
+    assert out == lm.generate(prompt[-lm.block_size:], max_new_tokens=5, temperature=0)
+
+
+@pytest.mark.parametrize("controls, message", [
+    (dict(temperature=-1), "temperature must be >= 0"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(top_k=-3), "top_k must be >= 0"),
+    (dict(max_new_tokens=-1), "max_new_tokens must be >= 0"),
+    (dict(temprature=0.5), "unknown generation option"),
+])
+def test_bad_controls(lm, controls, message):
+    with pytest.raises(UserError, match=message):
+        lm.generate("x", **controls)
+
+
+def test_prompt_outside_char_vocabulary(lm):
+    with pytest.raises(UserError, match=r"outside this character-level vocabulary: '世' \(U\+4E16\)"):
+        lm.generate("Hello 世界", max_new_tokens=3)
+
+
+def test_empty_prompt_generates_a_new_document(lm):
+    assert len(lm.generate("", max_new_tokens=10, seed=1)) > 0
+
+
+def test_train_api_from_dict(char_data, tmp_path):
+    from tests.conftest import tiny_train_config
+
+    summary = arlm.train(tiny_train_config(char_data, tmp_path / "run", max_steps=4, eval_interval=2))
+    assert summary["status"] == "completed" and summary["step"] == 4
+    assert arlm.load(tmp_path / "run").generate("a", max_new_tokens=3, seed=0) is not None

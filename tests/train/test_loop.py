@@ -1,0 +1,156 @@
+"""The training loop: resume == uninterrupted, checkpoints, metrics, early stopping, schedules."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from arlm.config import TrainConfig
+from arlm.errors import UserError
+from arlm.train import checkpoint as ck
+from arlm.train.loop import build_config, train
+from arlm.train.optim import lr_at, param_groups
+from tests.conftest import tiny_train_config
+
+
+def _records(out, key):
+    return [(r["step"], r[key]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if key in r]
+
+
+def test_resume_equals_uninterrupted(char_data, tmp_path):
+    """Stop at step 7 (between evaluations), resume, and get exactly the losses of one straight run."""
+    kw = dict(max_steps=16, eval_interval=5, grad_accum_steps=2, model=dict(dropout=0.1))
+    straight = tmp_path / "straight"
+    train(tiny_train_config(char_data, straight, **kw))
+
+    split = tmp_path / "split"
+    first = train(tiny_train_config(char_data, split, **kw), callbacks=[lambda rec: rec["step"] == 7])
+    assert first["status"] == "callback" and first["step"] == 7
+    assert json.loads((split / "latest" / "config.json").read_text())["step"] == 7
+    second = train({"resume": str(split)})
+    assert second["status"] == "completed" and second["step"] == 16
+
+    assert _records(split, "loss") == _records(straight, "loss")  # every step, exactly
+    assert _records(split, "val_loss") == _records(straight, "val_loss")
+    a, b = load_file(straight / "latest" / "model.safetensors"), load_file(split / "latest" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_outputs_checkpoints_and_metrics(trained_model):
+    out = trained_model
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.pt"):
+        assert (out / "latest" / name).is_file()
+    assert not (out / "best" / "trainer_state.pt").exists()
+    assert (out / "loss.png").stat().st_size > 1000
+    cfg = json.loads((out / "best" / "config.json").read_text())
+    assert cfg["model"]["n_layer"] == 2 and cfg["train"]["max_steps"] == 60 and "data" in cfg
+    losses = [v for _, v in _records(out, "loss")]
+    assert len(losses) == 60 and losses[-1] < losses[0] - 0.5  # it learned
+    final = _records(out, "final_val_loss")
+    assert len(final) == 1 and final[0][1] < math.log(cfg["model"]["vocab_size"])
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") or p.name.endswith(".old")]
+    assert leftovers == []
+
+
+def test_model_loads_back_with_identical_weights(trained_model):
+    model, tok, cfg = ck.load_model(trained_model / "latest")
+    saved = load_file(trained_model / "latest" / "model.safetensors")
+    assert torch.equal(model.transformer.wte.weight, saved["transformer.wte.weight"])
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert ck.resolve_checkpoint(trained_model).name == "best"
+
+
+def test_early_stopping(char_data, tmp_path):
+    # A learning rate far too small never improves by min_delta: stop after `patience` evaluations.
+    cfg = tiny_train_config(char_data, tmp_path / "es", max_steps=200, eval_interval=2, patience=2,
+                            lr=1e-6, min_lr=1e-6, min_delta=1.0)
+    s = train(cfg)
+    assert s["status"] == "early_stopped" and s["step"] == 6  # best at 2, no gain at 4 and 6
+
+
+def test_max_steps_reached_cannot_resume_without_more_steps(trained_model):
+    with pytest.raises(UserError, match="already reached step 60; pass a larger --max-steps"):
+        train({"resume": str(trained_model)})
+
+
+def test_resume_with_incompatible_config(trained_model):
+    with pytest.raises(UserError, match="cannot resume with a different model: n_layer is 2 .* but 4 was given"):
+        train({"resume": str(trained_model), "max_steps": 80, "model": {"n_layer": 4}})
+    with pytest.raises(UserError, match="cannot resume with a different data"):
+        train({"resume": str(trained_model), "max_steps": 80, "data": "elsewhere"})
+
+
+def test_truncated_and_missing_checkpoints(trained_model, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_model / "latest", bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="damaged or truncated"):
+        ck.load_model(bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="model.safetensors is missing"):
+        ck.load_model(bad)
+    with pytest.raises(UserError, match="model folder not found"):
+        ck.load_model(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no checkpoint"):
+        ck.load_model(tmp_path / "empty")
+    shutil.copytree(trained_model / "latest", tmp_path / "state")
+    (tmp_path / "state" / "trainer_state.pt").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(UserError, match="trainer_state.pt is damaged or truncated"):
+        ck.load_trainer_state(tmp_path / "state")
+
+
+def test_interrupted_swap_recovers_previous_checkpoint(trained_model, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_model, run)
+    (run / "best").rename(run / "best.old")  # as if the process died between the two renames
+    model, _, cfg = ck.load_model(run)
+    assert cfg["path"].endswith("best") and (run / "best").is_dir() and not (run / "best.old").exists()
+
+
+def test_config_errors(char_data, tmp_path):
+    with pytest.raises(UserError, match="unknown config key 'n_layers' in train config \\[model\\]"):
+        build_config(tiny_train_config(char_data, tmp_path, model={"n_layers": 3}))
+    with pytest.raises(UserError, match="config key 'lr' in train config must be a number, got str 'fast'"):
+        build_config(tiny_train_config(char_data, tmp_path, lr="fast"))
+    with pytest.raises(UserError, match="n_embd \\(30\\) must be divisible by model.n_head \\(4\\)"):
+        build_config(tiny_train_config(char_data, tmp_path, model={"n_embd": 30, "n_head": 4}))
+    with pytest.raises(UserError, match="block_size \\+ 1"):
+        train(tiny_train_config(char_data, tmp_path / "big", model={"block_size": 10_000}))
+    assert not (tmp_path / "big" / "latest").exists()
+
+
+def test_preset_then_explicit_model_keys():
+    cfg = build_config({"data": "d", "out": "o", "preset": "gpt2", "model": {"n_layer": 3}})
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size) == (3, 768, 1024)
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(0, cfg) == pytest.approx(1 / 11) and lr_at(9, cfg) == pytest.approx(10 / 11)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)  # halfway through cosine: the midpoint
+    assert lr_at(110, cfg) == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
+    cfg.lr_schedule = "linear"
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(35, cfg) == pytest.approx(0.775)
+    cfg.lr_schedule = "constant"
+    assert lr_at(100, cfg) == 1.0
+
+
+def test_weight_decay_only_on_matrices():
+    from arlm.config import GPTConfig
+    from arlm.model.gpt import GPT
+
+    m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    decay, no_decay = param_groups(m, 0.1)
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
