@@ -119,6 +119,7 @@ class TrainConfig:
     data: str = _f("", "prepared data folder (output of `arlm prepare`)")
     out: str = _f("", "output folder for checkpoints (best/, latest/), metrics.jsonl and loss.png")
     resume: str = _f("", "continue a stopped run from this output folder (or checkpoint folder)")
+    overwrite: bool = _f(False, "start afresh even if --out already holds a run (its checkpoints are replaced)")
     preset: str = _f("", "named model shape to start from", choices=("",) + tuple(MODEL_PRESETS))
     max_steps: int = _f(5000, "optimizer steps to train for (the LR schedule spans this many)")
     max_minutes: float = _f(0.0, "stop after this many minutes of training, saving a checkpoint (0: no limit)")

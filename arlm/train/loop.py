@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -100,6 +101,18 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
 
 
+def _claim_output(out: Path, overwrite: bool) -> None:
+    """A new run must not silently replace another run's checkpoints or mix into its metrics."""
+    previous = [out / n for n in (ckpt_io.LATEST, ckpt_io.BEST, METRICS, PLOT) if (out / n).exists()]
+    if not previous:
+        return
+    if not overwrite:
+        raise UserError(f"{out} already holds a training run; continue it with --resume {out}, "
+                        f"choose another --out, or pass --overwrite to replace it")
+    for p in previous:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -153,6 +166,8 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
         raise UserError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
                         f"({data.meta['vocab_size']}); leave vocab_size at 0 to take it from the data")
     data.check_block_size(cfg.model.block_size)
+    if resume_ckpt is None:
+        _claim_output(out, cfg.overwrite)
     out.mkdir(parents=True, exist_ok=True)
 
     seed_everything(cfg.seed)

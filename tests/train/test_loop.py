@@ -56,6 +56,19 @@ def test_outputs_checkpoints_and_metrics(trained_model):
     assert leftovers == []
 
 
+def test_new_run_does_not_replace_an_existing_one(trained_model, char_data, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_model, run)
+    before = (run / "best" / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="already holds a training run; continue it with --resume"):
+        train(tiny_train_config(char_data, run, max_steps=2))
+    assert (run / "best" / "model.safetensors").read_bytes() == before
+    s = train(tiny_train_config(char_data, run, max_steps=2, eval_interval=1, overwrite=True))
+    assert s["step"] == 2 and len(_records(run, "loss")) == 2  # old metrics gone, not mixed in
+
+
 def test_model_loads_back_with_identical_weights(trained_model):
     model, tok, cfg = ck.load_model(trained_model / "latest")
     saved = load_file(trained_model / "latest" / "model.safetensors")
