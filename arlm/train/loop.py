@@ -116,7 +116,12 @@ def _claim_output(out: Path, overwrite: bool) -> None:
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=True)
+    import sys
+
+    # Redraw often on a terminal; rarely when stderr goes to a file or CI log.
+    interval = 0.2 if sys.stderr.isatty() else 10.0
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, leave=True,
+                mininterval=interval)
 
 
 @contextmanager
