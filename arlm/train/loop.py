@@ -230,6 +230,7 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
     status = "completed"
     t_start = time.perf_counter()
     t_log, tokens_at_log, tokens_at_start, last_val = time.perf_counter(), tokens_seen, tokens_seen, None
+    interval_loss, interval_steps = torch.zeros((), device=device), 0  # mean train loss since the last log
     bar = _progress(cfg.max_steps, step, cfg.progress)
     model.train()
     with _graceful_interrupt(stop_flag), _logging_through(bar):
@@ -254,11 +255,15 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
             optimizer.zero_grad(set_to_none=True)
             step += 1
             tokens_seen += tokens_per_step
+            interval_loss += loss_sum / cfg.grad_accum_steps
+            interval_steps += 1
             bar.update(1)
 
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
                 now = time.perf_counter()
-                train_loss = (loss_sum / cfg.grad_accum_steps).item()
+                train_loss = (interval_loss / interval_steps).item()
+                interval_loss.zero_()
+                interval_steps = 0
                 if not math.isfinite(train_loss):
                     raise UserError(f"training diverged at step {step} (loss {train_loss}); lower --lr or use --grad-clip")
                 tok_s = (tokens_seen - tokens_at_log) / max(now - t_log, 1e-9)
