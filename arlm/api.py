@@ -67,8 +67,11 @@ class LanguageModel:
         return ids
 
     def stream_sequences(self, prompt: str, cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
-        """Yield ``(sequence index, new text)`` as tokens arrive, for ``cfg.num_return_sequences`` rows."""
-        ids = self.encode_prompt(prompt)
+        """An iterator of ``(sequence index, new text)`` as tokens arrive, for ``cfg.num_return_sequences``
+        rows. The prompt is checked here, before anything is generated or printed."""
+        return self._stream_ids(self.encode_prompt(prompt), cfg)
+
+    def _stream_ids(self, ids: list[int], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
         B = cfg.num_return_sequences
         streams = [TextStream(self.tokenizer, cfg.stop) for _ in range(B)]
         finished = torch.zeros(B, dtype=torch.bool)

@@ -17,7 +17,8 @@ import typing
 from typing import Any
 
 import arlm
-from arlm.config import EvalConfig, GenerateConfig, PrepareConfig, TrainConfig, field_types, from_dict, read_toml
+from arlm.config import (EvalConfig, GenerateConfig, PrepareConfig, TrainConfig, apply_preset, field_types, from_dict,
+                         read_toml)
 from arlm.errors import UserError
 
 log = logging.getLogger("arlm")
@@ -130,6 +131,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from arlm.train.loop import train
 
     config = read_toml(args.config) if args.config else {}
+    if config:  # check the file on its own first, so an error names it
+        from_dict(TrainConfig, apply_preset(config), args.config)
     overrides = explicit_values(args, _names(TrainConfig))
     summary = train(config, **overrides)
     if args.json:
@@ -151,25 +154,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg = generate_config(**explicit_values(args, _names(GenerateConfig)))
     m = load(args.model, device=args.device)
     n = cfg.num_return_sequences
+    stream = m.stream_sequences(args.prompt, cfg)  # checks the prompt before anything is printed
     if args.json:
         texts = [""] * n
-        for b, piece in m.stream_sequences(args.prompt, cfg):
+        for b, piece in stream:
             texts[b] += piece
         _emit_json({"prompt": args.prompt, "completions": texts})
         return 0
+    # Several sequences are decoded together in one batch; the first is streamed, the others follow it.
     out = sys.stdout
-    if n == 1:
-        out.write(args.prompt)
-        out.flush()
-        for _, piece in m.stream_sequences(args.prompt, cfg):
-            out.write(piece)
-            out.flush()
-        out.write("\n")
-        return 0
-    # Several sequences are decoded together; the first is streamed, the others printed after it.
     texts = [""] * n
-    out.write(f"--- sample 1 of {n} ---\n{args.prompt}")
-    for b, piece in m.stream_sequences(args.prompt, cfg):
+    out.write((f"--- sample 1 of {n} ---\n" if n > 1 else "") + args.prompt)
+    out.flush()
+    for b, piece in stream:
         texts[b] += piece
         if b == 0:
             out.write(piece)

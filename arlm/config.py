@@ -16,6 +16,7 @@ A training TOML has top-level training keys and a ``[model]`` table::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 import typing
@@ -275,8 +276,9 @@ def from_dict(cls, data: dict[str, Any], source: str = "config"):
     kwargs = {}
     for key, value in data.items():
         if key not in types:
-            valid = ", ".join(sorted(types))
-            raise UserError(f"unknown config key '{key}' in {source}; valid keys are: {valid}")
+            close = difflib.get_close_matches(key, list(types), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "valid keys are: " + ", ".join(sorted(types))
+            raise UserError(f"unknown config key '{key}' in {source}; {hint}")
         tp = types[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, f"{source} [{key}]")

@@ -112,7 +112,10 @@ def test_unknown_config_key_and_wrong_type(capsys, char_data, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("max_step = 10\n")
     assert_user_error(capsys, ["train", "--config", cfg, "--data", char_data, "--out", tmp_path / "o"],
-                      r"unknown config key 'max_step' in .*valid keys are: .*max_steps")
+                      r"unknown config key 'max_step' in .*c.toml; did you mean 'max_steps'\?")
+    cfg.write_text("zzzz = 1\n")
+    assert_user_error(capsys, ["train", "--config", cfg, "--data", char_data, "--out", tmp_path / "o"],
+                      r"unknown config key 'zzzz' in .*c.toml; valid keys are: .*max_steps")
     cfg.write_text('lr = "fast"\n')
     assert_user_error(capsys, ["train", "--config", cfg, "--data", char_data, "--out", tmp_path / "o"],
                       r"config key 'lr' .* must be a number, got str 'fast'")
@@ -131,6 +134,8 @@ def test_unknown_config_key_and_wrong_type(capsys, char_data, tmp_path):
 def test_prompt_outside_vocabulary(capsys, trained_model):
     assert_user_error(capsys, ["generate", "--model", trained_model, "--prompt", "Grüße 🎭"],
                       r"outside this character-level vocabulary: .*U\+00FC.*--tokenizer bpe")
+    main(["generate", "--model", str(trained_model), "--prompt", "Grüße 🎭"])
+    assert capsys.readouterr().out == ""  # nothing printed before the error, not even the prompt
 
 
 @pytest.mark.parametrize("flags, pattern", [

@@ -144,7 +144,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     n_chars = sum(len(d) for d in docs)
     if n_chars == 0:
         raise UserError(f"the corpus is empty: {len(files)} input file(s) contain no text")
-    log.info("read %d documents, %d characters from %d files", len(docs), n_chars, len(files))
+    log.debug("read %d documents, %d characters from %d files", len(docs), n_chars, len(files))
 
     tok = train_tokenizer(cfg.tokenizer, docs, cfg.vocab_size)
     ids = encode_documents(tok, docs)

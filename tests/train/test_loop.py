@@ -131,7 +131,7 @@ def test_interrupted_swap_recovers_previous_checkpoint(trained_model, tmp_path):
 
 
 def test_config_errors(char_data, tmp_path):
-    with pytest.raises(UserError, match="unknown config key 'n_layers' in train config \\[model\\]"):
+    with pytest.raises(UserError, match="unknown config key 'n_layers' in train config \\[model\\]; did you mean 'n_layer'"):
         build_config(tiny_train_config(char_data, tmp_path, model={"n_layers": 3}))
     with pytest.raises(UserError, match="config key 'lr' in train config must be a number, got str 'fast'"):
         build_config(tiny_train_config(char_data, tmp_path, lr="fast"))
