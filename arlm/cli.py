@@ -55,11 +55,14 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip
             kw["action"] = argparse.BooleanOptionalAction
             kw["help"] = help_text + f" (default: {'on' if default else 'off'})"
         elif origin is list:
-            kw.update(action="append", metavar=f.name.upper(), type=typing.get_args(tp)[0])
+            kw.update(action="append", metavar="TEXT", type=typing.get_args(tp)[0])
         else:
             if origin is not None:  # Optional[X]
                 tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
-            kw.update(type=_typed(tp, f.name), metavar=f.name.upper() if "choices" not in kw else None)
+            metavar = {int: "N", float: "X", str: "TEXT"}.get(tp, "VALUE")
+            if f.name in ("data", "out", "resume", "model"):
+                metavar = "DIR" if f.name != "data" or cls is not EvalConfig else "FILE"
+            kw.update(type=_typed(tp, f.name), metavar=None if "choices" in kw else metavar)
         parser.add_argument(_flag(f.name), **kw)
 
 

@@ -27,6 +27,7 @@ from arlm.config import TrainConfig, apply_preset, from_dict, read_toml, to_dict
 from arlm.data.loader import TokenData, random_batch, sequential_batches
 from arlm.errors import UserError
 from arlm.eval.perplexity import loss_over_batches
+from arlm.fsutil import atomic_write_text
 from arlm.model.gpt import GPT
 from arlm.runtime import autocast, resolve_device, resolve_dtype, seed_everything, set_threads
 from arlm.tokenizers import load_tokenizer
@@ -98,7 +99,7 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln).get("step", 0) <= after_step]
-    path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def _claim_output(out: Path, overwrite: bool) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from arlm.fsutil import atomic_file
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -33,13 +33,8 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    png_path = Path(png_path)
-    fd, tmp = tempfile.mkstemp(dir=png_path.parent, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, png_path)
+        with atomic_file(png_path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -167,3 +167,14 @@ def test_weight_decay_only_on_matrices():
     decay, no_decay = param_groups(m, 0.1)
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
+
+
+def test_outputs_have_ordinary_permissions(trained_model):
+    """Temporary-name writes must not leave checkpoints private (mkdtemp/mkstemp default to 0700/0600)."""
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((trained_model / "best").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((trained_model / "loss.png").stat().st_mode) == 0o666 & ~mask
