@@ -1,0 +1,42 @@
+"""Mixed precision and compilation switches run the same loop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from arlm.errors import UserError
+from arlm.train.loop import train
+from tests.conftest import ROOT, tiny_train_config
+
+
+def test_bfloat16_autocast_trains_on_cpu(char_data, tmp_path):
+    s = train(tiny_train_config(char_data, tmp_path / "bf16", max_steps=6, eval_interval=3, dtype="bfloat16"))
+    assert s["dtype"] == "bfloat16" and s["status"] == "completed" and s["best_val_loss"] < 5
+
+
+def test_float16_needs_cuda(char_data, tmp_path):
+    with pytest.raises(UserError, match="float16 training needs a CUDA GPU"):
+        train(tiny_train_config(char_data, tmp_path / "fp16", dtype="float16"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_matches_eager(char_data, tmp_path):
+    eager = train(tiny_train_config(char_data, tmp_path / "eager", max_steps=5, eval_interval=5))
+    compiled = train(tiny_train_config(char_data, tmp_path / "compiled", max_steps=5, eval_interval=5, compile=True))
+    assert compiled["best_val_loss"] == pytest.approx(eager["best_val_loss"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_demo_recipe_reaches_its_quality_bar(tmp_path):
+    """The `make demo` recipe on the bundled corpus: whole-split validation loss <= 1.80 nats/char."""
+    from arlm.config import PrepareConfig
+    from arlm.data.prepare import prepare
+
+    data = tmp_path / "data"
+    prepare(PrepareConfig(inputs=[str(ROOT / "data" / "shakespeare")], out=str(data)))
+    s = train(str(ROOT / "configs" / "shakespeare_char.toml"), data=str(data), out=str(tmp_path / "run"), progress=False)
+    assert s["val_loss"] <= 1.80, json.dumps(s)
