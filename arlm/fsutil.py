@@ -9,11 +9,14 @@ swapped in; if the process dies between the two renames the previous folder surv
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+from arlm.errors import UserError
 
 
 def _umask() -> int:
@@ -41,6 +44,17 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_json(path: str | Path, fix: str) -> Any:
+    """Parse a JSON file; a missing or damaged file is a UserError that ends with ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing; {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged (not valid JSON: {e}); {fix}") from None
 
 
 def recover_dir(path: str | Path) -> None:

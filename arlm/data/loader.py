@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -12,6 +11,7 @@ import torch
 
 from arlm.data.prepare import META_FILE
 from arlm.errors import UserError
+from arlm.fsutil import read_json
 
 
 @dataclass
@@ -28,10 +28,8 @@ class TokenData:
         d = Path(directory)
         if not d.is_dir():
             raise UserError(f"data folder not found: {d}; create it with `arlm prepare INPUT --out {d}`")
-        meta_path = d / META_FILE
-        if not meta_path.is_file():
-            raise UserError(f"{d} has no {META_FILE}; it is not a folder made by `arlm prepare` (or preparation did not finish)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_json(d / META_FILE, f"{d} is not a folder made by `arlm prepare` (or preparation did not "
+                                         f"finish); run `arlm prepare` again")
         arrays = {}
         for split in ("train", "val"):
             f = d / f"{split}.bin"

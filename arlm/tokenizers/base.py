@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 from arlm.errors import UserError
+from arlm.fsutil import read_json
 
 EOT = "<|endoftext|>"  # document separator, as in GPT-2
 TOKENIZER_FILE = "tokenizer.json"
@@ -41,12 +41,7 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 0) -> Tok
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Load the tokenizer saved in ``directory`` (``tokenizer.json``, ours or Hugging Face's)."""
     path = Path(directory) / TOKENIZER_FILE
-    if not path.is_file():
-        raise UserError(f"no {TOKENIZER_FILE} in {directory}; is this a folder made by `arlm prepare` or `arlm train`?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is damaged ({e}); prepare the data or save the model again") from None
+    data = read_json(path, "is this a folder made by `arlm prepare` or `arlm train`? Prepare the data or save the model again")
     if data.get("arlm") == "char":
         from arlm.tokenizers.char import CharTokenizer
 

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 import arlm
 from arlm.config import GPTConfig, TrainConfig, from_dict, to_dict
 from arlm.errors import UserError
-from arlm.fsutil import atomic_dir, recover_dir
+from arlm.fsutil import atomic_dir, read_json, recover_dir
 from arlm.model.gpt import GPT
 from arlm.tokenizers import Tokenizer, load_tokenizer
 
@@ -71,13 +71,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_config(ckpt: Path) -> dict[str, Any]:
-    f = ckpt / CONFIG
-    if not f.is_file():
-        raise UserError(f"checkpoint {ckpt} is incomplete: {CONFIG} is missing")
-    try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"checkpoint {ckpt} is damaged: {CONFIG} is not valid JSON ({e})") from None
+    return read_json(ckpt / CONFIG, "this checkpoint is incomplete; use another (best/ or latest/) or train again")
 
 
 def load_weights(model: GPT, ckpt: Path) -> None:
