@@ -80,3 +80,27 @@ def test_train_api_from_dict(char_data, tmp_path):
     summary = arlm.train(tiny_train_config(char_data, tmp_path / "run", max_steps=4, eval_interval=2))
     assert summary["status"] == "completed" and summary["step"] == 4
     assert arlm.load(tmp_path / "run").generate("a", max_new_tokens=3, seed=0) is not None
+
+
+def test_bpe_model_end_to_end_with_chinese_prompt(tmp_path):
+    """Byte-level BPE: any prompt is in vocabulary, and streamed pieces are whole characters."""
+    from arlm.config import PrepareConfig
+    from arlm.data.prepare import prepare
+    from tests.conftest import CORPUS, tiny_train_config
+
+    (tmp_path / "mixed.txt").write_text((CORPUS / "sonnets.txt").read_text(encoding="utf-8")[:20_000]
+                                        + "\n床前明月光，疑是地上霜。举头望明月，低头思故乡。🌙\n" * 20, encoding="utf-8")
+    prepare(PrepareConfig(inputs=[str(tmp_path / "mixed.txt")], out=str(tmp_path / "d"), tokenizer="bpe", vocab_size=400))
+    arlm.train(tiny_train_config(tmp_path / "d", tmp_path / "run", max_steps=30, eval_interval=30))
+    m = arlm.load(tmp_path / "run")
+    kw = dict(max_new_tokens=60, seed=0)
+    pieces = list(m.stream("举头望明月，", **kw))
+    # Reference: the same ids from the decode loop, decoded once at the end.
+    from arlm.api import generate_config
+    from arlm.generate.decode import generate_ids
+
+    eos = (m.tokenizer.eot_id,)
+    ids = [int(t) for t in generate_ids(m.model, m.encode_prompt("举头望明月，"), generate_config(**kw), eos)]
+    ids = ids[: ids.index(eos[0])] if eos[0] in ids else ids
+    assert "".join(pieces) == m.tokenizer.decode(ids)  # no piece was emitted that later changed
+    assert m.perplexity("低头思故乡") > 1

@@ -192,10 +192,10 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
         _set_rng_state(state["rng"], data_gen)
         step, best_val, bad_evals = int(state["step"]), float(state["best_val"]), int(state["bad_evals"])
         tokens_seen, elapsed_before = int(state["tokens_seen"]), float(state["elapsed_s"])
-        _truncate_metrics(out / METRICS, step)
-        log.info("resumed from %s at step %d", resume_ckpt, step)
         if step >= cfg.max_steps:
             raise UserError(f"the run in {cfg.resume} already reached step {step}; pass a larger --max-steps to continue")
+        _truncate_metrics(out / METRICS, step)
+        log.info("resumed from %s at step %d", resume_ckpt, step)
 
     compiled = torch.compile(model) if cfg.compile else model
     n_params = model.num_params()
