@@ -18,13 +18,18 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from arlm.errors import UserError
+
+try:
+    import tomllib  # Python 3.11+
+except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
+    import tomli as tomllib
 
 
 def _f(default, help: str, choices: tuple | None = None, **kw):
@@ -233,6 +238,9 @@ class EvalConfig:
 # reading configs from dicts / TOML, with errors that name the bad key
 
 
+_UNION_TYPES = (typing.Union, types.UnionType)  # Optional[X] and X | None
+
+
 def field_types(cls) -> dict[str, Any]:
     """Resolved type hints of a config dataclass (annotations are strings under __future__)."""
     return typing.get_type_hints(cls)
@@ -242,7 +250,7 @@ def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
         return f"a list of {typing.get_args(tp)[0].__name__}"
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in _UNION_TYPES:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _type_name(args[0]) + " (or omitted)"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
@@ -251,7 +259,7 @@ def _type_name(tp) -> str:
 def coerce(tp, value, where: str):
     """Check ``value`` against the field type ``tp``; ints are accepted for floats. Raises UserError."""
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in _UNION_TYPES:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
