@@ -81,7 +81,6 @@ class LanguageModel:
                 if streams[b].done:
                     continue
                 if tok in eos:
-                    streams[b].done = True
                     piece = streams[b].finish()
                 else:
                     piece = streams[b].push(tok)

@@ -59,9 +59,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip
         else:
             if origin is not None:  # Optional[X]
                 tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
-            metavar = {int: "N", float: "X", str: "TEXT"}.get(tp, "VALUE")
-            if f.name in ("data", "out", "resume", "model"):
-                metavar = "DIR" if f.name != "data" or cls is not EvalConfig else "FILE"
+            metavar = f.metadata.get("metavar") or {int: "N", float: "X", str: "TEXT"}.get(tp, "VALUE")
             kw.update(type=_typed(tp, f.name), metavar=None if "choices" in kw else metavar)
         parser.add_argument(_flag(f.name), **kw)
 

@@ -32,11 +32,13 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib
 
 
-def _f(default, help: str, choices: tuple | None = None, **kw):
-    """A dataclass field with CLI help text (and optional choices) in its metadata."""
+def _f(default, help: str, choices: tuple | None = None, metavar: str | None = None, **kw):
+    """A dataclass field with CLI help text (and optional choices / placeholder name) in its metadata."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = choices
+    if metavar is not None:
+        meta["metavar"] = metavar
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -92,7 +94,7 @@ class PrepareConfig:
     """Options of ``arlm prepare``: corpus files -> tokenizer + token shards."""
 
     inputs: list[str] = _f([], "text files, folders, glob patterns or .jsonl files")
-    out: str = _f("", "output folder for train.bin, val.bin, meta.json and tokenizer.json")
+    out: str = _f("", "output folder for train.bin, val.bin, meta.json and tokenizer.json", metavar="DIR")
     tokenizer: str = _f("char", "tokenizer to build from the corpus", choices=("char", "bpe"))
     vocab_size: int = _f(8192, "vocabulary size for --tokenizer bpe (including 256 byte tokens and specials)")
     val_fraction: float = _f(0.1, "fraction of tokens (the end of the corpus) held out for validation")
@@ -122,9 +124,9 @@ class PrepareConfig:
 class TrainConfig:
     """Options of ``arlm train``. Model shape lives in ``model`` (the ``[model]`` table in TOML)."""
 
-    data: str = _f("", "prepared data folder (output of `arlm prepare`)")
-    out: str = _f("", "output folder for checkpoints (best/, latest/), metrics.jsonl and loss.png")
-    resume: str = _f("", "continue a stopped run from this output folder (or checkpoint folder)")
+    data: str = _f("", "prepared data folder (output of `arlm prepare`)", metavar="DIR")
+    out: str = _f("", "output folder for checkpoints (best/, latest/), metrics.jsonl and loss.png", metavar="DIR")
+    resume: str = _f("", "continue a stopped run from this output folder (or checkpoint folder)", metavar="DIR")
     overwrite: bool = _f(False, "start afresh even if --out already holds a run (its checkpoints are replaced)")
     preset: str = _f("", "named model shape to start from", choices=("",) + tuple(MODEL_PRESETS))
     max_steps: int = _f(5000, "optimizer steps to train for (the LR schedule spans this many)")
@@ -219,8 +221,8 @@ class GenerateConfig:
 class EvalConfig:
     """Options of ``arlm eval``."""
 
-    model: str = _f("", "checkpoint or training output folder")
-    data: str = _f("", "UTF-8 text file to score")
+    model: str = _f("", "checkpoint or training output folder", metavar="DIR")
+    data: str = _f("", "UTF-8 text file to score", metavar="FILE")
     batch_size: int = _f(8, "windows per forward pass")
     device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto")
     errors: str = _f("strict", "what to do with bytes that are not UTF-8", choices=("strict", "replace"))

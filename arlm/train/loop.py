@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -116,8 +117,6 @@ def _claim_output(out: Path, overwrite: bool) -> None:
 
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
-
-    import sys
 
     # Redraw often on a terminal; rarely when stderr goes to a file or CI log.
     interval = 0.2 if sys.stderr.isatty() else 10.0
