@@ -20,6 +20,10 @@ class BPETokenizer:
 
     def __init__(self, tok: HFTokenizer):
         self.tok = tok
+        # Text that merely contains "<|endoftext|>" is text: only prepare's document joins insert the
+        # end-of-text id. (HF matches special tokens in raw text by default; the flag is not saved in
+        # tokenizer.json, so it is set here for trained and loaded tokenizers alike.)
+        self.tok.encode_special_tokens = True
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self.eot_id = tok.token_to_id(EOT)
 

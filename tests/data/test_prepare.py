@@ -49,6 +49,13 @@ def test_round_trip_of_the_token_stream(tmp_path):
         shutil.rmtree(out)
 
 
+def test_literal_endoftext_in_a_document_does_not_split_it(tmp_path):
+    (tmp_path / "a.txt").write_text("one document that quotes <|endoftext|> in its text " * 5, encoding="utf-8")
+    out, meta = _prep(tmp_path, [tmp_path / "a.txt"], tokenizer="bpe", vocab_size=300)
+    d = TokenData.open(out)
+    assert meta["documents"] == 1 and meta["eot_id"] not in np.concatenate([d.train, d.val])
+
+
 def test_jsonl_field_and_glob(tmp_path):
     rows = [{"text": "first record", "id": 1}, {"text": "second 记录", "id": 2}]
     (tmp_path / "x.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n", encoding="utf-8")

@@ -44,6 +44,21 @@ def test_eot_is_a_separate_id_that_decodes_to_nothing(tok):
     assert tok.decode(ids + [tok.eot_id] + ids) == "abcabc"
 
 
+def test_literal_special_token_text_is_plain_text(tok, tmp_path):
+    """Found by hypothesis: text containing "<|endoftext|>" must round-trip and must not become the
+    end-of-text id (which would cut documents, and vanish on decode)."""
+    text = "before <|endoftext|> after"
+    trained = train_tokenizer(tok.kind, MIXED + [text], vocab_size=300)
+    for t in (trained, _reloaded(trained, tmp_path)):
+        ids = t.encode(text)
+        assert t.eot_id not in ids and t.decode(ids) == text
+
+
+def _reloaded(tok, directory):
+    tok.save(directory)
+    return load_tokenizer(directory)
+
+
 def test_char_ids_are_dense_and_sorted():
     t = CharTokenizer.train(["hello 世界"])
     assert t.chars == sorted(set("hello 世界"))
