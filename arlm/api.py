@@ -47,6 +47,15 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self.config = config
         self.device = model.transformer.wte.weight.device
+        # Defaults that came with the model (a Hugging Face generation_config.json); options given
+        # to generate()/stream() or on the command line override them.
+        self.generation_defaults: dict[str, Any] = dict(config.get("generation") or {})
+        eos = config.get("eos_token_ids") or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [])
+        self.eos_ids: tuple[int, ...] = tuple(eos)
+
+    def generate_config(self, **controls) -> GenerateConfig:
+        """Validated decoding options: this model's defaults overlaid with ``controls``."""
+        return generate_config(**{**self.generation_defaults, **controls})
 
     @property
     def block_size(self) -> int:
@@ -55,7 +64,8 @@ class LanguageModel:
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt ids, cut from the left to the context window (with a warning); an empty
         prompt starts from the end-of-text token, i.e. unconditional generation."""
-        ids = self.tokenizer.encode(prompt) if prompt else []
+        encode = getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode)  # adds BOS where the tokenizer does
+        ids = encode(prompt) if prompt else []
         if not ids:
             if self.tokenizer.eot_id is None:
                 raise UserError("empty prompt: this tokenizer has no end-of-text token to start from; give a prompt")
@@ -75,7 +85,7 @@ class LanguageModel:
         B = cfg.num_return_sequences
         streams = [TextStream(self.tokenizer, cfg.stop) for _ in range(B)]
         finished = torch.zeros(B, dtype=torch.bool)
-        eos = (self.tokenizer.eot_id,) if self.tokenizer.eot_id is not None else ()
+        eos = self.eos_ids
         for nxt in generate_ids(self.model, ids, cfg, eos, finished):
             for b, tok in enumerate(nxt.tolist()):
                 if streams[b].done:
@@ -95,7 +105,7 @@ class LanguageModel:
 
     def stream(self, prompt: str, **controls) -> Iterator[str]:
         """Yield the continuation of ``prompt`` piece by piece (one sequence)."""
-        cfg = generate_config(**controls)
+        cfg = self.generate_config(**controls)
         if cfg.num_return_sequences != 1:
             raise UserError("stream() produces one sequence; use generate() for num_return_sequences > 1")
         for _, piece in self.stream_sequences(prompt, cfg):
@@ -104,7 +114,7 @@ class LanguageModel:
     def generate(self, prompt: str | list[str], **controls) -> str | list[str] | list[list[str]]:
         """The continuation of ``prompt`` (without the prompt): a str, or a list of str for a list of
         prompts. With ``num_return_sequences=n > 1`` each prompt gives a list of n strings."""
-        cfg = generate_config(**controls)
+        cfg = self.generate_config(**controls)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not all(isinstance(p, str) for p in prompts):
             raise UserError("prompt must be a string or a list of strings")

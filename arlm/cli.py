@@ -152,8 +152,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from arlm.api import generate_config, load
 
-    cfg = generate_config(**explicit_values(args, _names(GenerateConfig)))
+    generate_config(**explicit_values(args, _names(GenerateConfig)))  # bad options fail before loading
     m = load(args.model, device=args.device)
+    cfg = m.generate_config(**explicit_values(args, _names(GenerateConfig)))
     n = cfg.num_return_sequences
     stream = m.stream_sequences(args.prompt, cfg)  # checks the prompt before anything is printed
     if args.json:

@@ -50,27 +50,85 @@ def _f(default, help: str, choices: tuple | None = None, metavar: str | None = N
 
 @dataclass
 class GPTConfig:
-    """Shape of the decoder-only Transformer (names follow GPT-2 / nanoGPT)."""
+    """Shape of the decoder-only Transformer (names follow GPT-2 / nanoGPT).
+
+    The defaults are GPT-2's architecture. Llama-family models (Llama 2/3, Mistral, Qwen2, SmolLM,
+    TinyLlama) are the same class with ``pos_embedding="rope"``, ``norm="rmsnorm"``, ``mlp="gated"``,
+    ``activation="silu"``, ``bias=False`` and usually ``n_kv_head < n_head`` and untied embeddings.
+    """
 
     vocab_size: int = _f(0, "vocabulary size; set from the prepared data's tokenizer when 0")
     block_size: int = _f(256, "context length in tokens")
     n_layer: int = _f(6, "number of Transformer blocks")
-    n_head: int = _f(6, "attention heads per block")
-    n_embd: int = _f(384, "embedding width (must be divisible by n_head)")
+    n_head: int = _f(6, "attention (query) heads per block")
+    n_embd: int = _f(384, "embedding width (must be divisible by n_head unless head_dim is set)")
+    n_kv_head: int = _f(0, "key/value heads: 0 = n_head (multi-head), 1 = multi-query, else grouped-query")
+    head_dim: int = _f(0, "width of one attention head (0: n_embd // n_head)")
+    intermediate_size: int = _f(0, "hidden width of the MLP (0: 4 * n_embd, or 8/3 * n_embd rounded up to 64 when gated)")
     dropout: float = _f(0.2, "dropout probability on embeddings, attention and residual paths")
-    bias: bool = _f(True, "use biases in Linear and LayerNorm layers (GPT-2 does)")
+    bias: bool = _f(True, "use biases in every Linear layer and LayerNorm (GPT-2 does, Llama does not)")
+    qkv_bias: bool = _f(False, "biases on the query/key/value projections even when bias is false (Qwen2)")
+    attn_bias: bool = _f(False, "biases on the query/key/value and output projections even when bias is false")
+    mlp_bias: bool = _f(False, "biases in the MLP even when bias is false")
+    pos_embedding: str = _f("learned", "learned absolute positions (GPT-2) or rotary embeddings (RoPE, Su et al. 2021)",
+                            choices=("learned", "rope"))
+    rope_theta: float = _f(10000.0, "RoPE base frequency")
+    rope_scaling: str = _f("none", "RoPE context extension: linear position interpolation, or Llama 3.1's frequency-dependent scaling",
+                           choices=("none", "linear", "llama3"))
+    rope_factor: float = _f(1.0, "RoPE scaling factor (linear and llama3)")
+    rope_low_freq_factor: float = _f(1.0, "llama3 RoPE scaling: low_freq_factor")
+    rope_high_freq_factor: float = _f(4.0, "llama3 RoPE scaling: high_freq_factor")
+    rope_original_block_size: int = _f(0, "llama3 RoPE scaling: original_max_position_embeddings")
+    norm: str = _f("layernorm", "normalisation layer", choices=("layernorm", "rmsnorm"))
+    norm_eps: float = _f(1e-5, "epsilon of the normalisation layers")
+    mlp: str = _f("standard", "standard: fc -> act -> proj (GPT-2); gated: proj(act(gate) * up), SwiGLU with silu (Shazeer 2020)",
+                  choices=("standard", "gated"))
+    activation: str = _f("gelu_tanh", "MLP activation (gelu_tanh is GPT-2's 'gelu_new')",
+                         choices=("gelu_tanh", "gelu", "silu", "relu"))
+    tie_embeddings: bool = _f(True, "share the output layer's weight with the token embedding (Press & Wolf 2017)")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hs(self) -> int:
+        """Width of one attention head."""
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def hidden_size(self) -> int:
+        """Hidden width of the MLP."""
+        if self.intermediate_size:
+            return self.intermediate_size
+        if self.mlp == "gated":  # keep the parameter count of a 4x MLP with 3 matrices instead of 2
+            return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        return 4 * self.n_embd
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise UserError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
+        for name in ("n_kv_head", "head_dim", "intermediate_size", "rope_original_block_size"):
+            if getattr(self, name) < 0:
+                raise UserError(f"model.{name} must be >= 0 (0: default), got {getattr(self, name)}")
+        if not self.head_dim and self.n_embd % self.n_head:
             raise UserError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
                 f"try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
             )
+        if self.n_head % self.kv_heads:
+            raise UserError(f"model.n_head ({self.n_head}) must be a multiple of model.n_kv_head ({self.n_kv_head})")
+        if self.pos_embedding == "rope" and self.hs % 2:
+            raise UserError(f"rotary embeddings need an even head width, got {self.hs}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.rope_factor <= 0:
+            raise UserError("model.rope_theta, model.rope_factor and model.norm_eps must be > 0")
+        if self.rope_scaling == "llama3" and (not self.rope_original_block_size
+                                              or self.rope_high_freq_factor <= self.rope_low_freq_factor):
+            raise UserError("llama3 RoPE scaling needs rope_original_block_size > 0 and "
+                            "rope_high_freq_factor > rope_low_freq_factor")
 
 
 # Named model shapes, kept as data. "gpt2*" are the published GPT-2 sizes (Radford et al. 2019).
@@ -82,6 +140,10 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-medium": dict(block_size=1024, n_layer=24, n_head=16, n_embd=1024, dropout=0.0),
     "gpt2-large": dict(block_size=1024, n_layer=36, n_head=20, n_embd=1280, dropout=0.0),
     "gpt2-xl": dict(block_size=1024, n_layer=48, n_head=25, n_embd=1600, dropout=0.0),
+    # Llama-style architecture (Touvron et al. 2023) at a size that trains on a laptop CPU.
+    "llama-tiny": dict(block_size=256, n_layer=4, n_head=4, n_kv_head=2, n_embd=256, dropout=0.0, bias=False,
+                       pos_embedding="rope", norm="rmsnorm", norm_eps=1e-6, mlp="gated", activation="silu",
+                       tie_embeddings=False),
 }
 
 
@@ -191,6 +253,8 @@ class GenerateConfig:
     temperature: float = _f(1.0, "divide logits by this; 0 means greedy (always the most likely token)")
     top_k: int = _f(0, "sample only among the k most likely tokens (0: off)")
     top_p: float = _f(1.0, "nucleus sampling: smallest set of tokens whose probability sums to top_p (1: off)")
+    min_p: float = _f(0.0, "min-p sampling: drop tokens less likely than min_p times the top token (0: off)")
+    typical_p: float = _f(1.0, "locally typical sampling: keep the most typical tokens up to this probability mass (1: off)")
     repetition_penalty: float = _f(1.0, "CTRL-style penalty > 1 for tokens already in the context (1: off)")
     no_repeat_ngram_size: int = _f(0, "never repeat an n-gram of this size (0: off)")
     num_return_sequences: int = _f(1, "independent continuations per prompt")
@@ -207,6 +271,10 @@ class GenerateConfig:
             raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):
             raise UserError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise UserError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
+        if not 0.0 < self.typical_p <= 1.0:
+            raise UserError(f"typical_p must be in (0, 1] (1 = off), got {self.typical_p}")
         if self.repetition_penalty <= 0 or not math.isfinite(self.repetition_penalty):
             raise UserError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
         if self.no_repeat_ngram_size < 0:

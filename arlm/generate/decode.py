@@ -7,6 +7,7 @@ it (one prefill), rather than recomputing the whole window for every token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -62,8 +63,8 @@ def generate_ids(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tu
         logits, _ = model(tokens[:, start:], last_only=True)
         return logits[:, -1, :]
 
-    if cfg.use_cache:
-        model.setup_cache(B, block)
+    if cfg.use_cache:  # room for the whole sequence, up to one window (long-context models need not allocate it all)
+        model.setup_cache(B, min(block, len(prompt) + cfg.max_new_tokens))
     try:
         logits = forward_window() if cfg.max_new_tokens > 0 else None
         for i in range(cfg.max_new_tokens):
@@ -83,3 +84,95 @@ def generate_ids(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tu
                 logits = forward_window()
     finally:
         model.clear_cache()
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # generated tokens (prompt excluded), ending with the EOS token if one was emitted
+    score: float  # sum of token log-probabilities / len(tokens) ** length_penalty
+
+
+@torch.inference_mode()
+def beam_search(model: GPT, prompt: list[int], num_beams: int, max_new_tokens: int, length_penalty: float = 1.0,
+                early_stopping: bool | str = False, num_return_sequences: int = 1,
+                eos_ids: tuple[int, ...] = ()) -> list[Hypothesis]:
+    """Beam search (Graves 2012; as in Hugging Face ``generate``), best hypotheses first.
+
+    Each step extends every live beam by every token and keeps the ``num_beams`` best continuations by
+    summed log-probability. A continuation that emits EOS, or reaches ``max_new_tokens``, becomes a
+    finished hypothesis scored ``sum_logprob / length ** length_penalty`` (length = generated tokens),
+    and the best ``num_beams`` finished ones are kept. As in transformers, ``2 * num_beams`` candidates
+    (more with several EOS ids) are ranked per step so enough stay live when the best ones end;
+    only candidates within the top ``num_beams`` may finish. Search stops when every candidate has
+    stopped, when ``early_stopping=True`` and ``num_beams`` hypotheses are finished, or when no live
+    beam can beat the worst finished one: the bound assumes the score at the current length
+    (``early_stopping`` False) or, for ``"never"`` with a positive length penalty, at the maximum length.
+    """
+    assert prompt and num_beams >= 1 and 1 <= num_return_sequences <= num_beams
+    L0, nb = len(prompt), num_beams
+    max_len = L0 + max_new_tokens
+    if max_len > model.config.block_size:
+        raise ValueError(f"beam search needs prompt + max_new_tokens <= block_size ({max_len} > {model.config.block_size})")
+    device = model.transformer.wte.weight.device
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    K = max(2, 1 + len(eos_ids)) * nb  # candidates ranked per step
+    in_top = torch.arange(K, device=device) < nb  # only these may finish
+    NEG = -1.0e9  # "impossible" score, kept finite so sums stay ordered as in transformers
+
+    seqs = torch.zeros(nb, max_len, dtype=torch.long, device=device)
+    seqs[:, :L0] = torch.tensor(prompt, device=device)
+    live_scores = torch.full((nb,), NEG, device=device)
+    live_scores[0] = 0.0  # all beams start identical: expand only the first
+    fin_seqs, fin_scores = seqs.clone(), torch.full((nb,), NEG, device=device)
+    fin_lens = torch.zeros(nb, dtype=torch.long, device=device)
+    fin_done = torch.zeros(nb, dtype=torch.bool, device=device)
+    improvable = True
+
+    model.setup_cache(nb, max_len)
+    try:
+        logits = prefill(model, seqs[:, :L0]) if max_new_tokens > 0 else None
+        cur = L0
+        while logits is not None:
+            logp = torch.log_softmax(logits.float(), dim=-1)  # (nb, V)
+            V = logp.size(-1)
+            total = (logp + live_scores[:, None]).view(-1)  # (nb*V,)
+            top_scores, top_idx = torch.topk(total, K)  # (K,) best first
+            src, tok = top_idx // V, top_idx % V
+            cand = seqs[src]  # (K, max_len)
+            cand[:, cur] = tok
+            stops = torch.isin(tok, eos) | (cur + 1 >= max_len)  # (K,)
+
+            # live beams for the next step: the best candidates that did not stop
+            live_rank = top_scores + stops.float() * NEG
+            keep = torch.topk(live_rank, nb).indices
+            seqs, live_scores, src_rows = cand[keep], live_rank[keep], src[keep]
+
+            # finished hypotheses: merge this step's stopped top candidates into the best nb so far
+            gen_len = cur + 1 - L0
+            new_scores = top_scores / gen_len ** length_penalty
+            if early_stopping is True and bool(fin_done.all()):
+                new_scores = new_scores + NEG  # full, and the caller asked to stop at full
+            if not improvable:
+                new_scores = new_scores + NEG
+            finishing = stops & in_top
+            new_scores = new_scores + (~finishing).float() * NEG
+            merged = torch.cat([fin_scores, new_scores])
+            pick = torch.topk(merged, nb).indices
+            fin_scores = merged[pick]
+            fin_seqs = torch.cat([fin_seqs, cand])[pick]
+            fin_lens = torch.cat([fin_lens, torch.full((K,), gen_len, device=device)])[pick]
+            fin_done = torch.cat([fin_done, finishing])[pick]
+
+            cur += 1
+            best_len = (max_len - L0) if (early_stopping == "never" and length_penalty > 0) else (cur - L0)
+            best_possible = live_scores[0] / best_len ** length_penalty
+            worst = torch.where(fin_done, fin_scores.min(), NEG)  # an open slot can take anything
+            improvable = improvable and bool((best_possible > worst).any())
+            if not improvable or (early_stopping is True and bool(fin_done.all())) or bool(stops.all()):
+                break
+            model.reorder_cache(src_rows)
+            logits = decode_step(model, seqs[:, cur - 1:cur], cur - 1)
+    finally:
+        model.clear_cache()
+    return [Hypothesis(fin_seqs[i, L0:L0 + int(fin_lens[i])].tolist(), float(fin_scores[i]))
+            for i in range(num_return_sequences)]

@@ -2,7 +2,8 @@
 
 All take ``logits`` of shape (B, V) and return a new tensor; removed tokens get -inf. The order
 in :func:`process_logits` follows Hugging Face ``generate``: penalties first, then temperature,
-top-k, top-p, so the same controls give the same distribution.
+top-k, top-p, min-p, typical-p, so the same controls give the same distribution (tested against
+transformers' logits processors).
 """
 
 from __future__ import annotations
@@ -70,6 +71,37 @@ def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
+def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Min-p filter (Nguyen et al. 2024): keep tokens whose probability is at least ``p`` times the
+    most likely token's, so the cut adapts to how confident the model is."""
+    if p <= 0.0:
+        return logits
+    probs = logits.softmax(dim=-1)
+    threshold = p * probs.amax(dim=-1, keepdim=True)  # (B, 1)
+    remove = probs < threshold
+    remove.scatter_(-1, probs.argmax(dim=-1, keepdim=True), False)  # the top token always stays
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def typical_p(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical sampling (Meister et al. 2023): rank tokens by how far their surprisal
+    -log p is from the distribution's entropy H, and keep the closest ones until their probability
+    adds up to ``mass``."""
+    if mass >= 1.0:
+        return logits
+    logp = logits.log_softmax(dim=-1)
+    entropy = -(logp.exp() * logp).nansum(dim=-1, keepdim=True)  # (B, 1); nansum: 0 * -inf terms
+    distance = (-logp - entropy).abs()  # (B, V)
+    sorted_dist, order = torch.sort(distance, dim=-1)
+    cum = logits.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+    # index of the first token at which the kept mass reaches `mass` (the last token if never)
+    last = (cum < mass).sum(dim=-1, keepdim=True).clamp_(max=logits.size(-1) - 1)  # (B, 1)
+    remove_sorted = sorted_dist > sorted_dist.gather(-1, last)
+    remove_sorted[..., :1] = False  # the most typical token always stays
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
 def process_logits(logits: torch.Tensor, context: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
     """Apply every enabled control to next-token ``logits`` (B, V) given ``context`` ids (B, L)."""
     logits = logits.float()
@@ -79,7 +111,9 @@ def process_logits(logits: torch.Tensor, context: torch.Tensor, cfg: GenerateCon
         return logits  # greedy: the remaining filters cannot change the argmax
     logits = temperature(logits, cfg.temperature)
     logits = top_k(logits, cfg.top_k)
-    return top_p(logits, cfg.top_p)
+    logits = top_p(logits, cfg.top_p)
+    logits = min_p(logits, cfg.min_p)
+    return typical_p(logits, cfg.typical_p)
 
 
 def sample(logits: torch.Tensor, greedy: bool, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -1,10 +1,15 @@
 """The GPT model: a decoder-only Transformer, read top to bottom from the smallest part to the whole.
 
-Architecture of GPT-2 (Radford et al. 2019): learned token and position embeddings, pre-LayerNorm
-blocks of causal multi-head self-attention and a GELU MLP, a final LayerNorm, and an output layer
-that shares its weight with the token embedding (weight tying, Press & Wolf 2017).
+The default configuration is GPT-2 (Radford et al. 2019): learned token and position embeddings,
+pre-LayerNorm blocks of causal multi-head self-attention and a GELU MLP, a final LayerNorm, and an
+output layer that shares its weight with the token embedding (weight tying, Press & Wolf 2017).
 
-Shapes: B batch, T sequence length, C = n_embd, nh = n_head, hs = C // nh, V = vocab_size.
+The same class is the Llama family (Touvron et al. 2023; Mistral, Qwen2, SmolLM...) through config
+options: rotary positions (RoPE), RMSNorm, a gated SiLU MLP (SwiGLU), grouped-query attention
+(Ainslie et al. 2023) where several query heads share one key/value head, untied output layer.
+
+Shapes: B batch, T new positions, S = positions visible (cache + new), C = n_embd, nh = n_head,
+nkv = n_kv_head, hs = head width, H = MLP hidden width, V = vocab_size.
 """
 
 from __future__ import annotations
@@ -16,100 +21,143 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlm.config import GPTConfig
-from arlm.model.layers import KVCache
+from arlm.model.layers import KVCache, apply_rope, make_norm, rope_cos_sin, rope_inv_freq
+
+ACTIVATIONS = {
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new" (Hendrycks & Gimpel 2016)
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+}
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where each position sees only itself and earlier positions."""
+    """Self-attention where each position sees only itself and earlier positions.
+
+    Queries, keys and values come out of one fused projection ``c_attn``: [q (nh*hs); k (nkv*hs); v (nkv*hs)].
+    """
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head = cfg.n_head
-        self.n_embd = cfg.n_embd
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.n_head, self.n_kv_head, self.hs = cfg.n_head, cfg.kv_heads, cfg.hs
+        qkv_bias = cfg.bias or cfg.qkv_bias or cfg.attn_bias
+        self.c_attn = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * self.n_kv_head) * self.hs, bias=qkv_bias)
+        self.c_proj = nn.Linear(cfg.n_head * self.hs, cfg.n_embd, bias=cfg.bias or cfg.attn_bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                pos: int | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-
-        mask, causal = None, True
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.hs
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.kv_cache is not None and pos is not None:
-            k, v = self.kv_cache.update(pos, k, v)  # (B, nh, pos+T, hs)
-            if pos > 0:
-                # Query i sits at absolute position pos+i and may see keys 0..pos+i.
-                causal = False
-                if T > 1:
-                    rows = torch.arange(pos, pos + T, device=x.device).unsqueeze(1)
-                    mask = torch.arange(pos + T, device=x.device).unsqueeze(0) <= rows  # (T, pos+T)
+            k, v = self.kv_cache.update(pos, k, v)  # (B, nkv, S, hs)
         # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels where available).
+        # Without a mask, the T new positions are the last T of the S visible ones: causal when T == S,
+        # nothing to hide when T == 1.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0,
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=nkv != nh,
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # re-assemble heads: (B, T, nh*hs)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward network: C -> 4C -> GELU -> C."""
+    """Position-wise feed-forward network: C -> H -> activation -> C, or gated: C -> 2H -> act(gate) * up -> C."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        # GPT-2 uses the tanh approximation of GELU (Hendrycks & Gimpel 2016).
-        self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.gated = cfg.mlp == "gated"
+        H, bias = cfg.hidden_size, cfg.bias or cfg.mlp_bias
+        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.gated else 1) * H, bias=bias)  # gated: [gate; up]
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.c_proj = nn.Linear(H, cfg.n_embd, bias=bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+        h = self.c_fc(x)  # (B, T, H) or (B, T, 2H)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up  # (B, T, H)
+        else:
+            h = self.act(h)
+        return self.dropout(self.c_proj(h))  # (B, T, C)
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, pos: int | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), pos)
+    def forward(self, x: torch.Tensor, rope=None, pos: int | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, pos, mask)
         x = x + self.mlp(self.ln_2(x))
         return x  # (B, T, C)
 
 
+def attention_mask(start: int, T: int, key_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+    """Boolean mask (True = may attend) for T queries at positions start.. over S = start + T keys.
+
+    None when plain causal attention is right (no padding, and no earlier cached positions or just
+    one query). ``key_mask`` (B, S) marks real tokens (False = padding). A padding query is allowed
+    to see itself so its row is never empty: an all-masked row would make softmax NaN, and the NaN
+    would reach real tokens through the values.
+    """
+    if key_mask is None and (start == 0 or T == 1):
+        return None
+    q_pos = torch.arange(start, start + T, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(start + T, device=device)[None, :]  # (1, S)
+    mask = k_pos <= q_pos  # (T, S)
+    if key_mask is not None:
+        mask = (mask & key_mask.bool()[:, None, None, :]) | (k_pos == q_pos)  # (B, 1, T, S)
+    return mask
+
+
 class GPT(nn.Module):
-    """Token + position embeddings -> n_layer blocks -> LayerNorm -> logits over the vocabulary."""
+    """Token (+ position) embeddings -> n_layer blocks -> norm -> logits over the vocabulary."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         assert cfg.vocab_size > 0, "vocab_size must be set before building the model"
         self.config = cfg
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+        modules = dict(wte=nn.Embedding(cfg.vocab_size, cfg.n_embd))
+        if cfg.pos_embedding == "learned":
+            modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        modules.update(
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-            ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
-        ))
+            ln_f=make_norm(cfg),
+        )
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.register_buffer("rope_inv_freq", None, persistent=False)
+        self.init_buffers()
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream's
         # variance does not grow with depth (Radford et al. 2019, section 2.3).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def init_buffers(self) -> None:
+        """(Re)compute the non-learned buffers, e.g. after building on the meta device and loading weights."""
+        if self.config.pos_embedding == "rope":
+            self.rope_inv_freq = rope_inv_freq(self.config).to(self.transformer.wte.weight.device)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -121,9 +169,11 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; position embeddings excluded by default, as in the scaling-law papers."""
+        """Parameter count (tied weights once); position embeddings excluded by default, as in the scaling-law papers."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
 
     # -- KV cache ------------------------------------------------------------------------------
     def setup_cache(self, batch_size: int, max_len: int | None = None) -> None:
@@ -132,30 +182,44 @@ class GPT(nn.Module):
         max_len = max_len or cfg.block_size
         p = self.transformer.wte.weight
         for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, cfg.n_head, max_len, cfg.n_embd // cfg.n_head, p.dtype, p.device)
+            block.attn.kv_cache = KVCache(batch_size, cfg.kv_heads, max_len, cfg.hs, p.dtype, p.device)
+
+    def reorder_cache(self, rows: torch.Tensor) -> None:
+        for block in self.transformer.h:
+            block.attn.kv_cache.reorder(rows)
 
     def clear_cache(self) -> None:
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
     # -- forward -------------------------------------------------------------------------------
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                pos: int | None = None, last_only: bool = False):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int | None = None,
+                last_only: bool = False, key_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None):
         """Logits for token ids ``idx`` (B, T); with ``targets`` (B, T) also the mean cross-entropy loss.
 
-        ``pos`` is the absolute position of ``idx[:, 0]`` when a KV cache is attached (prefill at 0,
-        then one decode step at a time). Target id -1 is ignored by the loss (padding / masked prompt).
-        ``last_only`` returns logits for the last position only (all that sampling needs).
+        ``pos`` is the cache slot of ``idx[:, 0]`` when a KV cache is attached (prefill at 0, then one
+        decode step at a time). For batches of unequal prompts (left padding), ``key_mask`` (B, pos+T)
+        marks the real tokens of everything visible and ``positions`` (B, T) gives each token's
+        position id (default: pos, pos+1, ...). Target id -1 is ignored by the loss (padding / masked
+        prompt). ``last_only`` returns logits for the last position only (all that sampling needs).
         """
         B, T = idx.shape
         start = pos or 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
+        if positions is None:
+            positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)[None]  # (1, T)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.rope_inv_freq is not None:
+            rope = rope_cos_sin(positions, self.rope_inv_freq)  # 2 x (B or 1, 1, T, hs)
+        else:
+            x = x + self.transformer.wpe(positions)  # (B, T, C)
         x = self.transformer.drop(x)
+        mask = attention_mask(start, T, key_mask, idx.device)
         for block in self.transformer.h:
-            x = block(x, pos)
+            x = block(x, rope, pos, mask)
         x = self.transformer.ln_f(x)  # (B, T, C)
         if targets is None:
             if last_only:

@@ -14,7 +14,7 @@ TOKENIZER_FILE = "tokenizer.json"
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    kind: str  # "char" or "bpe"
+    kind: str  # "char", "bpe" or "hf" (a Hugging Face checkpoint's own tokenizer)
     vocab_size: int
     eot_id: int | None  # id that separates documents and ends generation
 
@@ -39,8 +39,16 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 0) -> Tok
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """Load the tokenizer saved in ``directory`` (``tokenizer.json``, ours or Hugging Face's)."""
+    """Load the tokenizer saved in ``directory`` (``tokenizer.json``, ours or Hugging Face's).
+
+    A folder with ``tokenizer_config.json`` holds a Hugging Face tokenizer (from a converted
+    checkpoint), which keeps its own special tokens.
+    """
     path = Path(directory) / TOKENIZER_FILE
+    if (Path(directory) / "tokenizer_config.json").is_file():
+        from arlm.tokenizers.pretrained import PretrainedTokenizer
+
+        return PretrainedTokenizer.from_dir(directory)
     data = read_json(path, "is this a folder made by `arlm prepare` or `arlm train`? Prepare the data or save the model again")
     if data.get("arlm") == "char":
         from arlm.tokenizers.char import CharTokenizer

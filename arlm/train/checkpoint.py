@@ -27,6 +27,7 @@ from arlm.config import GPTConfig, TrainConfig, from_dict, to_dict
 from arlm.errors import UserError
 from arlm.fsutil import atomic_dir, read_json, recover_dir
 from arlm.model.gpt import GPT
+from arlm.model.weights import assign_weights, empty_model
 from arlm.tokenizers import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ LATEST, BEST = "latest", "best"
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Weights to save: tied tensors once (safetensors refuses shared storage), contiguous, on CPU."""
     sd = model.state_dict()
-    sd.pop("lm_head.weight", None)  # tied to transformer.wte.weight
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
@@ -83,22 +85,24 @@ def load_weights(model: GPT, ckpt: Path) -> None:
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"checkpoint {ckpt} is damaged or truncated ({WEIGHTS}: {e}); use another checkpoint "
                         f"(best/ or latest/) or train again") from None
-    sd["lm_head.weight"] = sd["transformer.wte.weight"] if "transformer.wte.weight" in sd else None
-    try:
-        model.load_state_dict(sd, strict=True)
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"checkpoint {ckpt} does not match its config.json ({str(e).splitlines()[0]})") from None
+    assign_weights(model, sd, f"checkpoint {ckpt} does not match its config.json")
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    """Load (model in eval mode, tokenizer, config.json dict) from a checkpoint or output folder."""
+    """Load (model in eval mode, tokenizer, config.json dict) from a checkpoint or output folder,
+    or from a Hugging Face model folder (GPT-2 / Llama family, see arlm.interop.hf)."""
+    from arlm.interop.hf import is_hf_dir, load_hf
+
+    if is_hf_dir(path):
+        model, tokenizer, config = load_hf(path)
+        return model.to(device).eval(), tokenizer, config
     ckpt = resolve_checkpoint(path)
     config = read_config(ckpt)
     if config.get("model_type", "gpt") != "gpt" or "model" not in config:
         raise UserError(f"checkpoint {ckpt} has a model type this version of arlm cannot load")
     mcfg = from_dict(GPTConfig, config["model"], f"{ckpt / CONFIG} [model]")
     tokenizer = load_tokenizer(ckpt)
-    model = GPT(mcfg)
+    model = empty_model(mcfg)
     load_weights(model, ckpt)
     model.to(device).eval()
     config["path"] = str(ckpt)

@@ -1,0 +1,101 @@
+"""Tokenizers that come with Hugging Face checkpoints: ``tokenizer.json``, or GPT-2's ``vocab.json`` + ``merges.txt``.
+
+They behave as ``transformers``' fast tokenizers do (same ids, same decoded text): special tokens in
+the text are recognised, and a prompt gets whatever the tokenizer's post-processor adds (Llama's
+BOS). ``tokenizer_config.json`` supplies the end/begin-of-sequence tokens and the chat template.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, processors
+
+from arlm.errors import UserError
+from arlm.fsutil import read_json
+from arlm.tokenizers.base import EOT, TOKENIZER_FILE
+
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as written in tokenizer_config.json: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def gpt2_tokenizer_from_files(vocab: Path, merges: Path) -> HFTokenizer:
+    """GPT-2's byte-level BPE from its two files, with GPT-2's pre-tokenizer (regex split, no prefix space)."""
+    try:
+        tok = HFTokenizer(models.BPE.from_file(str(vocab), str(merges), fuse_unk=False))
+    except Exception as e:  # tokenizers raises plain Exception for malformed files
+        raise UserError(f"cannot read the GPT-2 tokenizer files {vocab.name} / {merges.name}: {e}") from None
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    if tok.token_to_id(EOT) is not None:
+        tok.add_special_tokens([EOT])
+    return tok
+
+
+class PretrainedTokenizer:
+    kind = "hf"
+
+    def __init__(self, tok: HFTokenizer, config: dict[str, Any] | None = None,
+                 eos_id: int | None = None, bos_id: int | None = None):
+        self.tok = tok
+        self.config = dict(config or {})  # tokenizer_config.json, written back on save
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        eos, bos = _token_text(self.config.get("eos_token")), _token_text(self.config.get("bos_token"))
+        self.eot_id = tok.token_to_id(eos) if eos else eos_id
+        self.bos_id = tok.token_to_id(bos) if bos else bos_id
+        self.chat_template = self.config.get("chat_template")
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, eos_id: int | None = None, bos_id: int | None = None) -> "PretrainedTokenizer":
+        """Load from a Hugging Face model folder; ``eos_id``/``bos_id`` (from config.json) fill in
+        when tokenizer_config.json does not name the special tokens."""
+        d = Path(directory)
+        config = read_json(d / TOKENIZER_CONFIG, "fix or delete it") if (d / TOKENIZER_CONFIG).is_file() else {}
+        if (d / TOKENIZER_FILE).is_file():
+            try:
+                tok = HFTokenizer.from_file(str(d / TOKENIZER_FILE))
+            except Exception as e:
+                raise UserError(f"{d / TOKENIZER_FILE} is not a tokenizer file the tokenizers library can read: {e}") from None
+        elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+            tok = gpt2_tokenizer_from_files(d / "vocab.json", d / "merges.txt")
+        elif (d / "tokenizer.model").is_file():
+            raise UserError(
+                f"{d} has only a SentencePiece tokenizer.model; arlm reads tokenizer.json. Write one with "
+                f"transformers: AutoTokenizer.from_pretrained('{d}').save_pretrained('{d}')"
+            )
+        else:
+            raise UserError(f"{d} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+        return cls(tok, config, eos_id, bos_id)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids of a prompt with the special tokens the tokenizer adds itself (e.g. Llama's BOS)."""
+        return self.tok.encode(text, add_special_tokens=True).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        self.tok.save(str(d / TOKENIZER_FILE))
+        config = dict(self.config)
+        config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+        for key, token_id in (("eos_token", self.eot_id), ("bos_token", self.bos_id)):
+            if key not in config and token_id is not None:
+                config[key] = self.tok.id_to_token(token_id)
+        (d / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
