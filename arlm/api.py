@@ -126,12 +126,13 @@ class LanguageModel:
             results.append(texts if cfg.num_return_sequences > 1 else texts[0])
         return results[0] if isinstance(prompt, str) else results
 
-    def evaluate(self, text: str, batch_size: int = 8) -> dict[str, Any]:
-        """Loss, perplexity, bits per character/byte of ``text``."""
-        return evaluate_text(self.model, self.tokenizer, text, batch_size, self.device)
+    def evaluate(self, text: str, batch_size: int = 8, stride: int = 0) -> dict[str, Any]:
+        """Loss, perplexity, bits per character/byte of ``text``; ``stride`` > 0 slides the window
+        (Hugging Face's strided method), 0 uses non-overlapping windows."""
+        return evaluate_text(self.model, self.tokenizer, text, batch_size, self.device, stride)
 
-    def perplexity(self, text: str) -> float:
-        return self.evaluate(text)["perplexity"]
+    def perplexity(self, text: str, stride: int = 0) -> float:
+        return self.evaluate(text, stride=stride)["perplexity"]
 
 
 def load(path: str | Path, device: str = "auto") -> LanguageModel:

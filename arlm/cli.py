@@ -17,8 +17,8 @@ import typing
 from typing import Any
 
 import arlm
-from arlm.config import (EvalConfig, GenerateConfig, PrepareConfig, TrainConfig, apply_preset, field_types, from_dict,
-                         read_toml)
+from arlm.config import (ConvertConfig, EvalConfig, GenerateConfig, PrepareConfig, TrainConfig, apply_preset,
+                         field_types, from_dict, read_toml)
 from arlm.errors import UserError
 
 log = logging.getLogger("arlm")
@@ -187,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg.validate()
     text = read_text_file(cfg.data, cfg.errors)
     m = load(cfg.model, device=cfg.device)
-    result = m.evaluate(text, batch_size=cfg.batch_size)
+    result = m.evaluate(text, batch_size=cfg.batch_size, stride=cfg.stride)
     result.update(model=m.config["path"], data=cfg.data)
     if args.json:
         _emit_json(result)
@@ -195,6 +195,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{cfg.data}: {result['tokens']:,} tokens, {result['characters']:,} characters")
         print(f"loss {result['loss']:.4f} nats/token | perplexity {result['perplexity']:.2f} | "
               f"{result['bits_per_char']:.4f} bits/char | {result['bits_per_byte']:.4f} bits/byte")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from arlm.interop.hf import export_hf, load_hf
+    from arlm.train.checkpoint import load_model, save_checkpoint
+
+    cfg = from_dict(ConvertConfig, explicit_values(args, _names(ConvertConfig)), "convert options")
+    cfg.validate()
+    if cfg.from_hf:
+        model, tokenizer, info = load_hf(cfg.from_hf)
+        keep = {k: info[k] for k in ("source", "generation", "eos_token_ids")}
+        save_checkpoint(cfg.out, model, tokenizer, keep)
+        what = f"{info['source']['model_type']} -> arlm checkpoint"
+    else:
+        model, tokenizer, info = load_model(cfg.to_hf)
+        export_hf(model, tokenizer, cfg.out, info)
+        what = "arlm -> Hugging Face " + ("GPT-2" if model.config.pos_embedding == "learned" else "Llama") + " layout"
+    mc = model.config
+    summary = {"out": cfg.out, "conversion": what, "params": model.num_params(non_embedding=False),
+               "n_layer": mc.n_layer, "n_embd": mc.n_embd, "vocab_size": mc.vocab_size}
+    if args.json:
+        _emit_json(summary)
+    else:
+        print(f"{what}: {mc.n_layer} layers, {mc.n_embd} wide, {summary['params'] / 1e6:.2f}M parameters -> {cfg.out}")
     return 0
 
 
@@ -242,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print {prompt, completions} as one JSON object instead of streaming")
     sp.set_defaults(func=cmd_generate)
 
+    sp = sub.add_parser("convert", help="Hugging Face checkpoint <-> arlm checkpoint",
+                        description="--from-hf DIR: read a Hugging Face GPT-2 / Llama / Mistral / Qwen2 folder into an "
+                                    "arlm checkpoint. --to-hf DIR: write an arlm model as a folder transformers loads "
+                                    "(GPT-2 layout for learned positions, Llama layout for rotary ones). Any command "
+                                    "that takes --model also reads Hugging Face folders directly.")
+    add_config_args(sp, ConvertConfig)
+    json_flag(sp)
+    sp.set_defaults(func=cmd_convert)
+
     sp = sub.add_parser("eval", help="loss, perplexity and bits per character of a model on a text file",
                         description="Score every token of a UTF-8 text file with a trained model.")
     add_config_args(sp, EvalConfig)
@@ -250,9 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced after setup, e.g. by tests)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose else "%(message)s"))
     root = logging.getLogger("arlm")
     root.handlers[:] = [handler]

@@ -292,6 +292,8 @@ class EvalConfig:
     model: str = _f("", "checkpoint or training output folder", metavar="DIR")
     data: str = _f("", "UTF-8 text file to score", metavar="FILE")
     batch_size: int = _f(8, "windows per forward pass")
+    stride: int = _f(0, "0: non-overlapping windows; S: slide a full window by S tokens, scoring only the "
+                        "new ones (Hugging Face's sliding-window perplexity: more context per token, slower)")
     device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto")
     errors: str = _f("strict", "what to do with bytes that are not UTF-8", choices=("strict", "replace"))
 
@@ -302,6 +304,30 @@ class EvalConfig:
             raise UserError("no data given: add --data FILE")
         if self.batch_size <= 0:
             raise UserError(f"batch_size must be positive, got {self.batch_size}")
+        if self.stride < 0:
+            raise UserError(f"stride must be >= 0 (0: non-overlapping windows), got {self.stride}")
+
+
+@dataclass
+class ConvertConfig:
+    """Options of ``arlm convert``: Hugging Face folder <-> arlm checkpoint."""
+
+    from_hf: str = _f("", "Hugging Face model folder (GPT-2, Llama, Mistral, Qwen2) to turn into an arlm checkpoint", metavar="DIR")
+    to_hf: str = _f("", "arlm checkpoint or training output folder to write as a Hugging Face folder", metavar="DIR")
+    out: str = _f("", "output folder", metavar="DIR")
+    overwrite: bool = _f(False, "replace --out if it already exists")
+
+    def validate(self) -> None:
+        if bool(self.from_hf) == bool(self.to_hf):
+            raise UserError("give exactly one of --from-hf DIR or --to-hf DIR")
+        if not self.out:
+            raise UserError("no output folder given: add --out DIR")
+        source = Path(self.from_hf or self.to_hf)
+        out = Path(self.out)
+        if out.resolve() == source.resolve():
+            raise UserError("--out must be a different folder from the one converted")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not self.overwrite:
+            raise UserError(f"{out} already exists; choose another --out or add --overwrite to replace it")
 
 
 # ----------------------------------------------------------------------------------------------

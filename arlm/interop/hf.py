@@ -237,7 +237,7 @@ def arlm_state_from_hf(sd: dict[str, torch.Tensor], cfg: GPTConfig, model_type: 
 
 
 def hf_state_from_arlm(model: GPT, layout: str) -> dict[str, torch.Tensor]:
-    """Our weights in Hugging Face's GPT-2 or Llama/Qwen2 naming (inverse of :func:`arlm_state_from_hf`)."""
+    """Our weights in Hugging Face's GPT-2 or Llama naming (inverse of :func:`arlm_state_from_hf`)."""
     cfg = model.config
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
@@ -271,6 +271,8 @@ def hf_state_from_arlm(model: GPT, layout: str) -> dict[str, torch.Tensor]:
                         out[f"{dst}self_attn.{n}_proj.{suffix}"] = part.contiguous()
                 if f"{src}attn.c_proj.{suffix}" in sd:
                     out[f"{dst}self_attn.o_proj.{suffix}"] = sd[f"{src}attn.c_proj.{suffix}"]
+                elif suffix == "bias" and f"{src}attn.c_attn.bias" in sd:  # q/k/v biases only: o gets zeros
+                    out[f"{dst}self_attn.o_proj.bias"] = torch.zeros(cfg.n_embd, dtype=sd[f"{src}attn.c_attn.bias"].dtype)
                 fused = sd.get(f"{src}mlp.c_fc.{suffix}")
                 if fused is not None:
                     gate, up = fused.chunk(2)
@@ -334,9 +336,11 @@ def load_hf(path: str | Path) -> tuple[GPT, Tokenizer, dict[str, Any]]:
 
 
 def hf_layout(cfg: GPTConfig) -> str:
-    """Which transformers architecture expresses ``cfg`` exactly: gpt2, llama or qwen2 (else UserError)."""
-    qkv_b = cfg.bias or cfg.qkv_bias or cfg.attn_bias
-    o_b, mlp_b = cfg.bias or cfg.attn_bias, cfg.bias or cfg.mlp_bias
+    """Which transformers architecture expresses ``cfg`` exactly: gpt2 or llama (else UserError).
+
+    Missing biases are written as zeros (GPT-2 always has them; Llama's ``attention_bias`` covers
+    q, k, v and o together), which computes the same function.
+    """
     if cfg.pos_embedding == "learned":
         problems = [what for bad, what in (
             (cfg.norm != "layernorm", "norm must be layernorm"),
@@ -350,11 +354,12 @@ def hf_layout(cfg: GPTConfig) -> str:
     problems = [what for bad, what in (
         (cfg.norm != "rmsnorm", "norm must be rmsnorm"),
         (cfg.mlp != "gated" or cfg.activation != "silu", "mlp must be gated with activation silu (SwiGLU)"),
-        (qkv_b and not o_b and mlp_b, "q/k/v biases without an output bias (Qwen2) cannot have MLP biases"),
     ) if bad]
     if problems:
         raise UserError("this rotary-position model cannot be written as Llama: " + "; ".join(problems))
-    return "qwen2" if qkv_b and not o_b else "llama"
+    # (Not Qwen2 for q/k/v-only biases: transformers 5 swaps in Qwen2's own pre-tokenizer for
+    # model_type qwen2, which would change the ids of any other tokenizer.)
+    return "llama"
 
 
 def hf_config(cfg: GPTConfig, layout: str, bos_id: int | None, eos_id: int | list[int] | None) -> dict[str, Any]:
@@ -376,19 +381,16 @@ def hf_config(cfg: GPTConfig, layout: str, bos_id: int | None, eos_id: int | lis
         rope = {"rope_type": "llama3", "factor": cfg.rope_factor, "low_freq_factor": cfg.rope_low_freq_factor,
                 "high_freq_factor": cfg.rope_high_freq_factor,
                 "original_max_position_embeddings": cfg.rope_original_block_size}
-    out = dict(
-        architectures=["Qwen2ForCausalLM" if layout == "qwen2" else "LlamaForCausalLM"], model_type=layout,
+    attn_bias = cfg.bias or cfg.attn_bias or cfg.qkv_bias
+    return dict(
+        architectures=["LlamaForCausalLM"], model_type="llama",
         hidden_size=cfg.n_embd, intermediate_size=cfg.hidden_size, num_hidden_layers=cfg.n_layer,
         num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads, head_dim=cfg.hs, hidden_act="silu",
         max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, attention_dropout=0.0,
+        attention_bias=attn_bias, mlp_bias=cfg.bias or cfg.mlp_bias,
         # The transformers-4 layout; transformers 5 reads it into its `rope_parameters`.
         rope_theta=cfg.rope_theta, rope_scaling=rope, **common,
     )
-    if layout == "llama":
-        out.update(attention_bias=cfg.bias or cfg.attn_bias, mlp_bias=cfg.bias or cfg.mlp_bias)
-    else:
-        out.update(use_sliding_window=False, sliding_window=None)
-    return out
 
 
 def hf_tokenizer(tokenizer: Tokenizer) -> PretrainedTokenizer:

@@ -68,6 +68,8 @@ class PretrainedTokenizer:
                 raise UserError(f"{d / TOKENIZER_FILE} is not a tokenizer file the tokenizers library can read: {e}") from None
         elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
             tok = gpt2_tokenizer_from_files(d / "vocab.json", d / "merges.txt")
+            if tok.token_to_id(EOT) is not None:  # GPT-2's convention when nothing else is said
+                config = {"eos_token": EOT, "bos_token": EOT, **config}
         elif (d / "tokenizer.model").is_file():
             raise UserError(
                 f"{d} has only a SentencePiece tokenizer.model; arlm reads tokenizer.json. Write one with "
