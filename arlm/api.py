@@ -18,7 +18,7 @@ import torch
 from arlm.config import GenerateConfig, from_dict
 from arlm.errors import UserError
 from arlm.eval.perplexity import evaluate_text
-from arlm.generate.decode import generate_ids
+from arlm.generate.decode import beam_search, generate_ids
 from arlm.generate.stream import TextStream
 from arlm.runtime import resolve_device
 from arlm.train.checkpoint import load_model
@@ -79,7 +79,29 @@ class LanguageModel:
     def stream_sequences(self, prompt: str, cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
         """An iterator of ``(sequence index, new text)`` as tokens arrive, for ``cfg.num_return_sequences``
         rows. The prompt is checked here, before anything is generated or printed."""
-        return self._stream_ids(self.encode_prompt(prompt), cfg)
+        ids = self.encode_prompt(prompt)
+        if cfg.num_beams > 1:
+            if len(ids) + cfg.max_new_tokens > self.block_size:
+                raise UserError(f"beam search needs the prompt ({len(ids)} tokens) plus max_new_tokens "
+                                f"({cfg.max_new_tokens}) to fit the context window ({self.block_size}); "
+                                f"shorten one of them")
+            return self._beam_texts(ids, cfg)
+        return self._stream_ids(ids, cfg)
+
+    def _beam_texts(self, ids: list[int], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
+        """Beam search decides a sequence only at the end, so each text arrives whole."""
+        for b, hyp in enumerate(beam_search(self.model, ids, cfg, self.eos_ids)):
+            stream = TextStream(self.tokenizer, cfg.stop)
+            pieces = []
+            for tok in hyp.tokens:
+                if tok in self.eos_ids:
+                    break
+                pieces.append(stream.push(tok))
+                if stream.done:
+                    break
+            pieces.append(stream.finish())
+            if "".join(pieces):
+                yield b, "".join(pieces)
 
     def _stream_ids(self, ids: list[int], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
         B = cfg.num_return_sequences

@@ -257,7 +257,10 @@ class GenerateConfig:
     typical_p: float = _f(1.0, "locally typical sampling: keep the most typical tokens up to this probability mass (1: off)")
     repetition_penalty: float = _f(1.0, "CTRL-style penalty > 1 for tokens already in the context (1: off)")
     no_repeat_ngram_size: int = _f(0, "never repeat an n-gram of this size (0: off)")
-    num_return_sequences: int = _f(1, "independent continuations per prompt")
+    num_return_sequences: int = _f(1, "continuations per prompt (independent samples, or the best beams)")
+    num_beams: int = _f(1, "beam search with this many beams (1: off); deterministic, sampling controls are not used")
+    length_penalty: float = _f(1.0, "beam search: a hypothesis scores sum(log p) / length ** length_penalty (> 0 favours longer ones)")
+    early_stopping: bool = _f(False, "beam search: stop as soon as num_beams hypotheses have ended")
     stop: list[str] = _f([], "stop when this text is generated (repeatable); the stop text is not returned")
     seed: int | None = _f(None, "random seed for sampling (default: nondeterministic)")
     use_cache: bool = _f(True, "use the KV cache (off recomputes the whole context each token; for testing)")
@@ -281,6 +284,12 @@ class GenerateConfig:
             raise UserError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if self.num_return_sequences < 1:
             raise UserError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.num_beams < 1:
+            raise UserError(f"num_beams must be >= 1 (1 = no beam search), got {self.num_beams}")
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise UserError(f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})")
+        if not math.isfinite(self.length_penalty):
+            raise UserError(f"length_penalty must be a finite number, got {self.length_penalty}")
         if any(s == "" for s in self.stop):
             raise UserError("stop strings must not be empty")
 

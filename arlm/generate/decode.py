@@ -7,6 +7,7 @@ it (one prefill), rather than recomputing the whole window for every token.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -93,10 +94,12 @@ class Hypothesis:
 
 
 @torch.inference_mode()
-def beam_search(model: GPT, prompt: list[int], num_beams: int, max_new_tokens: int, length_penalty: float = 1.0,
-                early_stopping: bool | str = False, num_return_sequences: int = 1,
-                eos_ids: tuple[int, ...] = ()) -> list[Hypothesis]:
-    """Beam search (Graves 2012; as in Hugging Face ``generate``), best hypotheses first.
+def beam_search(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tuple[int, ...] = (),
+                early_stopping: bool | str | None = None) -> list[Hypothesis]:
+    """Beam search (Graves 2012; as in Hugging Face ``generate``): ``cfg.num_return_sequences`` best
+    hypotheses first, using ``cfg.num_beams``, ``max_new_tokens``, ``length_penalty``, ``early_stopping``
+    (``early_stopping`` here overrides it, and may also be ``"never"``), and the penalties
+    (repetition, no-repeat-ngram) applied to the log-probabilities as transformers does.
 
     Each step extends every live beam by every token and keeps the ``num_beams`` best continuations by
     summed log-probability. A continuation that emits EOS, or reaches ``max_new_tokens``, becomes a
@@ -108,7 +111,10 @@ def beam_search(model: GPT, prompt: list[int], num_beams: int, max_new_tokens: i
     beam can beat the worst finished one: the bound assumes the score at the current length
     (``early_stopping`` False) or, for ``"never"`` with a positive length penalty, at the maximum length.
     """
-    assert prompt and num_beams >= 1 and 1 <= num_return_sequences <= num_beams
+    num_beams, max_new_tokens, length_penalty = cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty
+    early_stopping = cfg.early_stopping if early_stopping is None else early_stopping
+    assert prompt and 1 <= cfg.num_return_sequences <= num_beams
+    penalties = dataclasses.replace(cfg, temperature=0.0)  # process_logits then applies only the penalties
     L0, nb = len(prompt), num_beams
     max_len = L0 + max_new_tokens
     if max_len > model.config.block_size:
@@ -133,7 +139,7 @@ def beam_search(model: GPT, prompt: list[int], num_beams: int, max_new_tokens: i
         logits = prefill(model, seqs[:, :L0]) if max_new_tokens > 0 else None
         cur = L0
         while logits is not None:
-            logp = torch.log_softmax(logits.float(), dim=-1)  # (nb, V)
+            logp = process_logits(torch.log_softmax(logits.float(), dim=-1), seqs[:, :cur], penalties)  # (nb, V)
             V = logp.size(-1)
             total = (logp + live_scores[:, None]).view(-1)  # (nb*V,)
             top_scores, top_idx = torch.topk(total, K)  # (K,) best first
@@ -175,4 +181,4 @@ def beam_search(model: GPT, prompt: list[int], num_beams: int, max_new_tokens: i
     finally:
         model.clear_cache()
     return [Hypothesis(fin_seqs[i, L0:L0 + int(fin_lens[i])].tolist(), float(fin_scores[i]))
-            for i in range(num_return_sequences)]
+            for i in range(cfg.num_return_sequences)]

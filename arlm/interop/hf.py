@@ -38,7 +38,7 @@ from arlm.fsutil import atomic_dir, read_json
 from arlm.model.gpt import GPT
 from arlm.model.weights import assign_weights, empty_model
 from arlm.tokenizers import EOT, Tokenizer
-from arlm.tokenizers.pretrained import TOKENIZER_CONFIG, PretrainedTokenizer
+from arlm.tokenizers.pretrained import PretrainedTokenizer
 
 log = logging.getLogger(__name__)
 

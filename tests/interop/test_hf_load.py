@@ -13,7 +13,7 @@ from arlm.cli import main
 from arlm.errors import UserError
 from arlm.interop.hf import load_hf
 from arlm.tokenizers.pretrained import PretrainedTokenizer
-from tests.interop.hf_models import MIXED_TEXT, VOCAB, bpe_tokenizer, make_hf_model
+from tests.interop.hf_models import MIXED_TEXT, bpe_tokenizer, make_hf_model
 
 tf = pytest.importorskip("transformers")
 
@@ -157,3 +157,15 @@ def test_sliding_window_perplexity_equals_the_guide_loop_with_transformers(gpt2_
     # token of each window has no context and is skipped
     windows = -(-(seq_len - 1) // max_length) if stride == max_length else 1
     assert n_tokens == seq_len - windows
+
+
+def test_beam_search_through_the_api_and_cli(gpt2_dir, capsys):
+    m = arlm.load(gpt2_dir, device="cpu")
+    beams = m.generate("Hamlet", num_beams=4, num_return_sequences=2, max_new_tokens=10, length_penalty=0.6)
+    assert len(beams) == 2 and beams[0] != beams[1]
+    assert m.generate("Hamlet", num_beams=4, max_new_tokens=10, length_penalty=0.6) == beams[0]
+    assert main(["generate", "--model", str(gpt2_dir), "--prompt", "Hamlet", "--num-beams", "4", "--max-new-tokens",
+                 "10", "--length-penalty", "0.6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["completions"] == [beams[0]]
+    assert main(["generate", "--model", str(gpt2_dir), "--num-beams", "2", "--max-new-tokens", "500"]) == 2
+    assert "fit the context window" in capsys.readouterr().err

@@ -95,20 +95,23 @@ def test_greedy_generation_matches_64_tokens(pair):
     assert len(ref) == 64 and got == ref
 
 
-@pytest.mark.parametrize("length_penalty", [0.6, 1.0])
-@pytest.mark.parametrize("early_stopping", [True, False])
-def test_beam_search_matches_sequences_and_scores(pair, length_penalty, early_stopping):
+BEAM_CASES = [dict(length_penalty=lp, early_stopping=es) for lp in (0.6, 1.0) for es in (True, False)] + [
+    dict(length_penalty=1.0, early_stopping=True, repetition_penalty=1.3, no_repeat_ngram_size=2)]
+
+
+@pytest.mark.parametrize("controls", BEAM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_beam_search_matches_sequences_and_scores(pair, controls):
     hf, ours = pair
     prompt = torch.randint(1, VOCAB, (1, 6), generator=torch.Generator().manual_seed(11))
     # End-of-sequence: a token greedy decoding emits early, so hypotheses really finish at different lengths.
     greedy = [int(t) for t in generate_ids(ours, prompt[0].tolist(), GenerateConfig(temperature=0.0, max_new_tokens=8))]
     eos = greedy[3]
     pad = next(t for t in range(1, VOCAB) if t != eos)
-    out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=4, length_penalty=length_penalty,
-                      early_stopping=early_stopping, num_return_sequences=2, max_new_tokens=20, do_sample=False,
-                      eos_token_id=eos, pad_token_id=pad, output_scores=True, return_dict_in_generate=True)
-    hyps = beam_search(ours, prompt[0].tolist(), num_beams=4, max_new_tokens=20, length_penalty=length_penalty,
-                       early_stopping=early_stopping, num_return_sequences=2, eos_ids=(eos,))
+    out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=4, num_return_sequences=2,
+                      max_new_tokens=20, do_sample=False, eos_token_id=eos, pad_token_id=pad, output_scores=True,
+                      return_dict_in_generate=True, **controls)
+    cfg = GenerateConfig(num_beams=4, num_return_sequences=2, max_new_tokens=20, **controls)
+    hyps = beam_search(ours, prompt[0].tolist(), cfg, eos_ids=(eos,))
     assert len(hyps) == 2
     for row, hyp in zip(out.sequences, hyps):
         gen = row[6:].tolist()

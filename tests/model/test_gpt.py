@@ -45,9 +45,16 @@ def test_causality_future_tokens_do_not_change_the_past():
     torch.testing.assert_close(m(x)[0][:, :8], m(y)[0][:, :8])
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_kv_cache_equals_full_recompute(bias):
-    m = tiny(bias=bias)
+LLAMA = dict(pos_embedding="rope", norm="rmsnorm", mlp="gated", activation="silu", bias=False, n_kv_head=2,
+             tie_embeddings=False)
+ARCHS = {"gpt2": {}, "gpt2-nobias": dict(bias=False), "llama-gqa": LLAMA,
+         "llama-mqa-qkvbias-llama3": dict(LLAMA, n_kv_head=1, qkv_bias=True, head_dim=16, rope_scaling="llama3",
+                                          rope_factor=4.0, rope_original_block_size=8)}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_kv_cache_equals_full_recompute(arch):
+    m = tiny(**ARCHS[arch])
     x = torch.randint(0, 50, (2, 20))
     full, _ = m(x)  # (B, T, V)
     m.setup_cache(batch_size=2)
@@ -57,6 +64,27 @@ def test_kv_cache_equals_full_recompute(bias):
         parts += [m(x[:, 12:20], pos=12)[0]]  # a chunk of 8 on top of the cache
     m.clear_cache()
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_left_padding_does_not_change_the_real_tokens(arch):
+    """A prompt padded on the left, with its mask and position ids, gives the logits it gives alone."""
+    m = tiny(**ARCHS[arch])
+    x = torch.randint(0, 50, (1, 9))
+    alone, _ = m(x)
+    padded = torch.cat([torch.full((1, 5), 7), x], dim=1)  # 5 pad tokens (any id)
+    mask = torch.cat([torch.zeros(1, 5, dtype=torch.bool), torch.ones(1, 9, dtype=torch.bool)], dim=1)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    got, _ = m(padded, key_mask=mask, positions=positions)
+    torch.testing.assert_close(got[:, 5:], alone, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(got).all()  # padding rows attend to themselves: no NaN anywhere
+
+
+def test_grouped_query_attention_shares_heads():
+    m = tiny(**LLAMA)  # 4 query heads, 2 key/value heads
+    attn = m.transformer.h[0].attn
+    assert attn.c_attn.weight.shape == ((4 + 2 * 2) * 8, 32)
+    assert m.lm_head.weight is not m.transformer.wte.weight and "wpe" not in m.transformer
 
 
 def test_too_long_input_is_rejected():

@@ -178,3 +178,19 @@ def test_outputs_have_ordinary_permissions(trained_model):
     os.umask(mask)
     assert stat.S_IMODE((trained_model / "best").stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((trained_model / "loss.png").stat().st_mode) == 0o666 & ~mask
+
+
+def test_llama_style_model_trains_saves_and_loads(char_data, tmp_path):
+    """RoPE + RMSNorm + SwiGLU + grouped-query attention + untied output through the one loop."""
+    from arlm.train.checkpoint import load_model
+
+    model = dict(pos_embedding="rope", norm="rmsnorm", mlp="gated", activation="silu", bias=False, n_kv_head=1,
+                 tie_embeddings=False)
+    summary = train(tiny_train_config(char_data, tmp_path / "run", max_steps=30, model=model))
+    assert summary["status"] == "completed"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < losses[0] - 0.5
+    m, _, _ = load_model(tmp_path / "run")
+    assert m.lm_head.weight is not m.transformer.wte.weight
+    assert not torch.equal(m.lm_head.weight, m.transformer.wte.weight)
