@@ -50,7 +50,7 @@ class LanguageModel:
         # Defaults that came with the model (a Hugging Face generation_config.json); options given
         # to generate()/stream() or on the command line override them.
         self.generation_defaults: dict[str, Any] = dict(config.get("generation") or {})
-        eos = config.get("eos_token_ids") or ([tokenizer.eot_id] if tokenizer.eot_id is not None else [])
+        eos = config.get("eos_token_ids") or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else [])
         self.eos_ids: tuple[int, ...] = tuple(eos)
 
     def generate_config(self, **controls) -> GenerateConfig:
@@ -64,6 +64,7 @@ class LanguageModel:
     def encode_prompt(self, prompt: str) -> list[int]:
         """Prompt ids, cut from the left to the context window (with a warning); an empty
         prompt starts from the end-of-text token, i.e. unconditional generation."""
+        self._need_tokenizer()
         encode = getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode)  # adds BOS where the tokenizer does
         ids = encode(prompt) if prompt else []
         if not ids:
@@ -148,9 +149,15 @@ class LanguageModel:
             results.append(texts if cfg.num_return_sequences > 1 else texts[0])
         return results[0] if isinstance(prompt, str) else results
 
+    def _need_tokenizer(self) -> None:
+        if self.tokenizer is None:
+            raise UserError(f"{self.config.get('path', 'this model')} has no tokenizer files (tokenizer.json, or "
+                            f"vocab.json + merges.txt): copy its base model's tokenizer files into the folder")
+
     def evaluate(self, text: str, batch_size: int = 8, stride: int = 0) -> dict[str, Any]:
         """Loss, perplexity, bits per character/byte of ``text``; ``stride`` > 0 slides the window
         (Hugging Face's strided method), 0 uses non-overlapping windows."""
+        self._need_tokenizer()
         return evaluate_text(self.model, self.tokenizer, text, batch_size, self.device, stride)
 
     def perplexity(self, text: str, stride: int = 0) -> float:

@@ -206,6 +206,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     cfg.validate()
     if cfg.from_hf:
         model, tokenizer, info = load_hf(cfg.from_hf)
+        if tokenizer is None:
+            raise UserError(f"{cfg.from_hf} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt); an arlm "
+                            f"checkpoint needs one: copy its base model's tokenizer files into the folder")
         keep = {k: info[k] for k in ("source", "generation", "eos_token_ids")}
         save_checkpoint(cfg.out, model, tokenizer, keep)
         what = f"{info['source']['model_type']} -> arlm checkpoint"

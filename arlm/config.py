@@ -86,6 +86,7 @@ class GPTConfig:
     activation: str = _f("gelu_tanh", "MLP activation (gelu_tanh is GPT-2's 'gelu_new')",
                          choices=("gelu_tanh", "gelu", "silu", "relu"))
     tie_embeddings: bool = _f(True, "share the output layer's weight with the token embedding (Press & Wolf 2017)")
+    sliding_window: int = _f(0, "each position attends to at most this many positions, itself included (Mistral); 0: the whole context")
 
     @property
     def kv_heads(self) -> int:
@@ -109,7 +110,7 @@ class GPTConfig:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise UserError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("n_kv_head", "head_dim", "intermediate_size", "rope_original_block_size"):
+        for name in ("n_kv_head", "head_dim", "intermediate_size", "rope_original_block_size", "sliding_window"):
             if getattr(self, name) < 0:
                 raise UserError(f"model.{name} must be >= 0 (0: default), got {getattr(self, name)}")
         if not self.head_dim and self.n_embd % self.n_head:

@@ -8,7 +8,7 @@ model_type      examples
 ==============  ==========================================================================
 gpt2            GPT-2 (all sizes), distilgpt2, DialoGPT, CodeGPT
 llama           Llama 2/3/3.1/3.2 (incl. llama3 RoPE scaling), TinyLlama, SmolLM/SmolLM2
-mistral         Mistral 7B (context capped at the sliding window, see below)
+mistral         Mistral 7B (sliding-window attention)
 qwen2           Qwen2 / Qwen2.5 (q/k/v biases)
 ==============  ==========================================================================
 
@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 SUPPORTED = ("gpt2", "llama", "mistral", "qwen2")
-GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
+ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
                     "relu": "relu", "silu": "silu", "swish": "silu"}
+HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 # Generation defaults we understand, from generation_config.json into GenerateConfig names.
 GENERATION_KEYS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
                    "no_repeat_ngram_size", "max_new_tokens")
@@ -103,35 +104,39 @@ def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
             if not hf.get("scale_attn_weights", True):
                 raise UserError(f"{where}: GPT-2 option scale_attn_weights=false is not supported")
             act = hf.get("activation_function", "gelu_new")
-            if act not in GPT2_ACTIVATIONS:
-                raise UserError(f"{where}: activation_function '{act}' is not supported ({', '.join(GPT2_ACTIVATIONS)})")
+            if act not in ACTIVATIONS:
+                raise UserError(f"{where}: activation_function '{act}' is not supported ({', '.join(ACTIVATIONS)})")
             cfg = GPTConfig(
                 vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", 1024), n_layer=hf["n_layer"],
                 n_head=hf["n_head"], n_embd=hf["n_embd"], intermediate_size=hf.get("n_inner") or 0, dropout=0.0,
-                bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=GPT2_ACTIVATIONS[act],
+                bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=ACTIVATIONS[act],
                 tie_embeddings=hf.get("tie_word_embeddings", True),
             )
         else:
             act = hf.get("hidden_act", "silu")
-            if act not in ("silu", "swish"):
-                raise UserError(f"{where}: hidden_act '{act}' is not supported for {mt} (only silu)")
+            if act not in ACTIVATIONS:
+                raise UserError(f"{where}: hidden_act '{act}' is not supported ({', '.join(ACTIVATIONS)})")
             n_head, n_embd = hf["num_attention_heads"], hf["hidden_size"]
             head_dim = hf.get("head_dim") or 0
             block = hf.get("max_position_embeddings", 2048)
-            window = hf.get("sliding_window") if (mt == "mistral" or hf.get("use_sliding_window")) else None
-            if window and window < block:
-                # Positions beyond the window would attend to only the last `window` keys; capping the
-                # context at the window keeps every attention pattern exactly the checkpoint's.
-                log.info("%s: context capped at the sliding window of %d tokens", where, window)
-                block = window
+            window = 0
+            if mt == "mistral" and hf.get("sliding_window") and hf["sliding_window"] < block:
+                window = int(hf["sliding_window"])  # every layer slides
+            elif (mt == "qwen2" and hf.get("use_sliding_window") and hf.get("sliding_window")
+                  and hf.get("max_window_layers", 0) < hf["num_hidden_layers"]):
+                # Qwen2 slides only in its upper layers; capping the context at the window keeps
+                # every attention pattern exactly the checkpoint's.
+                log.info("%s: context capped at the sliding window of %d tokens", where, hf["sliding_window"])
+                block = min(block, int(hf["sliding_window"]))
             cfg = GPTConfig(
                 vocab_size=hf["vocab_size"], block_size=block, n_layer=hf["num_hidden_layers"], n_head=n_head,
                 n_embd=n_embd, n_kv_head=hf.get("num_key_value_heads") or n_head,
                 head_dim=0 if head_dim == n_embd // n_head and n_embd % n_head == 0 else head_dim,
                 intermediate_size=hf["intermediate_size"], dropout=0.0, bias=False, qkv_bias=(mt == "qwen2"),
                 attn_bias=bool(hf.get("attention_bias", False)), mlp_bias=bool(hf.get("mlp_bias", False)),
-                norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="gated", activation="silu",
-                tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **_rope_fields(hf, where),
+                norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="gated", activation=ACTIVATIONS[act],
+                tie_embeddings=bool(hf.get("tie_word_embeddings", False)), sliding_window=window,
+                **_rope_fields(hf, where),
             )
             if cfg.n_kv_head == cfg.n_head:
                 cfg.n_kv_head = 0
@@ -311,22 +316,27 @@ def generation_defaults(gen: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_hf(path: str | Path) -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    """(model in eval mode on CPU, tokenizer, info) from a Hugging Face model folder."""
+def load_hf(path: str | Path) -> tuple[GPT, Tokenizer | None, dict[str, Any]]:
+    """(model in eval mode on CPU, tokenizer or None if the folder has none, info) from a Hugging Face model folder."""
     d = Path(path)
     hf = read_json(d / CONFIG, "is this a Hugging Face model folder?")
     cfg = gpt_config_from_hf(hf, str(d / CONFIG))
     gen = read_json(d / GENERATION_CONFIG, "fix or delete it") if (d / GENERATION_CONFIG).is_file() else {}
     eos = _eos_list(gen.get("eos_token_id", hf.get("eos_token_id")))
     bos = gen.get("bos_token_id", hf.get("bos_token_id"))
-    tokenizer = PretrainedTokenizer.from_dir(d, eos_id=eos[0] if eos else None, bos_id=bos)
+    if any((d / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        tokenizer: PretrainedTokenizer | None = PretrainedTokenizer.from_dir(d, eos_id=eos[0] if eos else None, bos_id=bos)
+    else:  # weights only: usable on token ids; text needs the tokenizer files
+        log.debug("%s has no tokenizer files: the model works on token ids only", d)
+        tokenizer = None
     model = empty_model(cfg)
     sd = arlm_state_from_hf(read_hf_weights(d), cfg, hf["model_type"], str(d))
     assign_weights(model, {k: v.float() for k, v in sd.items()}, f"{d}: weights do not match config.json")
     info = {
         "model_type": "gpt", "model": to_dict(cfg), "path": str(d), "source": {"format": "huggingface",
         "model_type": hf["model_type"], "path": str(d.resolve())},
-        "generation": generation_defaults(gen), "eos_token_ids": eos or _eos_list(tokenizer.eot_id),
+        "generation": generation_defaults(gen),
+        "eos_token_ids": eos or (_eos_list(tokenizer.eot_id) if tokenizer else []),
     }
     return model.eval(), tokenizer, info
 
@@ -336,7 +346,8 @@ def load_hf(path: str | Path) -> tuple[GPT, Tokenizer, dict[str, Any]]:
 
 
 def hf_layout(cfg: GPTConfig) -> str:
-    """Which transformers architecture expresses ``cfg`` exactly: gpt2 or llama (else UserError).
+    """Which transformers architecture expresses ``cfg`` exactly: gpt2, llama, or mistral for a
+    sliding-window model (else UserError).
 
     Missing biases are written as zeros (GPT-2 always has them; Llama's ``attention_bias`` covers
     q, k, v and o together), which computes the same function.
@@ -353,10 +364,14 @@ def hf_layout(cfg: GPTConfig) -> str:
         return "gpt2"
     problems = [what for bad, what in (
         (cfg.norm != "rmsnorm", "norm must be rmsnorm"),
-        (cfg.mlp != "gated" or cfg.activation != "silu", "mlp must be gated with activation silu (SwiGLU)"),
+        (cfg.mlp != "gated", "mlp must be gated (SwiGLU)"),
     ) if bad]
     if problems:
         raise UserError("this rotary-position model cannot be written as Llama: " + "; ".join(problems))
+    if cfg.sliding_window:
+        if cfg.bias or cfg.qkv_bias or cfg.attn_bias or cfg.mlp_bias:
+            raise UserError("a sliding-window model is written as Mistral, which has no biases; train it with bias=false")
+        return "mistral"
     # (Not Qwen2 for q/k/v-only biases: transformers 5 swaps in Qwen2's own pre-tokenizer for
     # model_type qwen2, which would change the ids of any other tokenizer.)
     return "llama"
@@ -367,11 +382,10 @@ def hf_config(cfg: GPTConfig, layout: str, bos_id: int | None, eos_id: int | lis
     common = dict(vocab_size=cfg.vocab_size, bos_token_id=bos_id, eos_token_id=eos_id, use_cache=True,
                   tie_word_embeddings=cfg.tie_embeddings, initializer_range=0.02, dtype="float32")
     if layout == "gpt2":
-        act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}[cfg.activation]
         return dict(
             architectures=["GPT2LMHeadModel"], model_type="gpt2", n_positions=cfg.block_size, n_embd=cfg.n_embd,
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=None if cfg.hidden_size == 4 * cfg.n_embd else cfg.hidden_size,
-            activation_function=act, layer_norm_epsilon=cfg.norm_eps, resid_pdrop=0.0, embd_pdrop=0.0,
+            activation_function=HF_ACTIVATION[cfg.activation], layer_norm_epsilon=cfg.norm_eps, resid_pdrop=0.0, embd_pdrop=0.0,
             attn_pdrop=0.0, scale_attn_weights=True, **common,
         )
     rope: dict[str, Any] | None = None
@@ -382,10 +396,20 @@ def hf_config(cfg: GPTConfig, layout: str, bos_id: int | None, eos_id: int | lis
                 "high_freq_factor": cfg.rope_high_freq_factor,
                 "original_max_position_embeddings": cfg.rope_original_block_size}
     attn_bias = cfg.bias or cfg.attn_bias or cfg.qkv_bias
+    if layout == "mistral":
+        return dict(
+            architectures=["MistralForCausalLM"], model_type="mistral", hidden_size=cfg.n_embd,
+            intermediate_size=cfg.hidden_size, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+            num_key_value_heads=cfg.kv_heads, head_dim=cfg.hs, hidden_act=HF_ACTIVATION[cfg.activation],
+            max_position_embeddings=cfg.block_size,
+            rms_norm_eps=cfg.norm_eps, attention_dropout=0.0, sliding_window=cfg.sliding_window,
+            rope_theta=cfg.rope_theta, rope_scaling=rope, **common,
+        )
     return dict(
         architectures=["LlamaForCausalLM"], model_type="llama",
         hidden_size=cfg.n_embd, intermediate_size=cfg.hidden_size, num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads, head_dim=cfg.hs, hidden_act="silu",
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads, head_dim=cfg.hs,
+        hidden_act=HF_ACTIVATION[cfg.activation],
         max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, attention_dropout=0.0,
         attention_bias=attn_bias, mlp_bias=cfg.bias or cfg.mlp_bias,
         # The transformers-4 layout; transformers 5 reads it into its `rope_parameters`.

@@ -108,19 +108,24 @@ class Block(nn.Module):
         return x  # (B, T, C)
 
 
-def attention_mask(start: int, T: int, key_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+def attention_mask(start: int, T: int, key_mask: torch.Tensor | None, device, window: int = 0) -> torch.Tensor | None:
     """Boolean mask (True = may attend) for T queries at positions start.. over S = start + T keys.
 
-    None when plain causal attention is right (no padding, and no earlier cached positions or just
-    one query). ``key_mask`` (B, S) marks real tokens (False = padding). A padding query is allowed
-    to see itself so its row is never empty: an all-masked row would make softmax NaN, and the NaN
-    would reach real tokens through the values.
+    None when plain causal attention is right (no padding, no earlier cached positions or just one
+    query, and no sliding window in reach). ``key_mask`` (B, S) marks real tokens (False = padding).
+    A padding query is allowed to see itself so its row is never empty: an all-masked row would make
+    softmax NaN, and the NaN would reach real tokens through the values. With a sliding ``window``,
+    query i sees keys j with i - window < j <= i (Mistral; Jiang et al. 2023).
     """
-    if key_mask is None and (start == 0 or T == 1):
+    S = start + T
+    slides = 0 < window < S
+    if key_mask is None and (start == 0 or T == 1) and not slides:
         return None
-    q_pos = torch.arange(start, start + T, device=device)[:, None]  # (T, 1)
-    k_pos = torch.arange(start + T, device=device)[None, :]  # (1, S)
+    q_pos = torch.arange(start, S, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
     mask = k_pos <= q_pos  # (T, S)
+    if slides:
+        mask = mask & (k_pos > q_pos - window)
     if key_mask is not None:
         mask = (mask & key_mask.bool()[:, None, None, :]) | (k_pos == q_pos)  # (B, 1, T, S)
     return mask
@@ -217,7 +222,7 @@ class GPT(nn.Module):
         else:
             x = x + self.transformer.wpe(positions)  # (B, T, C)
         x = self.transformer.drop(x)
-        mask = attention_mask(start, T, key_mask, idx.device)
+        mask = attention_mask(start, T, key_mask, idx.device, self.config.sliding_window)
         for block in self.transformer.h:
             x = block(x, rope, pos, mask)
         x = self.transformer.ln_f(x)  # (B, T, C)

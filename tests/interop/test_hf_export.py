@@ -23,7 +23,9 @@ ARCHS = {
     "llama-mqa-biases-llama3": dict(ROPE, n_kv_head=1, head_dim=16, bias=True, rope_scaling="llama3", rope_factor=4.0,
                                     rope_original_block_size=16),
     "llama-linear-tied": dict(ROPE, rope_scaling="linear", rope_factor=2.0),
+    "llama-geglu": dict(ROPE, activation="gelu_tanh"),
     "qwen2": dict(ROPE, qkv_bias=True, n_kv_head=2),
+    "mistral-sliding-window": dict(ROPE, n_kv_head=2, sliding_window=12, tie_embeddings=False),
 }
 
 
@@ -50,7 +52,7 @@ def test_round_trip_through_transformers(arch, tok_kind, tokenizers_, tmp_path):
     out = export_hf(model, tokenizer, tmp_path / "hf")
 
     hf = tf.AutoModelForCausalLM.from_pretrained(out).eval()
-    expected = "GPT2LMHeadModel" if arch.startswith("gpt2") else "LlamaForCausalLM"
+    expected = {"gpt2": "GPT2LMHeadModel", "mistral": "MistralForCausalLM"}.get(arch.split("-")[0], "LlamaForCausalLM")
     assert type(hf).__name__ == expected
     hf_tok = tf.AutoTokenizer.from_pretrained(out)
     text = MIXED_TEXT[:300]

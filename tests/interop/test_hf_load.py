@@ -109,7 +109,7 @@ def test_cli_generates_and_evaluates_from_a_hugging_face_folder(gpt2_dir, tmp_pa
     (lambda d: (d / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10})), "model_type 'bert' is not supported"),
     (lambda d: (d / "model.safetensors").unlink(), "has no weights"),
     (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 20), "damaged or truncated"),
-    (lambda d: (d / "tokenizer.json").unlink(), "has no tokenizer"),
+    (lambda d: (d / "tokenizer.json").unlink(), "has no tokenizer files"),
     (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), "n_layer": 3})), "weight 'h.2.ln_1.weight' is missing"),
 ])
 def test_bad_folders_give_one_clear_error(gpt2_dir, tmp_path, capsys, change, message):
@@ -169,3 +169,14 @@ def test_beam_search_through_the_api_and_cli(gpt2_dir, capsys):
     assert json.loads(capsys.readouterr().out)["completions"] == [beams[0]]
     assert main(["generate", "--model", str(gpt2_dir), "--num-beams", "2", "--max-new-tokens", "500"]) == 2
     assert "fit the context window" in capsys.readouterr().err
+
+
+def test_weights_only_folder_runs_on_token_ids(tmp_path):
+    hf = make_hf_model(tmp_path, "llama", seed=3, tokenizer=False, hidden_act="gelu")  # a GeGLU variant
+    m = arlm.load(tmp_path, device="cpu")
+    x = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        assert (m.model(x)[0] - hf(x).logits).abs().max().item() <= 1e-4
+    with pytest.raises(UserError, match="no tokenizer files"):
+        m.generate("text")
+    assert main(["convert", "--from-hf", str(tmp_path), "--out", str(tmp_path / "out")]) == 2

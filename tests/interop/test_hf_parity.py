@@ -28,7 +28,7 @@ CONFIGS = {
     "llama-mqa-headdim-biases-llama3rope": ("llama", dict(num_key_value_heads=1, head_dim=16, attention_bias=True,
                                                           mlp_bias=True, rope_scaling=LLAMA3)),
     "llama-linear-rope": ("llama", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}, num_hidden_layers=3)),
-    "mistral": ("mistral", {}),
+    "mistral-sliding-window-8": ("mistral", dict(sliding_window=8)),
     "qwen2": ("qwen2", dict(tie_word_embeddings=True)),
 }
 
