@@ -104,8 +104,11 @@ class LanguageModel:
             if "".join(pieces):
                 yield b, "".join(pieces)
 
-    def _stream_ids(self, ids: list[int], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
-        B = cfg.num_return_sequences
+    def _stream_ids(self, ids: list[int] | list[list[int]], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
+        """``(row, new text)`` for one prompt's ids or several prompts' (decoded as one left-padded
+        batch; row = prompt index * num_return_sequences + sequence index)."""
+        n_prompts = len(ids) if ids and isinstance(ids[0], list) else 1
+        B = n_prompts * cfg.num_return_sequences
         streams = [TextStream(self.tokenizer, cfg.stop) for _ in range(B)]
         finished = torch.zeros(B, dtype=torch.bool)
         eos = self.eos_ids
@@ -141,12 +144,20 @@ class LanguageModel:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not all(isinstance(p, str) for p in prompts):
             raise UserError("prompt must be a string or a list of strings")
-        results = []
-        for p in prompts:
-            texts = [""] * cfg.num_return_sequences
-            for b, piece in self.stream_sequences(p, cfg):
+        n = cfg.num_return_sequences
+        if cfg.num_beams > 1:  # one beam search per prompt
+            texts = []
+            for p in prompts:
+                row = [""] * n
+                for b, piece in self.stream_sequences(p, cfg):
+                    row[b] += piece
+                texts.extend(row)
+        else:  # all prompts in one left-padded batch; every prompt is checked before decoding starts
+            ids = [self.encode_prompt(p) for p in prompts]
+            texts = [""] * (len(prompts) * n)
+            for b, piece in self._stream_ids(ids, cfg):
                 texts[b] += piece
-            results.append(texts if cfg.num_return_sequences > 1 else texts[0])
+        results = [texts[i * n:(i + 1) * n] if n > 1 else texts[i] for i in range(len(prompts))]
         return results[0] if isinstance(prompt, str) else results
 
     def _need_tokenizer(self) -> None:

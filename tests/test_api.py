@@ -104,3 +104,12 @@ def test_bpe_model_end_to_end_with_chinese_prompt(tmp_path):
     ids = ids[: ids.index(eos[0])] if eos[0] in ids else ids
     assert "".join(pieces) == m.tokenizer.decode(ids)  # no piece was emitted that later changed
     assert m.perplexity("低头思故乡") > 1
+
+
+def test_list_of_prompts_is_one_batch_equal_to_one_by_one(trained_model):
+    m = arlm.load(trained_model, device="cpu")
+    prompts = ["KING.", "O", "What say you, my lord"]
+    batch = m.generate(prompts, max_new_tokens=8, temperature=0)
+    assert batch == [m.generate(p, max_new_tokens=8, temperature=0) for p in prompts]
+    several = m.generate(prompts[:2], max_new_tokens=5, temperature=0, num_return_sequences=2)
+    assert several == [[batch[0][:5]] * 2, [batch[1][:5]] * 2]

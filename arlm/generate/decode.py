@@ -18,15 +18,18 @@ from arlm.generate.sampling import process_logits, sample
 from arlm.model.gpt import GPT
 
 
-def prefill(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """Run the whole window ``idx`` (B, T) from position 0; next-token logits (B, V)."""
-    logits, _ = model(idx, pos=0, last_only=True)
+def prefill(model: GPT, idx: torch.Tensor, key_mask: torch.Tensor | None = None,
+            positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the whole window ``idx`` (B, T) from cache slot 0; next-token logits (B, V).
+    ``key_mask``/``positions`` describe left padding (see ``GPT.forward``)."""
+    logits, _ = model(idx, pos=0, last_only=True, key_mask=key_mask, positions=positions)
     return logits[:, -1, :]
 
 
-def decode_step(model: GPT, token: torch.Tensor, pos: int) -> torch.Tensor:
-    """Feed one token per row (B, 1) at position ``pos`` through the KV cache; logits (B, V)."""
-    logits, _ = model(token, pos=pos, last_only=True)
+def decode_step(model: GPT, token: torch.Tensor, pos: int, key_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Feed one token per row (B, 1) at cache slot ``pos`` through the KV cache; logits (B, V)."""
+    logits, _ = model(token, pos=pos, last_only=True, key_mask=key_mask, positions=positions)
     return logits[:, -1, :]
 
 
@@ -36,21 +39,33 @@ def window_keep(block_size: int) -> int:
 
 
 @torch.inference_mode()
-def generate_ids(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tuple[int, ...] = (),
+def generate_ids(model: GPT, prompts: list[int] | list[list[int]], cfg: GenerateConfig, eos_ids: tuple[int, ...] = (),
                  finished: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
-    """Yield the next token of each of ``cfg.num_return_sequences`` rows, (B,), one step at a time.
+    """Yield the next token of every row, (B,), one step at a time.
 
-    ``prompt`` must be non-empty and at most block_size long. A row is finished once it emits one of
-    ``eos_ids``; the caller may also mark rows finished (e.g. on a stop string) through the
-    ``finished`` bool tensor (B,). Generation ends when every row is finished or after max_new_tokens.
-    With ``cfg.use_cache`` False the window is recomputed for every token (same tokens, slower).
+    ``prompts`` is one prompt (a list of ids) or several; each gives ``cfg.num_return_sequences``
+    consecutive rows, so B = len(prompts) * num_return_sequences. Prompts of different lengths are
+    left-padded into one batch, with a key mask and per-row position ids, so a row decodes exactly as
+    it would alone. Each prompt must be non-empty and at most block_size long. A row is finished once
+    it emits one of ``eos_ids``; the caller may also mark rows finished (e.g. on a stop string) through
+    the ``finished`` bool tensor (B,). Generation ends when every row is finished or after
+    max_new_tokens. With ``cfg.use_cache`` False the window is recomputed for every token (same tokens).
     """
-    assert prompt and len(prompt) <= model.config.block_size
+    if prompts and isinstance(prompts[0], int):
+        prompts = [prompts]
+    block = model.config.block_size
+    assert prompts and all(0 < len(p) <= block for p in prompts)
     device = model.transformer.wte.weight.device
-    B, block = cfg.num_return_sequences, model.config.block_size
+    rows = [p for p in prompts for _ in range(cfg.num_return_sequences)]
+    B, L = len(rows), max(len(p) for p in rows)
     if finished is None:
         finished = torch.zeros(B, dtype=torch.bool)
-    tokens = torch.tensor([prompt] * B, dtype=torch.long, device=device)  # (B, L): everything so far
+    tokens = torch.zeros(B, L, dtype=torch.long, device=device)  # (B, L): everything so far, left-padded
+    real = torch.zeros(B, L, dtype=torch.bool, device=device)  # False where padding
+    for b, p in enumerate(rows):
+        tokens[b, L - len(p):] = torch.tensor(p, device=device)
+        real[b, L - len(p):] = True
+    padded = not bool(real.all())  # equal lengths keep the plain (mask-free) path
     gen = None
     if cfg.seed is not None:
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -58,19 +73,30 @@ def generate_ids(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tu
     greedy = cfg.temperature == 0
     start = 0  # where the model's window begins in `tokens`
 
+    def padding_inputs(new: int):
+        """Key mask over the window and position ids of its last ``new`` tokens (None without padding)."""
+        if not padded:
+            return None, None
+        window = real[:, start:]
+        positions = (window.long().cumsum(-1) - 1).clamp(min=0)  # a row's first real token is position 0
+        return window, positions[:, -new:]
+
     def forward_window() -> torch.Tensor:
+        key_mask, positions = padding_inputs(tokens.size(1) - start)
         if cfg.use_cache:
-            return prefill(model, tokens[:, start:])
-        logits, _ = model(tokens[:, start:], last_only=True)
+            return prefill(model, tokens[:, start:], key_mask, positions)
+        logits, _ = model(tokens[:, start:], last_only=True, key_mask=key_mask, positions=positions)
         return logits[:, -1, :]
 
     if cfg.use_cache:  # room for the whole sequence, up to one window (long-context models need not allocate it all)
-        model.setup_cache(B, min(block, len(prompt) + cfg.max_new_tokens))
+        model.setup_cache(B, min(block, L + cfg.max_new_tokens))
     try:
         logits = forward_window() if cfg.max_new_tokens > 0 else None
         for i in range(cfg.max_new_tokens):
-            nxt = sample(process_logits(logits, tokens, cfg), greedy, gen)  # (B,)
+            context_mask = real if padded else None
+            nxt = sample(process_logits(logits, tokens, cfg, context_mask), greedy, gen)  # (B,)
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            real = torch.cat([real, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
             yield nxt
             if eos.numel():
                 finished |= torch.isin(nxt, eos).cpu()
@@ -80,7 +106,7 @@ def generate_ids(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tu
                 start = tokens.size(1) - window_keep(block)
                 logits = forward_window()
             elif cfg.use_cache:
-                logits = decode_step(model, nxt[:, None], tokens.size(1) - 1 - start)
+                logits = decode_step(model, nxt[:, None], tokens.size(1) - 1 - start, *padding_inputs(1))
             else:
                 logits = forward_window()
     finally:

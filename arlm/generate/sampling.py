@@ -13,11 +13,15 @@ import torch
 from arlm.config import GenerateConfig
 
 
-def repetition_penalty(logits: torch.Tensor, context: torch.Tensor, penalty: float) -> torch.Tensor:
+def repetition_penalty(logits: torch.Tensor, context: torch.Tensor, penalty: float,
+                       context_mask: torch.Tensor | None = None) -> torch.Tensor:
     """CTRL penalty (Keskar et al. 2019): tokens in ``context`` (B, L) have positive logits divided
-    by ``penalty`` and negative logits multiplied by it, so both become less likely."""
+    by ``penalty`` and negative logits multiplied by it, so both become less likely. Positions where
+    ``context_mask`` is False (padding) do not count."""
     if penalty == 1.0 or context.numel() == 0:
         return logits
+    if context_mask is not None:  # point padding at the row's last token: already counted, so no effect
+        context = torch.where(context_mask, context, context[:, -1:])
     seen = torch.gather(logits, 1, context)  # (B, L)
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
     return logits.scatter(1, context, seen)
@@ -35,11 +39,15 @@ def banned_ngram_tokens(seq: list[int], n: int) -> list[int]:
     return banned
 
 
-def no_repeat_ngram(logits: torch.Tensor, context: torch.Tensor, n: int) -> torch.Tensor:
+def no_repeat_ngram(logits: torch.Tensor, context: torch.Tensor, n: int,
+                    context_mask: torch.Tensor | None = None) -> torch.Tensor:
     if n <= 0:
         return logits
     out = logits.clone()
-    for b, seq in enumerate(context.tolist()):
+    seqs = context.tolist()
+    if context_mask is not None:  # left padding: each row's real tokens only
+        seqs = [[t for t, keep in zip(seq, row) if keep] for seq, row in zip(seqs, context_mask.tolist())]
+    for b, seq in enumerate(seqs):
         banned = banned_ngram_tokens(seq, n)
         if banned:
             out[b, banned] = float("-inf")
@@ -102,11 +110,13 @@ def typical_p(logits: torch.Tensor, mass: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
-def process_logits(logits: torch.Tensor, context: torch.Tensor, cfg: GenerateConfig) -> torch.Tensor:
-    """Apply every enabled control to next-token ``logits`` (B, V) given ``context`` ids (B, L)."""
+def process_logits(logits: torch.Tensor, context: torch.Tensor, cfg: GenerateConfig,
+                   context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply every enabled control to next-token ``logits`` (B, V) given ``context`` ids (B, L)
+    (``context_mask`` (B, L): False on left padding, which the penalties ignore)."""
     logits = logits.float()
-    logits = repetition_penalty(logits, context, cfg.repetition_penalty)
-    logits = no_repeat_ngram(logits, context, cfg.no_repeat_ngram_size)
+    logits = repetition_penalty(logits, context, cfg.repetition_penalty, context_mask)
+    logits = no_repeat_ngram(logits, context, cfg.no_repeat_ngram_size, context_mask)
     if cfg.temperature == 0:
         return logits  # greedy: the remaining filters cannot change the argmax
     logits = temperature(logits, cfg.temperature)

@@ -97,3 +97,26 @@ def test_stream_cuts_at_stop_string_and_holds_back_prefixes():
     shown = "".join(s.push(i) for i in tok.encode("one\nEN"))
     assert shown == "one"[: len(shown)] and "\n" not in shown  # "\nEN" might become "\nEND": held back
     assert s.finish() == "one\nEN"[len(shown):]
+
+
+def test_batch_of_unequal_prompts_equals_one_by_one_greedy():
+    """Left padding + key mask + position ids: each row decodes exactly as its prompt alone, for GPT-2
+    and Llama-style models, with and without the KV cache, with penalties (within the context window:
+    past it, a batch slides its window when its longest row fills it, so rows slide together)."""
+    prompts = [[5, 17, 3, 42, 8, 8, 1], [9], [1, 2, 3, 4]]
+    llama = dict(pos_embedding="rope", norm="rmsnorm", mlp="gated", activation="silu", bias=False, n_kv_head=1)
+    for arch in ({}, llama):
+        torch.manual_seed(0)
+        m = GPT(GPTConfig(vocab_size=61, block_size=48, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **arch)).eval()
+        for kw in (dict(use_cache=True), dict(use_cache=False), dict(repetition_penalty=1.5, no_repeat_ngram_size=2)):
+            cfg = GenerateConfig(max_new_tokens=41, temperature=0, **kw)  # the longest row fills the window
+            batch = torch.stack(list(generate_ids(m, prompts, cfg)), dim=1).tolist()
+            alone = [torch.stack(list(generate_ids(m, p, cfg)), dim=1).tolist()[0] for p in prompts]
+            assert batch == alone, (arch, kw)
+
+
+def test_batch_rows_follow_prompts_times_sequences():
+    m = model()
+    cfg = GenerateConfig(max_new_tokens=5, temperature=0, num_return_sequences=2)
+    out = torch.stack(list(generate_ids(m, [[1, 2, 3], [4]], cfg)), dim=1).tolist()
+    assert len(out) == 4 and out[0] == out[1] and out[2] == out[3]
