@@ -152,9 +152,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from arlm.api import generate_config, load
 
-    generate_config(**explicit_values(args, _names(GenerateConfig)))  # bad options fail before loading
+    controls = explicit_values(args, _names(GenerateConfig))
+    generate_config(**controls)  # bad options fail before the model is loaded
     m = load(args.model, device=args.device)
-    cfg = m.generate_config(**explicit_values(args, _names(GenerateConfig)))
+    cfg = m.generate_config(**controls)  # the model's own defaults under the flags given
     n = cfg.num_return_sequences
     stream = m.stream_sequences(args.prompt, cfg)  # checks the prompt before anything is printed
     if args.json:

@@ -252,14 +252,14 @@ def hf_state_from_arlm(model: GPT, layout: str) -> dict[str, torch.Tensor]:
         out["transformer.wte.weight"] = sd["transformer.wte.weight"]
         out["transformer.wpe.weight"] = sd["transformer.wpe.weight"]
         for i in range(cfg.n_layer):
-            src, dst = f"transformer.h.{i}.", f"transformer.h.{i}."
+            h = f"transformer.h.{i}."  # same names in both layouts
             for name in ("ln_1", "ln_2"):
-                out[f"{dst}{name}.weight"] = sd[f"{src}{name}.weight"]
-                out[f"{dst}{name}.bias"] = sd.get(f"{src}{name}.bias", zeros(cfg.n_embd))
+                out[f"{h}{name}.weight"] = sd[f"{h}{name}.weight"]
+                out[f"{h}{name}.bias"] = sd.get(f"{h}{name}.bias", zeros(cfg.n_embd))
             for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-                w = sd[f"{src}{name}.weight"]
-                out[f"{dst}{name}.weight"] = t(w)
-                out[f"{dst}{name}.bias"] = sd.get(f"{src}{name}.bias", zeros(w.size(0)))
+                w = sd[f"{h}{name}.weight"]
+                out[f"{h}{name}.weight"] = t(w)
+                out[f"{h}{name}.bias"] = sd.get(f"{h}{name}.bias", zeros(w.size(0)))
         out["transformer.ln_f.weight"] = sd["transformer.ln_f.weight"]
         out["transformer.ln_f.bias"] = sd.get("transformer.ln_f.bias", zeros(cfg.n_embd))
     else:
@@ -395,26 +395,19 @@ def hf_config(cfg: GPTConfig, layout: str, bos_id: int | None, eos_id: int | lis
         rope = {"rope_type": "llama3", "factor": cfg.rope_factor, "low_freq_factor": cfg.rope_low_freq_factor,
                 "high_freq_factor": cfg.rope_high_freq_factor,
                 "original_max_position_embeddings": cfg.rope_original_block_size}
-    attn_bias = cfg.bias or cfg.attn_bias or cfg.qkv_bias
-    if layout == "mistral":
-        return dict(
-            architectures=["MistralForCausalLM"], model_type="mistral", hidden_size=cfg.n_embd,
-            intermediate_size=cfg.hidden_size, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-            num_key_value_heads=cfg.kv_heads, head_dim=cfg.hs, hidden_act=HF_ACTIVATION[cfg.activation],
-            max_position_embeddings=cfg.block_size,
-            rms_norm_eps=cfg.norm_eps, attention_dropout=0.0, sliding_window=cfg.sliding_window,
-            rope_theta=cfg.rope_theta, rope_scaling=rope, **common,
-        )
-    return dict(
-        architectures=["LlamaForCausalLM"], model_type="llama",
+    rotary = dict(
         hidden_size=cfg.n_embd, intermediate_size=cfg.hidden_size, num_hidden_layers=cfg.n_layer,
         num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads, head_dim=cfg.hs,
-        hidden_act=HF_ACTIVATION[cfg.activation],
-        max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps, attention_dropout=0.0,
-        attention_bias=attn_bias, mlp_bias=cfg.bias or cfg.mlp_bias,
+        hidden_act=HF_ACTIVATION[cfg.activation], max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
+        attention_dropout=0.0,
         # The transformers-4 layout; transformers 5 reads it into its `rope_parameters`.
         rope_theta=cfg.rope_theta, rope_scaling=rope, **common,
     )
+    if layout == "mistral":
+        return dict(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=cfg.sliding_window,
+                    **rotary)
+    return dict(architectures=["LlamaForCausalLM"], model_type="llama",
+                attention_bias=cfg.bias or cfg.attn_bias or cfg.qkv_bias, mlp_bias=cfg.bias or cfg.mlp_bias, **rotary)
 
 
 def hf_tokenizer(tokenizer: Tokenizer) -> PretrainedTokenizer:
@@ -447,14 +440,12 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path, info: dict[str,
     eos_ids = info.get("eos_token_ids") or _eos_list(hf_tok.eot_id)
     eos: int | list[int] | None = (eos_ids[0] if len(eos_ids) == 1 else eos_ids) if eos_ids else None
     bos = hf_tok.bos_id if hf_tok.bos_id is not None else (eos_ids[0] if eos_ids else None)
-    gen: dict[str, Any] = {"bos_token_id": bos, "eos_token_id": eos}
-    defaults = dict(info.get("generation") or {})
-    if defaults:
-        if defaults.pop("temperature", None) == 0.0:
-            gen["do_sample"] = False
-        elif "temperature" in (info.get("generation") or {}):
-            gen.update(do_sample=True, temperature=info["generation"]["temperature"])
-        gen.update(defaults)
+    gen: dict[str, Any] = {"bos_token_id": bos, "eos_token_id": eos, **(info.get("generation") or {})}
+    if gen.get("temperature") == 0.0:  # arlm's greedy is transformers' do_sample=false
+        del gen["temperature"]
+        gen["do_sample"] = False
+    elif "temperature" in gen:
+        gen["do_sample"] = True
     with atomic_dir(out) as tmp:
         save_file(hf_state_from_arlm(model, layout), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(hf_config(cfg, layout, bos, eos), indent=2), encoding="utf-8")

@@ -10,6 +10,7 @@ from arlm.fsutil import read_json
 
 EOT = "<|endoftext|>"  # document separator, as in GPT-2
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"  # Hugging Face's: special tokens, chat template
 
 
 @runtime_checkable
@@ -45,7 +46,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     checkpoint), which keeps its own special tokens.
     """
     path = Path(directory) / TOKENIZER_FILE
-    if (Path(directory) / "tokenizer_config.json").is_file():
+    if (Path(directory) / TOKENIZER_CONFIG).is_file():
         from arlm.tokenizers.pretrained import PretrainedTokenizer
 
         return PretrainedTokenizer.from_dir(directory)

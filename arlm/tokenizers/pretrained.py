@@ -16,9 +16,7 @@ from tokenizers import decoders, models, pre_tokenizers, processors
 
 from arlm.errors import UserError
 from arlm.fsutil import read_json
-from arlm.tokenizers.base import EOT, TOKENIZER_FILE
-
-TOKENIZER_CONFIG = "tokenizer_config.json"
+from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE
 
 
 def _token_text(value: Any) -> str | None:
@@ -53,7 +51,6 @@ class PretrainedTokenizer:
         eos, bos = _token_text(self.config.get("eos_token")), _token_text(self.config.get("bos_token"))
         self.eot_id = tok.token_to_id(eos) if eos else eos_id
         self.bos_id = tok.token_to_id(bos) if bos else bos_id
-        self.chat_template = self.config.get("chat_template")
 
     @classmethod
     def from_dir(cls, directory: str | Path, eos_id: int | None = None, bos_id: int | None = None) -> "PretrainedTokenizer":

@@ -59,3 +59,14 @@ def test_convert_refuses_to_overwrite_and_needs_one_direction(trained_model, tmp
     assert "exactly one of" in capsys.readouterr().err
     assert main(["convert", "--to-hf", str(trained_model), "--out", str(out), "--overwrite"]) == 0
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+
+
+def test_generation_defaults_survive_hf_to_arlm_to_hf(tmp_path):
+    make_hf_model(tmp_path / "hf", "llama", seed=4)
+    (tmp_path / "hf" / "generation_config.json").write_text(json.dumps(
+        {"do_sample": False, "max_new_tokens": 12, "repetition_penalty": 1.1, "eos_token_id": [0, 7]}))
+    assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "a")]) == 0
+    assert main(["convert", "--to-hf", str(tmp_path / "a"), "--out", str(tmp_path / "back")]) == 0
+    gen = tf.GenerationConfig.from_pretrained(tmp_path / "back")
+    assert (gen.do_sample, gen.max_new_tokens, gen.repetition_penalty, gen.eos_token_id) == (False, 12, 1.1, [0, 7])
+    assert gen.temperature in (None, 1.0)  # greedy: no temperature written
