@@ -14,11 +14,12 @@ __all__ = ["load", "train", "UserError", "__version__"]
 from arlm.errors import UserError
 
 
-def load(path, device="auto"):
-    """Load a checkpoint directory (or a training output directory) as a :class:`arlm.api.LanguageModel`."""
+def load(path, device="auto", precision="float32"):
+    """Load a checkpoint, training output or Hugging Face folder as a :class:`arlm.api.LanguageModel`
+    (``precision``: float32, bfloat16, int8 or auto)."""
     from arlm.api import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, precision=precision)
 
 
 def train(config=None, callbacks=None, **overrides):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +20,8 @@ import torch
 from arlm.config import GenerateConfig, from_dict
 from arlm.errors import UserError
 from arlm.eval.perplexity import evaluate_text
-from arlm.generate.decode import beam_search, generate_ids
+from arlm.generate.decode import SpeculativeStats, beam_search, generate_ids, prompt_logprobs, speculative_ids
+from arlm.generate.sampling import Rules
 from arlm.generate.stream import TextStream
 from arlm.runtime import resolve_device
 from arlm.train.checkpoint import load_model
@@ -39,6 +42,29 @@ def generate_config(**controls) -> GenerateConfig:
     return cfg
 
 
+@dataclass
+class TokenLogprob:
+    """One token with its log-probability under the model (None for a prompt's first token) and the
+    most likely alternatives at its position, as (token text, log-probability)."""
+
+    token: str
+    id: int
+    logprob: float | None
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    """One generated sequence: its text (stop string and end-of-text token excluded), why it ended
+    ("stop": end-of-text or a stop string, "length": max_new_tokens, "time": max_time), and, when
+    asked for, per-token log-probabilities of the generated tokens and of the prompt (``echo``)."""
+
+    text: str
+    finish_reason: str
+    tokens: list[TokenLogprob] = field(default_factory=list)
+    prompt_tokens: list[TokenLogprob] = field(default_factory=list)
+
+
 class LanguageModel:
     """A loaded model and its tokenizer, ready to generate and score text."""
 
@@ -50,6 +76,8 @@ class LanguageModel:
         # Defaults that came with the model (a Hugging Face generation_config.json); options given
         # to generate()/stream() or on the command line override them.
         self.generation_defaults: dict[str, Any] = dict(config.get("generation") or {})
+        self.last_speculative: SpeculativeStats | None = None  # acceptance figures of the last speculative run
+        self._drafts: dict[str, Any] = {}
         eos = config.get("eos_token_ids") or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else [])
         self.eos_ids: tuple[int, ...] = tuple(eos)
 
@@ -89,9 +117,26 @@ class LanguageModel:
             return self._beam_texts(ids, cfg)
         return self._stream_ids(ids, cfg)
 
+    def rules(self, cfg: GenerateConfig) -> Rules:
+        """Token-level constraints from ``cfg``: bad words tokenized, logit-bias ids checked."""
+        bias = cfg.parsed_logit_bias()
+        V = self.model.config.vocab_size
+        bad = [tid for tid in bias if tid >= V]
+        if bad:
+            raise UserError(f"logit_bias token id {bad[0]} is outside the vocabulary (0..{V - 1})")
+        bad_words = []
+        if cfg.bad_words:
+            self._need_tokenizer()
+            for word in cfg.bad_words:
+                ids = self.tokenizer.encode(word)
+                if not ids:
+                    raise UserError(f"bad word {word!r} has no tokens")
+                bad_words.append(ids)
+        return Rules(self.eos_ids, bad_words, bias)
+
     def _beam_texts(self, ids: list[int], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
         """Beam search decides a sequence only at the end, so each text arrives whole."""
-        for b, hyp in enumerate(beam_search(self.model, ids, cfg, self.eos_ids)):
+        for b, hyp in enumerate(beam_search(self.model, ids, cfg, self.eos_ids, rules=self.rules(cfg))):
             stream = TextStream(self.tokenizer, cfg.stop)
             pieces = []
             for tok in hyp.tokens:
@@ -107,27 +152,114 @@ class LanguageModel:
     def _stream_ids(self, ids: list[int] | list[list[int]], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
         """``(row, new text)`` for one prompt's ids or several prompts' (decoded as one left-padded
         batch; row = prompt index * num_return_sequences + sequence index)."""
+        for b, piece, _ in self._decode(ids, cfg):
+            if piece:
+                yield b, piece
+
+    def _decode(self, ids: list[int] | list[list[int]], cfg: GenerateConfig):
+        """Yield ``(row, new text, event)`` per generated token and then per row at the end. ``event``
+        is ``("token", id, logprob, top_ids, top_logprobs)`` for a token the row kept, or
+        ``("end", finish_reason)`` once per row after generation."""
         n_prompts = len(ids) if ids and isinstance(ids[0], list) else 1
         B = n_prompts * cfg.num_return_sequences
         streams = [TextStream(self.tokenizer, cfg.stop) for _ in range(B)]
         finished = torch.zeros(B, dtype=torch.bool)
+        reasons = ["length"] * B
         eos = self.eos_ids
-        for nxt in generate_ids(self.model, ids, cfg, eos, finished):
-            for b, tok in enumerate(nxt.tolist()):
+        t0, count = time.monotonic(), 0
+        if cfg.draft_model:
+            steps = self._speculative(ids, cfg)
+        else:
+            steps = generate_ids(self.model, ids, cfg, eos, finished, self.rules(cfg))
+        for step in steps:
+            count += 1
+            for b, tok in enumerate(step.tokens.tolist()):
                 if streams[b].done:
                     continue
                 if tok in eos:
-                    piece = streams[b].finish()
-                else:
-                    piece = streams[b].push(tok)
-                    if streams[b].done:  # a stop string was produced
-                        finished[b] = True
-                if piece:
-                    yield b, piece
+                    piece, reasons[b] = streams[b].finish(), "stop"
+                    yield b, piece, None
+                    continue
+                piece = streams[b].push(tok)
+                if streams[b].done:  # a stop string was produced
+                    finished[b], reasons[b] = True, "stop"
+                event = None
+                if step.logprobs is not None:
+                    top = ([], []) if step.top_ids is None else (step.top_ids[b].tolist(), step.top_logprobs[b].tolist())
+                    event = ("token", tok, float(step.logprobs[b]), *top)
+                yield b, piece, event
+        timed_out = cfg.max_time > 0 and count < cfg.max_new_tokens and time.monotonic() - t0 >= cfg.max_time
         for b, s in enumerate(streams):
-            piece = s.finish()
-            if piece:
-                yield b, piece
+            if reasons[b] == "length" and timed_out:
+                reasons[b] = "time"
+            yield b, s.finish(), ("end", reasons[b])
+
+    def draft(self, path: str) -> "LanguageModel":
+        """The draft model at ``path`` (loaded once, on this model's device), checked to share the vocabulary."""
+        if path not in self._drafts:
+            d = load(path, device=str(self.device))
+            V = self.model.config.vocab_size
+            sample = range(0, V, max(1, V // 2000))  # the same token ids must mean the same text
+            if d.model.config.vocab_size != V or (
+                    self.tokenizer is not None and d.tokenizer is not None
+                    and [d.tokenizer.decode([i]) for i in sample] != [self.tokenizer.decode([i]) for i in sample]):
+                raise UserError(f"draft model {path} does not share this model's tokenizer "
+                                f"(vocabulary {d.model.config.vocab_size} vs {self.model.config.vocab_size})")
+            self._drafts[path] = d
+        return self._drafts[path]
+
+    def _speculative(self, ids: list[int], cfg: GenerateConfig):
+        if ids and isinstance(ids[0], list):
+            if len(ids) > 1:
+                raise UserError("speculative decoding (draft_model) takes one prompt at a time")
+            ids = ids[0]
+        if cfg.logprobs or cfg.top_logprobs:
+            raise UserError("logprobs are not reported with speculative decoding; drop --draft-model to get them")
+        draft = self.draft(cfg.draft_model)
+        need = len(ids) + cfg.max_new_tokens + cfg.num_draft_tokens
+        limit = min(self.block_size, draft.block_size)
+        if need > limit:
+            raise UserError(f"speculative decoding needs prompt ({len(ids)} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
+                            f"+ num_draft_tokens ({cfg.num_draft_tokens}) <= the smaller context window ({limit}); "
+                            f"lower max_new_tokens")
+        self.last_speculative = stats = SpeculativeStats()
+        yield from speculative_ids(self.model, draft.model, ids, cfg, self.eos_ids, self.rules(cfg),
+                                   cfg.num_draft_tokens, stats)
+        log.info("speculative decoding: %d of %d draft tokens accepted (%.0f%%) in %d rounds",
+                 stats.accepted, stats.proposed, 100 * stats.acceptance_rate, stats.rounds)
+
+    def _token_logprob(self, tid: int, logprob: float | None, top_ids: list[int], top_values: list[float]) -> TokenLogprob:
+        decode = self.tokenizer.decode if self.tokenizer is not None else (lambda ids: f"<{ids[0]}>")
+        return TokenLogprob(decode([tid]), tid, logprob, [(decode([i]), v) for i, v in zip(top_ids, top_values)])
+
+    def complete(self, prompt: str, **controls) -> list[Completion]:
+        """Generate ``num_return_sequences`` completions of ``prompt`` with their finish reasons and,
+        with ``logprobs``/``top_logprobs``/``echo``, per-token log-probabilities under the model (the
+        raw distribution, before temperature, filters and penalties)."""
+        cfg = self.generate_config(**controls)
+        ids = self.encode_prompt(prompt)
+        n = cfg.num_return_sequences
+        if cfg.num_beams > 1:
+            if cfg.logprobs or cfg.top_logprobs:
+                raise UserError("logprobs are reported for sampling and greedy decoding, not for beam search")
+            texts = [""] * n
+            for b, piece in self.stream_sequences(prompt, cfg):
+                texts[b] += piece
+            out = [Completion(t, "stop") for t in texts]
+        else:
+            out = [Completion("", "length") for _ in range(n)]
+            for b, piece, event in self._decode(ids, cfg):
+                out[b].text += piece
+                if event and event[0] == "token":
+                    out[b].tokens.append(self._token_logprob(*event[1:]))
+                elif event and event[0] == "end":
+                    out[b].finish_reason = event[1]
+        if cfg.echo:
+            echoed = [self._token_logprob(tid, lp, [i for i, _ in top], [v for _, v in top])
+                      for tid, (lp, top) in zip(ids, prompt_logprobs(self.model, ids, cfg.top_logprobs))]
+            for c in out:
+                c.prompt_tokens = echoed
+        return out
 
     def stream(self, prompt: str, **controls) -> Iterator[str]:
         """Yield the continuation of ``prompt`` piece by piece (one sequence)."""
@@ -175,7 +307,13 @@ class LanguageModel:
         return self.evaluate(text, stride=stride)["perplexity"]
 
 
-def load(path: str | Path, device: str = "auto") -> LanguageModel:
+def load(path: str | Path, device: str = "auto", precision: str = "float32") -> LanguageModel:
+    """Load a checkpoint, training output or Hugging Face folder. ``precision``: float32, bfloat16,
+    int8 (weight-only, per-channel scales) or auto (bfloat16 on GPUs that support it); see
+    arlm.compress.quantize."""
+    from arlm.compress.quantize import quantize
+
     dev = resolve_device(device)
     model, tokenizer, config = load_model(path, dev)
+    quantize(model, precision)
     return LanguageModel(model, tokenizer, config)

@@ -154,15 +154,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     controls = explicit_values(args, _names(GenerateConfig))
     generate_config(**controls)  # bad options fail before the model is loaded
-    m = load(args.model, device=args.device)
+    m = load(args.model, device=args.device, precision=args.precision)
     cfg = m.generate_config(**controls)  # the model's own defaults under the flags given
+    if cfg.logprobs or cfg.top_logprobs or cfg.echo:
+        return _print_completions(args, m.complete(args.prompt, **controls))
     n = cfg.num_return_sequences
     stream = m.stream_sequences(args.prompt, cfg)  # checks the prompt before anything is printed
     if args.json:
         texts = [""] * n
         for b, piece in stream:
             texts[b] += piece
-        _emit_json({"prompt": args.prompt, "completions": texts})
+        out = {"prompt": args.prompt, "completions": texts}
+        if m.last_speculative is not None:
+            out["speculative"] = dataclasses.asdict(m.last_speculative) | {"acceptance_rate": m.last_speculative.acceptance_rate}
+        _emit_json(out)
         return 0
     # Several sequences are decoded together in one batch; the first is streamed, the others follow it.
     out = sys.stdout
@@ -177,6 +182,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out.write("\n")
     for b in range(1, n):
         out.write(f"--- sample {b + 1} of {n} ---\n{args.prompt}{texts[b]}\n")
+    return 0
+
+
+def _print_completions(args: argparse.Namespace, completions) -> int:
+    """Completions with per-token log-probabilities: JSON, or a table per sequence."""
+    if args.json:
+        _emit_json({"prompt": args.prompt, "completions": [dataclasses.asdict(c) for c in completions]})
+        return 0
+    for i, c in enumerate(completions):
+        if len(completions) > 1:
+            print(f"--- sample {i + 1} of {len(completions)} ---")
+        print(args.prompt + c.text)
+        print(f"[finish: {c.finish_reason}]")
+        rows = [("prompt", t) for t in c.prompt_tokens] + [("new", t) for t in c.tokens]
+        if rows:
+            print(f"{'':7}{'token':>14} {'logprob':>9}  top alternatives")
+        for kind, t in rows:
+            lp = "" if t.logprob is None else f"{t.logprob:9.4f}"
+            alts = "  ".join(f"{a!r} {v:.3f}" for a, v in t.top)
+            print(f"{kind:7}{t.token!r:>14} {lp:>9}  {alts}")
     return 0
 
 
@@ -267,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True, metavar="DIR", help="checkpoint or training output folder")
     sp.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
     sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto")
+    sp.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16", "int8"),
+                    help="weights for decoding: float32, bfloat16, int8 (weight-only, per-channel scales), or auto "
+                         "(bfloat16 on GPUs that support it); on CPU combine bfloat16/int8 with --compile for speed")
     add_config_args(sp, GenerateConfig)
     sp.add_argument("--json", action="store_true", help="print {prompt, completions} as one JSON object instead of streaming")
     sp.set_defaults(func=cmd_generate)

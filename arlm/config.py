@@ -214,6 +214,9 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto")
     dtype: str = _f("auto", "compute precision; auto = bfloat16 autocast on capable GPUs, float32 on CPU",
                     choices=("auto", "float32", "bfloat16", "float16"))
+    draft_model: str = _f("", "speculative decoding: a smaller model with the same tokenizer proposes tokens that "
+                              "this model checks in one pass (same output distribution; greedy output identical)", metavar="DIR")
+    num_draft_tokens: int = _f(4, "speculative decoding: tokens the draft model proposes per round")
     compile: bool = _f(False, "compile the model with torch.compile (faster steps after a slow first one)")
     threads: int = _f(0, "CPU threads for PyTorch (0: PyTorch's default)")
     progress: bool = _f(True, "show a progress bar")
@@ -258,6 +261,15 @@ class GenerateConfig:
     typical_p: float = _f(1.0, "locally typical sampling: keep the most typical tokens up to this probability mass (1: off)")
     repetition_penalty: float = _f(1.0, "CTRL-style penalty > 1 for tokens already in the context (1: off)")
     no_repeat_ngram_size: int = _f(0, "never repeat an n-gram of this size (0: off)")
+    frequency_penalty: float = _f(0.0, "subtract this times a token's count in the generated text from its logit (OpenAI's; 0: off)")
+    presence_penalty: float = _f(0.0, "subtract this from the logit of every token already generated (OpenAI's; 0: off)")
+    bad_words: list[str] = _f([], "never generate this text (repeatable; its exact token sequence is banned)")
+    logit_bias: list[str] = _f([], "add BIAS to token ID's logit, written ID=BIAS (repeatable; -100 bans, 100 forces)")
+    min_new_tokens: int = _f(0, "do not end (end-of-text token) before this many new tokens")
+    max_time: float = _f(0.0, "stop generating after this many seconds (0: no limit)")
+    logprobs: bool = _f(False, "report each generated token's log-probability under the model")
+    top_logprobs: int = _f(0, "with each token, report this many most likely alternatives and their log-probabilities")
+    echo: bool = _f(False, "also report the prompt tokens' log-probabilities (the first token has none)")
     num_return_sequences: int = _f(1, "continuations per prompt (independent samples, or the best beams)")
     num_beams: int = _f(1, "beam search with this many beams (1: off); deterministic, sampling controls are not used")
     length_penalty: float = _f(1.0, "beam search: a hypothesis scores sum(log p) / length ** length_penalty (> 0 favours longer ones)")
@@ -265,6 +277,11 @@ class GenerateConfig:
     stop: list[str] = _f([], "stop when this text is generated (repeatable); the stop text is not returned")
     seed: int | None = _f(None, "random seed for sampling (default: nondeterministic)")
     use_cache: bool = _f(True, "use the KV cache (off recomputes the whole context each token; for testing)")
+    draft_model: str = _f("", "speculative decoding: a smaller model with the same tokenizer proposes tokens that "
+                              "this model checks in one pass (same output distribution; greedy output identical)", metavar="DIR")
+    num_draft_tokens: int = _f(4, "speculative decoding: tokens the draft model proposes per round")
+    compile: bool = _f(False, "compile the one-token decode step with torch.compile: faster tokens after a "
+                              "slow first call (seconds to a minute); needs a C++ compiler on CPU")
 
     def validate(self) -> None:
         if self.max_new_tokens < 0:
@@ -293,6 +310,36 @@ class GenerateConfig:
             raise UserError(f"length_penalty must be a finite number, got {self.length_penalty}")
         if any(s == "" for s in self.stop):
             raise UserError("stop strings must not be empty")
+        if any(s == "" for s in self.bad_words):
+            raise UserError("bad_words must not be empty strings")
+        for name in ("frequency_penalty", "presence_penalty", "max_time"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.max_time < 0:
+            raise UserError(f"max_time must be >= 0 seconds (0 = no limit), got {self.max_time}")
+        if self.num_draft_tokens < 1:
+            raise UserError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
+        if self.draft_model and (self.num_beams > 1 or self.num_return_sequences > 1):
+            raise UserError("speculative decoding (draft_model) produces one sequence: use num_beams=1 and num_return_sequences=1")
+        if self.min_new_tokens < 0:
+            raise UserError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
+        if not 0 <= self.top_logprobs <= 20:
+            raise UserError(f"top_logprobs must be between 0 and 20, got {self.top_logprobs}")
+        self.parsed_logit_bias()
+
+    def parsed_logit_bias(self) -> dict[int, float]:
+        """``logit_bias`` entries "ID=BIAS" as {id: bias}."""
+        out: dict[int, float] = {}
+        for item in self.logit_bias:
+            token, sep, value = str(item).partition("=")
+            try:
+                tid, bias = int(token), float(value)
+            except ValueError:
+                tid, bias = -1, math.nan
+            if not sep or tid < 0 or not math.isfinite(bias):
+                raise UserError(f"logit_bias entries are TOKEN_ID=BIAS with a finite bias (e.g. 50256=-100), got {item!r}")
+            out[tid] = bias
+        return out
 
 
 @dataclass

@@ -83,7 +83,7 @@ def main() -> None:
         prompt = x[:1, :16]
         want = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=64,
                            min_new_tokens=64, pad_token_id=0)[0, 16:].tolist()
-        have = [int(t) for t in generate_ids(ours, prompt[0].tolist(), GenerateConfig(temperature=0.0, max_new_tokens=64))]
+        have = [int(s.tokens) for s in generate_ids(ours, prompt[0].tolist(), GenerateConfig(temperature=0.0, max_new_tokens=64))]
 
         long = torch.randint(0, V, (1, 512), generator=torch.Generator().manual_seed(2))
         t_hf, t_ours = [], []

@@ -22,7 +22,7 @@ from arlm.model.gpt import GPT
 
 def timed(model: GPT, prompt: list[int], cfg: GenerateConfig) -> tuple[float, list[int]]:
     t0 = time.perf_counter()
-    out = [int(t) for t in generate_ids(model, prompt, cfg)]
+    out = [int(step.tokens) for step in generate_ids(model, prompt, cfg)]
     return time.perf_counter() - t0, out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 
 import arlm
 from arlm.errors import UserError
@@ -100,7 +101,7 @@ def test_bpe_model_end_to_end_with_chinese_prompt(tmp_path):
     from arlm.generate.decode import generate_ids
 
     eos = (m.tokenizer.eot_id,)
-    ids = [int(t) for t in generate_ids(m.model, m.encode_prompt("举头望明月，"), generate_config(**kw), eos)]
+    ids = [int(s.tokens) for s in generate_ids(m.model, m.encode_prompt("举头望明月，"), generate_config(**kw), eos)]
     ids = ids[: ids.index(eos[0])] if eos[0] in ids else ids
     assert "".join(pieces) == m.tokenizer.decode(ids)  # no piece was emitted that later changed
     assert m.perplexity("低头思故乡") > 1
@@ -113,3 +114,88 @@ def test_list_of_prompts_is_one_batch_equal_to_one_by_one(trained_model):
     assert batch == [m.generate(p, max_new_tokens=8, temperature=0) for p in prompts]
     several = m.generate(prompts[:2], max_new_tokens=5, temperature=0, num_return_sequences=2)
     assert several == [[batch[0][:5]] * 2, [batch[1][:5]] * 2]
+
+
+def test_complete_reports_finish_reasons_and_logprobs(lm):
+    [c] = lm.complete("HAMLET.", max_new_tokens=12, temperature=0, logprobs=True, top_logprobs=2, echo=True)
+    assert c.finish_reason == "length" and c.text == lm.generate("HAMLET.", max_new_tokens=12, temperature=0)
+    assert "".join(t.token for t in c.tokens) == c.text and all(t.logprob <= 0 for t in c.tokens)
+    assert all(t.token == t.top[0][0] for t in c.tokens)  # greedy picks the most likely token
+    assert [t.token for t in c.prompt_tokens] == list("HAMLET.") and c.prompt_tokens[0].logprob is None
+    stop = c.text[3:5]
+    [s] = lm.complete("HAMLET.", max_new_tokens=12, temperature=0, stop=stop)
+    assert s.finish_reason == "stop" and s.text == c.text[:c.text.index(stop)]
+    [t] = lm.complete("HAMLET.", max_new_tokens=500, temperature=0, max_time=1e-9)
+    assert t.finish_reason == "time" and len(t.text) <= 1
+
+
+def test_bad_words_and_logit_bias_through_the_api(lm):
+    plain = lm.generate("KING.", max_new_tokens=60, temperature=0)
+    word = plain[2:4]
+    assert word not in lm.generate("KING.", max_new_tokens=60, temperature=0, bad_words=[word])
+    z = lm.tokenizer.encode("z")[0]
+    assert lm.generate("KING.", max_new_tokens=5, temperature=0, logit_bias=[f"{z}=100"]) == "zzzzz"
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        lm.generate("KING.", logit_bias=["99999=1"])
+    with pytest.raises(UserError, match="TOKEN_ID=BIAS"):
+        lm.generate("KING.", logit_bias=["z=1"])
+
+
+def test_speculative_decoding_through_the_api(lm, trained_model):
+    want = lm.generate("ROMEO.", max_new_tokens=20, temperature=0)
+    assert lm.generate("ROMEO.", max_new_tokens=20, temperature=0, draft_model=str(trained_model)) == want
+    assert lm.last_speculative.acceptance_rate == 1.0  # the model as its own draft
+    with pytest.raises(UserError, match="context window"):
+        lm.generate("ROMEO.", max_new_tokens=1000, draft_model=str(trained_model))
+
+
+SCRIPTED = "龍🐉 and 汉字, 👨‍👩‍👧!"
+
+
+@pytest.fixture
+def byte_model(tmp_path, monkeypatch):
+    """A byte-level BPE model whose decoder is scripted to emit SCRIPTED one byte-token at a time."""
+    from arlm.config import GPTConfig
+    from arlm.generate.decode import Step
+    from arlm.model.gpt import GPT
+    from arlm.tokenizers import BPETokenizer
+    from arlm.train.checkpoint import save_checkpoint
+
+    tok = BPETokenizer.train(["plain ascii only"], vocab_size=260)
+    ids = tok.encode(SCRIPTED)
+    assert len(ids) > len(SCRIPTED)  # characters really are split over several tokens
+    save_checkpoint(tmp_path / "m", GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8)), tok, {})
+
+    def scripted(model, prompts, cfg, *args, **kwargs):
+        for i in ids[:cfg.max_new_tokens]:
+            yield Step(torch.tensor([i]))
+
+    monkeypatch.setattr("arlm.api.generate_ids", scripted)
+    return tmp_path / "m", ids
+
+
+def test_stream_iterator_never_splits_a_character(byte_model):
+    path, ids = byte_model
+    pieces = list(arlm.load(path, device="cpu").stream("x", max_new_tokens=len(ids)))
+    assert "".join(pieces) == SCRIPTED
+    assert all(p and "\ufffd" not in p for p in pieces)
+    assert len(pieces) > 5  # streamed in many pieces, not at the end
+
+
+def test_cli_streams_whole_characters(byte_model, monkeypatch):
+    from arlm.cli import main
+
+    path, ids = byte_model
+    writes = []
+
+    class Recorder:
+        def write(self, s):
+            writes.append(s)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", Recorder())
+    assert main(["generate", "--model", str(path), "--prompt", "x", "--max-new-tokens", str(len(ids)), "--device", "cpu"]) == 0
+    assert "".join(writes) == "x" + SCRIPTED + "\n"
+    assert all("\ufffd" not in w for w in writes) and len(writes) > 5

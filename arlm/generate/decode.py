@@ -8,14 +8,18 @@ it (one prefill), rather than recomputing the whole window for every token.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
 from arlm.config import GenerateConfig
-from arlm.generate.sampling import process_logits, sample
+from arlm.generate.sampling import Rules, process_logits, sample
 from arlm.model.gpt import GPT
+
+log = logging.getLogger(__name__)
 
 
 def prefill(model: GPT, idx: torch.Tensor, key_mask: torch.Tensor | None = None,
@@ -33,26 +37,61 @@ def decode_step(model: GPT, token: torch.Tensor, pos: int, key_mask: torch.Tenso
     return logits[:, -1, :]
 
 
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_decode_step():
+    """``decode_step`` compiled once per process by torch.compile (inductor). The slot ``pos`` becomes a
+    dynamic size after its second value, so one graph serves every position; linear layers take
+    their matrix-vector form inside it (see arlm/model/layers.py)."""
+    if "decode_step" not in _COMPILED:
+        _COMPILED["decode_step"] = torch.compile(decode_step, dynamic=None)
+    return _COMPILED["decode_step"]
+
+
 def window_keep(block_size: int) -> int:
     """Tokens kept when the context window is full and has to slide."""
     return max(1, block_size - block_size // 4)
 
 
+class Step(NamedTuple):
+    """One decoding step for every row: the chosen tokens (B,) and, when asked for, their
+    log-probabilities under the model (B,) and the ``top_logprobs`` most likely tokens (B, n)."""
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor | None = None
+    top_ids: torch.Tensor | None = None
+    top_logprobs: torch.Tensor | None = None
+
+
+def token_logprobs(logits: torch.Tensor, chosen: torch.Tensor, top: int) -> tuple[torch.Tensor, ...]:
+    """log-softmax of the model's raw ``logits`` (B, V) (before temperature, filters and penalties,
+    as OpenAI's ``logprobs`` and transformers' ``output_logits``): the chosen tokens' (B,), and the
+    ``top`` best ids and values (B, top)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    values, ids = torch.topk(logp, top, dim=-1) if top else (None, None)
+    return logp.gather(1, chosen[:, None]).squeeze(1), ids, values
+
+
 @torch.inference_mode()
 def generate_ids(model: GPT, prompts: list[int] | list[list[int]], cfg: GenerateConfig, eos_ids: tuple[int, ...] = (),
-                 finished: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row, (B,), one step at a time.
+                 finished: torch.Tensor | None = None, rules: Rules | None = None) -> Iterator[Step]:
+    """Yield a :class:`Step` (the next token of every row, (B,)) at a time.
 
     ``prompts`` is one prompt (a list of ids) or several; each gives ``cfg.num_return_sequences``
     consecutive rows, so B = len(prompts) * num_return_sequences. Prompts of different lengths are
     left-padded into one batch, with a key mask and per-row position ids, so a row decodes exactly as
     it would alone. Each prompt must be non-empty and at most block_size long. A row is finished once
     it emits one of ``eos_ids``; the caller may also mark rows finished (e.g. on a stop string) through
-    the ``finished`` bool tensor (B,). Generation ends when every row is finished or after
-    max_new_tokens. With ``cfg.use_cache`` False the window is recomputed for every token (same tokens).
+    the ``finished`` bool tensor (B,). Generation ends when every row is finished, after
+    max_new_tokens, or once ``cfg.max_time`` seconds have passed. ``rules`` carries the bad words and
+    logit bias (min_new_tokens holds back ``eos_ids``). With ``cfg.use_cache`` False the window is
+    recomputed for every token (same tokens).
     """
+    t0 = time.monotonic()
     if prompts and isinstance(prompts[0], int):
         prompts = [prompts]
+    rules = Rules(tuple(eos_ids), *(() if rules is None else (rules.bad_words_ids, rules.logit_bias)))
     block = model.config.block_size
     assert prompts and all(0 < len(p) <= block for p in prompts)
     device = model.transformer.wte.weight.device
@@ -60,32 +99,35 @@ def generate_ids(model: GPT, prompts: list[int] | list[list[int]], cfg: Generate
     B, L = len(rows), max(len(p) for p in rows)
     if finished is None:
         finished = torch.zeros(B, dtype=torch.bool)
-    tokens = torch.zeros(B, L, dtype=torch.long, device=device)  # (B, L): everything so far, left-padded
-    real = torch.zeros(B, L, dtype=torch.bool, device=device)  # False where padding
+    # Every token so far, left-padded, in one buffer (B, L + max_new_tokens); `real` is False on padding.
+    tokens = torch.zeros(B, L + cfg.max_new_tokens, dtype=torch.long, device=device)
+    real = torch.ones(B, L + cfg.max_new_tokens, dtype=torch.bool, device=device)
     for b, p in enumerate(rows):
-        tokens[b, L - len(p):] = torch.tensor(p, device=device)
-        real[b, L - len(p):] = True
-    padded = not bool(real.all())  # equal lengths keep the plain (mask-free) path
+        tokens[b, L - len(p):L] = torch.tensor(p, device=device)
+        real[b, :L - len(p)] = False
+    padded = not bool(real[:, :L].all())  # equal lengths keep the plain (mask-free) path
+    n = L  # tokens filled in
     gen = None
     if cfg.seed is not None:
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     greedy = cfg.temperature == 0
+    step = compiled_decode_step() if cfg.compile else decode_step
     start = 0  # where the model's window begins in `tokens`
 
     def padding_inputs(new: int):
         """Key mask over the window and position ids of its last ``new`` tokens (None without padding)."""
         if not padded:
             return None, None
-        window = real[:, start:]
+        window = real[:, start:n]
         positions = (window.long().cumsum(-1) - 1).clamp(min=0)  # a row's first real token is position 0
         return window, positions[:, -new:]
 
     def forward_window() -> torch.Tensor:
-        key_mask, positions = padding_inputs(tokens.size(1) - start)
+        key_mask, positions = padding_inputs(n - start)
         if cfg.use_cache:
-            return prefill(model, tokens[:, start:], key_mask, positions)
-        logits, _ = model(tokens[:, start:], last_only=True, key_mask=key_mask, positions=positions)
+            return prefill(model, tokens[:, start:n], key_mask, positions)
+        logits, _ = model(tokens[:, start:n], last_only=True, key_mask=key_mask, positions=positions)
         return logits[:, -1, :]
 
     if cfg.use_cache:  # room for the whole sequence, up to one window (long-context models need not allocate it all)
@@ -93,24 +135,46 @@ def generate_ids(model: GPT, prompts: list[int] | list[list[int]], cfg: Generate
     try:
         logits = forward_window() if cfg.max_new_tokens > 0 else None
         for i in range(cfg.max_new_tokens):
-            context_mask = real if padded else None
-            nxt = sample(process_logits(logits, tokens, cfg, context_mask), greedy, gen)  # (B,)
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            real = torch.cat([real, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
-            yield nxt
+            context_mask = real[:, :n] if padded else None
+            scores = process_logits(logits, tokens[:, :n], cfg, context_mask, rules, tokens[:, L:n])
+            nxt = sample(scores, greedy, gen)  # (B,)
+            tokens[:, n] = nxt
+            n += 1
+            yield Step(nxt, *token_logprobs(logits, nxt, cfg.top_logprobs)) if cfg.logprobs or cfg.top_logprobs else Step(nxt)
             if eos.numel():
                 finished |= torch.isin(nxt, eos).cpu()
             if bool(finished.all()) or i == cfg.max_new_tokens - 1:
                 break
-            if tokens.size(1) - start > block:
-                start = tokens.size(1) - window_keep(block)
+            if cfg.max_time and time.monotonic() - t0 >= cfg.max_time:
+                log.info("max_time (%gs) reached after %d new tokens", cfg.max_time, i + 1)
+                break
+            if n - start > block:
+                start = n - window_keep(block)
                 logits = forward_window()
             elif cfg.use_cache:
-                logits = decode_step(model, nxt[:, None], tokens.size(1) - 1 - start, *padding_inputs(1))
+                logits = step(model, tokens[:, n - 1:n], n - 1 - start, *padding_inputs(1))
             else:
                 logits = forward_window()
     finally:
         model.clear_cache()
+
+
+@torch.inference_mode()
+def prompt_logprobs(model: GPT, ids: list[int], top: int = 0) -> list[tuple[float | None, list[tuple[int, float]]]]:
+    """For each prompt token: its log-probability given the tokens before it (None for the first,
+    which has no context), with the ``top`` most likely tokens at that position. The prompt must fit
+    the context window."""
+    assert 0 < len(ids) <= model.config.block_size
+    device = model.transformer.wte.weight.device
+    idx = torch.tensor([ids], device=device)
+    logits, _ = model(idx)  # (1, T, V)
+    out: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])]
+    if len(ids) > 1:
+        chosen, top_ids, top_values = token_logprobs(logits[0, :-1], idx[0, 1:], top)
+        for t in range(len(ids) - 1):
+            alts = list(zip(top_ids[t].tolist(), top_values[t].tolist())) if top else []
+            out.append((float(chosen[t]), alts))
+    return out
 
 
 @dataclass
@@ -121,11 +185,12 @@ class Hypothesis:
 
 @torch.inference_mode()
 def beam_search(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tuple[int, ...] = (),
-                early_stopping: bool | str | None = None) -> list[Hypothesis]:
+                early_stopping: bool | str | None = None, rules: Rules | None = None) -> list[Hypothesis]:
     """Beam search (Graves 2012; as in Hugging Face ``generate``): ``cfg.num_return_sequences`` best
     hypotheses first, using ``cfg.num_beams``, ``max_new_tokens``, ``length_penalty``, ``early_stopping``
     (``early_stopping`` here overrides it, and may also be ``"never"``), and the penalties
-    (repetition, no-repeat-ngram) applied to the log-probabilities as transformers does.
+    (repetition, no-repeat-ngram, bad words, logit bias, min_new_tokens) applied to the
+    log-probabilities as transformers does.
 
     Each step extends every live beam by every token and keeps the ``num_beams`` best continuations by
     summed log-probability. A continuation that emits EOS, or reaches ``max_new_tokens``, becomes a
@@ -141,6 +206,7 @@ def beam_search(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tup
     early_stopping = cfg.early_stopping if early_stopping is None else early_stopping
     assert prompt and 1 <= cfg.num_return_sequences <= num_beams
     penalties = dataclasses.replace(cfg, temperature=0.0)  # process_logits then applies only the penalties
+    rules = Rules(tuple(eos_ids), *(() if rules is None else (rules.bad_words_ids, rules.logit_bias)))
     L0, nb = len(prompt), num_beams
     max_len = L0 + max_new_tokens
     if max_len > model.config.block_size:
@@ -165,7 +231,8 @@ def beam_search(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tup
         logits = prefill(model, seqs[:, :L0]) if max_new_tokens > 0 else None
         cur = L0
         while logits is not None:
-            logp = process_logits(torch.log_softmax(logits.float(), dim=-1), seqs[:, :cur], penalties)  # (nb, V)
+            logp = process_logits(torch.log_softmax(logits.float(), dim=-1), seqs[:, :cur], penalties,
+                                  rules=rules, generated=seqs[:, L0:cur])  # (nb, V)
             V = logp.size(-1)
             total = (logp + live_scores[:, None]).view(-1)  # (nb*V,)
             top_scores, top_idx = torch.topk(total, K)  # (K,) best first
@@ -208,3 +275,131 @@ def beam_search(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tup
         model.clear_cache()
     return [Hypothesis(fin_seqs[i, L0:L0 + int(fin_lens[i])].tolist(), float(fin_scores[i]))
             for i in range(cfg.num_return_sequences)]
+
+
+# -- speculative decoding --------------------------------------------------------------------------
+
+
+@dataclass
+class SpeculativeStats:
+    """Draft tokens proposed and accepted by the target over one generation."""
+
+    proposed: int = 0
+    accepted: int = 0
+    rounds: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+
+def accept_or_resample(p: torch.Tensor, q: torch.Tensor, x: int, u: float,
+                       generator: torch.Generator | None = None) -> tuple[bool, int]:
+    """One step of speculative sampling (Leviathan et al. 2023, algorithm 1; Chen et al. 2023):
+    keep the draft's token ``x`` ~ q with probability min(1, p(x) / q(x)) (``u`` is a uniform draw);
+    otherwise draw from the residual norm(max(0, p - q)). The result is distributed exactly as p.
+    ``p``, ``q``: probabilities (V,). Returns (accepted, token)."""
+    if u * float(q[x]) < float(p[x]):  # u < p(x)/q(x) without dividing by a zero q(x)
+        return True, x
+    residual = (p - q).clamp(min=0)
+    total = float(residual.sum())
+    if total <= 0:  # p == q up to rounding: any draw from p is right
+        residual, total = p, 1.0
+    return False, int(torch.multinomial(residual / total, 1, generator=generator))
+
+
+@torch.inference_mode()
+def speculative_ids(target: GPT, draft: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tuple[int, ...] = (),
+                    rules: Rules | None = None, num_draft: int = 4,
+                    stats: SpeculativeStats | None = None) -> Iterator[Step]:
+    """Generate one sequence with the ``target`` model, proposing ``num_draft`` tokens at a time with
+    the smaller ``draft`` model and checking them with one target forward pass over all of them.
+
+    Greedy decoding gives exactly the target's greedy tokens (a draft token is kept only if it is the
+    target's argmax). With sampling, each draft token is kept or replaced by
+    :func:`accept_or_resample`, so the output follows the target's distribution after the same
+    controls (temperature, filters, penalties, computed with each position's own context). Both
+    models must share the tokenizer, and prompt + max_new_tokens + num_draft must fit both context
+    windows (no sliding here). ``stats`` (optional) collects the acceptance rate.
+    """
+    t0 = time.monotonic()
+    stats = stats if stats is not None else SpeculativeStats()
+    rules = Rules(tuple(eos_ids), *(() if rules is None else (rules.bad_words_ids, rules.logit_bias)))
+    assert target.config.vocab_size == draft.config.vocab_size, "target and draft need the same vocabulary"
+    total = len(prompt) + cfg.max_new_tokens + num_draft
+    limit = min(target.config.block_size, draft.config.block_size)
+    if total > limit:
+        raise ValueError(f"speculative decoding needs prompt + max_new_tokens + num_draft <= block_size ({total} > {limit})")
+    assert prompt and num_draft >= 1
+    device = target.transformer.wte.weight.device
+    greedy = cfg.temperature == 0
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
+    eos = set(eos_ids)
+    L = len(prompt)
+    seq = list(prompt)
+
+    def dist(logits: torch.Tensor, context: list[int]) -> torch.Tensor:
+        """Processed next-token scores (V,) after ``context``: logits for greedy, probabilities otherwise."""
+        ctx = torch.tensor([context], device=device)
+        scores = process_logits(logits[None], ctx, cfg, rules=rules, generated=ctx[:, L:])[0]
+        return scores if greedy else torch.softmax(scores, dim=-1).cpu()
+
+    def draw(scores: torch.Tensor) -> int:
+        return int(scores.argmax()) if greedy else int(torch.multinomial(scores, 1, generator=gen))
+
+    target.setup_cache(1, total)
+    draft.setup_cache(1, total)
+    try:
+        # Both caches hold seq[:-1]; each round feeds the tokens a model has not seen yet.
+        t_len = d_len = L - 1
+        if t_len:
+            prefill(target, torch.tensor([seq[:-1]], device=device))
+            prefill(draft, torch.tensor([seq[:-1]], device=device))
+        produced = 0
+        while produced < cfg.max_new_tokens:
+            k = min(num_draft, cfg.max_new_tokens - produced)
+            # 1. the draft proposes k tokens, one at a time
+            proposals, q = [], []
+            feed = seq[d_len:]
+            for j in range(k):
+                logits = decode_step(draft, torch.tensor([feed], device=device), d_len)[0]
+                d_len += len(feed)
+                q.append(dist(logits, seq + proposals))
+                proposals.append(draw(q[-1]))
+                feed = [proposals[-1]]
+            # 2. the target scores all of them in one pass: rows for positions after seq[-1], x_1 .. x_k
+            chunk = seq[t_len:] + proposals
+            logits_all, _ = target(torch.tensor([chunk], device=device), pos=t_len)
+            t_rows = logits_all[0, -(k + 1):]  # (k+1, V)
+            # 3. keep the longest acceptable prefix, then one token from the target
+            accepted = []
+            for j, x in enumerate(proposals):
+                p = dist(t_rows[j], seq + accepted)
+                if greedy:
+                    ok, tok = int(p.argmax()) == x, int(p.argmax())
+                else:
+                    u = float(torch.rand(1, generator=gen))
+                    ok, tok = accept_or_resample(p, q[j], x, u, gen)
+                if not ok:
+                    break
+                accepted.append(x)
+            else:
+                tok = draw(dist(t_rows[k], seq + accepted))  # every draft token kept: a bonus token
+            stats.rounds += 1
+            stats.proposed += k
+            stats.accepted += len(accepted)
+            # caches: keep what matches the new sequence (later slots are overwritten next round)
+            t_len = len(seq) + len(accepted)
+            d_len = min(d_len, len(seq) + len(accepted))
+            new = accepted + [tok]
+            seq += new
+            for tid in new[:cfg.max_new_tokens - produced]:
+                produced += 1
+                yield Step(torch.tensor([tid], device=device))
+                if tid in eos:
+                    return
+            if cfg.max_time and time.monotonic() - t0 >= cfg.max_time:
+                return
+    finally:
+        target.clear_cache()
+        draft.clear_cache()

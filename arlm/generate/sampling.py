@@ -1,12 +1,16 @@
 """Logits -> logits functions, each small and pure, and the sampler that composes them.
 
 All take ``logits`` of shape (B, V) and return a new tensor; removed tokens get -inf. The order
-in :func:`process_logits` follows Hugging Face ``generate``: penalties first, then temperature,
+in :func:`process_logits` follows Hugging Face ``generate``: penalties and bans first, then temperature,
 top-k, top-p, min-p, typical-p, so the same controls give the same distribution (tested against
-transformers' logits processors).
+transformers' logits processors). Frequency/presence penalties and the logit bias are OpenAI's
+(API reference, "frequency_penalty", "presence_penalty", "logit_bias"); they come after the
+Hugging Face penalties.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,6 +56,54 @@ def no_repeat_ngram(logits: torch.Tensor, context: torch.Tensor, n: int,
         if banned:
             out[b, banned] = float("-inf")
     return out
+
+
+def frequency_presence_penalty(logits: torch.Tensor, generated: torch.Tensor, frequency: float,
+                               presence: float) -> torch.Tensor:
+    """OpenAI's penalties: subtract ``frequency * count + presence * (count > 0)`` from each token's
+    logit, counting the tokens generated so far in ``generated`` (B, G) (the prompt does not count,
+    as in OpenAI's and vLLM's servers)."""
+    if (frequency == 0 and presence == 0) or generated.numel() == 0:
+        return logits
+    counts = torch.zeros_like(logits).scatter_add_(1, generated, torch.ones_like(generated, dtype=logits.dtype))
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
+
+
+def ban_sequences(logits: torch.Tensor, context: torch.Tensor, sequences: list[list[int]] | tuple = (),
+                  context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Bad words (Hugging Face's ``bad_words_ids``): for each banned token sequence, forbid its last
+    token wherever the context ends with the rest of it (a one-token sequence is always forbidden)."""
+    if not sequences:
+        return logits
+    out = logits.clone()
+    always = [seq[0] for seq in sequences if len(seq) == 1]
+    if always:
+        out[:, always] = float("-inf")
+    longer = [seq for seq in sequences if len(seq) > 1]
+    if longer:
+        rows = context.tolist()
+        if context_mask is not None:
+            rows = [[t for t, keep in zip(r, m) if keep] for r, m in zip(rows, context_mask.tolist())]
+        for b, row in enumerate(rows):
+            for seq in longer:
+                n = len(seq) - 1
+                if len(row) >= n and row[len(row) - n:] == seq[:-1]:
+                    out[b, seq[-1]] = float("-inf")
+    return out
+
+
+def suppress(logits: torch.Tensor, token_ids: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """Forbid ``token_ids`` (e.g. the end-of-text tokens before min_new_tokens)."""
+    return logits.index_fill(1, torch.tensor(list(token_ids), device=logits.device), float("-inf")) if token_ids else logits
+
+
+def add_bias(logits: torch.Tensor, bias: dict[int, float] | None) -> torch.Tensor:
+    """OpenAI's ``logit_bias``: add a fixed value to chosen tokens' logits (-100 bans, +100 forces)."""
+    if not bias:
+        return logits
+    ids = torch.tensor(list(bias), device=logits.device)
+    values = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    return logits.index_add(1, ids, values.expand(logits.size(0), -1))
 
 
 def temperature(logits: torch.Tensor, t: float) -> torch.Tensor:
@@ -110,13 +162,32 @@ def typical_p(logits: torch.Tensor, mass: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
+@dataclass
+class Rules:
+    """Decoding constraints that need token ids (resolved from text by the caller) or the step number."""
+
+    eos_ids: tuple[int, ...] = ()
+    bad_words_ids: list[list[int]] = field(default_factory=list)
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+
 def process_logits(logits: torch.Tensor, context: torch.Tensor, cfg: GenerateConfig,
-                   context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                   context_mask: torch.Tensor | None = None, rules: Rules | None = None,
+                   generated: torch.Tensor | None = None) -> torch.Tensor:
     """Apply every enabled control to next-token ``logits`` (B, V) given ``context`` ids (B, L)
-    (``context_mask`` (B, L): False on left padding, which the penalties ignore)."""
+    (``context_mask`` (B, L): False on left padding, which the penalties ignore). ``generated``
+    (B, G) are the tokens generated so far (the last G of the context): they drive the frequency and
+    presence penalties and min_new_tokens, which holds back the ``rules.eos_ids`` while G is smaller."""
     logits = logits.float()
+    rules = rules or Rules()
     logits = repetition_penalty(logits, context, cfg.repetition_penalty, context_mask)
     logits = no_repeat_ngram(logits, context, cfg.no_repeat_ngram_size, context_mask)
+    logits = ban_sequences(logits, context, rules.bad_words_ids, context_mask)
+    if generated is not None:
+        logits = frequency_presence_penalty(logits, generated, cfg.frequency_penalty, cfg.presence_penalty)
+        if generated.size(1) < cfg.min_new_tokens:
+            logits = suppress(logits, rules.eos_ids)
+    logits = add_bias(logits, rules.logit_bias)
     if cfg.temperature == 0:
         return logits  # greedy: the remaining filters cannot change the argmax
     logits = temperature(logits, cfg.temperature)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlm.config import GPTConfig
-from arlm.model.layers import KVCache, apply_rope, make_norm, rope_cos_sin, rope_inv_freq
+from arlm.model.layers import KVCache, Linear, apply_rope, make_norm, rope_cos_sin, rope_inv_freq
 
 ACTIVATIONS = {
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new" (Hendrycks & Gimpel 2016)
@@ -41,8 +41,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.hs = cfg.n_head, cfg.kv_heads, cfg.hs
         qkv_bias = cfg.bias or cfg.qkv_bias or cfg.attn_bias
-        self.c_attn = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * self.n_kv_head) * self.hs, bias=qkv_bias)
-        self.c_proj = nn.Linear(cfg.n_head * self.hs, cfg.n_embd, bias=cfg.bias or cfg.attn_bias)
+        self.c_attn = Linear(cfg.n_embd, (cfg.n_head + 2 * self.n_kv_head) * self.hs, bias=qkv_bias)
+        self.c_proj = Linear(cfg.n_head * self.hs, cfg.n_embd, bias=cfg.bias or cfg.attn_bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.kv_cache: KVCache | None = None
@@ -77,9 +77,9 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.mlp == "gated"
         H, bias = cfg.hidden_size, cfg.bias or cfg.mlp_bias
-        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.gated else 1) * H, bias=bias)  # gated: [gate; up]
+        self.c_fc = Linear(cfg.n_embd, (2 if self.gated else 1) * H, bias=bias)  # gated: [gate; up]
         self.act = ACTIVATIONS[cfg.activation]()
-        self.c_proj = nn.Linear(H, cfg.n_embd, bias=bias)
+        self.c_proj = Linear(H, cfg.n_embd, bias=bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,7 @@ class GPT(nn.Module):
             ln_f=make_norm(cfg),
         )
         self.transformer = nn.ModuleDict(modules)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.register_buffer("rope_inv_freq", None, persistent=False)

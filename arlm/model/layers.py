@@ -1,13 +1,113 @@
-"""Small building blocks shared by the models: normalisation, rotary position embeddings, KV cache."""
+"""Small building blocks shared by the models: linear layers and their weight formats for decoding,
+normalisation, rotary position embeddings, KV cache."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from arlm.config import GPTConfig
+
+
+# -- linear layers -------------------------------------------------------------------------------
+#
+# Decoding one token is a matrix-vector product per layer: every weight is read once per token, so
+# its speed is memory bandwidth (bytes of weights / bandwidth). On CPU, BLAS matrix-vector kernels
+# reach about half of the bandwidth (measured in bench/decode.py), so under ``torch.compile`` a single
+# row is written as a sum of products, which inductor turns into one vectorised reduction per output
+# that streams the weight once. Smaller weight formats (bfloat16, int8) cut the bytes read; their
+# packed layouts below keep every load a full-width float load (inductor's partial-width loads of
+# 8/16-bit vectors are slow) and unpack with integer shifts in registers.
+
+
+def _one_row(x: torch.Tensor) -> bool:
+    """True inside torch.compile when ``x`` (..., in) is a single row: the matrix-vector case."""
+    return torch.compiler.is_compiling() and x.numel() == x.size(-1)
+
+
+def matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., in) @ weight (out, in).T as an explicit reduction (only sensible under torch.compile)."""
+    return (x.unsqueeze(-2) * weight).sum(-1)  # (..., out)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) whose one-row case compiles to a bandwidth-bound reduction."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _one_row(x) and self.weight.dtype == torch.float32:
+            y = matvec(x.float(), self.weight).to(x.dtype)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight, self.bias)
+
+
+def pack_bits(w: torch.Tensor, parts: int) -> torch.Tensor:
+    """Pack a 16-bit (parts=2) or 8-bit (parts=4) weight (out, in) into float32 words (out, in/parts):
+    bits 16k.. (or 8k..) of word j hold column k*in/parts + j, so each slice of ``x`` is contiguous."""
+    out, inp = w.shape
+    return w.view(out, parts, inp // parts).transpose(1, 2).contiguous().view(torch.float32).view(out, inp // parts)
+
+
+def unpack_bits(words: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    """The ``parts`` column blocks of a packed weight: float32 for bfloat16, float32 integer values for int8."""
+    w = words.view(torch.int32)
+    if parts == 2:  # a bfloat16 is the top half of a float32
+        return [(w << 16).view(torch.float32), (w & -65536).view(torch.float32)]
+    return [((w << (24 - 8 * k)) >> 24).float() for k in range(4)]  # sign-extended byte k
+
+
+class PackedLinear(nn.Module):
+    """A linear layer with bfloat16 weights, or int8 weights and one float scale per output channel
+    (weight-only quantisation: activations stay in float). Built from a float ``nn.Linear`` by
+    :func:`arlm.compress.quantize.quantize`; ``dequantized()`` gives the float weight back."""
+
+    def __init__(self, linear: nn.Linear, fmt: str):
+        super().__init__()
+        assert fmt in ("bfloat16", "int8")
+        w = linear.weight.detach().float()
+        out, inp = w.shape
+        self.fmt, self.in_features, self.out_features = fmt, inp, out
+        self.parts = 2 if fmt == "bfloat16" else 4
+        if inp % self.parts:
+            raise ValueError(f"{fmt} packing needs in_features divisible by {self.parts}, got {inp}")
+        if fmt == "int8":
+            # Symmetric per-output-channel scales (as in LLM.int8's vector-wise quantisation without
+            # outliers, Dettmers et al. 2022, and gpt-fast's int8 weight-only mode): w ~ scale * q, q in [-127, 127].
+            scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,)
+            q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+            self.register_buffer("scale", scale)
+        else:
+            q = w.to(torch.bfloat16)
+            self.register_buffer("scale", None)
+        self.register_buffer("words", pack_bits(q, self.parts))  # (out, in/parts) float32 bit patterns
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 weight (out, in) this layer computes with."""
+        w = torch.cat(unpack_bits(self.words, self.parts), dim=1)
+        return w if self.scale is None else w * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        if _one_row(x):
+            n = self.words.size(1)
+            y = sum((xf[..., k * n:(k + 1) * n].unsqueeze(-2) * w).sum(-1)
+                    for k, w in enumerate(unpack_bits(self.words, self.parts)))  # (..., out)
+            if self.scale is not None:
+                y = y * self.scale
+        else:  # several rows (prefill, batches): unpack and use the float matrix-matrix kernel
+            y = F.linear(xf, self.dequantized())
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.fmt}"
+
+
+# -- normalisation ---------------------------------------------------------------------------------
 
 
 def make_norm(cfg: GPTConfig) -> nn.Module:

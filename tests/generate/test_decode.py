@@ -18,7 +18,7 @@ def model(block_size=32, seed=0) -> GPT:
 
 def run(m, prompt, **kw) -> list[list[int]]:
     cfg = GenerateConfig(**kw)
-    steps = list(generate_ids(m, prompt, cfg))
+    steps = [s.tokens for s in generate_ids(m, prompt, cfg)]
     return torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(cfg.num_return_sequences)]
 
 
@@ -110,13 +110,13 @@ def test_batch_of_unequal_prompts_equals_one_by_one_greedy():
         m = GPT(GPTConfig(vocab_size=61, block_size=48, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **arch)).eval()
         for kw in (dict(use_cache=True), dict(use_cache=False), dict(repetition_penalty=1.5, no_repeat_ngram_size=2)):
             cfg = GenerateConfig(max_new_tokens=41, temperature=0, **kw)  # the longest row fills the window
-            batch = torch.stack(list(generate_ids(m, prompts, cfg)), dim=1).tolist()
-            alone = [torch.stack(list(generate_ids(m, p, cfg)), dim=1).tolist()[0] for p in prompts]
+            batch = torch.stack([s.tokens for s in generate_ids(m, prompts, cfg)], dim=1).tolist()
+            alone = [torch.stack([s.tokens for s in generate_ids(m, p, cfg)], dim=1).tolist()[0] for p in prompts]
             assert batch == alone, (arch, kw)
 
 
 def test_batch_rows_follow_prompts_times_sequences():
     m = model()
     cfg = GenerateConfig(max_new_tokens=5, temperature=0, num_return_sequences=2)
-    out = torch.stack(list(generate_ids(m, [[1, 2, 3], [4]], cfg)), dim=1).tolist()
+    out = torch.stack([s.tokens for s in generate_ids(m, [[1, 2, 3], [4]], cfg)], dim=1).tolist()
     assert len(out) == 4 and out[0] == out[1] and out[2] == out[3]

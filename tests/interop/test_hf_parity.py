@@ -91,7 +91,7 @@ def test_greedy_generation_matches_64_tokens(pair):
     ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=64,
                       min_new_tokens=64, pad_token_id=0)[0, 7:].tolist()
     cfg = GenerateConfig(temperature=0.0, max_new_tokens=64)
-    got = [int(t) for t in generate_ids(ours, prompt[0].tolist(), cfg)]
+    got = [int(s.tokens) for s in generate_ids(ours, prompt[0].tolist(), cfg)]
     assert len(ref) == 64 and got == ref
 
 
@@ -104,7 +104,7 @@ def test_beam_search_matches_sequences_and_scores(pair, controls):
     hf, ours = pair
     prompt = torch.randint(1, VOCAB, (1, 6), generator=torch.Generator().manual_seed(11))
     # End-of-sequence: a token greedy decoding emits early, so hypotheses really finish at different lengths.
-    greedy = [int(t) for t in generate_ids(ours, prompt[0].tolist(), GenerateConfig(temperature=0.0, max_new_tokens=8))]
+    greedy = [int(s.tokens) for s in generate_ids(ours, prompt[0].tolist(), GenerateConfig(temperature=0.0, max_new_tokens=8))]
     eos = greedy[3]
     pad = next(t for t in range(1, VOCAB) if t != eos)
     out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=4, num_return_sequences=2,

@@ -1,0 +1,1 @@
+"""Model compression: weight formats for fast decoding (quantize)."""

@@ -1,0 +1,45 @@
+"""Decode precision: float32, bfloat16, or weight-only int8 with one scale per output channel.
+
+Decoding one token reads every weight once, so fewer bytes per weight means more tokens per second
+(bench/decode.py measures it). ``quantize`` swaps each linear layer for a
+:class:`arlm.model.layers.PackedLinear`; embeddings and norms stay float32 (one row of the
+embedding is read per token, and norms are tiny). Packed layers are fast inside ``torch.compile``
+(``--compile``); without it they unpack their weight on every call, which is correct but slow on CPU.
+On CUDA, bfloat16 is the plain ``model.to(torch.bfloat16)``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from arlm.errors import UserError
+from arlm.model.gpt import GPT
+from arlm.model.layers import PackedLinear
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+
+
+def quantize(model: GPT, precision: str) -> GPT:
+    """Convert ``model`` in place to ``precision`` (see module docstring) and return it."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    device = model.transformer.wte.weight.device
+    if precision == "auto":
+        precision = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if precision == "float32":
+        return model.float()
+    if precision == "bfloat16" and device.type != "cpu":
+        return model.to(torch.bfloat16)
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, PackedLinear(child, precision).to(device))
+                swapped += 1
+    log.debug("%s: %d linear layers packed", precision, swapped)
+    return model

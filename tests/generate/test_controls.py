@@ -1,0 +1,248 @@
+"""Decoding controls beyond sampling filters: OpenAI penalties, bad words, logit bias, min_new_tokens,
+max_time, log-probabilities and prompt echo, speculative decoding, and decode precisions."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from arlm.config import GenerateConfig, GPTConfig
+from arlm.generate.decode import (SpeculativeStats, accept_or_resample, generate_ids, prompt_logprobs,
+                                  speculative_ids)
+from arlm.generate.sampling import Rules, frequency_presence_penalty, process_logits
+from arlm.model.gpt import GPT
+
+
+def model(seed=0, vocab=61, n_layer=2, n_embd=32, block_size=64) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=vocab, block_size=block_size, n_layer=n_layer, n_head=2, n_embd=n_embd,
+                         dropout=0.0)).eval()
+
+
+def tokens(m, prompt, rules=None, eos=(), **kw) -> list[int]:
+    return [int(s.tokens) for s in generate_ids(m, prompt, GenerateConfig(**kw), eos, rules=rules)]
+
+
+PROMPT = [5, 17, 3, 42, 8]
+
+
+def test_frequency_and_presence_penalties_count_generated_tokens():
+    logits = torch.zeros(2, 6)
+    generated = torch.tensor([[1, 1, 1, 4], [2, 2, 5, 5]])
+    out = frequency_presence_penalty(logits, generated, frequency=0.5, presence=0.25)
+    want = torch.zeros(2, 6)
+    want[0, 1], want[0, 4] = -(0.5 * 3 + 0.25), -(0.5 + 0.25)
+    want[1, 2], want[1, 5] = -(0.5 * 2 + 0.25), -(0.5 * 2 + 0.25)
+    assert torch.equal(out, want)
+    # the prompt does not count: only the generated columns are passed
+    cfg = GenerateConfig(frequency_penalty=2.0, temperature=0)
+    ctx = torch.tensor([[3, 3, 3, 1]])
+    got = process_logits(torch.zeros(1, 6), ctx, cfg, generated=ctx[:, 3:])
+    assert got[0, 3] == 0 and got[0, 1] == -2.0
+
+
+def test_frequency_penalty_reduces_repetition_in_output():
+    m = model()
+    plain = tokens(m, PROMPT, max_new_tokens=40, temperature=0)
+    penal = tokens(m, PROMPT, max_new_tokens=40, temperature=0, frequency_penalty=1.0, presence_penalty=1.0)
+    assert len(set(penal)) > len(set(plain))
+
+
+def test_bad_words_never_appear():
+    m = model()
+    plain = tokens(m, PROMPT, max_new_tokens=30, temperature=0)
+    single = plain[0]
+    pair = plain[3:5]
+    out = tokens(m, PROMPT, Rules(bad_words_ids=[[single], pair]), max_new_tokens=30, temperature=0)
+    assert single not in out
+    seq = PROMPT + out
+    assert all(seq[i:i + 2] != pair for i in range(len(PROMPT) - 1, len(seq) - 1))
+    assert out != plain
+
+
+def test_logit_bias_forces_and_bans():
+    m = model()
+    forced = tokens(m, PROMPT, Rules(logit_bias={7: 100.0}), max_new_tokens=10, temperature=0.8, seed=0)
+    assert forced == [7] * 10
+    plain = tokens(m, PROMPT, max_new_tokens=10, temperature=0)
+    banned = tokens(m, PROMPT, Rules(logit_bias={plain[0]: -100.0}), max_new_tokens=10, temperature=0)
+    assert plain[0] not in banned
+
+
+def test_min_new_tokens_holds_back_every_eos():
+    m = model()
+    first, second = tokens(m, PROMPT, max_new_tokens=2, temperature=0)
+    assert len(tokens(m, PROMPT, eos=(first,), max_new_tokens=20, temperature=0)) == 1
+    out = tokens(m, PROMPT, eos=(first, second, 9), max_new_tokens=20, temperature=0, min_new_tokens=6)
+    assert len(out) >= 6 and not set(out[:5]) & {first, second, 9}
+
+
+def test_max_time_stops_early():
+    m = model()
+    out = tokens(m, PROMPT, max_new_tokens=500, temperature=0, max_time=1e-9)
+    assert len(out) == 1
+
+
+def test_logprobs_are_the_models_raw_log_softmax():
+    m = model()
+    cfg = GenerateConfig(max_new_tokens=12, temperature=0.9, top_k=5, seed=3, logprobs=True, top_logprobs=4)
+    steps = list(generate_ids(m, [PROMPT, PROMPT[:2]], cfg))
+    seqs = torch.stack([s.tokens for s in steps], 1).tolist()
+    for b, prompt in enumerate([PROMPT, PROMPT[:2]]):
+        full = torch.tensor([prompt + seqs[b]])
+        with torch.no_grad():
+            logp = torch.log_softmax(m(full)[0][0], -1)  # (T, V) without cache or padding
+        for i, s in enumerate(steps):
+            row = logp[len(prompt) - 1 + i]
+            assert abs(float(s.logprobs[b]) - float(row[seqs[b][i]])) < 1e-4
+            want_v, want_i = row.topk(4)
+            assert torch.allclose(s.top_logprobs[b], want_v, atol=1e-4)
+            assert s.top_ids[b].tolist() == want_i.tolist()
+
+
+def test_prompt_logprobs_echo():
+    m = model()
+    out = prompt_logprobs(m, PROMPT, top=3)
+    assert out[0] == (None, [])
+    with torch.no_grad():
+        logp = torch.log_softmax(m(torch.tensor([PROMPT]))[0][0], -1)
+    for t in range(1, len(PROMPT)):
+        assert abs(out[t][0] - float(logp[t - 1, PROMPT[t]])) < 1e-5
+        assert [i for i, _ in out[t][1]] == logp[t - 1].topk(3).indices.tolist()
+
+
+# -- speculative decoding ---------------------------------------------------------------------------
+
+
+def test_accept_or_resample_gives_exactly_the_target_distribution():
+    """P(out = v) = q(v) min(1, p(v)/q(v)) + P(reject) * residual(v) = p(v), computed exactly."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        p = torch.softmax(torch.randn(7, generator=g) * 2, -1)
+        q = torch.softmax(torch.randn(7, generator=g) * 2, -1)
+        keep = torch.minimum(torch.ones(7), p / q)
+        residual = (p - q).clamp(min=0)
+        out = q * keep + (1 - (q * keep).sum()) * residual / residual.sum()
+        assert torch.allclose(out, p, atol=1e-6)
+        # and the function implements that rule: accepted iff u < p/q, else a residual token
+        x = int(torch.argmax(q / p))  # a token the draft over-proposes: sometimes rejected
+        ok, tok = accept_or_resample(p, q, x, u=0.999, generator=g)
+        assert not ok and residual[tok] > 0
+        ok, tok = accept_or_resample(p, q, x, u=0.0, generator=g)
+        assert ok and tok == x
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_speculative_greedy_equals_target_greedy(k):
+    target, draft = model(seed=0, n_layer=3, n_embd=48), model(seed=1, n_layer=1, n_embd=16)
+    for prompt in (PROMPT, [9]):
+        cfg = GenerateConfig(max_new_tokens=40, temperature=0, repetition_penalty=1.2)
+        want = tokens(target, prompt, max_new_tokens=40, temperature=0, repetition_penalty=1.2)
+        stats = SpeculativeStats()
+        got = [int(s.tokens) for s in speculative_ids(target, draft, prompt, cfg, num_draft=k, stats=stats)]
+        assert got == want
+        assert 0 <= stats.acceptance_rate <= 1 and stats.proposed >= 40 // (k + 1)
+    # the target as its own draft: every proposal is accepted
+    stats = SpeculativeStats()
+    list(speculative_ids(target, target, PROMPT, GenerateConfig(max_new_tokens=20, temperature=0), num_draft=4, stats=stats))
+    assert stats.acceptance_rate == 1.0
+
+
+def test_speculative_greedy_stops_at_eos():
+    target, draft = model(seed=0), model(seed=1, n_layer=1)
+    want = tokens(target, PROMPT, max_new_tokens=30, temperature=0)
+    eos = want[6]
+    got = [int(s.tokens) for s in speculative_ids(target, draft, PROMPT, GenerateConfig(max_new_tokens=30, temperature=0),
+                                                 eos_ids=(eos,), num_draft=4)]
+    assert got == want[:want.index(eos) + 1]
+
+
+def test_speculative_sampling_follows_the_target_distribution():
+    """Two sampled tokens from a vocabulary of 6: the empirical joint distribution over 36 pairs,
+    from 3000 speculative runs, matches the target's exact one (total variation well under the
+    draft's own distance from it)."""
+    V = 6
+    target, draft = model(seed=0, vocab=V, n_embd=16), model(seed=3, vocab=V, n_layer=1, n_embd=16)
+    prompt = [1, 2, 3]
+    cfg = dict(max_new_tokens=2, temperature=1.5, top_k=5)
+
+    def exact(m):
+        probs = {}
+        with torch.no_grad():
+            p1 = process_logits(m(torch.tensor([prompt]))[0][:, -1], torch.tensor([prompt]), GenerateConfig(**cfg)).softmax(-1)[0]
+            for a in range(V):
+                ctx = torch.tensor([prompt + [a]])
+                p2 = process_logits(m(ctx)[0][:, -1], ctx, GenerateConfig(**cfg)).softmax(-1)[0]
+                for b in range(V):
+                    probs[(a, b)] = float(p1[a] * p2[b])
+        return probs
+
+    want, draft_dist = exact(target), exact(draft)
+    counts = dict.fromkeys(itertools.product(range(V), range(V)), 0)
+    n = 3000
+    for seed in range(n):
+        got = [int(s.tokens) for s in speculative_ids(target, draft, prompt, GenerateConfig(seed=seed, **cfg), num_draft=2)]
+        counts[tuple(got)] += 1
+    tv = 0.5 * sum(abs(counts[k] / n - want[k]) for k in want)
+    tv_draft = 0.5 * sum(abs(draft_dist[k] - want[k]) for k in want)
+    assert tv_draft > 0.15  # the draft really is a different model
+    assert tv < 0.06  # sampling noise for 36 cells and 3000 draws is about 0.03
+
+
+# -- precision --------------------------------------------------------------------------------------
+
+
+def test_packed_layers_match_their_float_weights():
+    from arlm.compress.quantize import quantize
+    from arlm.model.layers import PackedLinear
+
+    m = model()
+    ref = {n: mod.weight.detach().clone() for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)}
+    for fmt in ("bfloat16", "int8"):
+        q = quantize(model(), fmt)
+        for n, mod in q.named_modules():
+            if n in ref:
+                assert isinstance(mod, PackedLinear)
+                w = mod.dequantized()
+                if fmt == "bfloat16":
+                    assert torch.equal(w, ref[n].to(torch.bfloat16).float())
+                else:  # within half a quantisation step of each output channel
+                    step = ref[n].abs().amax(1, keepdim=True) / 127
+                    assert ((w - ref[n]).abs() <= step / 2 + 1e-7).all()
+        x = torch.randint(0, 61, (2, 10))
+        with torch.no_grad():
+            a, b = m(x)[0], q(x)[0]
+        assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
+
+
+def test_int8_agrees_with_float32_on_real_text(trained_model):
+    import arlm
+    from tests.conftest import CORPUS
+
+    ref = arlm.load(trained_model, device="cpu")
+    q = arlm.load(trained_model, device="cpu", precision="int8")
+    ids = ref.tokenizer.encode((CORPUS / "hamlet.txt").read_text(encoding="utf-8")[50_000:52_000])
+    T = ref.block_size
+    same = total = 0
+    with torch.no_grad():
+        for i in range(0, len(ids) - T, T):
+            x = torch.tensor([ids[i:i + T]])
+            same += int((ref.model(x)[0].argmax(-1) == q.model(x)[0].argmax(-1)).sum())
+            total += T
+    assert same / total >= 0.97
+    assert q.generate("HAMLET.", max_new_tokens=20, temperature=0)  # decodes end to end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
+def test_compiled_decode_step_equals_eager(precision):
+    """torch.compile of the decode step (matrix-vector reductions, packed weights) gives the eager tokens."""
+    from arlm.compress.quantize import quantize
+
+    m = quantize(model(vocab=64, n_embd=64), precision)
+    eager = tokens(m, PROMPT, max_new_tokens=24, temperature=0)
+    compiled = tokens(m, PROMPT, max_new_tokens=24, temperature=0, compile=True)
+    assert compiled == eager
