@@ -23,22 +23,45 @@ from arlm.config import GPTConfig
 # 8/16-bit vectors are slow) and unpack with integer shifts in registers.
 
 
-def _one_row(x: torch.Tensor) -> bool:
-    """True inside torch.compile when ``x`` (..., in) is a single row: the matrix-vector case."""
-    return torch.compiler.is_compiling() and x.numel() == x.size(-1)
+MAX_MATVEC_ROWS = 8  # up to this many rows (batch x new tokens), one fused loop beats BLAS on CPU
 
 
-def matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (..., in) @ weight (out, in).T as an explicit reduction (only sensible under torch.compile)."""
-    return (x.unsqueeze(-2) * weight).sum(-1)  # (..., out)
+def _few_rows(x: torch.Tensor) -> bool:
+    """True inside torch.compile when ``x`` (..., in) has at most MAX_MATVEC_ROWS rows (decoding a small batch)."""
+    return torch.compiler.is_compiling() and x.numel() <= MAX_MATVEC_ROWS * x.size(-1)
+
+
+@torch.library.custom_op("arlm::materialize", mutates_args=())
+def materialize(x: torch.Tensor) -> torch.Tensor:
+    """A copy that inductor cannot fuse into its consumer. Without it, a norm feeding a matrix-vector
+    product is recomputed inside the product's loop for every output row (measured 10-15% slower)."""
+    return x.clone()
+
+
+@materialize.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def matvec(x: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
+    """x (..., in) @ W.T for a weight given as column blocks [W_0 | W_1 | ...] (each (out, in/len)),
+    written as one reduction per row and block. Under torch.compile the reductions share one loop
+    over the weight, so each weight element is loaded once for all rows (only sensible there)."""
+    lead, n = x.shape[:-1], blocks[0].size(1)
+    rows = x.float().reshape(-1, x.size(-1))  # (R, in)
+    if rows.size(0) * len(blocks) == 1:  # a single slice reads it: inductor would inline its producer into the loop
+        rows = materialize(rows)
+    out = torch.stack([sum((rows[r, k * n:(k + 1) * n] * w).sum(-1) for k, w in enumerate(blocks))
+                       for r in range(rows.size(0))])  # (R, out)
+    return out.view(*lead, -1)
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) whose one-row case compiles to a bandwidth-bound reduction."""
+    """nn.Linear (same parameters and state dict) whose few-row case compiles to bandwidth-bound reductions."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _one_row(x) and self.weight.dtype == torch.float32:
-            y = matvec(x.float(), self.weight).to(x.dtype)
+        if _few_rows(x) and self.weight.dtype == torch.float32:
+            y = matvec(x, [self.weight]).to(x.dtype)
             return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
 
@@ -84,21 +107,24 @@ class PackedLinear(nn.Module):
         self.register_buffer("words", pack_bits(q, self.parts))  # (out, in/parts) float32 bit patterns
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
 
+    def stored(self) -> torch.Tensor:
+        """The stored weight (out, in): bfloat16, or int8 before scaling (undoing the packing order)."""
+        dtype = torch.bfloat16 if self.parts == 2 else torch.int8
+        packed = self.words.view(dtype).view(self.out_features, -1, self.parts)  # (out, in/parts, parts)
+        return packed.transpose(1, 2).reshape(self.out_features, self.in_features)
+
     def dequantized(self) -> torch.Tensor:
         """The float32 weight (out, in) this layer computes with."""
-        w = torch.cat(unpack_bits(self.words, self.parts), dim=1)
+        w = self.stored().float()
         return w if self.scale is None else w * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        if _one_row(x):
-            n = self.words.size(1)
-            y = sum((xf[..., k * n:(k + 1) * n].unsqueeze(-2) * w).sum(-1)
-                    for k, w in enumerate(unpack_bits(self.words, self.parts)))  # (..., out)
-            if self.scale is not None:
-                y = y * self.scale
-        else:  # several rows (prefill, batches): unpack and use the float matrix-matrix kernel
-            y = F.linear(xf, self.dequantized())
+        if _few_rows(x):
+            y = matvec(x, unpack_bits(self.words, self.parts))  # (..., out)
+        else:  # many rows (prefill): widen the weight once and use the float matrix kernel
+            y = F.linear(x.float(), self.stored().float())
+        if self.scale is not None:
+            y = y * self.scale  # per output channel, so it can follow the product
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype)

@@ -246,3 +246,8 @@ def test_compiled_decode_step_equals_eager(precision):
     eager = tokens(m, PROMPT, max_new_tokens=24, temperature=0)
     compiled = tokens(m, PROMPT, max_new_tokens=24, temperature=0, compile=True)
     assert compiled == eager
+    batch = [PROMPT, [3, 1], PROMPT[:4]]  # left-padded rows, 6 rows with 2 sequences each
+    cfg = dict(max_new_tokens=12, temperature=0, num_return_sequences=2)
+    want = [s.tokens for s in generate_ids(m, batch, GenerateConfig(**cfg))]
+    got = [s.tokens for s in generate_ids(m, batch, GenerateConfig(compile=True, **cfg))]
+    assert torch.equal(torch.stack(got), torch.stack(want))
