@@ -31,6 +31,20 @@ ACTIVATIONS = {
 }
 
 
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs)) v for one new query per row, written as reductions: inside
+    torch.compile it becomes a few fused loops instead of one attention kernel call per layer (about
+    70 us each on CPU, measured). q (B, nh, 1, hs); k, v (B, nkv, S, hs); query head h reads
+    key/value head h // (nh / nkv)."""
+    B, nh, _, hs = q.shape
+    nkv = k.size(1)
+    qg = q.view(B, nkv, nh // nkv, 1, hs)  # (B, nkv, g, 1, hs)
+    scores = (qg * k[:, :, None]).sum(-1) / math.sqrt(hs)  # (B, nkv, g, S)
+    p = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    y = (p[..., None] * v[:, :, None]).sum(-2)  # (B, nkv, g, hs)
+    return y.reshape(B, nh, 1, hs)
+
+
 class CausalSelfAttention(nn.Module):
     """Self-attention where each position sees only itself and earlier positions.
 
@@ -62,10 +76,13 @@ class CausalSelfAttention(nn.Module):
         # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels where available).
         # Without a mask, the T new positions are the last T of the S visible ones: causal when T == S,
         # nothing to hide when T == 1.
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=nkv != nh,
-        )  # (B, nh, T, hs)
+        if T == 1 and mask is None and torch.compiler.is_compiling():
+            y = one_query_attention(q, k, v)  # decoding: fused into the compiled step
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                dropout_p=self.dropout if self.training else 0.0, enable_gqa=nkv != nh,
+            )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # re-assemble heads: (B, T, nh*hs)
         return self.resid_dropout(self.c_proj(y))
 

@@ -15,12 +15,13 @@ from arlm.config import GPTConfig
 # -- linear layers -------------------------------------------------------------------------------
 #
 # Decoding one token is a matrix-vector product per layer: every weight is read once per token, so
-# its speed is memory bandwidth (bytes of weights / bandwidth). On CPU, BLAS matrix-vector kernels
-# reach about half of the bandwidth (measured in bench/decode.py), so under ``torch.compile`` a single
-# row is written as a sum of products, which inductor turns into one vectorised reduction per output
-# that streams the weight once. Smaller weight formats (bfloat16, int8) cut the bytes read; their
-# packed layouts below keep every load a full-width float load (inductor's partial-width loads of
-# 8/16-bit vectors are slow) and unpack with integer shifts in registers.
+# its speed is memory bandwidth (bytes of weights / bandwidth). On CPU, BLAS kernels reach about half
+# of the bandwidth for one row and less for a few (measured in bench/decode.py), so under
+# ``torch.compile`` up to MAX_MATVEC_ROWS rows are written as sums of products, which inductor turns
+# into one vectorised loop per layer that streams the weight once for all rows. Smaller weight
+# formats (bfloat16, int8) cut the bytes read; their packed layouts below keep every load a
+# full-width float load (inductor's partial-width loads of 8/16-bit vectors are slow) and unpack
+# with integer shifts in registers.
 
 
 MAX_MATVEC_ROWS = 8  # up to this many rows (batch x new tokens), one fused loop beats BLAS on CPU
@@ -78,7 +79,8 @@ def unpack_bits(words: torch.Tensor, parts: int) -> list[torch.Tensor]:
     w = words.view(torch.int32)
     if parts == 2:  # a bfloat16 is the top half of a float32
         return [(w << 16).view(torch.float32), (w & -65536).view(torch.float32)]
-    return [((w << (24 - 8 * k)) >> 24).float() for k in range(4)]  # sign-extended byte k
+    # sign-extended byte k: shift it to the top, then arithmetically back down (the top byte needs no left shift)
+    return [((w if k == 3 else w << (24 - 8 * k)) >> 24).float() for k in range(4)]
 
 
 class PackedLinear(nn.Module):

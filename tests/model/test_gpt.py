@@ -110,3 +110,16 @@ def test_residual_projection_init_is_scaled():
     m = tiny(n_layer=8, n_embd=64)
     std = m.transformer.h[0].mlp.c_proj.weight.std().item()
     assert abs(std - 0.02 / (2 * 8) ** 0.5) < 0.002
+
+
+def test_one_query_attention_equals_sdpa_with_grouped_heads():
+    import torch.nn.functional as F
+
+    from arlm.model.gpt import one_query_attention
+
+    g = torch.Generator().manual_seed(0)
+    for nh, nkv in ((4, 4), (4, 2), (6, 1)):
+        q = torch.randn(3, nh, 1, 8, generator=g)
+        k, v = torch.randn(3, nkv, 11, 8, generator=g), torch.randn(3, nkv, 11, 8, generator=g)
+        want = F.scaled_dot_product_attention(q, k, v, enable_gqa=nkv != nh)
+        assert torch.allclose(one_query_attention(q, k, v), want, atol=1e-6)
