@@ -156,6 +156,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generate_config(**controls)  # bad options fail before the model is loaded
     m = load(args.model, device=args.device, precision=args.precision)
     cfg = m.generate_config(**controls)  # the model's own defaults under the flags given
+    if args.precision in ("bfloat16", "int8") and m.device.type == "cpu" and not cfg.compile:
+        log.warning("note: %s weights decode fast on CPU only with --compile; without it they are widened "
+                    "to float32 on every call (same tokens, slower)", args.precision)
     if cfg.logprobs or cfg.top_logprobs or cfg.echo:
         return _print_completions(args, m.complete(args.prompt, **controls))
     n = cfg.num_return_sequences
