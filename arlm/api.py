@@ -188,6 +188,8 @@ class LanguageModel:
                     top = ([], []) if step.top_ids is None else (step.top_ids[b].tolist(), step.top_logprobs[b].tolist())
                     event = ("token", tok, float(step.logprobs[b]), *top)
                 yield b, piece, event
+            if all(s.done for s in streams):  # every row ended (end-of-text or a stop string): stop decoding
+                break
         timed_out = cfg.max_time > 0 and count < cfg.max_new_tokens and time.monotonic() - t0 >= cfg.max_time
         for b, s in enumerate(streams):
             if reasons[b] == "length" and timed_out:

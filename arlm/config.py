@@ -214,9 +214,6 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto")
     dtype: str = _f("auto", "compute precision; auto = bfloat16 autocast on capable GPUs, float32 on CPU",
                     choices=("auto", "float32", "bfloat16", "float16"))
-    draft_model: str = _f("", "speculative decoding: a smaller model with the same tokenizer proposes tokens that "
-                              "this model checks in one pass (same output distribution; greedy output identical)", metavar="DIR")
-    num_draft_tokens: int = _f(4, "speculative decoding: tokens the draft model proposes per round")
     compile: bool = _f(False, "compile the model with torch.compile (faster steps after a slow first one)")
     threads: int = _f(0, "CPU threads for PyTorch (0: PyTorch's default)")
     progress: bool = _f(True, "show a progress bar")

@@ -72,8 +72,9 @@ def hf_run(hf, prompts: list[list[int]], new: int) -> tuple[float, list[list[int
     return time.perf_counter() - t, out[:, x.size(1):].tolist()
 
 
-def alternate(variants: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per variant, alternating; the first call of each (warm-up, compilation) is dropped."""
+def alternate(variants: dict, repeats: int) -> tuple[dict[str, float], dict]:
+    """Median seconds per variant and each one's last output, alternating; the first call of each
+    (warm-up, compilation) is dropped."""
     for fn in variants.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}

@@ -145,6 +145,10 @@ def test_speculative_decoding_through_the_api(lm, trained_model):
     want = lm.generate("ROMEO.", max_new_tokens=20, temperature=0)
     assert lm.generate("ROMEO.", max_new_tokens=20, temperature=0, draft_model=str(trained_model)) == want
     assert lm.last_speculative.acceptance_rate == 1.0  # the model as its own draft
+    rounds = lm.last_speculative.rounds
+    stop = want[3:5]
+    assert lm.generate("ROMEO.", max_new_tokens=20, temperature=0, draft_model=str(trained_model), stop=stop) == want[:want.index(stop)]
+    assert lm.last_speculative.rounds < rounds  # decoding ended at the stop string, not at max_new_tokens
     with pytest.raises(UserError, match="context window"):
         lm.generate("ROMEO.", max_new_tokens=1000, draft_model=str(trained_model))
 

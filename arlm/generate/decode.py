@@ -91,7 +91,7 @@ def generate_ids(model: GPT, prompts: list[int] | list[list[int]], cfg: Generate
     t0 = time.monotonic()
     if prompts and isinstance(prompts[0], int):
         prompts = [prompts]
-    rules = Rules(tuple(eos_ids), *(() if rules is None else (rules.bad_words_ids, rules.logit_bias)))
+    rules = dataclasses.replace(rules or Rules(), eos_ids=tuple(eos_ids))
     block = model.config.block_size
     assert prompts and all(0 < len(p) <= block for p in prompts)
     device = model.transformer.wte.weight.device
@@ -206,7 +206,7 @@ def beam_search(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tup
     early_stopping = cfg.early_stopping if early_stopping is None else early_stopping
     assert prompt and 1 <= cfg.num_return_sequences <= num_beams
     penalties = dataclasses.replace(cfg, temperature=0.0)  # process_logits then applies only the penalties
-    rules = Rules(tuple(eos_ids), *(() if rules is None else (rules.bad_words_ids, rules.logit_bias)))
+    rules = dataclasses.replace(rules or Rules(), eos_ids=tuple(eos_ids))
     L0, nb = len(prompt), num_beams
     max_len = L0 + max_new_tokens
     if max_len > model.config.block_size:
@@ -324,7 +324,7 @@ def speculative_ids(target: GPT, draft: GPT, prompt: list[int], cfg: GenerateCon
     """
     t0 = time.monotonic()
     stats = stats if stats is not None else SpeculativeStats()
-    rules = Rules(tuple(eos_ids), *(() if rules is None else (rules.bad_words_ids, rules.logit_bias)))
+    rules = dataclasses.replace(rules or Rules(), eos_ids=tuple(eos_ids))
     assert target.config.vocab_size == draft.config.vocab_size, "target and draft need the same vocabulary"
     total = len(prompt) + cfg.max_new_tokens + num_draft
     limit = min(target.config.block_size, draft.config.block_size)

@@ -76,7 +76,7 @@ class CausalSelfAttention(nn.Module):
         # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels where available).
         # Without a mask, the T new positions are the last T of the S visible ones: causal when T == S,
         # nothing to hide when T == 1.
-        if T == 1 and mask is None and torch.compiler.is_compiling():
+        if T == 1 and mask is None and not self.training and torch.compiler.is_compiling():
             y = one_query_attention(q, k, v)  # decoding: fused into the compiled step
         else:
             y = F.scaled_dot_product_attention(
