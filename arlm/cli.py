@@ -156,9 +156,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generate_config(**controls)  # bad options fail before the model is loaded
     m = load(args.model, device=args.device, precision=args.precision)
     cfg = m.generate_config(**controls)  # the model's own defaults under the flags given
-    if args.precision in ("bfloat16", "int8") and m.device.type == "cpu" and not cfg.compile:
-        log.warning("note: %s weights decode fast on CPU only with --compile; without it they are widened "
-                    "to float32 on every call (same tokens, slower)", args.precision)
     if cfg.logprobs or cfg.top_logprobs or cfg.echo:
         return _print_completions(args, m.complete(args.prompt, **controls))
     n = cfg.num_return_sequences
@@ -297,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto")
     sp.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16", "int8"),
                     help="weights for decoding: float32, bfloat16, int8 (weight-only, per-channel scales), or auto "
-                         "(bfloat16 on GPUs that support it); on CPU combine bfloat16/int8 with --compile for speed")
+                         "(bfloat16 on GPUs that support it)")
     add_config_args(sp, GenerateConfig)
     sp.add_argument("--json", action="store_true", help="print {prompt, completions} as one JSON object instead of streaming")
     sp.set_defaults(func=cmd_generate)

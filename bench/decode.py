@@ -9,7 +9,7 @@ makes the same number of tokens; the tokens of arlm and transformers are compare
 * the memory-bandwidth bound: bytes of weights read per decoded token / measured bandwidth (a large
   tensor reduction), and each variant's fraction of it;
 * prefill of a 1024-token prompt (next-token logits only, as ``generate`` does);
-* bfloat16 and weight-only int8 decoding (compiled) against our float32, and the int8 model's
+* bfloat16 and weight-only int8 decoding (eager and compiled) against our float32, and the int8 model's
   next-token agreement with float32 on real text (Shakespeare) for a trained model, when one is given.
 
 Compiling takes about a minute per precision on a 2-core CPU; the first call is excluded.
@@ -29,7 +29,7 @@ from arlm.config import GenerateConfig, GPTConfig
 from arlm.generate.decode import generate_ids, prefill
 from arlm.interop.hf import hf_state_from_arlm
 from arlm.model.gpt import GPT
-from arlm.model.layers import PackedLinear
+from arlm.model.layers import QuantizedLinear
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def weight_bytes(model: torch.nn.Module) -> int:
     (the output layer too, though tied to the embedding); embeddings read one row and are left out."""
     total = 0
     for m in model.modules():
-        if isinstance(m, (torch.nn.Linear, PackedLinear)):
+        if isinstance(m, (torch.nn.Linear, QuantizedLinear)):
             total += sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
     return total
 
@@ -197,15 +197,20 @@ def main() -> None:
             m = GPT(cfg).eval()
             m.load_state_dict(ours.state_dict())
             models[fmt] = quantize(m, fmt)
-        med, outs = alternate({k: (lambda m=m: arlm_run(m, pr, a.new_tokens, True)) for k, m in models.items()}, a.repeats)
-        print(f"\nprecision, batch 1, {a.new_tokens} new tokens, --compile")
-        print(f"{'':16}{'tokens/s':>10}{'vs float32':>12}{'of its bound':>14}{'same tokens as float32':>24}")
+        variants = {}
+        for k, m in models.items():
+            variants[k] = lambda m=m: arlm_run(m, pr, a.new_tokens, False)
+            variants[k + " --compile"] = lambda m=m: arlm_run(m, pr, a.new_tokens, True)
+        med, outs = alternate(variants, a.repeats)
+        print(f"\nprecision, batch 1, {a.new_tokens} new tokens (ratios against float32 run the same way)")
+        print(f"{'':22}{'tokens/s':>10}{'vs float32':>12}{'of its bound':>14}{'same tokens as float32':>24}")
         for k, t in med.items():
+            fmt, compiled = k.split()[0], k.endswith("--compile")
+            ref = "float32 --compile" if compiled else "float32"
             rate = a.new_tokens / t
-            own_bound = bw * 1e9 / weight_bytes(models[k])
-            same = sum(x == y for x, y in zip(outs[k][0], outs["float32"][0]))
-            print(f"{k:16}{rate:10.1f}{med['float32'] / t:11.2f}x{rate / own_bound:14.0%}{same:>17}/{a.new_tokens}")
-
+            own_bound = bw * 1e9 / weight_bytes(models[fmt])
+            same = sum(x == y for x, y in zip(outs[k][0], outs[ref][0]))
+            print(f"{k:22}{rate:10.1f}{med[ref] / t:11.2f}x{rate / own_bound:14.0%}{same:>17}/{a.new_tokens}")
     if "agreement" not in skip:
         if Path(a.agreement_model).exists():
             frac, n = agreement(a.agreement_model)

@@ -2,10 +2,10 @@
 
 Decoding one token reads every weight once, so fewer bytes per weight means more tokens per second
 (bench/decode.py measures it). ``quantize`` swaps each linear layer for a
-:class:`arlm.model.layers.PackedLinear`; embeddings and norms stay float32 (one row of the
-embedding is read per token, and norms are tiny). Packed layers are fast inside ``torch.compile``
-(``--compile``); without it they unpack their weight on every call, which is correct but slow on CPU.
-On CUDA, bfloat16 is the plain ``model.to(torch.bfloat16)``.
+:class:`arlm.model.layers.QuantizedLinear`; embeddings and norms stay float32 (one row of the
+embedding is read per token, and norms are tiny). On CPU these layers run the kernels of
+arlm/model/kernels, with or without ``--compile``. On CUDA, bfloat16 is the plain
+``model.to(torch.bfloat16)``, and int8 weights are widened inside the matrix multiply.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from arlm.errors import UserError
 from arlm.model.gpt import GPT
-from arlm.model.layers import PackedLinear
+from arlm.model.layers import QuantizedLinear
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def quantize(model: GPT, precision: str) -> GPT:
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(module, name, PackedLinear(child, precision).to(device))
+                setattr(module, name, QuantizedLinear(child, precision).to(device))
                 swapped += 1
-    log.debug("%s: %d linear layers packed", precision, swapped)
+    log.debug("%s: %d linear layers quantized", precision, swapped)
     return model

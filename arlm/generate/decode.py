@@ -17,6 +17,7 @@ import torch
 
 from arlm.config import GenerateConfig
 from arlm.generate.sampling import Rules, process_logits, sample
+from arlm.model import kernels
 from arlm.model.gpt import GPT
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ _COMPILED: dict[str, object] = {}
 
 def compiled_decode_step():
     """``decode_step`` compiled once per process by torch.compile (inductor). The slot ``pos`` becomes a
-    dynamic size after its second value, so one graph serves every position; linear layers take
-    their matrix-vector form inside it (see arlm/model/layers.py)."""
+    dynamic size after its second value, so one graph serves every position; on CPU the linear layers
+    are calls of the decoding kernels (arlm/model/kernels), built here before tracing starts."""
+    kernels.library()
     if "decode_step" not in _COMPILED:
         _COMPILED["decode_step"] = torch.compile(decode_step, dynamic=None)
     return _COMPILED["decode_step"]

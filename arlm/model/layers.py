@@ -10,80 +10,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlm.config import GPTConfig
+from arlm.model import kernels
 
 
 # -- linear layers -------------------------------------------------------------------------------
 #
 # Decoding one token is a matrix-vector product per layer: every weight is read once per token, so
-# its speed is memory bandwidth (bytes of weights / bandwidth). On CPU, BLAS kernels reach about half
-# of the bandwidth for one row and less for a few (measured in bench/decode.py), so under
-# ``torch.compile`` up to MAX_MATVEC_ROWS rows are written as sums of products, which inductor turns
-# into one vectorised loop per layer that streams the weight once for all rows. Smaller weight
-# formats (bfloat16, int8) cut the bytes read; their packed layouts below keep every load a
-# full-width float load (inductor's partial-width loads of 8/16-bit vectors are slow) and unpack
-# with integer shifts in registers.
-
-
-MAX_MATVEC_ROWS = 8  # up to this many rows (batch x new tokens), one fused loop beats BLAS on CPU
-
-
-def _few_rows(x: torch.Tensor) -> bool:
-    """True inside torch.compile when ``x`` (..., in) has at most MAX_MATVEC_ROWS rows (decoding a small batch)."""
-    return torch.compiler.is_compiling() and x.numel() <= MAX_MATVEC_ROWS * x.size(-1)
-
-
-@torch.library.custom_op("arlm::materialize", mutates_args=())
-def materialize(x: torch.Tensor) -> torch.Tensor:
-    """A copy that inductor cannot fuse into its consumer. Without it, a norm feeding a matrix-vector
-    product is recomputed inside the product's loop for every output row (measured 10-15% slower)."""
-    return x.clone()
-
-
-@materialize.register_fake
-def _(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x)
-
-
-def matvec(x: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
-    """x (..., in) @ W.T for a weight given as column blocks [W_0 | W_1 | ...] (each (out, in/len)),
-    written as one reduction per row and block. Under torch.compile the reductions share one loop
-    over the weight, so each weight element is loaded once for all rows (only sensible there)."""
-    lead, n = x.shape[:-1], blocks[0].size(1)
-    rows = x.float().reshape(-1, x.size(-1))  # (R, in)
-    if rows.size(0) * len(blocks) == 1:  # a single slice reads it: inductor would inline its producer into the loop
-        rows = materialize(rows)
-    out = torch.stack([sum((rows[r, k * n:(k + 1) * n] * w).sum(-1) for k, w in enumerate(blocks))
-                       for r in range(rows.size(0))])  # (R, out)
-    return out.view(*lead, -1)
+# its speed is memory bandwidth (bytes of weights / bandwidth). On CPU, a few rows go through the
+# kernels of arlm/model/kernels (float32 at the read bandwidth; bfloat16 and int8 weights read at 2
+# and 1 bytes each and widened in registers); everything else, and every device but the CPU, uses
+# torch's own matrix multiply.
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) whose few-row case compiles to bandwidth-bound reductions."""
+    """nn.Linear (same parameters and state dict) whose few-row inference case (decoding) takes the
+    bandwidth-bound CPU kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _few_rows(x) and self.weight.dtype == torch.float32:
-            y = matvec(x, [self.weight]).to(x.dtype)
-            return y if self.bias is None else y + self.bias
+        if x.numel() <= kernels.MAX_ROWS * x.size(-1) and kernels.usable(x, self.weight, self.bias):
+            return kernels.linear(x, self.weight, None, self.bias).to(x.dtype)
         return F.linear(x, self.weight, self.bias)
 
 
-def pack_bits(w: torch.Tensor, parts: int) -> torch.Tensor:
-    """Pack a 16-bit (parts=2) or 8-bit (parts=4) weight (out, in) into float32 words (out, in/parts):
-    bits 16k.. (or 8k..) of word j hold column k*in/parts + j, so each slice of ``x`` is contiguous."""
-    out, inp = w.shape
-    return w.view(out, parts, inp // parts).transpose(1, 2).contiguous().view(torch.float32).view(out, inp // parts)
-
-
-def unpack_bits(words: torch.Tensor, parts: int) -> list[torch.Tensor]:
-    """The ``parts`` column blocks of a packed weight: float32 for bfloat16, float32 integer values for int8."""
-    w = words.view(torch.int32)
-    if parts == 2:  # a bfloat16 is the top half of a float32
-        return [(w << 16).view(torch.float32), (w & -65536).view(torch.float32)]
-    # sign-extended byte k: shift it to the top, then arithmetically back down (the top byte needs no left shift)
-    return [((w if k == 3 else w << (24 - 8 * k)) >> 24).float() for k in range(4)]
-
-
-class PackedLinear(nn.Module):
+class QuantizedLinear(nn.Module):
     """A linear layer with bfloat16 weights, or int8 weights and one float scale per output channel
     (weight-only quantisation: activations stay in float). Built from a float ``nn.Linear`` by
     :func:`arlm.compress.quantize.quantize`; ``dequantized()`` gives the float weight back."""
@@ -92,11 +41,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         assert fmt in ("bfloat16", "int8")
         w = linear.weight.detach().float()
-        out, inp = w.shape
-        self.fmt, self.in_features, self.out_features = fmt, inp, out
-        self.parts = 2 if fmt == "bfloat16" else 4
-        if inp % self.parts:
-            raise ValueError(f"{fmt} packing needs in_features divisible by {self.parts}, got {inp}")
+        self.fmt, self.out_features, self.in_features = fmt, *w.shape
         if fmt == "int8":
             # Symmetric per-output-channel scales (as in LLM.int8's vector-wise quantisation without
             # outliers, Dettmers et al. 2022, and gpt-fast's int8 weight-only mode): w ~ scale * q, q in [-127, 127].
@@ -106,30 +51,25 @@ class PackedLinear(nn.Module):
         else:
             q = w.to(torch.bfloat16)
             self.register_buffer("scale", None)
-        self.register_buffer("words", pack_bits(q, self.parts))  # (out, in/parts) float32 bit patterns
+        self.register_buffer("weight", q.contiguous())  # (out, in) int8 or bfloat16
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
-
-    def stored(self) -> torch.Tensor:
-        """The stored weight (out, in): bfloat16, or int8 before scaling (undoing the packing order)."""
-        dtype = torch.bfloat16 if self.parts == 2 else torch.int8
-        packed = self.words.view(dtype).view(self.out_features, -1, self.parts)  # (out, in/parts, parts)
-        return packed.transpose(1, 2).reshape(self.out_features, self.in_features)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight (out, in) this layer computes with."""
-        w = self.stored().float()
+        w = self.weight.float()
         return w if self.scale is None else w * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _few_rows(x):
-            y = matvec(x, unpack_bits(self.words, self.parts))  # (..., out)
-        else:  # many rows (prefill): widen the weight once and use the float matrix kernel
-            y = F.linear(x.float(), self.stored().float())
+        # On CPU, decoding and short prompts take the kernel (each weight read once, widened in
+        # registers); long prompts widen the matrix once for torch's matmul.
+        if x.numel() <= kernels.MAX_ROWS_LOW_PRECISION * x.size(-1) and kernels.usable(x, self.weight):
+            return kernels.linear(x, self.weight, self.scale, self.bias).to(x.dtype)
+        # Elsewhere (CUDA), widen to the activations' dtype and scale the outputs (gpt-fast's form,
+        # which torch.compile fuses into the matrix multiply).
+        y = F.linear(x, self.weight.to(x.dtype))
         if self.scale is not None:
-            y = y * self.scale  # per output channel, so it can follow the product
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype)
+            y = y * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.fmt}"

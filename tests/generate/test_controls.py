@@ -197,7 +197,7 @@ def test_speculative_sampling_follows_the_target_distribution():
 
 def test_packed_layers_match_their_float_weights():
     from arlm.compress.quantize import quantize
-    from arlm.model.layers import PackedLinear
+    from arlm.model.layers import QuantizedLinear
 
     m = model()
     ref = {n: mod.weight.detach().clone() for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)}
@@ -205,7 +205,7 @@ def test_packed_layers_match_their_float_weights():
         q = quantize(model(), fmt)
         for n, mod in q.named_modules():
             if n in ref:
-                assert isinstance(mod, PackedLinear)
+                assert isinstance(mod, QuantizedLinear)
                 w = mod.dequantized()
                 if fmt == "bfloat16":
                     assert torch.equal(w, ref[n].to(torch.bfloat16).float())

@@ -1,0 +1,140 @@
+"""CPU kernels for the linear layers of decoding (``linear.cpp``, the operator ``arlm::linear``),
+compiled on first use.
+
+Decoding a token multiplies a few rows of activations by every weight matrix, so its speed is how
+fast the weights stream from memory. On CPU, PyTorch's BLAS path (MKL's sgemv) reaches about half of
+the read bandwidth for one row and less for a few, and inductor's reductions keep one accumulator
+per output (about 80%); ``linear.cpp`` streams float32 weights at the bandwidth and widens bfloat16
+and int8 weights in registers (bench/decode.py measures all of these).
+
+The source is compiled against the installed torch with the system C++ compiler (``$CXX``, else
+``c++``/``g++``/``clang++``) for the machine it runs on, once (about 15 s), into
+``$ARLM_KERNEL_CACHE`` (default ``~/.cache/arlm/kernels``), keyed by the source, compiler, torch
+build and CPU. Without a compiler, or with ``ARLM_CPU_KERNELS=0``, layers fall back to
+``torch.nn.functional.linear`` (same results, slower decoding); the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("linear.cpp")
+# Up to this many rows (batch x new tokens) the kernel beats torch's matmul (measured on a 2-core CPU):
+MAX_ROWS = 8  # float32 weights
+MAX_ROWS_LOW_PRECISION = 64  # bfloat16/int8 weights (beyond it, widening the matrix once for BLAS wins)
+FORMATS = (torch.float32, torch.bfloat16, torch.int8)
+
+_loaded = False
+_tried = False
+
+
+def _compiler() -> str | None:
+    for name in filter(None, (os.environ.get("CXX"), "c++", "g++", "clang++")):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _cpu_id() -> str:
+    """What the compiled code depends on: ``-march=native`` emits this CPU's instructions."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _build(cxx: str) -> Path:
+    """Compile SOURCE into the cache (atomically: a temp file, then rename) and return the library's path."""
+    torch_dir = Path(torch.__file__).parent
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join((SOURCE.read_text(), cxx, version, torch.__version__, str(torch_dir),
+                                     platform.machine(), _cpu_id())).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("ARLM_KERNEL_CACHE") or Path.home() / ".cache" / "arlm" / "kernels")
+    out = cache / f"linear-{key}.so"
+    if out.exists():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    base = [cxx, "-O3", "-march=native", "-shared", "-fPIC", "-w", abi,
+            f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+            str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}"]
+    errors = []
+    # OpenMP splits the output channels across torch's threads; without it the kernel runs on one.
+    for extra in (["-std=c++20", "-fopenmp"], ["-std=c++17", "-fopenmp"], ["-std=c++17"]):
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        os.close(fd)
+        run = subprocess.run(base + extra + ["-o", tmp], capture_output=True, text=True)
+        if run.returncode == 0:
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, out)
+            return out
+        os.unlink(tmp)
+        errors.append(run.stderr.strip()[-300:])
+    raise RuntimeError(errors[-1])
+
+
+def library() -> bool:
+    """Load the kernels, building them on the first call; False if they cannot be used here."""
+    global _loaded, _tried
+    if _tried:
+        return _loaded
+    _tried = True
+    if os.environ.get("ARLM_CPU_KERNELS", "1") == "0":
+        log.info("CPU decoding kernels disabled (ARLM_CPU_KERNELS=0)")
+        return False
+    cxx = _compiler()
+    if cxx is None:
+        log.warning("no C++ compiler found (set CXX): decoding uses torch's linear layers (slower on CPU)")
+        return False
+    t = time.monotonic()
+    try:
+        torch.ops.load_library(str(_build(cxx)))
+    except (OSError, RuntimeError) as e:
+        log.warning("could not build the CPU decoding kernels (%s): decoding uses torch's linear layers", e)
+        return False
+    torch.library.register_fake("arlm::linear")(_fake_linear)
+    log.debug("CPU decoding kernels ready in %.2fs", time.monotonic() - t)
+    _loaded = True
+    return True
+
+
+def _fake_linear(x, weight, scale, bias):
+    """Output shape and dtype for torch.compile's tracing."""
+    return x.new_empty(*x.shape[:-1], weight.size(0), dtype=torch.float32)
+
+
+def ready() -> bool:
+    """Whether the kernels are loaded (never builds them: safe to call while torch.compile traces)."""
+    return _loaded
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether ``linear(x, weight, ...)`` may take the kernel: CPU tensors, no gradient wanted (it has
+    no backward), and the library built (building it on first use, except while torch.compile traces)."""
+    if x.device.type != "cpu" or weight.device.type != "cpu" or weight.dtype not in FORMATS:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        return False
+    return _loaded or (not torch.compiler.is_compiling() and library())
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) @ weight.T (weight (N, K): float32, bfloat16 or int8, contiguous), times ``scale`` (N,)
+    per output channel, plus ``bias`` (N,) (both float32); float32 (..., N). Call only where
+    :func:`usable` said yes."""
+    return torch.ops.arlm.linear(x, weight, scale, bias)
