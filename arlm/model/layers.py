@@ -18,8 +18,7 @@ from arlm.model import kernels
 # Decoding one token is a matrix-vector product per layer: every weight is read once per token, so
 # its speed is memory bandwidth (bytes of weights / bandwidth). On CPU, a few rows go through the
 # kernels of arlm/model/kernels (float32 at the read bandwidth; bfloat16 and int8 weights read at 2
-# and 1 bytes each and widened in registers); everything else, and every device but the CPU, uses
-# torch's own matrix multiply.
+# and 1 bytes each); everything else, and every device but the CPU, uses torch's own matrix multiply.
 
 
 class Linear(nn.Linear):
@@ -60,12 +59,12 @@ class QuantizedLinear(nn.Module):
         return w if self.scale is None else w * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # On CPU, decoding and short prompts take the kernel (each weight read once, widened in
-        # registers); long prompts widen the matrix once for torch's matmul.
+        # On CPU, decoding and short prompts take the kernel (each weight read once in its own format);
+        # long prompts widen the matrix once for torch's matmul (faster beyond ~64 rows, measured).
         if x.numel() <= kernels.MAX_ROWS_LOW_PRECISION * x.size(-1) and kernels.usable(x, self.weight):
             return kernels.linear(x, self.weight, self.scale, self.bias).to(x.dtype)
-        # Elsewhere (CUDA), widen to the activations' dtype and scale the outputs (gpt-fast's form,
-        # which torch.compile fuses into the matrix multiply).
+        # Otherwise (long prompts, CUDA, no kernels) widen to the activations' dtype and scale the
+        # outputs (gpt-fast's form, which torch.compile fuses into the matrix multiply on GPUs).
         y = F.linear(x, self.weight.to(x.dtype))
         if self.scale is not None:
             y = y * self.scale.to(x.dtype)
@@ -151,8 +150,9 @@ class KVCache(nn.Module):
 
     def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k, v`` of shape (B, nkv, T, hs) at positions ``pos .. pos+T-1``; return all keys/values so far."""
-        T = k.size(2)
-        assert pos + T <= self.max_len, f"KV cache overflow: {pos}+{T} > {self.max_len}"
+        T, size = k.size(2), self.k.size(2)  # the buffer's size, not the int attribute: torch.compile
+        # specialises on integer attributes of modules, so every cache length would compile a new graph
+        assert pos + T <= size, f"KV cache overflow: {pos}+{T} > {size}"
         self.k[:, :, pos:pos + T] = k
         self.v[:, :, pos:pos + T] = v
         return self.k[:, :, :pos + T], self.v[:, :, :pos + T]  # (B, nkv, pos+T, hs)

@@ -238,16 +238,36 @@ def test_int8_agrees_with_float32_on_real_text(trained_model):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
-def test_compiled_decode_step_equals_eager(precision):
-    """torch.compile of the decode step (matrix-vector reductions, packed weights) gives the eager tokens."""
+def test_compiled_decode_step_equals_eager(precision, monkeypatch):
+    """torch.compile of the decode step (kernels as custom operators, guards mostly skipped after the
+    warm-up of each generation) gives the eager tokens and log-probabilities, across generations of
+    different prompt lengths, a left-padded batch and sampling, in one process."""
     from arlm.compress.quantize import quantize
+    from arlm.generate import decode
 
     m = quantize(model(vocab=64, n_embd=64), precision)
-    eager = tokens(m, PROMPT, max_new_tokens=24, temperature=0)
-    compiled = tokens(m, PROMPT, max_new_tokens=24, temperature=0, compile=True)
-    assert compiled == eager
+    generations = []
+
+    class Recorded(decode.GuardedSteps):
+        def __init__(self):
+            super().__init__()
+            generations.append(self)
+
+    monkeypatch.setattr(decode, "GuardedSteps", Recorded)
+
+    def run(prompts, **kw):
+        steps = list(generate_ids(m, prompts, GenerateConfig(logprobs=True, **kw)))
+        return torch.stack([s.tokens for s in steps]), torch.stack([s.logprobs for s in steps])
+
     batch = [PROMPT, [3, 1], PROMPT[:4]]  # left-padded rows, 6 rows with 2 sequences each
-    cfg = dict(max_new_tokens=12, temperature=0, num_return_sequences=2)
-    want = [s.tokens for s in generate_ids(m, batch, GenerateConfig(**cfg))]
-    got = [s.tokens for s in generate_ids(m, batch, GenerateConfig(compile=True, **cfg))]
-    assert torch.equal(torch.stack(got), torch.stack(want))
+    cases = [(PROMPT, dict(max_new_tokens=24, temperature=0)),
+             (PROMPT[:3], dict(max_new_tokens=30, temperature=0)),  # another length: other cache, other positions
+             (PROMPT, dict(max_new_tokens=24, temperature=0)),  # back to the first graph
+             (batch, dict(max_new_tokens=12, temperature=0, num_return_sequences=2)),
+             (PROMPT[:5], dict(max_new_tokens=20, temperature=1.0, seed=3))]
+    for prompts, kw in cases:
+        want_tokens, want_logprobs = run(prompts, **kw)
+        got_tokens, got_logprobs = run(prompts, compile=True, **kw)
+        assert torch.equal(got_tokens, want_tokens)
+        assert torch.allclose(got_logprobs, want_logprobs, atol=1e-4)
+    assert len(generations) == len(cases) and all(g.trusted and not g.refused for g in generations)

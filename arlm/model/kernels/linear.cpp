@@ -131,6 +131,9 @@ static void NAME##_linear(const float *x, const WT *w, const float *scale, const
     for (int64_t n = 0; n < N; n++) {                                                                \
         const WT *row = w + n * K;                                                                   \
         float s = scale ? scale[n] : 1.0f, b = bias ? bias[n] : 0.0f;                                \
+        if (sizeof(WT) < 4 && n + 8 < N) /* short rows: the row 8 ahead, see i8q_linear */           \
+            for (int64_t k = 0; k < K * (int64_t)sizeof(WT); k += 64)                                \
+                __builtin_prefetch((const char *)(w + (n + 8) * K) + k);                             \
         for (int64_t r0 = 0; r0 < R; r0 += MAX_ROWS) {                                               \
             int rows = R - r0 < MAX_ROWS ? (int)(R - r0) : MAX_ROWS;                                 \
             float out[MAX_ROWS];                                                                     \
