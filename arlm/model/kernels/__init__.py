@@ -69,6 +69,7 @@ def _build(cxx: str) -> Path:
     if out.exists():
         return out
     cache.mkdir(parents=True, exist_ok=True)
+    log.info("building the CPU decoding kernels for this machine (once, about 15 s) into %s", cache)
     base = [cxx, "-O3", "-march=native", "-shared", "-fPIC", "-w", abi,
             f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
             str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}"]
