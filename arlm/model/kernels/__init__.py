@@ -4,8 +4,9 @@ compiled on first use.
 Decoding a token multiplies a few rows of activations by every weight matrix, so its speed is how
 fast the weights stream from memory. On CPU, PyTorch's BLAS path (MKL's sgemv) reaches about half of
 the read bandwidth for one row and less for a few, and inductor's reductions keep one accumulator
-per output (about 80%); ``linear.cpp`` streams float32 weights at the bandwidth and widens bfloat16
-and int8 weights in registers (bench/decode.py measures all of these).
+per output (about 80%); ``linear.cpp`` streams float32 weights at the bandwidth, widens bfloat16
+weights in registers and multiplies int8 weights with int16-rounded activations (bench/decode.py
+measures all of these).
 
 The source is compiled against the installed torch with the system C++ compiler (``$CXX``, else
 ``c++``/``g++``/``clang++``) for the machine it runs on, once (about 15 s), into

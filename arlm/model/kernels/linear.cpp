@@ -13,7 +13,7 @@
  *     i8q_linear), or widened to float like bfloat16 elsewhere;
  *   - for int8 (a row is few cache lines of work) the row 8 ahead is prefetched explicitly; for
  *     float32 that measured slower than the hardware prefetcher alone.
- * Written with GCC/Clang vector extensions: the compiler maps the 8-lane float vectors to AVX2 (or
+ * Written with GCC/Clang vector extensions and templates (one per weight format and row count): the compiler maps the 8-lane float vectors to AVX2 (or
  * two SSE/NEON registers) for the machine it is compiled on; AVX2 intrinsics only where GCC's own
  * widening of 8/16-bit vectors is slow. Compiled on first use by arlm/model/kernels/__init__.py.
  * A C++ operator rather than a C function called through ctypes: PyTorch's dispatcher calls it in
@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -40,11 +41,12 @@ typedef int32_t i32x8 __attribute__((vector_size(32)));
 typedef uint16_t u16x8 __attribute__((vector_size(16)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 
-#define MAX_ROWS 8  /* rows of x handled in one pass over a row of W */
+constexpr int MAX_ROWS = 8;  /* rows of x handled in one pass over a row of W */
 
-static inline f8 load_f32(const float *p) { f8 v; memcpy(&v, p, sizeof v); return v; }
+/* 8 weights of each format, widened to float. */
+static inline f8 load(const float *p) { f8 v; memcpy(&v, p, sizeof v); return v; }
 
-static inline f8 load_i8(const int8_t *p) {
+static inline f8 load(const int8_t *p) {
 #ifdef __AVX2__  /* GCC 12 widens int8 vectors lane by lane; vpmovsxbd does all 8 at once */
     return (f8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 #else
@@ -53,7 +55,7 @@ static inline f8 load_i8(const int8_t *p) {
 #endif
 }
 
-static inline f8 load_bf16(const uint16_t *p) {  /* a bfloat16 is the top half of a float32 */
+static inline f8 load(const uint16_t *p) {  /* bfloat16: the top half of a float32 */
 #ifdef __AVX2__
     return (f8)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
 #else
@@ -64,88 +66,93 @@ static inline f8 load_bf16(const uint16_t *p) {  /* a bfloat16 is the top half o
 #endif
 }
 
+/* One weight of each format (the tail of a row that is not a multiple of 8). */
+static inline float widen(float w) { return w; }
+static inline float widen(int8_t w) { return (float)w; }
+static inline float widen(uint16_t w) { uint32_t b = (uint32_t)w << 16; float f; memcpy(&f, &b, sizeof f); return f; }
+
 static inline float hsum(f8 v) {
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
-static inline float widen_f32(float w) { return w; }
-static inline float widen_i8(int8_t w) { return (float)w; }
-static inline float widen_bf16(uint16_t w) { uint32_t b = (uint32_t)w << 16; float f; memcpy(&f, &b, sizeof f); return f; }
-
-/* DEFINE_LINEAR(name, weight type): one weight format's kernel. */
-#define DEFINE_LINEAR(NAME, WT)                                                                      \
-static inline float NAME##_dot1(const WT *w, const float *x, int64_t K) {                            \
-    f8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                                       \
-    int64_t k = 0;                                                                                   \
-    for (; k + 32 <= K; k += 32) {                                                                   \
-        a0 += load_##NAME(w + k) * load_f32(x + k);                                                  \
-        a1 += load_##NAME(w + k + 8) * load_f32(x + k + 8);                                          \
-        a2 += load_##NAME(w + k + 16) * load_f32(x + k + 16);                                        \
-        a3 += load_##NAME(w + k + 24) * load_f32(x + k + 24);                                        \
-    }                                                                                                \
-    for (; k + 8 <= K; k += 8) a0 += load_##NAME(w + k) * load_f32(x + k);                           \
-    float s = hsum((a0 + a1) + (a2 + a3));                                                           \
-    for (; k < K; k++) s += widen_##NAME(w[k]) * x[k];                                               \
-    return s;                                                                                        \
-}                                                                                                    \
-/* R (2..MAX_ROWS, a constant after inlining) rows of x against one row of W: each weight vector is  \
-   loaded and widened once for all rows. Up to 4 rows, two banks of accumulators (16 weights a step) \
-   so that at least 4 independent sums are in flight. */                                            \
-static inline __attribute__((always_inline)) void NAME##_dotn(const WT *w, const float *x, int64_t K, \
-                                                              const int R, float *out) {             \
-    const int banks = R <= 4 ? 2 : 1;                                                                \
-    f8 acc[2][MAX_ROWS] = {{{0}}};                                                                   \
-    int64_t k = 0;                                                                                   \
-    for (; k + 8 * banks <= K; k += 8 * banks)                                                       \
-        for (int b = 0; b < banks; b++) {                                                            \
-            f8 wv = load_##NAME(w + k + 8 * b);                                                      \
-            for (int r = 0; r < R; r++) acc[b][r] += wv * load_f32(x + r * K + k + 8 * b);           \
-        }                                                                                            \
-    for (; k + 8 <= K; k += 8) {                                                                     \
-        f8 wv = load_##NAME(w + k);                                                                  \
-        for (int r = 0; r < R; r++) acc[0][r] += wv * load_f32(x + r * K + k);                       \
-    }                                                                                                \
-    for (int r = 0; r < R; r++) {                                                                    \
-        float s = hsum(acc[0][r] + acc[1][r]);                                                       \
-        for (int64_t j = k; j < K; j++) s += widen_##NAME(w[j]) * x[r * K + j];                      \
-        out[r] = s;                                                                                  \
-    }                                                                                                \
-}                                                                                                    \
-static void NAME##_rows(const WT *w, const float *x, int64_t K, int R, float *out) {                 \
-    switch (R) {                                                                                     \
-    case 1: out[0] = NAME##_dot1(w, x, K); break;                                                    \
-    case 2: NAME##_dotn(w, x, K, 2, out); break;                                                     \
-    case 3: NAME##_dotn(w, x, K, 3, out); break;                                                     \
-    case 4: NAME##_dotn(w, x, K, 4, out); break;                                                     \
-    case 5: NAME##_dotn(w, x, K, 5, out); break;                                                     \
-    case 6: NAME##_dotn(w, x, K, 6, out); break;                                                     \
-    case 7: NAME##_dotn(w, x, K, 7, out); break;                                                     \
-    default: NAME##_dotn(w, x, K, MAX_ROWS, out); break;                                             \
-    }                                                                                                \
-}                                                                                                    \
-static void NAME##_linear(const float *x, const WT *w, const float *scale, const float *bias, float *y,  \
-                          int64_t R, int64_t N, int64_t K, int threads) {                            \
-    /* threads take shrinking contiguous runs of output channels ("guided": a thread that finishes   \
-       early takes more, 3-6% faster than equal halves here); tiny layers stay on one thread */      \
-    _Pragma("omp parallel for num_threads(threads) schedule(guided, 16) if (N * K * R >= 65536)")    \
-    for (int64_t n = 0; n < N; n++) {                                                                \
-        const WT *row = w + n * K;                                                                   \
-        float s = scale ? scale[n] : 1.0f, b = bias ? bias[n] : 0.0f;                                \
-        if (sizeof(WT) < 4 && n + 8 < N) /* short rows: the row 8 ahead, see i8q_linear */           \
-            for (int64_t k = 0; k < K * (int64_t)sizeof(WT); k += 64)                                \
-                __builtin_prefetch((const char *)(w + (n + 8) * K) + k);                             \
-        for (int64_t r0 = 0; r0 < R; r0 += MAX_ROWS) {                                               \
-            int rows = R - r0 < MAX_ROWS ? (int)(R - r0) : MAX_ROWS;                                 \
-            float out[MAX_ROWS];                                                                     \
-            NAME##_rows(row, x + r0 * K, K, rows, out);                                              \
-            for (int r = 0; r < rows; r++) y[(r0 + r) * N + n] = out[r] * s + b;                     \
-        }                                                                                            \
-    }                                                                                                \
+/* Calls f(std::integral_constant<int, rows>) for rows in 1..MAX_ROWS, so each row count gets its own
+   fully unrolled code (the accumulators then live in registers). */
+template <typename F> static inline void with_rows(int rows, F &&f) {
+    switch (rows) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, MAX_ROWS>{}); break;
+    }
 }
 
-DEFINE_LINEAR(f32, float)
-DEFINE_LINEAR(bf16, uint16_t)
-DEFINE_LINEAR(i8, int8_t)
+/* One row of x against one row of W: four independent accumulators. */
+template <typename WT> static inline float dot1(const WT *w, const float *x, int64_t K) {
+    f8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        a0 += load(w + k) * load(x + k);
+        a1 += load(w + k + 8) * load(x + k + 8);
+        a2 += load(w + k + 16) * load(x + k + 16);
+        a3 += load(w + k + 24) * load(x + k + 24);
+    }
+    for (; k + 8 <= K; k += 8) a0 += load(w + k) * load(x + k);
+    float s = hsum((a0 + a1) + (a2 + a3));
+    for (; k < K; k++) s += widen(w[k]) * x[k];
+    return s;
+}
+
+/* R (2..MAX_ROWS) rows of x against one row of W: each weight vector is loaded and widened once for
+   all rows. Up to 4 rows, two banks of accumulators (16 weights a step) so that at least 4
+   independent sums are in flight. */
+template <int R, typename WT> static inline void dotn(const WT *w, const float *x, int64_t K, float *out) {
+    constexpr int banks = R <= 4 ? 2 : 1;
+    f8 acc[2][R] = {};
+    int64_t k = 0;
+    for (; k + 8 * banks <= K; k += 8 * banks)
+        for (int b = 0; b < banks; b++) {
+            const f8 wv = load(w + k + 8 * b);
+            for (int r = 0; r < R; r++) acc[b][r] += wv * load(x + r * K + k + 8 * b);
+        }
+    for (; k + 8 <= K; k += 8) {
+        const f8 wv = load(w + k);
+        for (int r = 0; r < R; r++) acc[0][r] += wv * load(x + r * K + k);
+    }
+    for (int r = 0; r < R; r++) {
+        float s = hsum(acc[0][r] + acc[1][r]);
+        for (int64_t j = k; j < K; j++) s += widen(w[j]) * x[r * K + j];
+        out[r] = s;
+    }
+}
+
+/* The whole layer for float32, bfloat16 or (without AVX2) int8 weights. Threads take shrinking
+   contiguous runs of output channels ("guided": a thread that finishes early takes more, 3-6%
+   faster than equal halves here); tiny layers stay on one thread. */
+template <typename WT> static void float_linear(const float *x, const WT *w, const float *scale, const float *bias,
+                                                float *y, int64_t R, int64_t N, int64_t K, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(guided, 16) if (N * K * R >= 65536)
+    for (int64_t n = 0; n < N; n++) {
+        const WT *row = w + n * K;
+        const float s = scale ? scale[n] : 1.0f, b = bias ? bias[n] : 0.0f;
+        if (sizeof(WT) < 4 && n + 8 < N)  /* short rows: the row 8 ahead, see i8q_linear */
+            for (int64_t k = 0; k < K * (int64_t)sizeof(WT); k += 64)
+                __builtin_prefetch((const char *)(w + (n + 8) * K) + k);
+        for (int64_t r0 = 0; r0 < R; r0 += MAX_ROWS) {
+            const int rows = R - r0 < MAX_ROWS ? (int)(R - r0) : MAX_ROWS;
+            float out[MAX_ROWS];
+            with_rows(rows, [&](auto rc) {
+                constexpr int RC = decltype(rc)::value;
+                if constexpr (RC == 1) out[0] = dot1(row, x + r0 * K, K);
+                else dotn<RC>(row, x + r0 * K, K, out);
+            });
+            for (int r = 0; r < rows; r++) y[(r0 + r) * N + n] = out[r] * s + b;
+        }
+    }
+}
 
 #ifdef __AVX2__
 /* int8 weights with int16 activations (AVX2). Widening each weight to float costs a convert per 8
@@ -155,19 +162,18 @@ DEFINE_LINEAR(i8, int8_t)
  * and adds neighbours in one instruction. A 32-bit lane gains at most 2 * 127 * 32767 < 2^23.1 per
  * step, so sums are moved to float every I16_CHUNK weights (64 steps per accumulator) before they
  * could overflow. The same idea as llama.cpp's quantized dot products, with finer activations. */
-#define I16_CHUNK 2048
+constexpr int64_t I16_CHUNK = 2048;
 
 static inline __m256i w16(const int8_t *p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p)); }
 static inline __m256i x16(const int16_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
 /* R (1..MAX_ROWS) rows of int16 activations against one int8 weight row; K % 32 == 0. */
-static inline __attribute__((always_inline)) void i8q_dotn(const int8_t *w, const int16_t *x, int64_t K,
-                                                           const int R, float *out) {
-    __m256 total[MAX_ROWS];
+template <int R> static inline void i8q_dotn(const int8_t *w, const int16_t *x, int64_t K, float *out) {
+    __m256 total[R];
     for (int r = 0; r < R; r++) total[r] = _mm256_setzero_ps();
     for (int64_t k0 = 0; k0 < K; k0 += I16_CHUNK) {
         const int64_t end = k0 + I16_CHUNK < K ? k0 + I16_CHUNK : K;
-        __m256i a[2][MAX_ROWS];
+        __m256i a[2][R];
         for (int r = 0; r < R; r++) a[0][r] = a[1][r] = _mm256_setzero_si256();
         for (int64_t k = k0; k < end; k += 32) {
             const __m256i w0 = w16(w + k), w1 = w16(w + k + 16);
@@ -182,19 +188,6 @@ static inline __attribute__((always_inline)) void i8q_dotn(const int8_t *w, cons
     for (int r = 0; r < R; r++) out[r] = hsum((f8)total[r]);
 }
 
-static void i8q_rows(const int8_t *w, const int16_t *x, int64_t K, int R, float *out) {
-    switch (R) {
-    case 1: i8q_dotn(w, x, K, 1, out); break;
-    case 2: i8q_dotn(w, x, K, 2, out); break;
-    case 3: i8q_dotn(w, x, K, 3, out); break;
-    case 4: i8q_dotn(w, x, K, 4, out); break;
-    case 5: i8q_dotn(w, x, K, 5, out); break;
-    case 6: i8q_dotn(w, x, K, 6, out); break;
-    case 7: i8q_dotn(w, x, K, 7, out); break;
-    default: i8q_dotn(w, x, K, MAX_ROWS, out); break;
-    }
-}
-
 static void i8q_linear(const float *x, const int8_t *w, const float *scale, const float *bias, float *y,
                        int64_t R, int64_t N, int64_t K, int threads) {
     std::vector<int16_t> xq(R * K);
@@ -206,7 +199,7 @@ static void i8q_linear(const float *x, const int8_t *w, const float *scale, cons
         for (int64_t k = 0; k < K; k++) xq[r * K + k] = (int16_t)std::nearbyint(x[r * K + k] * inv);
         xscale[r] = amax / 32767.0f;
     }
-    _Pragma("omp parallel for num_threads(threads) schedule(guided, 16) if (N * K * R >= 65536)")
+#pragma omp parallel for num_threads(threads) schedule(guided, 16) if (N * K * R >= 65536)
     for (int64_t n = 0; n < N; n++) {
         const float s = scale ? scale[n] : 1.0f, b = bias ? bias[n] : 0.0f;
         /* ask for the row 8 ahead now: with 1 byte a weight, a row is only ~K/64 cache lines of work,
@@ -216,7 +209,7 @@ static void i8q_linear(const float *x, const int8_t *w, const float *scale, cons
         for (int64_t r0 = 0; r0 < R; r0 += MAX_ROWS) {
             const int rows = R - r0 < MAX_ROWS ? (int)(R - r0) : MAX_ROWS;
             float out[MAX_ROWS];
-            i8q_rows(w + n * K, xq.data() + r0 * K, K, rows, out);
+            with_rows(rows, [&](auto rc) { i8q_dotn<decltype(rc)::value>(w + n * K, xq.data() + r0 * K, K, out); });
             for (int r = 0; r < rows; r++) y[(r0 + r) * N + n] = out[r] * xscale[r0 + r] * s + b;
         }
     }
@@ -238,13 +231,13 @@ static at::Tensor linear(const at::Tensor &x, const at::Tensor &w, const std::op
     float *yp = y.mutable_data_ptr<float>();
     const int threads = at::get_num_threads();
     switch (w.scalar_type()) {
-    case at::kFloat: f32_linear(xp, w.const_data_ptr<float>(), sp, bp, yp, R, N, K, threads); break;
-    case at::kBFloat16: bf16_linear(xp, static_cast<const uint16_t *>(w.const_data_ptr()), sp, bp, yp, R, N, K, threads); break;
+    case at::kFloat: float_linear(xp, w.const_data_ptr<float>(), sp, bp, yp, R, N, K, threads); break;
+    case at::kBFloat16: float_linear(xp, static_cast<const uint16_t *>(w.const_data_ptr()), sp, bp, yp, R, N, K, threads); break;
     case at::kChar:
 #ifdef __AVX2__
         if (K % 32 == 0) { i8q_linear(xp, w.const_data_ptr<int8_t>(), sp, bp, yp, R, N, K, threads); break; }
 #endif
-        i8_linear(xp, w.const_data_ptr<int8_t>(), sp, bp, yp, R, N, K, threads); break;
+        float_linear(xp, w.const_data_ptr<int8_t>(), sp, bp, yp, R, N, K, threads); break;
     default: TORCH_CHECK(false, "arlm::linear: weight must be float32, bfloat16 or int8, got ", w.scalar_type());
     }
     std::vector<int64_t> shape = x.sizes().vec();
