@@ -12,7 +12,8 @@ makes the same number of tokens; the tokens of arlm and transformers are compare
 * bfloat16 and weight-only int8 decoding (eager and compiled) against our float32, and the int8 model's
   next-token agreement with float32 on real text (Shakespeare) for a trained model, when one is given.
 
-Compiling takes about a minute per precision on a 2-core CPU; the first call is excluded.
+Compiling takes about a minute per precision on a 2-core CPU (and the CPU kernels, arlm/model/kernels, are
+built once, about 15 s, if not yet cached); the first call of each variant is excluded.
 """
 
 from __future__ import annotations
