@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlm.config import GPTConfig
+from arlm.model import kernels
 from arlm.model.layers import KVCache, Linear, apply_rope, make_norm, rope_cos_sin, rope_inv_freq
 
 ACTIVATIONS = {
@@ -76,7 +77,9 @@ class CausalSelfAttention(nn.Module):
         # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels where available).
         # Without a mask, the T new positions are the last T of the S visible ones: causal when T == S,
         # nothing to hide when T == 1.
-        if T == 1 and mask is None and not self.training and torch.compiler.is_compiling():
+        if T == 1 and not self.training and kernels.attend_usable(q, k, v):
+            y = kernels.attend(q, k, v, mask).to(q.dtype)  # decoding on CPU: arlm/model/kernels/attention.cpp
+        elif T == 1 and mask is None and not self.training and torch.compiler.is_compiling():
             y = one_query_attention(q, k, v)  # decoding: fused into the compiled step
         else:
             y = F.scaled_dot_product_attention(

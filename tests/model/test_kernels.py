@@ -75,6 +75,53 @@ def test_kernel_only_without_gradients_and_on_cpu():
     assert layer.weight.grad is not None
 
 
+def attention_reference(q, k, v, mask):
+    return torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask,
+                                                            enable_gqa=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,nh,nkv,S,hs", [(1, 12, 12, 160, 64), (3, 8, 2, 37, 36), (2, 4, 1, 1, 16),
+                                           (2, 6, 3, 300, 128), (1, 4, 4, 9, 72), (1, 2, 2, 5, 5)])
+def test_attend_matches_float64_attention(dtype, B, nh, nkv, S, hs):
+    """One query per row over a cache view (strided, as the KV cache hands it out), grouped-query
+    heads, head widths that are and are not multiples of 8 or 64, with and without a key mask."""
+    g = torch.Generator().manual_seed(S * 100 + hs)
+    k = torch.randn(B, nkv, S + 20, hs, generator=g).to(dtype)[:, :, :S]
+    v = torch.randn(B, nkv, S + 20, hs, generator=g).to(dtype)[:, :, :S]
+    q = (4 * torch.randn(B, nh, 1, hs, generator=g)).to(dtype)  # peaked softmax: exponentials over a wide range
+    mask = torch.rand(B, 1, 1, S, generator=g) > 0.3
+    mask[..., -1] = True  # a query always sees itself
+    for m in (None, mask, mask[:1, :, :, :]):  # also a mask shared by the batch (a sliding window)
+        got = kernels.attend(q, k, v, m)
+        assert got.dtype == torch.float32 and got.shape == (B, nh, 1, hs)
+        assert (got.double() - attention_reference(q, k, v, m)).abs().max() < 1e-5
+
+
+def test_attend_softmax_edge_cases():
+    """Scores far apart (exponentials that underflow to 0, never NaN), one visible key, and a mask
+    that leaves one key per row give exactly that key's value."""
+    k = torch.randn(2, 1, 40, 16)
+    v = torch.randn(2, 1, 40, 16)
+    q = 1e3 * torch.randn(2, 1, 1, 16)
+    got = kernels.attend(q, k, v)
+    assert torch.isfinite(got).all()
+    assert (got.double() - attention_reference(q, k, v, None)).abs().max() < 1e-5
+    only = torch.zeros(2, 1, 1, 40, dtype=torch.bool)
+    only[0, ..., 7] = only[1, ..., 39] = True
+    got = kernels.attend(torch.randn(2, 1, 1, 16), k, v, only)
+    assert torch.allclose(got[0, 0, 0], v[0, 0, 7]) and torch.allclose(got[1, 0, 0], v[1, 0, 39])
+
+
+def test_attend_only_for_cpu_decoding_without_gradients():
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 4, 8)
+    assert kernels.attend_usable(q, k, k)
+    assert not kernels.attend_usable(torch.randn(1, 2, 3, 8), k, k)  # several queries: torch's attention
+    assert not kernels.attend_usable(q, k.half(), k.half())
+    assert not kernels.attend_usable(q, k.transpose(2, 3), k.transpose(2, 3))
+    assert not kernels.attend_usable(q.requires_grad_(), k, k)
+
+
 @pytest.fixture
 def kernels_off(monkeypatch):
     monkeypatch.setattr(kernels, "_loaded", False)
@@ -131,8 +178,8 @@ def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
     stamp = built.stat().st_mtime_ns
     assert kernels._build(cxx) == built and built.stat().st_mtime_ns == stamp
     monkeypatch.setenv("ARLM_KERNEL_CACHE", str(tmp_path))
-    monkeypatch.setattr(kernels, "SOURCE", tmp_path / "bad.cpp")
+    monkeypatch.setattr(kernels, "SOURCES", [*kernels.SOURCES, tmp_path / "bad.cpp"])
     (tmp_path / "bad.cpp").write_text("this is not C++\n")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="bad.cpp"):
         kernels._build(cxx)
-    assert list(tmp_path.glob("*.so")) == []
+    assert [p for p in tmp_path.rglob("*") if p.name != "bad.cpp"] == []  # no library, no objects left

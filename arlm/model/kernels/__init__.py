@@ -1,14 +1,15 @@
-"""CPU kernels for the linear layers of decoding (``linear.cpp``, the operator ``arlm::linear``),
-compiled on first use.
+"""CPU kernels for decoding, compiled on first use: the linear layers (``linear.cpp``, the operator
+``arlm::linear``) and one-query attention over the KV cache (``attention.cpp``, ``arlm::attend``).
 
 Decoding a token multiplies a few rows of activations by every weight matrix, so its speed is how
 fast the weights stream from memory. On CPU, PyTorch's BLAS path (MKL's sgemv) reaches about half of
 the read bandwidth for one row and less for a few, and inductor's reductions keep one accumulator
 per output (about 80%); ``linear.cpp`` streams float32 weights at the bandwidth, widens bfloat16
 weights in registers and multiplies int8 weights with int16-rounded activations (bench/decode.py
-measures all of these).
+measures all of these). A decoding step's attention reads the whole cache once per layer;
+``attention.cpp`` does it in one pass over the keys and one over the values (see its header).
 
-The source is compiled against the installed torch with the system C++ compiler (``$CXX``, else
+The sources are compiled against the installed torch with the system C++ compiler (``$CXX``, else
 ``c++``/``g++``/``clang++``) for the machine it runs on, once (about 15 s), into
 ``$ARLM_KERNEL_CACHE`` (default ``~/.cache/arlm/kernels``), keyed by the source, compiler, torch
 build and CPU. Without a compiler, or with ``ARLM_CPU_KERNELS=0``, layers fall back to
@@ -31,7 +32,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("linear.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("vec.h", "linear.cpp", "attention.cpp")]
 # Up to this many rows (batch x new tokens) the kernel beats torch's matmul (measured on a 2-core CPU):
 MAX_ROWS = 8  # float32 weights
 MAX_ROWS_LOW_PRECISION = 64  # bfloat16/int8 weights (beyond it, widening the matrix once for BLAS wins)
@@ -59,33 +60,40 @@ def _cpu_id() -> str:
 
 
 def _build(cxx: str) -> Path:
-    """Compile SOURCE into the cache (atomically: a temp file, then rename) and return the library's path."""
+    """Compile SOURCES into the cache (atomically: a temp file, then rename) and return the library's path."""
     torch_dir = Path(torch.__file__).parent
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join((SOURCE.read_text(), cxx, version, torch.__version__, str(torch_dir),
+    key = hashlib.sha256("\0".join((*(f.read_text() for f in SOURCES), cxx, version, torch.__version__, str(torch_dir),
                                      platform.machine(), _cpu_id())).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("ARLM_KERNEL_CACHE") or Path.home() / ".cache" / "arlm" / "kernels")
-    out = cache / f"linear-{key}.so"
+    out = cache / f"kernels-{key}.so"
     if out.exists():
         return out
     cache.mkdir(parents=True, exist_ok=True)
     log.info("building the CPU decoding kernels for this machine (once, about 15 s) into %s", cache)
-    base = [cxx, "-O3", "-march=native", "-shared", "-fPIC", "-w", abi,
-            f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
-            str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}"]
+    compile_ = [cxx, "-O3", "-march=native", "-fPIC", "-w", abi,
+                f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}"]
+    link = [f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}"]
     errors = []
-    # OpenMP splits the output channels across torch's threads; without it the kernel runs on one.
+    # OpenMP splits the work across torch's threads; without it the kernels run on one.
     for extra in (["-std=c++20", "-fopenmp"], ["-std=c++17", "-fopenmp"], ["-std=c++17"]):
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
-        run = subprocess.run(base + extra + ["-o", tmp], capture_output=True, text=True)
-        if run.returncode == 0:
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, out)
-            return out
-        os.unlink(tmp)
-        errors.append(run.stderr.strip()[-300:])
+        with tempfile.TemporaryDirectory(dir=cache) as tmpdir:
+            objects = [Path(tmpdir) / f"{f.stem}.o" for f in SOURCES if f.suffix == ".cpp"]
+            # the sources compile side by side (most of the time goes to torch's headers)
+            jobs = [subprocess.Popen(compile_ + extra + ["-c", str(src), "-o", str(obj)], stderr=subprocess.PIPE, text=True)
+                    for src, obj in zip((f for f in SOURCES if f.suffix == ".cpp"), objects)]
+            failed = [err for job in jobs if (err := job.communicate()[1]) is not None and job.returncode]
+            if not failed:
+                tmp = Path(tmpdir) / "kernels.so"
+                run = subprocess.run([cxx, "-shared", *extra, *map(str, objects), *link, "-o", str(tmp)],
+                                     capture_output=True, text=True)
+                if run.returncode == 0:
+                    os.chmod(tmp, 0o755)
+                    os.replace(tmp, out)
+                    return out
+                failed = [run.stderr]
+        errors.append(failed[0].strip()[-300:])
     raise RuntimeError(errors[-1])
 
 
@@ -109,6 +117,7 @@ def library() -> bool:
         log.warning("could not build the CPU decoding kernels (%s): decoding uses torch's linear layers", e)
         return False
     torch.library.register_fake("arlm::linear")(_fake_linear)
+    torch.library.register_fake("arlm::attend")(_fake_attend)
     log.debug("CPU decoding kernels ready in %.2fs", time.monotonic() - t)
     _loaded = True
     return True
@@ -117,6 +126,10 @@ def library() -> bool:
 def _fake_linear(x, weight, scale, bias):
     """Output shape and dtype for torch.compile's tracing."""
     return x.new_empty(*x.shape[:-1], weight.size(0), dtype=torch.float32)
+
+
+def _fake_attend(q, k, v, mask):
+    return q.new_empty(q.shape, dtype=torch.float32)
 
 
 def ready() -> bool:
@@ -140,3 +153,24 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = N
     per output channel, plus ``bias`` (N,) (both float32); float32 (..., N). Call only where
     :func:`usable` said yes."""
     return torch.ops.arlm.linear(x, weight, scale, bias)
+
+
+def attend_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether :func:`attend` may run: CPU, one query per row, a float32 or bfloat16 cache contiguous
+    in its last dimension, no gradient wanted, and the library built (as for :func:`usable`)."""
+    if q.device.type != "cpu" or q.size(2) != 1 or k.dtype not in (torch.float32, torch.bfloat16) or v.dtype != k.dtype:
+        return False
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    return _loaded or (not torch.compiler.is_compiling() and library())
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hs)) v for one query per row: q (B, nh, 1, hs), k and v (B, nkv, S, hs)
+    (nh a multiple of nkv), ``mask`` broadcastable to (B, 1, 1, S), True where a key may be attended;
+    float32 (B, nh, 1, hs). Call only where :func:`attend_usable` said yes."""
+    if mask is not None:
+        mask = mask.expand(q.size(0), 1, 1, k.size(2)).reshape(q.size(0), k.size(2)).contiguous()
+    return torch.ops.arlm.attend(q, k, v, mask)
