@@ -136,6 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from_dict(TrainConfig, apply_preset(config), args.config)
     overrides = explicit_values(args, _names(TrainConfig))
     summary = train(config, **overrides)
+    if summary.get("rank", 0):  # under torchrun only the main process reports
+        return 0
     if args.json:
         _emit_json(summary)
         return 0

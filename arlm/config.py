@@ -194,8 +194,10 @@ class TrainConfig:
     preset: str = _f("", "named model shape to start from", choices=("",) + tuple(MODEL_PRESETS))
     max_steps: int = _f(5000, "optimizer steps to train for (the LR schedule spans this many)")
     max_minutes: float = _f(0.0, "stop after this many minutes of training, saving a checkpoint (0: no limit)")
-    batch_size: int = _f(32, "sequences per micro-batch")
+    batch_size: int = _f(32, "sequences per micro-batch (per process under torchrun)")
     grad_accum_steps: int = _f(1, "micro-batches per optimizer step (effective batch = batch_size * this)")
+    sampling: str = _f("random", "training windows: random (uniform, with replacement, as nanoGPT) or epoch "
+                                 "(shuffled non-overlapping windows, each token once per epoch)", choices=("random", "epoch"))
     lr: float = _f(1e-3, "peak learning rate")
     min_lr: float = _f(1e-4, "learning rate at the end of the cosine/linear decay")
     lr_schedule: str = _f("cosine", "learning-rate schedule after warmup", choices=("cosine", "linear", "constant"))
@@ -215,6 +217,8 @@ class TrainConfig:
     dtype: str = _f("auto", "compute precision; auto = bfloat16 autocast on capable GPUs, float32 on CPU",
                     choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = _f(False, "compile the model with torch.compile (faster steps after a slow first one)")
+    fsdp: bool = _f(False, "under torchrun: shard parameters, gradients and optimizer state with FSDP2 instead of "
+                           "replicating the model with DDP")
     threads: int = _f(0, "CPU threads for PyTorch (0: PyTorch's default)")
     progress: bool = _f(True, "show a progress bar")
     model: GPTConfig = field(default_factory=GPTConfig)

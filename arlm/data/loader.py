@@ -53,10 +53,62 @@ class TokenData:
 
 def random_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator):
     """``batch_size`` random windows: inputs x and next-token targets y, each (B, T) int64 (as nanoGPT)."""
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
-    x = np.stack([data[i:i + block_size] for i in ix]).astype(np.int64)
-    y = np.stack([data[i + 1:i + 1 + block_size] for i in ix]).astype(np.int64)
+    return windows(data, torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist(), block_size)
+
+
+def windows(data: np.ndarray, starts: list[int], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs x and next-token targets y (B, T) int64 for the windows starting at ``starts``."""
+    x = np.stack([data[i:i + block_size] for i in starts]).astype(np.int64)
+    y = np.stack([data[i + 1:i + 1 + block_size] for i in starts]).astype(np.int64)
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+class WindowSampler:
+    """Start positions of training windows (``block_size`` inputs + 1 target each) in a split of
+    ``n_tokens`` tokens, in one of two orders:
+
+    * ``random``: uniformly at random with replacement, from ``generator`` (nanoGPT's ``get_batch``);
+    * ``epoch``: without replacement. Each epoch cuts the split into non-overlapping windows from a
+      random offset in [0, block_size) (so window boundaries move between epochs) and visits them in a
+      shuffled order; every target token is seen at most once per epoch. The offset and order of epoch
+      e come from ``seed`` and e alone, so the position (epoch, index) is all a checkpoint needs.
+    """
+
+    def __init__(self, n_tokens: int, block_size: int, order: str, seed: int, generator: torch.Generator):
+        assert order in ("random", "epoch") and n_tokens > block_size
+        self.n_tokens, self.block_size, self.order, self.seed, self.generator = n_tokens, block_size, order, seed, generator
+        self.epoch, self.index = 0, 0
+        self._perm: list[int] | None = None
+
+    def _epoch_starts(self) -> list[int]:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            offset = int(torch.randint(self.block_size, (1,), generator=g))
+            count = (self.n_tokens - 1 - offset) // self.block_size
+            if count == 0:  # a split shorter than two windows: start at 0
+                offset, count = 0, 1
+            self._perm = [offset + self.block_size * int(i) for i in torch.randperm(count, generator=g)]
+        return self._perm
+
+    def next(self, count: int) -> list[int]:
+        """The next ``count`` start positions (an epoch boundary may fall inside them)."""
+        if self.order == "random":
+            return torch.randint(self.n_tokens - self.block_size, (count,), generator=self.generator).tolist()
+        out: list[int] = []
+        while len(out) < count:
+            starts = self._epoch_starts()
+            take = starts[self.index:self.index + count - len(out)]
+            out += take
+            self.index += len(take)
+            if self.index == len(starts):
+                self.epoch, self.index, self._perm = self.epoch + 1, 0, None
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index, self._perm = int(state["epoch"]), int(state["index"]), None
 
 
 def sequential_batches(ids: np.ndarray, block_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -38,20 +38,22 @@ STATE = "trainer_state.pt"
 LATEST, BEST = "latest", "best"
 
 
-def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Weights to save: tied tensors once (safetensors refuses shared storage), contiguous, on CPU."""
-    sd = model.state_dict()
+def model_state(model: torch.nn.Module, sd: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Weights to save (``model``'s, or ``sd`` gathered from a sharded model): tied tensors once
+    (safetensors refuses shared storage), contiguous, on CPU."""
+    sd = dict(model.state_dict() if sd is None else sd)
     if model.config.tie_embeddings:
         sd.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
 def save_checkpoint(path: str | Path, model: GPT, tokenizer: Tokenizer, info: dict[str, Any],
-                    trainer_state: dict[str, Any] | None = None) -> Path:
-    """Write one checkpoint folder atomically. ``info`` goes into config.json beside the model config."""
+                    trainer_state: dict[str, Any] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write one checkpoint folder atomically. ``info`` goes into config.json beside the model config;
+    ``state`` replaces ``model.state_dict()`` (the full weights of a sharded model)."""
     path = Path(path)
     with atomic_dir(path) as tmp:
-        save_file(model_state(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        save_file(model_state(model, state), str(tmp / WEIGHTS), metadata={"format": "pt"})
         config = {"arlm_version": arlm.__version__, "model_type": "gpt", "model": to_dict(model.config), **info}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
         tokenizer.save(tmp)

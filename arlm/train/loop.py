@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from arlm.config import TrainConfig, apply_preset, from_dict, read_toml, to_dict
-from arlm.data.loader import TokenData, random_batch, sequential_batches
+from arlm.data.loader import TokenData, WindowSampler, random_batch, sequential_batches, windows
 from arlm.errors import UserError
 from arlm.eval.perplexity import loss_over_batches
 from arlm.fsutil import atomic_write_text
@@ -33,6 +33,7 @@ from arlm.model.gpt import GPT
 from arlm.runtime import autocast, resolve_device, resolve_dtype, seed_everything, set_threads
 from arlm.tokenizers import load_tokenizer
 from arlm.train import checkpoint as ckpt_io
+from arlm.train import distributed
 from arlm.train.optim import lr_at, make_optimizer
 from arlm.viz.curves import plot_loss_curve
 
@@ -159,7 +160,15 @@ def train(config: dict[str, Any] | TrainConfig | str | Path | None = None, callb
 
 def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) -> dict[str, Any]:
     set_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    ctx, device = distributed.setup(resolve_device(cfg.device))
+    try:
+        return _train(cfg, resume_ckpt, callbacks, ctx, device)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback], ctx: distributed.Context,
+           device: torch.device) -> dict[str, Any]:
     dtype = resolve_dtype(cfg.dtype, device)
     out = Path(cfg.out)
 
@@ -171,21 +180,32 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
         raise UserError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
                         f"({data.meta['vocab_size']}); leave vocab_size at 0 to take it from the data")
     data.check_block_size(cfg.model.block_size)
-    if resume_ckpt is None:
+    if resume_ckpt is None and ctx.main:
         _claim_output(out, cfg.overwrite)
+    distributed.barrier(ctx)  # no process writes before the main one has cleared the folder
     out.mkdir(parents=True, exist_ok=True)
 
+    # Every process builds the same initial weights (DDP also broadcasts them; FSDP shards them as they are).
     seed_everything(cfg.seed)
     model = GPT(cfg.model).to(device)
+    if resume_ckpt is not None:
+        ckpt_io.load_weights(model, resume_ckpt)
+    wrapped = distributed.wrap(model, ctx, cfg.fsdp)
+    sharded = cfg.fsdp and ctx.distributed
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
     data_gen = torch.Generator().manual_seed(cfg.seed)
+    sampler = WindowSampler(len(data.train), cfg.model.block_size, cfg.sampling, cfg.seed, data_gen)
     step, best_val, bad_evals, tokens_seen, elapsed_before = 0, math.inf, 0, 0, 0.0
 
     if resume_ckpt is not None:
-        ckpt_io.load_weights(model, resume_ckpt)
         state = ckpt_io.load_trainer_state(resume_ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+        if all(isinstance(k, int) for k in state["optimizer"]["state"]):  # keyed by position (arlm <= 0.4)
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            distributed.load_optimizer_state(model, optimizer, state["optimizer"])
+        if "sampler" in state:
+            sampler.load_state_dict(state["sampler"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], data_gen)
@@ -193,33 +213,50 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
         tokens_seen, elapsed_before = int(state["tokens_seen"]), float(state["elapsed_s"])
         if step >= cfg.max_steps:
             raise UserError(f"the run in {cfg.resume} already reached step {step}; pass a larger --max-steps to continue")
-        _truncate_metrics(out / METRICS, step)
+        if ctx.main:
+            _truncate_metrics(out / METRICS, step)
         log.info("resumed from %s at step %d", resume_ckpt, step)
+    if ctx.distributed:  # dropout masks differ between processes (the weights were made identical above)
+        torch.manual_seed(cfg.seed + 7919 * ctx.rank)
 
-    compiled = torch.compile(model) if cfg.compile else model
+    compiled = torch.compile(wrapped) if cfg.compile else wrapped
     n_params = model.num_params()
     log.info("model: %.2fM parameters, device %s, dtype %s", n_params / 1e6, device, str(dtype).replace("torch.", ""))
-    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * cfg.model.block_size
+    B = cfg.batch_size
+    tokens_per_step = B * ctx.world_size * cfg.grad_accum_steps * cfg.model.block_size
 
     # Periodic evaluation uses the same validation windows every time, drawn once from a fixed seed,
     # so successive estimates differ only because the model changed.
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    eval_set = [random_batch(data.val, cfg.batch_size, cfg.model.block_size, eval_gen) for _ in range(cfg.eval_batches)]
+    # Windows of the global batch size (so the set does not depend on the number of processes); each
+    # process scores its own slice of every batch, and the mean of the equal-sized slices is the mean.
+    eval_set = [tuple(t[ctx.rank * B:(ctx.rank + 1) * B] for t in random_batch(data.val, B * ctx.world_size, cfg.model.block_size, eval_gen))
+                for _ in range(cfg.eval_batches)]
 
     def evaluate() -> float:
-        return loss_over_batches(compiled, eval_set, device, dtype)
+        return distributed.mean(torch.tensor(loss_over_batches(compiled, eval_set, device, dtype), device=device), ctx).item()
 
     def record(rec: dict[str, Any]) -> bool:
+        if not ctx.main:
+            return False
         with open(out / METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
         return any(bool(cb(rec)) for cb in callbacks)
 
-    def trainer_state() -> dict[str, Any]:
-        return {
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(data_gen),
-            "step": step, "best_val": best_val, "bad_evals": bad_evals, "tokens_seen": tokens_seen,
-            "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
-        }
+    def save(name: str, val_loss: float | None, with_state: bool) -> None:
+        """Write a checkpoint from the main process (under FSDP every process helps gather the weights)."""
+        weights = distributed.full_model_state(wrapped) if sharded else None
+        optim = distributed.full_optimizer_state(model, optimizer) if with_state else None
+        if ctx.main:
+            state = None
+            if with_state:
+                state = {
+                    "optimizer": optim, "scaler": scaler.state_dict(), "rng": _rng_state(data_gen),
+                    "sampler": sampler.state_dict(), "step": step, "best_val": best_val, "bad_evals": bad_evals,
+                    "tokens_seen": tokens_seen, "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
+                }
+            ckpt_io.save_checkpoint(out / name, model, tokenizer, info(val_loss), state, weights)
+        distributed.barrier(ctx)
 
     def info(val_loss: float | None) -> dict[str, Any]:
         train_dict = to_dict(cfg)
@@ -231,7 +268,7 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
     t_start = time.perf_counter()
     t_log, tokens_at_log, tokens_at_start, last_val = time.perf_counter(), tokens_seen, tokens_seen, None
     interval_loss, interval_steps = torch.zeros((), device=device), 0  # mean train loss since the last log
-    bar = _progress(cfg.max_steps, step, cfg.progress)
+    bar = _progress(cfg.max_steps, step, cfg.progress and ctx.main)
     model.train()
     with _graceful_interrupt(stop_flag), _logging_through(bar):
         while step < cfg.max_steps:
@@ -239,13 +276,17 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
-            for _ in range(cfg.grad_accum_steps):
-                x, y = random_batch(data.train, cfg.batch_size, cfg.model.block_size, data_gen)
+            for micro in range(cfg.grad_accum_steps):
+                # Every process draws the same global batch and reads its own slice of it.
+                starts = sampler.next(B * ctx.world_size)[ctx.rank * B:(ctx.rank + 1) * B]
+                x, y = windows(data.train, starts, cfg.model.block_size)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast(device, dtype):
-                    _, loss = compiled(x, y)
-                # Average over micro-batches so the gradient equals that of one big batch.
-                scaler.scale(loss / cfg.grad_accum_steps).backward()
+                with distributed.gradient_sync(wrapped, micro == cfg.grad_accum_steps - 1):
+                    with autocast(device, dtype):
+                        _, loss = compiled(x, y)
+                    # Average over micro-batches so the gradient equals that of one big batch
+                    # (DDP/FSDP average over processes).
+                    scaler.scale(loss / cfg.grad_accum_steps).backward()
                 loss_sum += loss.detach()
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
@@ -261,7 +302,7 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
 
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
                 now = time.perf_counter()
-                train_loss = (interval_loss / interval_steps).item()
+                train_loss = distributed.mean(interval_loss / interval_steps, ctx).item()
                 interval_loss.zero_()
                 interval_steps = 0
                 if not math.isfinite(train_loss):
@@ -278,10 +319,10 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
                 improved = last_val < best_val - cfg.min_delta
                 if improved:
                     best_val, bad_evals = last_val, 0
-                    ckpt_io.save_checkpoint(out / ckpt_io.BEST, model, tokenizer, info(last_val))
+                    save(ckpt_io.BEST, last_val, with_state=False)
                 else:
                     bad_evals += 1
-                ckpt_io.save_checkpoint(out / ckpt_io.LATEST, model, tokenizer, info(last_val), trainer_state())
+                save(ckpt_io.LATEST, last_val, with_state=True)
                 log.info("step %d: val loss %.4f (ppl %.2f)%s", step, last_val, math.exp(last_val), " *best*" if improved else "")
                 if record({"step": step, "val_loss": last_val, "val_ppl": math.exp(last_val)}):
                     stop_flag["stop"] = "callback"
@@ -291,10 +332,11 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
                     break
             if cfg.max_minutes and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes:
                 stop_flag["stop"] = "time_limit"
-            if stop_flag.get("stop"):
-                status = stop_flag["stop"]
+            # a stop seen by one process (its clock, Ctrl-C, a callback on the main one) stops them all together
+            if distributed.any_true(bool(stop_flag.get("stop")), ctx, device):
+                status = stop_flag.get("stop") or "stopped"
                 if step % cfg.eval_interval:  # not just saved: save the exact state now
-                    ckpt_io.save_checkpoint(out / ckpt_io.LATEST, model, tokenizer, info(last_val), trainer_state())
+                    save(ckpt_io.LATEST, last_val, with_state=True)
                 break
     bar.close()
     train_seconds = time.perf_counter() - t_start
@@ -307,13 +349,19 @@ def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) 
         "out": str(out), "best": str(out / ckpt_io.BEST), "latest": str(out / ckpt_io.LATEST),
         "device": str(device), "dtype": str(dtype).replace("torch.", ""),
     }
-    if cfg.final_eval and status in ("completed", "early_stopped", "time_limit") and (out / ckpt_io.BEST).exists():
-        ckpt_io.load_weights(model, out / ckpt_io.BEST)
-        val = loss_over_batches(model, sequential_batches(data.val, cfg.model.block_size, cfg.batch_size), device, dtype)
+    if ctx.distributed:
+        summary.update(rank=ctx.rank, world_size=ctx.world_size)
+    if ctx.main and cfg.final_eval and status in ("completed", "early_stopped", "time_limit", "stopped") \
+            and (out / ckpt_io.BEST).exists():
+        best = GPT(cfg.model).to(device) if sharded else model  # a sharded model cannot take whole weights
+        ckpt_io.load_weights(best, out / ckpt_io.BEST)
+        val = loss_over_batches(best, sequential_batches(data.val, cfg.model.block_size, cfg.batch_size), device, dtype)
         summary["val_loss"] = val
         summary["val_ppl"] = math.exp(val)
         summary["val_tokens"] = int(len(data.val))
         record({"step": step, "final_val_loss": val, "final_val_ppl": math.exp(val)})
+    if not ctx.main:
+        return summary
     try:
         plot_loss_curve(out / METRICS, out / PLOT)
         summary["plot"] = str(out / PLOT)
