@@ -200,7 +200,12 @@ class TrainConfig:
                                  "(shuffled non-overlapping windows, each token once per epoch)", choices=("random", "epoch"))
     lr: float = _f(1e-3, "peak learning rate")
     min_lr: float = _f(1e-4, "learning rate at the end of the cosine/linear decay")
-    lr_schedule: str = _f("cosine", "learning-rate schedule after warmup", choices=("cosine", "linear", "constant"))
+    lr_schedule: str = _f("cosine", "learning-rate schedule after warmup (docs/training.md has a plot of each)",
+                          choices=("cosine", "linear", "constant", "step", "cyclic", "plateau"))
+    lr_decay_factor: float = _f(0.1, "step and plateau schedules: multiply the learning rate by this at each drop")
+    lr_step_size: int = _f(0, "step schedule: drop the learning rate every this many steps after warmup (0: a third of the rest)")
+    lr_cycle_steps: int = _f(0, "cyclic schedule: steps from min_lr up to lr; a cycle is twice this (0: an eighth of the rest)")
+    plateau_patience: int = _f(2, "plateau schedule: evaluations without improvement before the learning rate drops")
     warmup_steps: int = _f(100, "steps of linear warmup from 0 to --lr")
     weight_decay: float = _f(0.1, "AdamW weight decay (applied to matrices only, not biases/norms)")
     beta1: float = _f(0.9, "AdamW beta1")
@@ -240,6 +245,10 @@ class TrainConfig:
             raise UserError("lr must be > 0")
         if self.warmup_steps < 0 or self.patience < 0 or self.threads < 0:
             raise UserError("warmup_steps, patience and threads must be >= 0")
+        if self.lr_step_size < 0 or self.lr_cycle_steps < 0 or self.plateau_patience < 1:
+            raise UserError("lr_step_size and lr_cycle_steps must be >= 0 (0: default) and plateau_patience >= 1")
+        if not 0.0 < self.lr_decay_factor <= 1.0:
+            raise UserError(f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -34,7 +34,7 @@ from arlm.runtime import autocast, resolve_device, resolve_dtype, seed_everythin
 from arlm.tokenizers import load_tokenizer
 from arlm.train import checkpoint as ckpt_io
 from arlm.train import distributed
-from arlm.train.optim import lr_at, make_optimizer
+from arlm.train.optim import lr_at, make_optimizer, plateau_update
 from arlm.viz.curves import plot_loss_curve
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     data_gen = torch.Generator().manual_seed(cfg.seed)
     sampler = WindowSampler(len(data.train), cfg.model.block_size, cfg.sampling, cfg.seed, data_gen)
     step, best_val, bad_evals, tokens_seen, elapsed_before = 0, math.inf, 0, 0, 0.0
+    plateau = {"scale": 1.0, "bad": 0}  # the plateau schedule's learning-rate factor and its patience count
 
     if resume_ckpt is not None:
         state = ckpt_io.load_trainer_state(resume_ckpt)
@@ -210,6 +211,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], data_gen)
         step, best_val, bad_evals = int(state["step"]), float(state["best_val"]), int(state["bad_evals"])
+        plateau.update(state.get("plateau", {}))
         tokens_seen, elapsed_before = int(state["tokens_seen"]), float(state["elapsed_s"])
         if step >= cfg.max_steps:
             raise UserError(f"the run in {cfg.resume} already reached step {step}; pass a larger --max-steps to continue")
@@ -252,7 +254,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
             if with_state:
                 state = {
                     "optimizer": optim, "scaler": scaler.state_dict(), "rng": _rng_state(data_gen),
-                    "sampler": sampler.state_dict(), "step": step, "best_val": best_val, "bad_evals": bad_evals,
+                    "sampler": sampler.state_dict(), "step": step, "best_val": best_val, "bad_evals": bad_evals, "plateau": dict(plateau),
                     "tokens_seen": tokens_seen, "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
                 }
             ckpt_io.save_checkpoint(out / name, model, tokenizer, info(val_loss), state, weights)
@@ -272,7 +274,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     model.train()
     with _graceful_interrupt(stop_flag), _logging_through(bar):
         while step < cfg.max_steps:
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, cfg, plateau["scale"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
@@ -322,6 +324,9 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
                     save(ckpt_io.BEST, last_val, with_state=False)
                 else:
                     bad_evals += 1
+                if cfg.lr_schedule == "plateau" and plateau_update(plateau, improved, cfg):
+                    log.info("validation loss has not improved for %d evaluations: learning rate now %.3g",
+                             cfg.plateau_patience, lr_at(step, cfg, plateau["scale"]))
                 save(ckpt_io.LATEST, last_val, with_state=True)
                 log.info("step %d: val loss %.4f (ppl %.2f)%s", step, last_val, math.exp(last_val), " *best*" if improved else "")
                 if record({"step": step, "val_loss": last_val, "val_ppl": math.exp(last_val)}):

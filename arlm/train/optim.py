@@ -31,19 +31,54 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kwargs)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then the chosen decay.
+def lr_at(step: int, cfg: TrainConfig, plateau_scale: float = 1.0) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then the chosen schedule.
 
-    Warmup (Goyal et al. 2017) ramps from lr/(warmup+1) to lr; cosine decay follows SGDR
-    (Loshchilov & Hutter 2017) without restarts, ending at ``min_lr`` at ``max_steps``.
+    Warmup (Goyal et al. 2017) ramps from lr/(warmup+1) to lr. After it, with ``span`` the steps left:
+      cosine   half a cosine from lr to min_lr at max_steps (SGDR, Loshchilov & Hutter 2017, no restarts)
+      linear   a straight line from lr to min_lr at max_steps
+      constant lr
+      step     lr * lr_decay_factor ** (steps since warmup // lr_step_size), not below min_lr
+      cyclic   triangular cycles between min_lr and lr, lr_cycle_steps up then as many down (CLR,
+               Smith 2017), starting at lr
+      plateau  lr * plateau_scale, not below min_lr; the training loop lowers ``plateau_scale`` by
+               lr_decay_factor when validation loss stops improving (as ReduceLROnPlateau)
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-    if cfg.lr_schedule == "constant":
+    schedule = cfg.lr_schedule
+    if schedule == "constant":
         return cfg.lr
+    t = step - cfg.warmup_steps
     span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    if cfg.lr_schedule == "linear":
+    if schedule == "step":
+        size = cfg.lr_step_size or max(1, span // 3)
+        return max(cfg.min_lr, cfg.lr * cfg.lr_decay_factor ** (t // size))
+    if schedule == "cyclic":
+        half = cfg.lr_cycle_steps or max(1, span // 8)
+        phase = (t % (2 * half)) / half  # 0 -> 2 over a cycle
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * abs(1.0 - phase)  # lr at 0, min_lr at 1, lr at 2
+    if schedule == "plateau":
+        return max(cfg.min_lr, cfg.lr * plateau_scale)
+    progress = min(1.0, t / span)
+    if schedule == "linear":
         return cfg.lr + (cfg.min_lr - cfg.lr) * progress
-    assert cfg.lr_schedule == "cosine", cfg.lr_schedule
+    assert schedule == "cosine", schedule
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def plateau_update(plateau: dict, improved: bool, cfg: TrainConfig) -> bool:
+    """After an evaluation, for the plateau schedule: ``plateau`` holds ``scale`` (the factor on lr) and
+    ``bad`` (evaluations in a row without improvement). Once ``plateau_patience`` evaluations have not
+    improved, multiply the scale by ``lr_decay_factor`` and start counting again; True when it dropped.
+    (Keras' ReduceLROnPlateau counts the same way; torch's drops one evaluation later for the same
+    ``patience``, i.e. its patience is ours - 1.)"""
+    if improved:
+        plateau["bad"] = 0
+        return False
+    plateau["bad"] += 1
+    if plateau["bad"] < cfg.plateau_patience:
+        return False
+    plateau["scale"] *= cfg.lr_decay_factor
+    plateau["bad"] = 0
+    return True

@@ -161,6 +161,69 @@ def test_lr_schedules():
     assert lr_at(100, cfg) == 1.0
 
 
+
+def _torch_lrs(scheduler_cls, steps, **kw):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = scheduler_cls(opt, **kw)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_step_and_cyclic_schedules_match_torch():
+    """After warmup, the step schedule is torch's StepLR and the cyclic one CyclicLR (triangular),
+    entered at its peak (half a cycle in) so that it continues from the warmed-up lr."""
+    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=5, max_steps=200, lr_schedule="step", lr_step_size=30,
+                      lr_decay_factor=0.5)
+    want = _torch_lrs(torch.optim.lr_scheduler.StepLR, 195, step_size=30, gamma=0.5)
+    assert [lr_at(5 + t, cfg) for t in range(195)] == pytest.approx(want)
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=5, max_steps=200, lr_schedule="cyclic", lr_cycle_steps=20)
+    want = _torch_lrs(torch.optim.lr_scheduler.CyclicLR, 215, base_lr=0.1, max_lr=1.0, step_size_up=20,
+                      mode="triangular", cycle_momentum=False)[20:]
+    assert [lr_at(5 + t, cfg) for t in range(195)] == pytest.approx(want)
+    cfg.lr_cycle_steps = 0  # default: an eighth of the steps after warmup
+    assert lr_at(5, cfg) == 1.0 and lr_at(5 + 195 // 8, cfg) == pytest.approx(0.1)
+
+
+def test_plateau_schedule_matches_torch():
+    """Validation losses fed to plateau_update and to ReduceLROnPlateau (patience one less, absolute
+    threshold = min_delta): the same learning rate after every evaluation."""
+    from arlm.train.optim import plateau_update
+
+    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=0, lr_schedule="plateau", plateau_patience=2,
+                      lr_decay_factor=0.5, min_delta=0.01)
+    losses = [3.0, 2.5, 2.5, 2.6, 2.2, 2.195, 2.2, 2.3, 2.1, 2.1, 2.1, 2.1, 2.0]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=1, threshold=0.01,
+                                                     threshold_mode="abs")
+    plateau, best, ours, theirs = {"scale": 1.0, "bad": 0}, float("inf"), [], []
+    for loss in losses:
+        improved = loss < best - cfg.min_delta
+        best = loss if improved else best
+        plateau_update(plateau, improved, cfg)
+        ours.append(lr_at(100, cfg, plateau["scale"]))
+        ref.step(loss)
+        theirs.append(opt.param_groups[0]["lr"])
+    assert ours == pytest.approx(theirs) and min(ours) < 0.2  # it did drop, several times
+
+
+def test_plateau_schedule_in_training_is_resumed(char_data, tmp_path):
+    """A run whose learning rate drops on a plateau, stopped and resumed, continues with the lowered rate."""
+    kw = dict(max_steps=12, eval_interval=2, lr_schedule="plateau", plateau_patience=1, lr_decay_factor=0.5,
+              min_lr=0.0, min_delta=10.0, warmup_steps=0)  # no evaluation counts as an improvement: a drop at every one
+    straight = tmp_path / "straight"
+    train(tiny_train_config(char_data, straight, **kw))
+    lrs = dict(_records(straight, "lr"))
+    # the first evaluation (step 2) improves on nothing-yet; each later one drops the rate for the steps after it
+    assert lrs[4] == pytest.approx(3e-3) and lrs[5] == pytest.approx(1.5e-3) and lrs[12] == pytest.approx(3e-3 / 16)
+    split = tmp_path / "split"
+    train(tiny_train_config(char_data, split, **kw), callbacks=[lambda rec: rec["step"] == 5])
+    train({"resume": str(split)})
+    assert _records(split, "lr") == _records(straight, "lr") and _records(split, "loss") == _records(straight, "loss")
+
 def test_weight_decay_only_on_matrices():
     from arlm.config import GPTConfig
     from arlm.model.gpt import GPT
