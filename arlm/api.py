@@ -72,7 +72,7 @@ class LanguageModel:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
-        self.device = model.transformer.wte.weight.device
+        self.device = next(model.parameters()).device
         # Defaults that came with the model (a Hugging Face generation_config.json); options given
         # to generate()/stream() or on the command line override them.
         self.generation_defaults: dict[str, Any] = dict(config.get("generation") or {})
@@ -218,6 +218,9 @@ class LanguageModel:
         if cfg.logprobs or cfg.top_logprobs:
             raise UserError("logprobs are not reported with speculative decoding; drop --draft-model to get them")
         draft = self.draft(cfg.draft_model)
+        if "lstm" in (self.model.config.type, draft.model.config.type):
+            raise UserError("speculative decoding needs Transformer models (it rewinds the cache, which an LSTM's "
+                            "state cannot do); drop --draft-model")
         need = len(ids) + cfg.max_new_tokens + cfg.num_draft_tokens
         limit = min(self.block_size, draft.block_size)
         if need > limit:

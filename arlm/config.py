@@ -57,6 +57,9 @@ class GPTConfig:
     ``activation="silu"``, ``bias=False`` and usually ``n_kv_head < n_head`` and untied embeddings.
     """
 
+    type: str = _f("gpt", "model family: gpt (decoder-only Transformer) or lstm (embedding -> LSTM -> linear, the "
+                          "recurrent baseline; uses n_layer, n_embd, dropout, block_size, tie_embeddings)",
+                   choices=("gpt", "lstm"))
     vocab_size: int = _f(0, "vocabulary size; set from the prepared data's tokenizer when 0")
     block_size: int = _f(256, "context length in tokens")
     n_layer: int = _f(6, "number of Transformer blocks")

@@ -28,7 +28,7 @@ def quantize(model: GPT, precision: str) -> GPT:
     """Convert ``model`` in place to ``precision`` (see module docstring) and return it."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
-    device = model.transformer.wte.weight.device
+    device = next(model.parameters()).device
     if precision == "auto":
         precision = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     if precision == "float32":

@@ -146,7 +146,7 @@ def generate_ids(model: GPT, prompts: list[int] | list[list[int]], cfg: Generate
     rules = dataclasses.replace(rules or Rules(), eos_ids=tuple(eos_ids))
     block = model.config.block_size
     assert prompts and all(0 < len(p) <= block for p in prompts)
-    device = model.transformer.wte.weight.device
+    device = next(model.parameters()).device
     rows = [p for p in prompts for _ in range(cfg.num_return_sequences)]
     B, L = len(rows), max(len(p) for p in rows)
     if finished is None:
@@ -218,7 +218,7 @@ def prompt_logprobs(model: GPT, ids: list[int], top: int = 0) -> list[tuple[floa
     which has no context), with the ``top`` most likely tokens at that position. The prompt must fit
     the context window."""
     assert 0 < len(ids) <= model.config.block_size
-    device = model.transformer.wte.weight.device
+    device = next(model.parameters()).device
     idx = torch.tensor([ids], device=device)
     logits, _ = model(idx)  # (1, T, V)
     out: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])]
@@ -264,7 +264,7 @@ def beam_search(model: GPT, prompt: list[int], cfg: GenerateConfig, eos_ids: tup
     max_len = L0 + max_new_tokens
     if max_len > model.config.block_size:
         raise ValueError(f"beam search needs prompt + max_new_tokens <= block_size ({max_len} > {model.config.block_size})")
-    device = model.transformer.wte.weight.device
+    device = next(model.parameters()).device
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     K = max(2, 1 + len(eos_ids)) * nb  # candidates ranked per step
     in_top = torch.arange(K, device=device) < nb  # only these may finish
@@ -384,7 +384,7 @@ def speculative_ids(target: GPT, draft: GPT, prompt: list[int], cfg: GenerateCon
     if total > limit:
         raise ValueError(f"speculative decoding needs prompt + max_new_tokens + num_draft <= block_size ({total} > {limit})")
     assert prompt and num_draft >= 1
-    device = target.transformer.wte.weight.device
+    device = next(target.parameters()).device
     greedy = cfg.temperature == 0
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
     eos = set(eos_ids)

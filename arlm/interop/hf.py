@@ -352,6 +352,8 @@ def hf_layout(cfg: GPTConfig) -> str:
     Missing biases are written as zeros (GPT-2 always has them; Llama's ``attention_bias`` covers
     q, k, v and o together), which computes the same function.
     """
+    if cfg.type != "gpt":
+        raise UserError(f"only GPT models export to Hugging Face format; this is an {cfg.type.upper()} model")
     if cfg.pos_embedding == "learned":
         problems = [what for bad, what in (
             (cfg.norm != "layernorm", "norm must be layernorm"),

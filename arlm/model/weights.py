@@ -25,6 +25,8 @@ def assign_weights(model: GPT, sd: dict[str, torch.Tensor], what: str) -> None:
 
 
 def empty_model(cfg: GPTConfig) -> GPT:
-    """A GPT with no memory behind its weights yet (meta device): loading skips random initialisation."""
+    """A model with no memory behind its weights yet (meta device): loading skips random initialisation."""
+    from arlm.model import build_model
+
     with torch.device("meta"):
-        return GPT(cfg)
+        return build_model(cfg)

@@ -54,7 +54,7 @@ def save_checkpoint(path: str | Path, model: GPT, tokenizer: Tokenizer, info: di
     path = Path(path)
     with atomic_dir(path) as tmp:
         save_file(model_state(model, state), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        config = {"arlm_version": arlm.__version__, "model_type": "gpt", "model": to_dict(model.config), **info}
+        config = {"arlm_version": arlm.__version__, "model_type": model.config.type, "model": to_dict(model.config), **info}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
         tokenizer.save(tmp)
         if trainer_state is not None:
@@ -100,7 +100,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GP
         return model.to(device).eval(), tokenizer, config
     ckpt = resolve_checkpoint(path)
     config = read_config(ckpt)
-    if config.get("model_type", "gpt") != "gpt" or "model" not in config:
+    if config.get("model_type", "gpt") not in ("gpt", "lstm") or "model" not in config:
         raise UserError(f"checkpoint {ckpt} has a model type this version of arlm cannot load")
     mcfg = from_dict(GPTConfig, config["model"], f"{ckpt / CONFIG} [model]")
     tokenizer = load_tokenizer(ckpt)

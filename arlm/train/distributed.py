@@ -83,7 +83,7 @@ def wrap(model: nn.Module, ctx: Context, fsdp: bool) -> nn.Module:
     elif fsdp:
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.transformer.h:
+        for block in getattr(model.transformer, "h", []):  # (an LSTM is sharded as one unit)
             fully_shard(block)
         fully_shard(model)
         return model

@@ -29,7 +29,7 @@ from arlm.data.loader import TokenData, WindowSampler, random_batch, sequential_
 from arlm.errors import UserError
 from arlm.eval.perplexity import loss_over_batches
 from arlm.fsutil import atomic_write_text
-from arlm.model.gpt import GPT
+from arlm.model import build_model
 from arlm.runtime import autocast, resolve_device, resolve_dtype, seed_everything, set_threads
 from arlm.tokenizers import load_tokenizer
 from arlm.train import checkpoint as ckpt_io
@@ -137,6 +137,32 @@ def _logging_through(bar) -> Iterator[None]:
         yield
 
 
+def optimizer_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, micro_batches, lr: float, cfg: TrainConfig, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """One optimizer step over ``cfg.grad_accum_steps`` (x, y) micro-batches; the mean loss (a tensor,
+    not synchronised). ``wrapped`` is what runs the forward pass (the model, compiled, or in DDP/FSDP),
+    ``model`` the plain module. bench/train.py times exactly this."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=device)
+    for micro, (x, y) in enumerate(micro_batches):
+        with distributed.gradient_sync(wrapped, micro == cfg.grad_accum_steps - 1):
+            with autocast(device, dtype):
+                _, loss = wrapped(x, y)
+            # Average over micro-batches so the gradient equals that of one big batch
+            # (DDP/FSDP average over processes).
+            scaler.scale(loss / cfg.grad_accum_steps).backward()
+        loss_sum += loss.detach()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / cfg.grad_accum_steps
+
+
 def train(config: dict[str, Any] | TrainConfig | str | Path | None = None, callbacks: list[Callback] | None = None,
           **overrides) -> dict[str, Any]:
     """Train; returns a summary with losses, speed and paths.
@@ -187,7 +213,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
 
     # Every process builds the same initial weights (DDP also broadcasts them; FSDP shards them as they are).
     seed_everything(cfg.seed)
-    model = GPT(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     if resume_ckpt is not None:
         ckpt_io.load_weights(model, resume_ckpt)
     wrapped = distributed.wrap(model, ctx, cfg.fsdp)
@@ -271,34 +297,21 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     t_log, tokens_at_log, tokens_at_start, last_val = time.perf_counter(), tokens_seen, tokens_seen, None
     interval_loss, interval_steps = torch.zeros((), device=device), 0  # mean train loss since the last log
     bar = _progress(cfg.max_steps, step, cfg.progress and ctx.main)
+    def micro_batches():
+        for _ in range(cfg.grad_accum_steps):
+            # Every process draws the same global batch and reads its own slice of it.
+            starts = sampler.next(B * ctx.world_size)[ctx.rank * B:(ctx.rank + 1) * B]
+            x, y = windows(data.train, starts, cfg.model.block_size)
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
     model.train()
     with _graceful_interrupt(stop_flag), _logging_through(bar):
         while step < cfg.max_steps:
             lr = lr_at(step, cfg, plateau["scale"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum_steps):
-                # Every process draws the same global batch and reads its own slice of it.
-                starts = sampler.next(B * ctx.world_size)[ctx.rank * B:(ctx.rank + 1) * B]
-                x, y = windows(data.train, starts, cfg.model.block_size)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with distributed.gradient_sync(wrapped, micro == cfg.grad_accum_steps - 1):
-                    with autocast(device, dtype):
-                        _, loss = compiled(x, y)
-                    # Average over micro-batches so the gradient equals that of one big batch
-                    # (DDP/FSDP average over processes).
-                    scaler.scale(loss / cfg.grad_accum_steps).backward()
-                loss_sum += loss.detach()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            loss = optimizer_step(compiled, model, optimizer, scaler, micro_batches(), lr, cfg, device, dtype)
             step += 1
             tokens_seen += tokens_per_step
-            interval_loss += loss_sum / cfg.grad_accum_steps
+            interval_loss += loss
             interval_steps += 1
             bar.update(1)
 
@@ -358,7 +371,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
         summary.update(rank=ctx.rank, world_size=ctx.world_size)
     if ctx.main and cfg.final_eval and status in ("completed", "early_stopped", "time_limit", "stopped") \
             and (out / ckpt_io.BEST).exists():
-        best = GPT(cfg.model).to(device) if sharded else model  # a sharded model cannot take whole weights
+        best = build_model(cfg.model).to(device) if sharded else model  # a sharded model cannot take whole weights
         ckpt_io.load_weights(best, out / ckpt_io.BEST)
         val = loss_over_batches(best, sequential_batches(data.val, cfg.model.block_size, cfg.batch_size), device, dtype)
         summary["val_loss"] = val

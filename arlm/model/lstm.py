@@ -1,0 +1,112 @@
+"""The LSTM baseline: token embedding -> n_layer LSTM layers -> linear layer over the vocabulary.
+
+The recurrent language model of the classic tutorials (Graves 2013; Zaremba et al. 2014, dropout
+between layers; Press & Wolf 2017, tied input and output embeddings), with PyTorch's ``nn.LSTM``.
+``model.type = "lstm"`` selects it; it uses the same config names as the GPT (``n_layer``, ``n_embd`` =
+embedding and hidden width, ``dropout``, ``block_size`` = training window, ``tie_embeddings``) and the
+same interface, so the training loop, checkpoints, evaluation and ``arlm generate`` take it unchanged:
+
+- ``forward(idx, targets=None, pos=None, ...)`` returns (logits, loss) like ``GPT.forward``;
+- the "cache" of a decoding run is the recurrent state (h, c): ``pos == 0`` starts from zeros, a later
+  ``pos`` continues from the state after the tokens fed so far (it must equal their count: an LSTM
+  cannot rewind, so speculative decoding, which does, is for Transformers only);
+- left-padded batches (``key_mask``) run each row's real tokens only, so padding never enters a state.
+
+Shapes: B batch, T positions, C = n_embd, V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arlm.config import GPTConfig
+
+
+class LSTMLM(nn.Module):
+    """Embedding -> LSTM -> logits."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.vocab_size > 0, "vocab_size must be set before building the model"
+        self.config = cfg
+        C = cfg.n_embd
+        self.transformer = nn.ModuleDict(dict(  # (the GPT's attribute names: checkpoints and weight tying are shared)
+            wte=nn.Embedding(cfg.vocab_size, C),
+            drop=nn.Dropout(cfg.dropout),
+            lstm=nn.LSTM(C, C, num_layers=cfg.n_layer, dropout=cfg.dropout if cfg.n_layer > 1 else 0.0, batch_first=True),
+        ))
+        self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        nn.init.normal_(self.transformer.wte.weight, std=0.02)  # PyTorch's default N(0, 1) makes tied logits huge
+        self.state: tuple[torch.Tensor, torch.Tensor] | None = None  # (h, c), each (n_layer, B, C), while decoding
+        self.fed = 0  # tokens fed into `state`
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and not self.config.tie_embeddings:
+            n -= self.lm_head.weight.numel()
+        return n
+
+    def init_buffers(self) -> None:
+        """(The GPT rebuilds its RoPE buffer after loading; an LSTM has no buffers.)"""
+
+    # -- recurrent state (the "KV cache" of a decoding run) ------------------------------------
+    def setup_cache(self, batch_size: int, max_len: int | None = None) -> None:
+        self.state, self.fed = None, 0
+
+    def reorder_cache(self, rows: torch.Tensor) -> None:
+        if self.state is not None:
+            self.state = tuple(s.index_select(1, rows) for s in self.state)
+
+    def clear_cache(self) -> None:
+        self.state, self.fed = None, 0
+
+    # -- forward -------------------------------------------------------------------------------
+    def _run(self, x: torch.Tensor, state):
+        return self.transformer.lstm(x, state)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int | None = None,
+                last_only: bool = False, key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+        """Logits for ``idx`` (B, T); with ``targets`` also the mean cross-entropy (ignoring -1).
+        ``pos`` continues a decoding run (see the module docstring); ``key_mask`` (B, pos + T) marks real
+        tokens of a left-padded batch; ``positions`` is accepted for the GPT's interface and unused."""
+        B, T = idx.shape
+        state = None
+        if pos is not None:
+            assert pos == 0 or pos == self.fed, f"an LSTM continues from {self.fed} tokens, not {pos}"
+            state = self.state if pos else None
+        x = self.transformer.drop(self.transformer.wte(idx))  # (B, T, C)
+        new_mask = None if key_mask is None else key_mask[:, -T:].bool()
+        if new_mask is not None and not bool(new_mask.all()):
+            y, state = self._ragged(x, state, new_mask)
+        else:
+            y, state = self._run(x, state)  # (B, T, C)
+        if pos is not None:
+            self.state, self.fed = state, pos + T
+        y = self.transformer.drop(y)
+        if targets is None:
+            return self.lm_head(y[:, -1:, :] if last_only else y), None
+        logits = self.lm_head(y)  # (B, T, V)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def _ragged(self, x: torch.Tensor, state, mask: torch.Tensor):
+        """Rows with padding: each row's real positions run alone (outputs at padding are zeros)."""
+        B, T, C = x.shape
+        y = x.new_zeros(B, T, C)
+        hs, cs = [], []
+        for b in range(B):
+            keep = mask[b].nonzero().squeeze(1)
+            row_state = None if state is None else (state[0][:, b:b + 1].contiguous(), state[1][:, b:b + 1].contiguous())
+            if keep.numel():
+                out, row_state = self._run(x[b:b + 1, keep], row_state)
+                y[b, keep] = out[0]
+            elif row_state is None:
+                L = self.config.n_layer
+                row_state = (x.new_zeros(L, 1, C), x.new_zeros(L, 1, C))
+            hs.append(row_state[0])
+            cs.append(row_state[1])
+        return y, (torch.cat(hs, 1), torch.cat(cs, 1))
