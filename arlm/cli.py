@@ -14,6 +14,7 @@ import logging
 import math
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 import arlm
@@ -142,12 +143,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         _emit_json(summary)
         return 0
     print(f"{summary['status']}: {summary['step']} steps, {summary['tokens']:,} tokens, "
-          f"{summary['train_seconds']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s ({summary['device']}, {summary['dtype']})")
+          f"{summary['train_seconds']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.0%} of "
+          f"{summary['peak_flops'] / 1e9:,.0f} GFLOP/s ({summary['device']}, {summary['dtype']})")
     if "val_loss" in summary:
         print(f"validation (whole split, {summary['val_tokens']:,} tokens): loss {_fmt(summary['val_loss'])} nats/token, "
               f"perplexity {_fmt(summary['val_ppl'], 2)}")
     print(f"checkpoints: {summary['best']} (best), {summary['latest']} (latest)" +
           (f"; curve: {summary['plot']}" if "plot" in summary else ""))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from arlm.train.sweep import RESULTS, sweep
+
+    base = read_toml(args.config) if args.config else {}
+    for key in ("data", "max_steps", "max_minutes"):
+        if getattr(args, key) is not None:
+            base[key] = getattr(args, key)
+    if not base.get("data"):
+        raise UserError("no data given: add --data DIR (a folder made by `arlm prepare`) or set data in --config")
+    rows = sweep(base, args.param, args.out, n_random=args.trials, seed=args.seed, overwrite=args.overwrite)
+    if args.json:
+        _emit_json({"results": rows, "csv": str(Path(args.out) / RESULTS)})
+        return 0
+    keys = [k for k in rows[0] if k not in ("trial", "val_loss", "steps", "tokens_per_s", "train_seconds", "status")]
+    print(" | ".join(["trial", *keys, "val_loss", "steps", "tokens/s", "status"]))
+    for r in rows:
+        print(" | ".join([r["trial"], *(str(r[k]) for k in keys), _fmt(r["val_loss"]), str(r["steps"]),
+                          f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-", r["status"]]))
+    print(f"results: {Path(args.out) / RESULTS}")
     return 0
 
 
@@ -288,6 +312,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(sp, TrainConfig)
     json_flag(sp)
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("sweep", help="grid or random search over training/model keys, one training run per trial",
+                        description="Train one run per combination of --param values (a grid) or per random draw "
+                                    "(--trials N), over a base config; write OUT/results.csv sorted by validation loss.")
+    sp.add_argument("--config", default=None, metavar="FILE.toml", help="base training config (TOML)")
+    sp.add_argument("--data", default=None, metavar="DIR", help="prepared data folder (overrides the config's)")
+    sp.add_argument("--out", required=True, metavar="DIR", help="folder for the trials (trial-NNN/) and results.csv")
+    sp.add_argument("--param", action="append", default=[], metavar="KEY=VALUES",
+                    help="a key to vary: KEY=V1,V2,... (grid), or a range KEY=A:B / KEY=log:A:B (with --trials); "
+                         "model keys as model.KEY; repeat for several keys")
+    sp.add_argument("--trials", type=int, default=0, metavar="N", help="random search: N trials drawn from the params (0: the full grid)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random search's draws")
+    sp.add_argument("--max-steps", type=int, default=None, metavar="N", help="steps per trial (overrides the config)")
+    sp.add_argument("--max-minutes", type=float, default=None, metavar="X", help="time limit per trial (overrides the config)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an earlier sweep in --out")
+    json_flag(sp)
+    sp.set_defaults(func=cmd_sweep)
 
     sp = sub.add_parser("generate", help="generate text from a prompt, streamed",
                         description="Continue a prompt with a trained model, printing tokens as they come.")

@@ -116,6 +116,10 @@ class GPTConfig:
         for name in ("n_kv_head", "head_dim", "intermediate_size", "rope_original_block_size", "sliding_window"):
             if getattr(self, name) < 0:
                 raise UserError(f"model.{name} must be >= 0 (0: default), got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.type == "lstm":  # the attention options below do not apply
+            return
         if not self.head_dim and self.n_embd % self.n_head:
             raise UserError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
@@ -125,8 +129,6 @@ class GPTConfig:
             raise UserError(f"model.n_head ({self.n_head}) must be a multiple of model.n_kv_head ({self.n_kv_head})")
         if self.pos_embedding == "rope" and self.hs % 2:
             raise UserError(f"rotary embeddings need an even head width, got {self.hs}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.rope_factor <= 0:
             raise UserError("model.rope_theta, model.rope_factor and model.norm_eps must be > 0")
         if self.rope_scaling == "llama3" and (not self.rope_original_block_size

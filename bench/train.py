@@ -3,7 +3,8 @@
     python bench/train.py [--n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 --steps 20 --rounds 5]
 
 The default shape is nanoGPT's CPU recipe for Shakespeare characters (4 layers, 4 heads, 128 wide,
-context 64, batch 12, vocabulary 65, no dropout, no biases). Both models start from the same weights
+context 64, batch 12, vocabulary 65, no dropout, no biases, exact GELU as nanoGPT's model.py;
+`--activation gelu_tanh` for GPT-2's). Both models start from the same weights
 (arlm's, exported with arlm.interop.hf; GPT-2 always has biases, added as zeros) and train on the same
 random batches, float32. arlm's step is ``arlm.train.loop.optimizer_step`` (what ``arlm train`` runs:
 forward, loss, backward, gradient clipping, AdamW with arlm's settings: fused where PyTorch has it);
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=12)
     ap.add_argument("--vocab-size", type=int, default=65)
+    ap.add_argument("--activation", default="gelu", choices=("gelu", "gelu_tanh"))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled arlm variant")
@@ -44,7 +46,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     mcfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                     n_embd=args.n_embd, dropout=0.0, bias=False)
+                     n_embd=args.n_embd, dropout=0.0, bias=False, activation=args.activation)
     tcfg = TrainConfig(data="-", out="-", batch_size=args.batch_size, lr=1e-3, weight_decay=0.1, beta2=0.99,
                        grad_clip=1.0, model=mcfg)
     device, dtype = torch.device("cpu"), torch.float32

@@ -34,6 +34,7 @@ from arlm.runtime import autocast, resolve_device, resolve_dtype, seed_everythin
 from arlm.tokenizers import load_tokenizer
 from arlm.train import checkpoint as ckpt_io
 from arlm.train import distributed
+from arlm.train.throughput import flops_per_token, matmul_peak
 from arlm.train.optim import lr_at, make_optimizer, plateau_update
 from arlm.viz.curves import plot_loss_curve
 
@@ -249,6 +250,9 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
 
     compiled = torch.compile(wrapped) if cfg.compile else wrapped
     n_params = model.num_params()
+    # MFU: each process's share of the tokens, its model FLOPs, against its own device's measured peak
+    flops_per_device_token = flops_per_token(model, cfg.model) / ctx.world_size
+    peak = matmul_peak(device, dtype)
     log.info("model: %.2fM parameters, device %s, dtype %s", n_params / 1e6, device, str(dtype).replace("torch.", ""))
     B = cfg.batch_size
     tokens_per_step = B * ctx.world_size * cfg.grad_accum_steps * cfg.model.block_size
@@ -324,8 +328,11 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
                     raise UserError(f"training diverged at step {step} (loss {train_loss}); lower --lr or use --grad-clip")
                 tok_s = (tokens_seen - tokens_at_log) / max(now - t_log, 1e-9)
                 t_log, tokens_at_log = now, tokens_seen
-                bar.set_postfix_str(f"loss {train_loss:.4f} | {tok_s:,.0f} tok/s" + (f" | val {last_val:.4f}" if last_val else ""))
+                mfu = tok_s * flops_per_device_token / peak
+                bar.set_postfix_str(f"loss {train_loss:.4f} | {tok_s:,.0f} tok/s | MFU {mfu:.0%}"
+                                    + (f" | val {last_val:.4f}" if last_val else ""))
                 if record({"step": step, "loss": train_loss, "lr": lr, "tokens": tokens_seen, "tokens_per_s": round(tok_s, 1),
+                           "mfu": round(mfu, 4),
                            "elapsed_s": round(elapsed_before + now - t_start, 3)}):
                     stop_flag["stop"] = "callback"
 
@@ -363,6 +370,8 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
         "status": status, "step": step, "max_steps": cfg.max_steps, "params": n_params,
         "tokens": tokens_seen, "train_seconds": round(train_seconds, 2),
         "tokens_per_s": round((tokens_seen - tokens_at_start) / max(train_seconds, 1e-9), 1),
+        "mfu": round((tokens_seen - tokens_at_start) / max(train_seconds, 1e-9) * flops_per_device_token / peak, 4),
+        "peak_flops": peak,
         "best_val_loss": best_val if math.isfinite(best_val) else None,
         "out": str(out), "best": str(out / ckpt_io.BEST), "latest": str(out / ckpt_io.LATEST),
         "device": str(device), "dtype": str(dtype).replace("torch.", ""),

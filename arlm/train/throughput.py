@@ -1,0 +1,58 @@
+"""Model FLOPs utilisation (MFU): the arithmetic a training step needs, as a fraction of what the
+hardware can do, measured rather than taken from a data sheet.
+
+MFU = tokens/s x training FLOPs per token / peak FLOP/s (Chowdhery et al. 2022, PaLM, appendix B).
+FLOPs per token count matrix multiplications only, forward and backward (3x the forward's 2 per
+multiply-add): 6 per weight of every linear layer (and LSTM), plus attention's scores and weighted sum,
+12 x n_layer x T x C with T the context (as nanoGPT's ``estimate_mfu``; causal masking is not
+subtracted). The peak is the speed of a large matrix product in the training dtype on the training
+device, timed once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from arlm.config import GPTConfig
+
+log = logging.getLogger(__name__)
+
+_PEAKS: dict[tuple[str, torch.dtype], float] = {}
+
+
+def flops_per_token(model: torch.nn.Module, cfg: GPTConfig) -> float:
+    """Training FLOPs per token of ``model``: 6 x its matrix weights (embedding lookups are free, the
+    tied output layer is not), plus attention for a GPT."""
+    weights = sum(p.numel() for name, p in model.named_parameters()
+                  if p.dim() == 2 and "wte" not in name and "wpe" not in name)  # lookups, not products
+    if cfg.tie_embeddings:
+        weights += cfg.vocab_size * cfg.n_embd  # the output layer reuses the embedding matrix
+    attention = 12 * cfg.n_layer * cfg.block_size * cfg.n_head * cfg.hs if cfg.type == "gpt" else 0
+    return 6.0 * weights + attention
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
+    """FLOP/s of a square matrix product in ``dtype`` on ``device`` (the best of a few, after warm-up);
+    measured once per process and device/dtype."""
+    key = (str(device), dtype)
+    if key not in _PEAKS:
+        n = 2048 if device.type == "cpu" and dtype == torch.float32 else 4096
+        if device.type == "cpu" and dtype != torch.float32:
+            n = 512  # CPUs without bfloat16 matrix instructions run these at a few GFLOP/s: keep it short
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        a @ b
+        sync()
+        best, start = 0.0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            t = time.perf_counter()
+            a @ b
+            sync()
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+        _PEAKS[key] = best
+        log.info("measured %s matmul peak on %s: %.1f GFLOP/s", str(dtype).replace("torch.", ""), device, best / 1e9)
+    return _PEAKS[key]

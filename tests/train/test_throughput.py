@@ -1,0 +1,38 @@
+"""MFU: the FLOPs counted per token, the measured peak, and the figure in the training metrics."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from arlm.config import GPTConfig
+from arlm.model import build_model
+from arlm.train.loop import train
+from arlm.train.throughput import flops_per_token, matmul_peak
+from tests.conftest import tiny_train_config
+
+
+def test_flops_per_token_is_palms_count():
+    """6 x (12 C^2 per block + the tied output layer V x C) + 12 L T C, as nanoGPT's estimate_mfu
+    (which also counts the few vector weights: biases and norms); an LSTM has 4 gates x (C + C) x C
+    per layer."""
+    L, C, T, V = 3, 48, 32, 50
+    gpt = GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=4, n_embd=C)
+    assert flops_per_token(build_model(gpt), gpt) == 6 * (L * 12 * C * C + V * C) + 12 * L * T * C
+    lstm = GPTConfig(type="lstm", vocab_size=V, block_size=T, n_layer=2, n_embd=C)
+    assert flops_per_token(build_model(lstm), lstm) == 6 * (2 * 4 * 2 * C * C + V * C)
+
+
+def test_matmul_peak_is_measured_once():
+    first = matmul_peak(torch.device("cpu"), torch.float32, seconds=0.05)
+    assert 1e8 < first < 1e14
+    assert matmul_peak(torch.device("cpu"), torch.float32) == first  # cached for the process
+
+
+def test_training_logs_mfu(char_data, tmp_path):
+    summary = train(tiny_train_config(char_data, tmp_path / "run", max_steps=6))
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    mfus = [r["mfu"] for r in rows if "loss" in r]
+    assert len(mfus) == 6 and all(0 < m < 1.5 for m in mfus)
+    assert 0 < summary["mfu"] < 1.5 and summary["peak_flops"] > 1e8
