@@ -227,6 +227,8 @@ class TrainConfig:
     dtype: str = _f("auto", "compute precision; auto = bfloat16 autocast on capable GPUs, float32 on CPU",
                     choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = _f(False, "compile the model with torch.compile (faster steps after a slow first one)")
+    activation_checkpointing: bool = _f(False, "keep only each block's input during the forward pass and recompute the "
+                                               "rest in backward: less memory for about a third more compute")
     fsdp: bool = _f(False, "under torchrun: shard parameters, gradients and optimizer state with FSDP2 instead of "
                            "replicating the model with DDP")
     threads: int = _f(0, "CPU threads for PyTorch (0: PyTorch's default)")

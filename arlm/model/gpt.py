@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from arlm.config import GPTConfig
@@ -158,6 +159,7 @@ class GPT(nn.Module):
         super().__init__()
         assert cfg.vocab_size > 0, "vocab_size must be set before building the model"
         self.config = cfg
+        self.checkpointing = False  # activation checkpointing while training (set by the training loop)
         modules = dict(wte=nn.Embedding(cfg.vocab_size, cfg.n_embd))
         if cfg.pos_embedding == "learned":
             modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
@@ -244,7 +246,11 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         mask = attention_mask(start, T, key_mask, idx.device, self.config.sliding_window)
         for block in self.transformer.h:
-            x = block(x, rope, pos, mask)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                # keep only each block's input; recompute its activations during backward (Chen et al. 2016)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, pos, mask, use_reentrant=False)
+            else:
+                x = block(x, rope, pos, mask)
         x = self.transformer.ln_f(x)  # (B, T, C)
         if targets is None:
             if last_only:

@@ -217,6 +217,10 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     model = build_model(cfg.model).to(device)
     if resume_ckpt is not None:
         ckpt_io.load_weights(model, resume_ckpt)
+    if cfg.activation_checkpointing:
+        if not hasattr(model, "checkpointing"):
+            raise UserError("--activation-checkpointing applies to GPT models (an LSTM's layers are one PyTorch module)")
+        model.checkpointing = True
     wrapped = distributed.wrap(model, ctx, cfg.fsdp)
     sharded = cfg.fsdp and ctx.distributed
     optimizer = make_optimizer(model, cfg, device)

@@ -42,8 +42,9 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) 
         n = 2048 if device.type == "cpu" and dtype == torch.float32 else 4096
         if device.type == "cpu" and dtype != torch.float32:
             n = 512  # CPUs without bfloat16 matrix instructions run these at a few GFLOP/s: keep it short
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
+        # constant matrices: drawing random ones would move the global RNG, and with it a run's dropout
+        a = torch.full((n, n), 0.5, device=device, dtype=dtype)
+        b = torch.full((n, n), 0.25, device=device, dtype=dtype)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         a @ b
         sync()
