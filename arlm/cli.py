@@ -305,9 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.set_defaults(func=cmd_prepare)
 
-    sp = sub.add_parser("train", help="train a GPT on prepared data (or resume a run)",
-                        description="Train a decoder-only Transformer. Options come from --config FILE.toml, "
-                                    "then from these flags. `arlm train --resume OUT` continues a stopped run.")
+    sp = sub.add_parser("train", help="train a GPT (or the LSTM baseline) on prepared data, or resume a run",
+                        description="Train a decoder-only Transformer (or, with --type lstm, the LSTM baseline). "
+                                    "Options come from --config FILE.toml, then from these flags. "
+                                    "`arlm train --resume OUT` continues a stopped run; under `torchrun` it trains "
+                                    "data-parallel (DDP, or FSDP2 with --fsdp).")
     sp.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with training keys and a [model] table")
     add_config_args(sp, TrainConfig)
     json_flag(sp)
