@@ -65,9 +65,6 @@ class LSTMLM(nn.Module):
         self.state, self.fed = None, 0
 
     # -- forward -------------------------------------------------------------------------------
-    def _run(self, x: torch.Tensor, state):
-        return self.transformer.lstm(x, state)
-
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int | None = None,
                 last_only: bool = False, key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
         """Logits for ``idx`` (B, T); with ``targets`` also the mean cross-entropy (ignoring -1).
@@ -83,7 +80,7 @@ class LSTMLM(nn.Module):
         if new_mask is not None and not bool(new_mask.all()):
             y, state = self._ragged(x, state, new_mask)
         else:
-            y, state = self._run(x, state)  # (B, T, C)
+            y, state = self.transformer.lstm(x, state)  # (B, T, C)
         if pos is not None:
             self.state, self.fed = state, pos + T
         y = self.transformer.drop(y)
@@ -102,7 +99,7 @@ class LSTMLM(nn.Module):
             keep = mask[b].nonzero().squeeze(1)
             row_state = None if state is None else (state[0][:, b:b + 1].contiguous(), state[1][:, b:b + 1].contiguous())
             if keep.numel():
-                out, row_state = self._run(x[b:b + 1, keep], row_state)
+                out, row_state = self.transformer.lstm(x[b:b + 1, keep], row_state)
                 y[b, keep] = out[0]
             elif row_state is None:
                 L = self.config.n_layer

@@ -14,6 +14,7 @@ and the other way round.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -97,8 +98,6 @@ def wrap(model: nn.Module, ctx: Context, fsdp: bool) -> nn.Module:
 def gradient_sync(wrapped: nn.Module, enabled: bool):
     """Context for one micro-batch's backward: with ``enabled`` False (every micro-batch of an
     accumulation but the last) gradients stay local instead of being averaged across processes."""
-    import contextlib
-
     if enabled:
         return contextlib.nullcontext()
     if hasattr(wrapped, "no_sync"):  # DDP

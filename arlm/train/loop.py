@@ -34,8 +34,8 @@ from arlm.runtime import autocast, resolve_device, resolve_dtype, seed_everythin
 from arlm.tokenizers import load_tokenizer
 from arlm.train import checkpoint as ckpt_io
 from arlm.train import distributed
-from arlm.train.throughput import flops_per_token, matmul_peak
 from arlm.train.optim import lr_at, make_optimizer, plateau_update
+from arlm.train.throughput import flops_per_token, matmul_peak
 from arlm.viz.curves import plot_loss_curve
 
 log = logging.getLogger(__name__)
@@ -305,6 +305,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     t_log, tokens_at_log, tokens_at_start, last_val = time.perf_counter(), tokens_seen, tokens_seen, None
     interval_loss, interval_steps = torch.zeros((), device=device), 0  # mean train loss since the last log
     bar = _progress(cfg.max_steps, step, cfg.progress and ctx.main)
+
     def micro_batches():
         for _ in range(cfg.grad_accum_steps):
             # Every process draws the same global batch and reads its own slice of it.
@@ -370,11 +371,11 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     bar.close()
     train_seconds = time.perf_counter() - t_start
 
+    tokens_per_s = (tokens_seen - tokens_at_start) / max(train_seconds, 1e-9)
     summary: dict[str, Any] = {
         "status": status, "step": step, "max_steps": cfg.max_steps, "params": n_params,
         "tokens": tokens_seen, "train_seconds": round(train_seconds, 2),
-        "tokens_per_s": round((tokens_seen - tokens_at_start) / max(train_seconds, 1e-9), 1),
-        "mfu": round((tokens_seen - tokens_at_start) / max(train_seconds, 1e-9) * flops_per_device_token / peak, 4),
+        "tokens_per_s": round(tokens_per_s, 1), "mfu": round(tokens_per_s * flops_per_device_token / peak, 4),
         "peak_flops": peak,
         "best_val_loss": best_val if math.isfinite(best_val) else None,
         "out": str(out), "best": str(out / ckpt_io.BEST), "latest": str(out / ckpt_io.LATEST),
@@ -382,7 +383,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     }
     if ctx.distributed:
         summary.update(rank=ctx.rank, world_size=ctx.world_size)
-    if ctx.main and cfg.final_eval and status in ("completed", "early_stopped", "time_limit", "stopped") \
+    if ctx.main and cfg.final_eval and status in ("completed", "early_stopped", "time_limit") \
             and (out / ckpt_io.BEST).exists():
         best = build_model(cfg.model).to(device) if sharded else model  # a sharded model cannot take whole weights
         ckpt_io.load_weights(best, out / ckpt_io.BEST)

@@ -32,25 +32,23 @@ log = logging.getLogger(__name__)
 RESULTS = "results.csv"
 
 
-def _number(text: str, key: str) -> float | int:
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"--param {key}: '{text}' is not a number (ranges are A:B or log:A:B)") from None
-
-
 def _value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return _number(text, "")
-    except UserError:
-        return text
+    """A value as written: int, float, bool, else the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _number(text: str, key: str) -> float | int:
+    value = _value(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"--param {key}: '{text}' is not a number (ranges are A:B or log:A:B)")
+    return value
 
 
 def parse_param(spec: str) -> tuple[str, list[Any] | tuple[str, float, float]]:

@@ -13,7 +13,8 @@ The sources are compiled against the installed torch with the system C++ compile
 ``c++``/``g++``/``clang++``) for the machine it runs on, once (about 15 s), into
 ``$ARLM_KERNEL_CACHE`` (default ``~/.cache/arlm/kernels``), keyed by the source, compiler, torch
 build and CPU. Without a compiler, or with ``ARLM_CPU_KERNELS=0``, layers fall back to
-``torch.nn.functional.linear`` (same results, slower decoding); the reason is logged once.
+``torch.nn.functional.linear`` and PyTorch's attention (same results, slower decoding); the reason is
+logged once.
 """
 
 from __future__ import annotations
@@ -137,14 +138,20 @@ def ready() -> bool:
     return _loaded
 
 
-def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """Whether ``linear(x, weight, ...)`` may take the kernel: CPU tensors, no gradient wanted (it has
-    no backward), and the library built (building it on first use, except while torch.compile traces)."""
-    if x.device.type != "cpu" or weight.device.type != "cpu" or weight.dtype not in FORMATS:
+def _inference_on_cpu(*tensors: torch.Tensor | None) -> bool:
+    """CPU tensors, no gradient wanted (the kernels have no backward), and the library built (building
+    it on first use, except while torch.compile traces)."""
+    present = [t for t in tensors if t is not None]
+    if any(t.device.type != "cpu" for t in present):
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
         return False
     return _loaded or (not torch.compiler.is_compiling() and library())
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether ``linear(x, weight, ...)`` may take the kernel (see :func:`_inference_on_cpu`)."""
+    return weight.dtype in FORMATS and _inference_on_cpu(x, weight, bias)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
@@ -156,15 +163,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = N
 
 
 def attend_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether :func:`attend` may run: CPU, one query per row, a float32 or bfloat16 cache contiguous
-    in its last dimension, no gradient wanted, and the library built (as for :func:`usable`)."""
-    if q.device.type != "cpu" or q.size(2) != 1 or k.dtype not in (torch.float32, torch.bfloat16) or v.dtype != k.dtype:
+    """Whether :func:`attend` may run: one query per row, a float32 or bfloat16 cache contiguous in its
+    last dimension (and see :func:`_inference_on_cpu`)."""
+    if q.size(2) != 1 or k.dtype not in (torch.float32, torch.bfloat16) or v.dtype != k.dtype:
         return False
-    if k.stride(-1) != 1 or v.stride(-1) != 1:
-        return False
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return False
-    return _loaded or (not torch.compiler.is_compiling() and library())
+    return k.stride(-1) == 1 and v.stride(-1) == 1 and _inference_on_cpu(q, k, v)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
