@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,13 +18,17 @@ from typing import Any, Iterator
 
 import torch
 
-from arlm.config import GenerateConfig, from_dict
+from arlm.config import CHAT_DEFAULTS, GenerateConfig, from_dict
+from arlm.data.sft import ChatTemplate, fit_messages
 from arlm.errors import UserError
 from arlm.eval.perplexity import evaluate_text
+from arlm.eval.tasks import score
+from arlm.fsutil import atomic_write_text
 from arlm.generate.decode import SpeculativeStats, beam_search, generate_ids, prompt_logprobs, speculative_ids
 from arlm.generate.sampling import Rules
 from arlm.generate.stream import TextStream
 from arlm.runtime import resolve_device
+from arlm.tokenizers.base import same_vocabulary
 from arlm.train.checkpoint import load_model
 
 log = logging.getLogger(__name__)
@@ -89,12 +94,21 @@ class LanguageModel:
     def block_size(self) -> int:
         return self.model.config.block_size
 
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: str, control: str = "") -> list[int]:
         """Prompt ids, cut from the left to the context window (with a warning); an empty
-        prompt starts from the end-of-text token, i.e. unconditional generation."""
+        prompt starts from the end-of-text token, i.e. unconditional generation. A ``control`` code
+        starts a new document with it, as the model saw codes in training."""
         self._need_tokenizer()
         encode = getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode)  # adds BOS where the tokenizer does
         ids = encode(prompt) if prompt else []
+        if control:
+            known = (self.config.get("data") or {}).get("controls")
+            if known is not None and control not in known:
+                raise UserError(f"this model was not trained with the control code {control!r}; it knows: "
+                                f"{', '.join(known[:50])}" + (" ..." if len(known) > 50 else ""))
+            if known is None:
+                log.warning("this model's training data records no control codes; conditioning on %r anyway", control)
+            ids = ([self.tokenizer.eot_id] if self.tokenizer.eot_id is not None else []) + encode(control + prompt)
         if not ids:
             if self.tokenizer.eot_id is None:
                 raise UserError("empty prompt: this tokenizer has no end-of-text token to start from; give a prompt")
@@ -108,7 +122,7 @@ class LanguageModel:
     def stream_sequences(self, prompt: str, cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
         """An iterator of ``(sequence index, new text)`` as tokens arrive, for ``cfg.num_return_sequences``
         rows. The prompt is checked here, before anything is generated or printed."""
-        ids = self.encode_prompt(prompt)
+        ids = self.encode_prompt(prompt, cfg.control)
         if cfg.num_beams > 1:
             if len(ids) + cfg.max_new_tokens > self.block_size:
                 raise UserError(f"beam search needs the prompt ({len(ids)} tokens) plus max_new_tokens "
@@ -200,11 +214,9 @@ class LanguageModel:
         """The draft model at ``path`` (loaded once, on this model's device), checked to share the vocabulary."""
         if path not in self._drafts:
             d = load(path, device=str(self.device))
-            V = self.model.config.vocab_size
-            sample = range(0, V, max(1, V // 2000))  # the same token ids must mean the same text
-            if d.model.config.vocab_size != V or (
-                    self.tokenizer is not None and d.tokenizer is not None
-                    and [d.tokenizer.decode([i]) for i in sample] != [self.tokenizer.decode([i]) for i in sample]):
+            # the same token ids must mean the same text
+            if d.model.config.vocab_size != self.model.config.vocab_size or (
+                    self.tokenizer is not None and d.tokenizer is not None and not same_vocabulary(d.tokenizer, self.tokenizer)):
                 raise UserError(f"draft model {path} does not share this model's tokenizer "
                                 f"(vocabulary {d.model.config.vocab_size} vs {self.model.config.vocab_size})")
             self._drafts[path] = d
@@ -242,7 +254,7 @@ class LanguageModel:
         with ``logprobs``/``top_logprobs``/``echo``, per-token log-probabilities under the model (the
         raw distribution, before temperature, filters and penalties)."""
         cfg = self.generate_config(**controls)
-        ids = self.encode_prompt(prompt)
+        ids = self.encode_prompt(prompt, cfg.control)
         n = cfg.num_return_sequences
         if cfg.num_beams > 1:
             if cfg.logprobs or cfg.top_logprobs:
@@ -290,12 +302,42 @@ class LanguageModel:
                     row[b] += piece
                 texts.extend(row)
         else:  # all prompts in one left-padded batch; every prompt is checked before decoding starts
-            ids = [self.encode_prompt(p) for p in prompts]
+            ids = [self.encode_prompt(p, cfg.control) for p in prompts]
             texts = [""] * (len(prompts) * n)
             for b, piece in self._stream_ids(ids, cfg):
                 texts[b] += piece
         results = [texts[i * n:(i + 1) * n] if n > 1 else texts[i] for i in range(len(prompts))]
         return results[0] if isinstance(prompt, str) else results
+
+    def chat_template(self, template: str = "") -> ChatTemplate:
+        """The chat template: ``template``, else the one this model was fine-tuned with, else its
+        tokenizer's, else arlm's default."""
+        self._need_tokenizer()
+        return ChatTemplate.for_model(self.tokenizer, template or self.config.get("chat_template") or "")
+
+    def evaluate_task(self, examples: list[dict[str, str]], metric: str, batch_size: int = 8, chat: bool = False,
+                      **controls) -> tuple[dict[str, Any], list[str]]:
+        """Generate for each example's prompt (greedy unless ``controls`` say otherwise) and score the
+        outputs against the references with ``metric``; returns (scores, predictions)."""
+        controls = {"temperature": 0.0, **controls}
+        cfg = self.generate_config(**controls)
+        if cfg.num_return_sequences != 1 or cfg.num_beams > 1:
+            raise UserError("task evaluation scores one prediction per prompt: use num_return_sequences=1, num_beams=1")
+        template = self.chat_template() if chat else None
+        if template is not None:
+            cfg = dataclasses.replace(cfg, stop=cfg.stop + template.stop)
+        predictions: list[str] = []
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            if template is not None:
+                ids = [template.prompt_ids([{"role": "user", "content": ex["prompt"]}])[-self.block_size:] for ex in chunk]
+            else:
+                ids = [self.encode_prompt(ex["prompt"]) for ex in chunk]
+            texts = [""] * len(chunk)
+            for b, piece in self._stream_ids(ids, cfg):
+                texts[b] += piece
+            predictions += texts
+        return score(metric, predictions, [ex["reference"] for ex in examples]), predictions
 
     def _need_tokenizer(self) -> None:
         if self.tokenizer is None:
@@ -310,6 +352,61 @@ class LanguageModel:
 
     def perplexity(self, text: str, stride: int = 0) -> float:
         return self.evaluate(text, stride=stride)["perplexity"]
+
+
+class ChatSession:
+    """A multi-turn conversation with a model: ``send`` streams the reply to a user message.
+
+    The whole conversation is kept (``messages``, for ``save``); each reply is generated from as much
+    of it as fits the context window with room for the reply (:func:`arlm.data.sft.fit_messages`:
+    the oldest turns go first, the system prompt never).
+    """
+
+    def __init__(self, lm: LanguageModel, system: str = "", template: str = "", **controls):
+        self.lm = lm
+        self.template = lm.chat_template(template)
+        self.cfg = lm.generate_config(**{**CHAT_DEFAULTS, **lm.generation_defaults, **controls})
+        if self.cfg.num_return_sequences != 1 or self.cfg.num_beams > 1:
+            raise UserError("chat produces one reply at a time: use num_return_sequences=1 and num_beams=1")
+        self.system = system
+        self.messages: list[dict[str, str]] = []
+        self.dropped = 0  # messages left out of the last reply's context
+
+    def reset(self) -> None:
+        self.messages = []
+        self.dropped = 0
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The system prompt (if any) and every message so far, in the JSONL ``messages`` format."""
+        return ([{"role": "system", "content": self.system}] if self.system else []) + list(self.messages)
+
+    def send(self, text: str) -> Iterator[str]:
+        """Add a user message and return an iterator of the reply's pieces; the reply joins the
+        conversation once the iterator is exhausted. A message that cannot fit raises here, at once."""
+        if not text.strip():
+            raise UserError("empty message")
+        self.messages.append({"role": "user", "content": text})
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        try:
+            ids, self.dropped, room = fit_messages(self.template.prompt_ids, system, self.messages, self.lm.block_size,
+                                                   self.cfg.max_new_tokens)
+        except UserError:
+            self.messages.pop()
+            raise
+        cfg = dataclasses.replace(self.cfg, max_new_tokens=room, stop=self.cfg.stop + self.template.stop)
+        return self._reply(ids, cfg)
+
+    def _reply(self, ids: list[int], cfg: GenerateConfig) -> Iterator[str]:
+        reply = []
+        for _, piece in self.lm._stream_ids(ids, cfg):
+            reply.append(piece)
+            yield piece
+        self.messages.append({"role": "assistant", "content": "".join(reply).strip()})
+
+    def save(self, path: str | Path) -> Path:
+        """Write the conversation as one JSON line ({"messages": [...]}, the fine-tuning format), atomically."""
+        atomic_write_text(path, json.dumps({"messages": self.conversation()}, ensure_ascii=False) + "\n")
+        return Path(path)
 
 
 def load(path: str | Path, device: str = "auto", precision: str = "float32") -> LanguageModel:

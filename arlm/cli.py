@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import arlm
-from arlm.config import (ConvertConfig, EvalConfig, GenerateConfig, PrepareConfig, TrainConfig, apply_preset,
-                         field_types, from_dict, read_toml)
+from arlm.config import (CHAT_DEFAULTS, FINETUNE_DEFAULTS, LORA_DEFAULTS, ConvertConfig, EvalConfig, GenerateConfig,
+                         PrepareConfig, TrainConfig, apply_preset, field_types, from_dict, merge, read_toml)
 from arlm.errors import UserError
+from arlm.fsutil import atomic_write_text
 
 log = logging.getLogger("arlm")
 
@@ -32,10 +33,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of config dataclass ``cls`` (nested dataclasses become their own group)."""
+def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = (),
+                    defaults: dict[str, Any] | None = None) -> None:
+    """Add one flag per field of config dataclass ``cls`` (nested dataclasses become their own group);
+    ``defaults`` replaces the dataclass's in the help text (a verb that applies its own, e.g. finetune)."""
     types = field_types(cls)
-    defaults = cls()
+    instance = cls()
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -44,7 +47,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip
             group = parser.add_argument_group(f"{f.name} options ([{f.name}] table in a TOML config)")
             add_config_args(group, tp, prefix=f"{prefix}{f.name}.")
             continue
-        default = getattr(defaults, f.name)
+        default = (defaults or {}).get(f.name, getattr(instance, f.name))
         help_text = f.metadata.get("help", "")
         if default not in ("", None, []) and not isinstance(default, bool):
             help_text += f" (default: {default})"
@@ -136,7 +139,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config:  # check the file on its own first, so an error names it
         from_dict(TrainConfig, apply_preset(config), args.config)
     overrides = explicit_values(args, _names(TrainConfig))
-    summary = train(config, **overrides)
+    return _report_training(args, train(config, **overrides))
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from arlm.train.loop import train
+
+    config = read_toml(args.config) if args.config else {}
+    overrides = explicit_values(args, _names(TrainConfig))
+    if not overrides.get("resume"):
+        if not args._model:
+            raise UserError("no model given: add --model DIR (the model to fine-tune), or --resume OUT to continue a run")
+        overrides["init_from"] = args._model
+    lora = overrides.get("lora_rank", config.get("lora_rank", 0))
+    defaults = merge(FINETUNE_DEFAULTS, LORA_DEFAULTS) if lora else FINETUNE_DEFAULTS
+    return _report_training(args, train(merge(defaults, config), **overrides))
+
+
+def _report_training(args: argparse.Namespace, summary: dict[str, Any]) -> int:
     if summary.get("rank", 0):  # under torchrun only the main process reports
         return 0
     if args.json:
@@ -231,12 +251,67 @@ def _print_completions(args: argparse.Namespace, completions) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from arlm.api import ChatSession, generate_config, load
+
+    controls = explicit_values(args, _names(GenerateConfig))
+    generate_config(**controls)  # bad options fail before the model is loaded
+    m = load(args.model, device=args.device, precision=args.precision)
+    session = ChatSession(m, system=args.system, template=args.chat_template, **controls)
+    print(f"chatting with {m.config.get('path', args.model)} ({m.block_size} tokens of context). "
+          f"Commands: /reset, /save FILE, /system TEXT, /exit", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> " if sys.stdin.isatty() else "")
+        except EOFError:
+            break
+        command, _, rest = line.strip().partition(" ")
+        if not line.strip():
+            continue
+        if command in ("/exit", "/quit"):
+            break
+        if command == "/reset":
+            session.reset()
+            print("(conversation cleared)", file=sys.stderr)
+        elif command == "/save":
+            if not rest.strip():
+                print("usage: /save FILE.jsonl", file=sys.stderr)
+                continue
+            try:
+                print(f"(saved {len(session.conversation())} messages to {session.save(rest.strip())})", file=sys.stderr)
+            except OSError as e:
+                print(f"(could not save: {e.strerror or e})", file=sys.stderr)
+        elif command == "/system":
+            session.system = rest.strip()
+            print(f"(system prompt {'set' if session.system else 'removed'})", file=sys.stderr)
+        elif command.startswith("/") and command in ("/help", "/?"):
+            print("/reset: forget the conversation; /save FILE: write it as JSONL; /system TEXT: set the system "
+                  "prompt; /exit: leave", file=sys.stderr)
+        else:
+            try:
+                stream = session.send(line.strip())
+                sys.stdout.write("bot> ")
+                for piece in stream:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                sys.stdout.write("\n")
+            except UserError as e:  # e.g. a message longer than the context: say so and go on
+                print(f"\n(error: {e})", file=sys.stderr)
+                continue
+            if session.dropped:
+                print(f"(context window full: the oldest {session.dropped} message(s) were left out of this reply's "
+                      f"context)", file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from arlm.api import load
     from arlm.data.prepare import read_text_file
 
     cfg = from_dict(EvalConfig, explicit_values(args, _names(EvalConfig)), "eval options")
     cfg.validate()
+    if cfg.task:
+        return _eval_task(args, cfg)
     text = read_text_file(cfg.data, cfg.errors)
     m = load(cfg.model, device=cfg.device)
     result = m.evaluate(text, batch_size=cfg.batch_size, stride=cfg.stride)
@@ -247,6 +322,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{cfg.data}: {result['tokens']:,} tokens, {result['characters']:,} characters")
         print(f"loss {result['loss']:.4f} nats/token | perplexity {result['perplexity']:.2f} | "
               f"{result['bits_per_char']:.4f} bits/char | {result['bits_per_byte']:.4f} bits/byte")
+    return 0
+
+
+def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
+    from arlm.api import load
+    from arlm.eval.tasks import read_task
+
+    examples = read_task(cfg.task)
+    if cfg.predictions_out and not Path(cfg.predictions_out).resolve().parent.is_dir():
+        raise UserError(f"the folder of --predictions-out {cfg.predictions_out} does not exist; create it first")
+    m = load(cfg.model, device=cfg.device)
+    scores, predictions = m.evaluate_task(examples, cfg.metric, cfg.batch_size, cfg.chat,
+                                          max_new_tokens=cfg.max_new_tokens, stop=cfg.stop)
+    if cfg.predictions_out:
+        atomic_write_text(cfg.predictions_out, "".join(
+            json.dumps({"prompt": ex["prompt"], "prediction": p, "reference": ex["reference"]}, ensure_ascii=False) + "\n"
+            for ex, p in zip(examples, predictions)))
+    result = {"model": m.config.get("path", cfg.model), "task": cfg.task, "metric": cfg.metric, "examples": len(examples),
+              **scores}
+    if args.json:
+        _emit_json(result)
+        return 0
+    if cfg.metric == "rouge":
+        figure = " | ".join(f"{k.upper().replace('ROUGE', 'ROUGE-')} {scores[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL"))
+    elif cfg.metric == "exact":
+        figure = f"exact match {scores['exact']:.2f}% ({scores['matches']} of {len(examples)})"
+    else:
+        figure = f"{cfg.metric.upper() if cfg.metric == 'bleu' else 'chrF'} {scores[cfg.metric]:.2f} ({scores['signature']})"
+    print(f"{cfg.task}: {len(examples)} examples | {figure}")
+    if cfg.predictions_out:
+        print(f"predictions: {cfg.predictions_out}")
     return 0
 
 
@@ -285,7 +391,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="arlm",
-        description="Autoregressive language models: prepare a corpus, train, evaluate, generate.",
+        description="Autoregressive language models: prepare a corpus, train, fine-tune, evaluate, generate, chat.",
         epilog="Run `arlm VERB --help` for the options of each verb. Errors in your input exit with status 2.",
     )
     p.add_argument("--version", action="version", version=f"arlm {arlm.__version__}")
@@ -314,6 +420,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(sp, TrainConfig)
     json_flag(sp)
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("finetune", help="fine-tune a model (full or LoRA) on JSONL examples or a prepared corpus",
+                        description="Continue training a model (an arlm checkpoint or a Hugging Face folder) on "
+                                    "{prompt, completion} or chat {messages} examples (loss on completions and assistant "
+                                    "turns only), or on a prepared corpus (continual training, with --replay-data to "
+                                    "limit forgetting). --lora-rank R trains low-rank adapters instead of all weights. "
+                                    "The same loop and options as `arlm train`, with fine-tuning defaults.")
+    sp.add_argument("--model", dest="_model", default=None, metavar="DIR", help="the model to fine-tune (arlm checkpoint, training output "
+                                                                  "or Hugging Face folder)")
+    sp.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with training keys")
+    sp.add_argument("--dropout", dest="model.dropout", type=_typed(float, "dropout"), default=argparse.SUPPRESS,
+                    metavar="X", help="dropout while fine-tuning (default: the model's own)")
+    add_config_args(sp, TrainConfig, skip=("model", "init_from", "preset"), defaults=FINETUNE_DEFAULTS)
+    json_flag(sp)
+    sp.set_defaults(func=cmd_finetune)
 
     sp = sub.add_parser("sweep", help="grid or random search over training/model keys, one training run per trial",
                         description="Train one run per combination of --param values (a grid) or per random draw "
@@ -344,6 +465,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print {prompt, completions} as one JSON object instead of streaming")
     sp.set_defaults(func=cmd_generate)
 
+    sp = sub.add_parser("chat", help="chat with a model in the terminal (multi-turn, streamed)",
+                        description="A multi-turn conversation with a (fine-tuned) model, through its chat template. "
+                                    "The oldest turns leave the context when it is full (the system prompt stays). "
+                                    "Commands: /reset, /save FILE, /system TEXT, /exit.")
+    sp.add_argument("--model", required=True, metavar="DIR", help="checkpoint, training output or Hugging Face folder")
+    sp.add_argument("--system", default="", metavar="TEXT", help="system prompt, kept at the start of every context")
+    sp.add_argument("--chat-template", default="", metavar="TEXT|FILE",
+                    help="Jinja chat template (default: the model's own, else arlm's 'User: / Assistant:' one)")
+    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto")
+    sp.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16", "int8"),
+                    help="weights for decoding (as for generate)")
+    add_config_args(sp, GenerateConfig, skip=("num_return_sequences", "num_beams", "length_penalty", "early_stopping",
+                                              "logprobs", "top_logprobs", "echo", "control"),
+                    defaults=CHAT_DEFAULTS)
+    sp.set_defaults(func=cmd_chat)
+
     sp = sub.add_parser("convert", help="Hugging Face checkpoint <-> arlm checkpoint",
                         description="--from-hf DIR: read a Hugging Face GPT-2 / Llama / Mistral / Qwen2 folder into an "
                                     "arlm checkpoint. --to-hf DIR: write an arlm model as a folder transformers loads "
@@ -353,8 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.set_defaults(func=cmd_convert)
 
-    sp = sub.add_parser("eval", help="loss, perplexity and bits per character of a model on a text file",
-                        description="Score every token of a UTF-8 text file with a trained model.")
+    sp = sub.add_parser("eval", help="perplexity on a text file, or BLEU/chrF/ROUGE/exact match on a task",
+                        description="--data FILE: score every token of a UTF-8 text file (loss, perplexity, bits per "
+                                    "character). --task FILE.jsonl: generate for each {prompt, reference} and score the "
+                                    "predictions with sacrebleu (BLEU, chrF), rouge-score (ROUGE-1/2/L) or exact match.")
     add_config_args(sp, EvalConfig)
     json_flag(sp)
     sp.set_defaults(func=cmd_eval)

@@ -172,6 +172,9 @@ class PrepareConfig:
         "strict", "what to do with bytes that are not UTF-8: stop with an error, or replace them with U+FFFD",
         choices=("strict", "replace"),
     )
+    control: str = _f("", "control code written before each document, e.g. '<work={name}>' ({name}: the file name "
+                          "without extension; for .jsonl inputs {FIELD} is the record's FIELD); generate with --control",
+                      metavar="TEMPLATE")
 
     def validate(self) -> None:
         if not self.inputs:
@@ -192,7 +195,8 @@ class PrepareConfig:
 class TrainConfig:
     """Options of ``arlm train``. Model shape lives in ``model`` (the ``[model]`` table in TOML)."""
 
-    data: str = _f("", "prepared data folder (output of `arlm prepare`)", metavar="DIR")
+    data: str = _f("", "prepared data folder (output of `arlm prepare`), or, to fine-tune, a .jsonl file of "
+                       "{prompt, completion} or {messages} examples", metavar="DIR|FILE")
     out: str = _f("", "output folder for checkpoints (best/, latest/), metrics.jsonl and loss.png", metavar="DIR")
     resume: str = _f("", "continue a stopped run from this output folder (or checkpoint folder)", metavar="DIR")
     overwrite: bool = _f(False, "start afresh even if --out already holds a run (its checkpoints are replaced)")
@@ -233,6 +237,24 @@ class TrainConfig:
                            "replicating the model with DDP")
     threads: int = _f(0, "CPU threads for PyTorch (0: PyTorch's default)")
     progress: bool = _f(True, "show a progress bar")
+    # -- fine-tuning (docs/finetuning.md): `arlm finetune` sets init_from from its --model
+    init_from: str = _f("", "start from this model's weights (an arlm checkpoint or a Hugging Face folder) instead of "
+                            "random ones; its shape and tokenizer are used, --data is tokenized with it", metavar="DIR")
+    val_fraction: float = _f(0.1, "JSONL data: fraction of the examples (the last ones) held out for validation")
+    chat_template: str = _f("", "JSONL chat data: a Jinja chat template, or a file holding one (empty: the tokenizer's "
+                                "own, else arlm's plain 'User: / Assistant:' template)", metavar="TEXT|FILE")
+    packing: bool = _f(False, "JSONL data: pack examples end to end into full windows instead of padding each batch "
+                              "to its longest example")
+    lora_rank: int = _f(0, "LoRA: train rank-r adapters beside frozen weights (Hu et al. 2021); 0: train all weights")
+    lora_alpha: float = _f(16.0, "LoRA: the adapters' output is scaled by lora_alpha / lora_rank")
+    lora_dropout: float = _f(0.05, "LoRA: dropout on the adapters' input")
+    lora_targets: list[str] = _f(["c_attn", "c_proj", "c_fc"], "LoRA: adapt the linear layers with these names "
+                                 "(attention c_attn/c_proj, MLP c_fc/c_proj; repeatable)")
+    adapter_only: bool = _f(False, "LoRA: checkpoints hold only the adapter weights and the path of the base model "
+                                   "(default: base and adapters; loading merges them either way)")
+    replay_data: str = _f("", "continual training: a prepared data folder (e.g. the original corpus) mixed into the "
+                              "batches to limit forgetting", metavar="DIR")
+    replay_fraction: float = _f(0.0, "continual training: fraction of each batch's sequences drawn from --replay-data")
     model: GPTConfig = field(default_factory=GPTConfig)
 
     def validate(self) -> None:
@@ -259,7 +281,31 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.lora_rank < 0 or self.lora_alpha <= 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise UserError("lora_rank must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
+        if self.lora_rank and not self.lora_targets:
+            raise UserError("lora_targets is empty: name the linear layers to adapt (e.g. c_attn)")
+        if self.adapter_only and not (self.lora_rank and self.init_from):
+            raise UserError("adapter_only needs LoRA fine-tuning: give --lora-rank R and a base model (--init-from / --model)")
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise UserError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        if bool(self.replay_data) != (self.replay_fraction > 0):
+            raise UserError("replay needs both --replay-data DIR and --replay-fraction F (0 < F < 1)")
         self.model.validate()
+
+
+# `arlm finetune`: TrainConfig with these defaults (explicit flags and --config win). Fine-tuning
+# moves a trained model a little: a lower peak rate, a short warmup, frequent evaluation, and no
+# weight decay pulling the pretrained weights towards zero.
+FINETUNE_DEFAULTS: dict[str, Any] = dict(
+    max_steps=500, lr=1e-4, min_lr=1e-5, warmup_steps=20, weight_decay=0.0, eval_interval=50, eval_batches=10,
+    batch_size=8,
+)
+# LoRA's adapters start at zero and are few: they take a higher rate (Hu et al. 2021 use 2e-4 to 5e-4
+# on GPT-2; small models here learn faster with 1e-3).
+LORA_DEFAULTS: dict[str, Any] = dict(lr=1e-3, min_lr=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,6 +345,8 @@ class GenerateConfig:
     num_draft_tokens: int = _f(4, "speculative decoding: tokens the draft model proposes per round")
     compile: bool = _f(False, "compile the one-token decode step with torch.compile: faster tokens after a "
                               "slow first call (seconds to a minute); needs a C++ compiler on CPU")
+    control: str = _f("", "control code to condition on, e.g. '<work=hamlet>': generation starts as a new document "
+                          "beginning with it (the model must have been trained with such codes, `arlm prepare --control`)")
 
     def validate(self) -> None:
         if self.max_new_tokens < 0:
@@ -364,8 +412,16 @@ class EvalConfig:
     """Options of ``arlm eval``."""
 
     model: str = _f("", "checkpoint or training output folder", metavar="DIR")
-    data: str = _f("", "UTF-8 text file to score", metavar="FILE")
-    batch_size: int = _f(8, "windows per forward pass")
+    data: str = _f("", "UTF-8 text file to score (loss, perplexity, bits per character)", metavar="FILE")
+    task: str = _f("", "instead of --data: a JSONL file of {prompt, reference}; generate for each prompt (greedy) "
+                       "and score the outputs with --metric", metavar="FILE.jsonl")
+    metric: str = _f("bleu", "task metric: corpus BLEU or chrF (sacrebleu), ROUGE-1/2/L F1 (rouge-score), exact match",
+                     choices=("bleu", "chrf", "rouge", "exact"))
+    predictions_out: str = _f("", "task: write one JSON line per example with prompt, prediction and reference", metavar="FILE")
+    max_new_tokens: int = _f(128, "task: most tokens generated per prompt")
+    stop: list[str] = _f([], "task: end a prediction at this text (repeatable; e.g. a newline for one-line answers)")
+    chat: bool = _f(False, "task: send each prompt as a user message through the model's chat template")
+    batch_size: int = _f(8, "windows per forward pass (task: prompts generated together)")
     stride: int = _f(0, "0: non-overlapping windows; S: slide a full window by S tokens, scoring only the "
                         "new ones (Hugging Face's sliding-window perplexity: more context per token, slower)")
     device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto")
@@ -374,8 +430,11 @@ class EvalConfig:
     def validate(self) -> None:
         if not self.model:
             raise UserError("no model given: add --model DIR")
-        if not self.data:
-            raise UserError("no data given: add --data FILE")
+        if bool(self.data) == bool(self.task):
+            raise UserError("give --data FILE (a text to score) or --task FILE.jsonl (prompts and references), not both"
+                            if self.data else "nothing to evaluate: add --data FILE (a text) or --task FILE.jsonl")
+        if self.max_new_tokens <= 0 or any(s == "" for s in self.stop):
+            raise UserError("max_new_tokens must be positive and stop strings non-empty")
         if self.batch_size <= 0:
             raise UserError(f"batch_size must be positive, got {self.batch_size}")
         if self.stride < 0:
@@ -402,6 +461,11 @@ class ConvertConfig:
             raise UserError("--out must be a different folder from the one converted")
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not self.overwrite:
             raise UserError(f"{out} already exists; choose another --out or add --overwrite to replace it")
+
+
+# `arlm chat`: decoding defaults under the model's own and the flags given. Sampling (not greedy,
+# which loops on small models) with a moderate temperature and nucleus, as chat front-ends do.
+CHAT_DEFAULTS: dict[str, Any] = dict(temperature=0.8, top_p=0.95, max_new_tokens=200)
 
 
 # ----------------------------------------------------------------------------------------------

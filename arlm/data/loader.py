@@ -40,6 +40,10 @@ class TokenData:
             arrays[split] = np.memmap(f, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
         return cls(d, meta, arrays["train"], arrays["val"])
 
+    def rows(self, starts: list[int], block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Training rows (inputs, next-token targets) of the windows starting at ``starts``."""
+        return [(self.train[s:s + block_size], self.train[s + 1:s + 1 + block_size]) for s in starts]
+
     def check_block_size(self, block_size: int) -> None:
         """Both splits must hold at least one full window of ``block_size + 1`` tokens."""
         for split in ("train", "val"):
@@ -129,3 +133,15 @@ def sequential_batches(ids: np.ndarray, block_size: int, batch_size: int) -> Ite
             xs.append(x)
             ys.append(y)
         yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def collate(rows: list[tuple[np.ndarray, np.ndarray]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad rows to the longest: inputs with ``pad_id`` (never attended to by real positions,
+    which only look left), targets with -1 (ignored by the loss). (B, T) int64 each."""
+    T = max(len(x) for x, _ in rows)
+    x = np.full((len(rows), T), pad_id, dtype=np.int64)
+    y = np.full((len(rows), T), -1, dtype=np.int64)
+    for r, (xi, yi) in enumerate(rows):
+        x[r, :len(xi)] = xi
+        y[r, :len(yi)] = yi
+    return torch.from_numpy(x), torch.from_numpy(y)

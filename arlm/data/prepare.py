@@ -77,12 +77,13 @@ def read_text_file(path: str | Path, errors: str = "strict") -> str:
     return decode_utf8(path.read_bytes(), str(path), errors)
 
 
-def iter_documents(files: list[Path], jsonl_field: str = "text", errors: str = "strict") -> Iterator[str]:
-    """Yield the documents of each file: the whole file, or one per line of a ``.jsonl`` file."""
+def iter_documents(files: list[Path], jsonl_field: str = "text", errors: str = "strict") -> Iterator[tuple[str, dict]]:
+    """Yield ``(document, fields)`` for each file: the whole file with {"name": its stem}, or one per
+    line of a ``.jsonl`` file with the record's fields."""
     for f in files:
         text = read_text_file(f, errors)
         if f.suffix.lower() != ".jsonl":
-            yield text
+            yield text, {"name": f.stem}
             continue
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -97,7 +98,17 @@ def iter_documents(files: list[Path], jsonl_field: str = "text", errors: str = "
             value = rec[jsonl_field]
             if not isinstance(value, str):
                 raise UserError(f"{f} line {n}: field '{jsonl_field}' must be a string, got {type(value).__name__}")
-            yield value
+            yield value, {"name": f.stem, **rec}
+
+
+def control_code(template: str, fields: dict, where: str) -> str:
+    """``template`` with {FIELD}s filled from a document's fields (see PrepareConfig.control)."""
+    try:
+        return template.format_map(fields)
+    except KeyError as e:
+        raise UserError(f"--control {template!r}: {where} has no field {e}; available: {', '.join(fields)}") from None
+    except (ValueError, IndexError) as e:
+        raise UserError(f"--control {template!r} is not a valid template ({e}); write fields as {{name}}") from None
 
 
 def _chunks(text: str, size: int = 1 << 16) -> list[str]:
@@ -140,7 +151,14 @@ def prepare(cfg: PrepareConfig) -> dict:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_FILE).exists())):
         raise UserError(f"output folder {out} exists and is not an arlm data folder; choose a new --out")
     files = collect_files(cfg.inputs, cfg.glob)
-    docs = [d for d in iter_documents(files, cfg.jsonl_field, cfg.errors) if d]
+    docs, controls = [], set()
+    for doc, fields in iter_documents(files, cfg.jsonl_field, cfg.errors):
+        if doc and cfg.control:  # conditional training: the code opens the document (CTRL, Keskar et al. 2019)
+            code = control_code(cfg.control, fields, fields.get("name", "a document"))
+            controls.add(code)
+            doc = code + doc
+        if doc:
+            docs.append(doc)
     n_chars = sum(len(d) for d in docs)
     if n_chars == 0:
         raise UserError(f"the corpus is empty: {len(files)} input file(s) contain no text")
@@ -170,6 +188,9 @@ def prepare(cfg: PrepareConfig) -> dict:
         "split": "tail",
         "sources": [str(f) for f in files],
     }
+    if cfg.control:
+        meta["control"] = cfg.control
+        meta["controls"] = sorted(controls)[:10_000]
     with atomic_dir(out) as tmp:
         train_ids.astype(dtype).tofile(tmp / "train.bin")
         val_ids.astype(dtype).tofile(tmp / "val.bin")

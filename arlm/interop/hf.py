@@ -316,6 +316,12 @@ def generation_defaults(gen: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def hf_model_config(path: str | Path) -> GPTConfig:
+    """The arlm model shape of a Hugging Face folder, from its config.json alone."""
+    d = Path(path)
+    return gpt_config_from_hf(read_json(d / CONFIG, "is this a Hugging Face model folder?"), str(d / CONFIG))
+
+
 def load_hf(path: str | Path) -> tuple[GPT, Tokenizer | None, dict[str, Any]]:
     """(model in eval mode on CPU, tokenizer or None if the folder has none, info) from a Hugging Face model folder."""
     d = Path(path)
@@ -439,6 +445,8 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path, info: dict[str,
     cfg = model.config
     layout = hf_layout(cfg)
     hf_tok = hf_tokenizer(tokenizer)
+    if info.get("chat_template") and not hf_tok.config.get("chat_template"):  # the template it was fine-tuned with
+        hf_tok = PretrainedTokenizer(hf_tok.tok, {**hf_tok.config, "chat_template": info["chat_template"]})
     eos_ids = info.get("eos_token_ids") or _eos_list(hf_tok.eot_id)
     eos: int | list[int] | None = (eos_ids[0] if len(eos_ids) == 1 else eos_ids) if eos_ids else None
     bos = hf_tok.bos_id if hf_tok.bos_id is not None else (eos_ids[0] if eos_ids else None)

@@ -18,6 +18,8 @@ from arlm.errors import UserError
 from arlm.fsutil import read_json
 from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE
 
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
 
 def _token_text(value: Any) -> str | None:
     """A special token as written in tokenizer_config.json: a string or an AddedToken dict."""
@@ -58,6 +60,8 @@ class PretrainedTokenizer:
         when tokenizer_config.json does not name the special tokens."""
         d = Path(directory)
         config = read_json(d / TOKENIZER_CONFIG, "fix or delete it") if (d / TOKENIZER_CONFIG).is_file() else {}
+        if (d / CHAT_TEMPLATE_FILE).is_file():  # transformers 5 saves the chat template beside the config
+            config["chat_template"] = (d / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
         if (d / TOKENIZER_FILE).is_file():
             try:
                 tok = HFTokenizer.from_file(str(d / TOKENIZER_FILE))

@@ -27,6 +27,7 @@ from arlm.config import GPTConfig, TrainConfig, from_dict, to_dict
 from arlm.errors import UserError
 from arlm.fsutil import atomic_dir, read_json, recover_dir
 from arlm.model.gpt import GPT
+from arlm.model.lora import apply_lora, merge_lora
 from arlm.model.weights import assign_weights, empty_model
 from arlm.tokenizers import Tokenizer, load_tokenizer
 
@@ -78,7 +79,9 @@ def read_config(ckpt: Path) -> dict[str, Any]:
     return read_json(ckpt / CONFIG, "this checkpoint is incomplete; use another (best/ or latest/) or train again")
 
 
-def load_weights(model: GPT, ckpt: Path) -> None:
+def load_weights(model: GPT, ckpt: Path, adapter_only: bool = False) -> None:
+    """Load a checkpoint's weights into ``model``; ``adapter_only``: the file holds only LoRA adapters
+    and ``model`` already has its base weights."""
     f = ckpt / WEIGHTS
     if not f.is_file():
         raise UserError(f"checkpoint {ckpt} is incomplete: {WEIGHTS} is missing")
@@ -87,7 +90,39 @@ def load_weights(model: GPT, ckpt: Path) -> None:
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"checkpoint {ckpt} is damaged or truncated ({WEIGHTS}: {e}); use another checkpoint "
                         f"(best/ or latest/) or train again") from None
-    assign_weights(model, sd, f"checkpoint {ckpt} does not match its config.json")
+    if not adapter_only:
+        assign_weights(model, sd, f"checkpoint {ckpt} does not match its config.json")
+        return
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected or any(".lora_" in k for k in missing):
+        raise UserError(f"the adapters in {ckpt} do not fit their base model ({(unexpected or missing)[0]})")
+
+
+def model_config(path: str | Path) -> GPTConfig:
+    """The model shape of a checkpoint, training output or Hugging Face folder, without loading weights."""
+    from arlm.interop.hf import hf_model_config, is_hf_dir
+
+    if is_hf_dir(path):
+        return hf_model_config(path)
+    ckpt = resolve_checkpoint(path)
+    return from_dict(GPTConfig, read_config(ckpt).get("model", {}), f"{ckpt / CONFIG} [model]")
+
+
+def _with_adapters(ckpt: Path, config: dict[str, Any], mcfg: GPTConfig, device) -> GPT:
+    """A LoRA fine-tuned checkpoint as an ordinary model: base weights (from the file, or from the base
+    model for adapter-only files) plus adapters, merged."""
+    lora = config["lora"]
+    if lora.get("adapter_only"):
+        base = lora.get("base")
+        if not base or not Path(base).exists():
+            raise UserError(f"{ckpt} holds only LoRA adapters; their base model {base!r} is not there. Put it back, "
+                            f"or fine-tune again without --adapter-only")
+        model, _, _ = load_model(base, "cpu")
+    else:
+        model = empty_model(mcfg)
+    apply_lora(model, lora["rank"], lora["alpha"], 0.0, lora["targets"])
+    load_weights(model, ckpt, adapter_only=bool(lora.get("adapter_only")))
+    return merge_lora(model)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict[str, Any]]:
@@ -104,8 +139,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GP
         raise UserError(f"checkpoint {ckpt} has a model type this version of arlm cannot load")
     mcfg = from_dict(GPTConfig, config["model"], f"{ckpt / CONFIG} [model]")
     tokenizer = load_tokenizer(ckpt)
-    model = empty_model(mcfg)
-    load_weights(model, ckpt)
+    if config.get("lora"):
+        model = _with_adapters(ckpt, config, mcfg, device)
+    else:
+        model = empty_model(mcfg)
+        load_weights(model, ckpt)
     model.to(device).eval()
     config["path"] = str(ckpt)
     return model, tokenizer, config

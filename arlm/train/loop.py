@@ -25,13 +25,17 @@ from typing import Any, Callable, Iterator
 import torch
 
 from arlm.config import TrainConfig, apply_preset, from_dict, read_toml, to_dict
-from arlm.data.loader import TokenData, WindowSampler, random_batch, sequential_batches, windows
+from arlm.data.loader import TokenData, WindowSampler, collate, random_batch, sequential_batches, windows
+from arlm.data.sft import SFTData
 from arlm.errors import UserError
 from arlm.eval.perplexity import loss_over_batches
 from arlm.fsutil import atomic_write_text
 from arlm.model import build_model
+from arlm.model.lora import adapter_state, apply_lora, lora_info
+from arlm.model.weights import assign_weights, empty_model
 from arlm.runtime import autocast, resolve_device, resolve_dtype, seed_everything, set_threads
 from arlm.tokenizers import load_tokenizer
+from arlm.tokenizers.base import same_vocabulary
 from arlm.train import checkpoint as ckpt_io
 from arlm.train import distributed
 from arlm.train.optim import lr_at, make_optimizer, plateau_update
@@ -143,25 +147,34 @@ def optimizer_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer: 
                    dtype: torch.dtype) -> torch.Tensor:
     """One optimizer step over ``cfg.grad_accum_steps`` (x, y) micro-batches; the mean loss (a tensor,
     not synchronised). ``wrapped`` is what runs the forward pass (the model, compiled, or in DDP/FSDP),
-    ``model`` the plain module. bench/train.py times exactly this."""
+    ``model`` the plain module; ``micro_batches`` yields (x, y) or (x, y, number of targets).
+    bench/train.py times exactly this."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+    batches = list(micro_batches)
+    # A micro-batch may come as (x, y, n) with n its number of targets that are not -1 (fine-tuning data
+    # masks prompts and padding): its loss, a mean over its own targets, then counts in proportion to
+    # n, so the step's loss is the mean over every target of the step, as one big batch would give.
+    counts = [b[2] if len(b) > 2 else 1 for b in batches]
+    total = max(sum(counts), 1)
     loss_sum = torch.zeros((), device=device)
-    for micro, (x, y) in enumerate(micro_batches):
-        with distributed.gradient_sync(wrapped, micro == cfg.grad_accum_steps - 1):
+    for micro, (x, y, *_) in enumerate(batches):
+        weight = counts[micro] / total
+        with distributed.gradient_sync(wrapped, micro == len(batches) - 1):
             with autocast(device, dtype):
                 _, loss = wrapped(x, y)
-            # Average over micro-batches so the gradient equals that of one big batch
-            # (DDP/FSDP average over processes).
-            scaler.scale(loss / cfg.grad_accum_steps).backward()
-        loss_sum += loss.detach()
+            # (DDP/FSDP then average over processes.) A micro-batch without targets has a NaN loss
+            # but zero gradients; it still runs so that the last one synchronises the processes.
+            scaler.scale(loss * weight).backward()
+        if counts[micro]:
+            loss_sum += loss.detach() * weight
     if cfg.grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum / cfg.grad_accum_steps
+    return loss_sum
 
 
 def train(config: dict[str, Any] | TrainConfig | str | Path | None = None, callbacks: list[Callback] | None = None,
@@ -181,8 +194,38 @@ def train(config: dict[str, Any] | TrainConfig | str | Path | None = None, callb
         resume_ckpt, cfg = ckpt_io.resume_config(d["resume"], {k: v for k, v in d.items() if k != "resume"})
         cfg.validate()
     else:
+        if d.get("init_from"):
+            d = _shape_from_base(d)
         resume_ckpt, cfg = None, build_config(d)
     return _run(cfg, resume_ckpt, callbacks or [])
+
+
+def _shape_from_base(d: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tuning keeps the base model's shape; of the model keys only dropout may be changed."""
+    if d.get("preset"):
+        raise UserError("--preset sets a model shape, but fine-tuning keeps the shape of the model it starts from; drop it")
+    base = to_dict(ckpt_io.model_config(d["init_from"]))
+    for key, value in (d.get("model") or {}).items():
+        if key != "dropout" and base.get(key) != value:
+            raise UserError(f"model.{key} comes from the model being fine-tuned ({base.get(key)!r}); only model.dropout "
+                            f"can be changed (drop model.{key} = {value!r})")
+    return {**d, "model": {**base, **(d.get("model") or {})}}
+
+
+def _open_data(path: str, tokenizer, cfg: TrainConfig):
+    """The training data: a prepared token folder, or a JSONL file of fine-tuning examples tokenized
+    with the base model's ``tokenizer``."""
+    p = Path(path)
+    if p.suffix.lower() == ".jsonl" or p.is_file():
+        if tokenizer is None:
+            raise UserError(f"{p} is fine-tuning data (JSONL examples): start from a model with --init-from DIR, or run "
+                            f"`arlm finetune --model DIR --data {p}`. To pretrain on JSONL text, run `arlm prepare {p}` first")
+        return SFTData(p, tokenizer, cfg.model.block_size, cfg.val_fraction, cfg.chat_template, cfg.packing)
+    data = TokenData.open(p)
+    if tokenizer is not None and not same_vocabulary(load_tokenizer(data.path), tokenizer):
+        raise UserError(f"{p} was prepared with another tokenizer than the model's; prepare it again with the model's "
+                        f"tokenizer, or give the examples as JSONL")
+    return data
 
 
 def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) -> dict[str, Any]:
@@ -199,14 +242,26 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     dtype = resolve_dtype(cfg.dtype, device)
     out = Path(cfg.out)
 
-    data = TokenData.open(cfg.data)
-    tokenizer = load_tokenizer(data.path)
+    base_model, tokenizer, base_info = None, None, {}
+    if cfg.init_from:
+        base_model, tokenizer, base_info = ckpt_io.load_model(cfg.init_from)
+        if tokenizer is None:
+            raise UserError(f"{cfg.init_from} has no tokenizer files; copy its tokenizer into the folder to fine-tune it")
+    if cfg.lora_rank and cfg.fsdp and ctx.distributed:
+        raise UserError("LoRA is not supported with --fsdp; train the adapters with DDP (drop --fsdp)")
+    data = _open_data(cfg.data, tokenizer, cfg)
+    tokenizer = tokenizer or load_tokenizer(data.path)
+    replay = _open_data(cfg.replay_data, tokenizer, cfg) if cfg.replay_data else None
+    if replay is not None and not isinstance(replay, TokenData):
+        raise UserError("--replay-data must be a prepared data folder (`arlm prepare`), not JSONL")
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = int(data.meta["vocab_size"])
     elif cfg.model.vocab_size < data.meta["vocab_size"]:
         raise UserError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
                         f"({data.meta['vocab_size']}); leave vocab_size at 0 to take it from the data")
     data.check_block_size(cfg.model.block_size)
+    if replay is not None:
+        replay.check_block_size(cfg.model.block_size)
     if resume_ckpt is None and ctx.main:
         _claim_output(out, cfg.overwrite)
     distributed.barrier(ctx)  # no process writes before the main one has cleared the folder
@@ -214,9 +269,19 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
 
     # Every process builds the same initial weights (DDP also broadcasts them; FSDP shards them as they are).
     seed_everything(cfg.seed)
-    model = build_model(cfg.model).to(device)
+    if base_model is not None:  # fine-tuning: the base weights, in a model with this run's dropout
+        model = empty_model(cfg.model)
+        assign_weights(model, base_model.state_dict(), f"{cfg.init_from} does not match its own config")
+        del base_model
+    else:
+        model = build_model(cfg.model)
+    if cfg.lora_rank:
+        trainable = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        log.info("LoRA rank %d on %s: %s trainable parameters (%.2f%% of the model)", cfg.lora_rank,
+                 ", ".join(cfg.lora_targets), f"{trainable:,}", 100 * trainable / sum(p.numel() for p in model.parameters()))
+    model = model.to(device)
     if resume_ckpt is not None:
-        ckpt_io.load_weights(model, resume_ckpt)
+        ckpt_io.load_weights(model, resume_ckpt, adapter_only=cfg.adapter_only)
     if cfg.activation_checkpointing:
         if not hasattr(model, "checkpointing"):
             raise UserError("--activation-checkpointing applies to GPT models (an LSTM's layers are one PyTorch module)")
@@ -226,7 +291,12 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = WindowSampler(len(data.train), cfg.model.block_size, cfg.sampling, cfg.seed, data_gen)
+    if isinstance(data, SFTData) and not data.packing:  # one example per row: draw example indices
+        sampler = WindowSampler(len(data.train) + 1, 1, cfg.sampling, cfg.seed, data_gen)
+    else:  # windows of a token stream (a prepared corpus, or packed examples)
+        sampler = WindowSampler(data.size if isinstance(data, SFTData) else len(data.train), cfg.model.block_size,
+                                cfg.sampling, cfg.seed, data_gen)
+    rows_drawn = 0  # sequences drawn so far (replay takes floor(rows_drawn * replay_fraction) of them)
     step, best_val, bad_evals, tokens_seen, elapsed_before = 0, math.inf, 0, 0, 0.0
     plateau = {"scale": 1.0, "bad": 0}  # the plateau schedule's learning-rate factor and its patience count
 
@@ -242,6 +312,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], data_gen)
         step, best_val, bad_evals = int(state["step"]), float(state["best_val"]), int(state["bad_evals"])
+        rows_drawn = int(state.get("rows_drawn", 0))
         plateau.update(state.get("plateau", {}))
         tokens_seen, elapsed_before = int(state["tokens_seen"]), float(state["elapsed_s"])
         if step >= cfg.max_steps:
@@ -266,8 +337,14 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
     # Windows of the global batch size (so the set does not depend on the number of processes); each
     # process scores its own slice of every batch, and the mean of the equal-sized slices is the mean.
-    eval_set = [tuple(t[ctx.rank * B:(ctx.rank + 1) * B] for t in random_batch(data.val, B * ctx.world_size, cfg.model.block_size, eval_gen))
-                for _ in range(cfg.eval_batches)]
+    if isinstance(data, TokenData):
+        eval_set = [tuple(t[ctx.rank * B:(ctx.rank + 1) * B] for t in random_batch(data.val, B * ctx.world_size, cfg.model.block_size, eval_gen))
+                    for _ in range(cfg.eval_batches)]
+    else:  # the first held-out examples, the same in every process
+        rows = data.val_rows()[:B * cfg.eval_batches]
+        eval_set = [collate(rows[i:i + B]) for i in range(0, len(rows), B)]
+    # continual training: also watch the loss on the replayed corpus (what fine-tuning may make the model forget)
+    replay_eval = [random_batch(replay.val, B, cfg.model.block_size, eval_gen) for _ in range(cfg.eval_batches)] if replay else []
 
     def evaluate() -> float:
         return distributed.mean(torch.tensor(loss_over_batches(compiled, eval_set, device, dtype), device=device), ctx).item()
@@ -282,22 +359,33 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     def save(name: str, val_loss: float | None, with_state: bool) -> None:
         """Write a checkpoint from the main process (under FSDP every process helps gather the weights)."""
         weights = distributed.full_model_state(wrapped) if sharded else None
+        if cfg.adapter_only:
+            weights = adapter_state(weights or model.state_dict())
         optim = distributed.full_optimizer_state(model, optimizer) if with_state else None
         if ctx.main:
             state = None
             if with_state:
                 state = {
                     "optimizer": optim, "scaler": scaler.state_dict(), "rng": _rng_state(data_gen),
-                    "sampler": sampler.state_dict(), "step": step, "best_val": best_val, "bad_evals": bad_evals, "plateau": dict(plateau),
+                    "sampler": sampler.state_dict(), "rows_drawn": rows_drawn, "step": step, "best_val": best_val, "bad_evals": bad_evals, "plateau": dict(plateau),
                     "tokens_seen": tokens_seen, "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
                 }
             ckpt_io.save_checkpoint(out / name, model, tokenizer, info(val_loss), state, weights)
         distributed.barrier(ctx)
 
+    # What a fine-tuned checkpoint carries over from its base (end-of-sequence ids, decoding defaults,
+    # origin, chat template), and what it adds (its chat template, its adapters).
+    carried = {k: base_info[k] for k in ("eos_token_ids", "generation", "source", "chat_template") if k in base_info}
+    if isinstance(data, SFTData) and data.template is not None:
+        carried["chat_template"] = data.template.source
+    if cfg.lora_rank:
+        carried["lora"] = lora_info(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
+                                    str(Path(cfg.init_from).resolve()) if cfg.init_from else None, cfg.adapter_only)
+
     def info(val_loss: float | None) -> dict[str, Any]:
         train_dict = to_dict(cfg)
         train_dict.pop("model")
-        return {"train": train_dict, "step": step, "val_loss": val_loss, "data": data.meta}
+        return {"train": train_dict, "step": step, "val_loss": val_loss, "data": data.meta, **carried}
 
     stop_flag: dict[str, Any] = {}
     status = "completed"
@@ -307,11 +395,22 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     bar = _progress(cfg.max_steps, step, cfg.progress and ctx.main)
 
     def micro_batches():
+        nonlocal rows_drawn
+        T, G = cfg.model.block_size, B * ctx.world_size
         for _ in range(cfg.grad_accum_steps):
             # Every process draws the same global batch and reads its own slice of it.
-            starts = sampler.next(B * ctx.world_size)[ctx.rank * B:(ctx.rank + 1) * B]
-            x, y = windows(data.train, starts, cfg.model.block_size)
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if replay is None and isinstance(data, TokenData):
+                x, y = windows(data.train, sampler.next(G)[ctx.rank * B:(ctx.rank + 1) * B], T)
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                continue
+            k = math.floor((rows_drawn + G) * cfg.replay_fraction) - math.floor(rows_drawn * cfg.replay_fraction)
+            rows_drawn += G
+            rows = data.rows(sampler.next(G - k), T)
+            if k:  # replayed windows as long as this batch's other rows
+                Tr = max((len(x) for x, _ in rows), default=T)
+                rows += replay.rows(torch.randint(len(replay.train) - Tr, (k,), generator=data_gen).tolist(), Tr)
+            x, y = collate(rows[ctx.rank * B:(ctx.rank + 1) * B], tokenizer.eot_id or 0)
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), int((y != -1).sum())
 
     model.train()
     with _graceful_interrupt(stop_flag), _logging_through(bar):
@@ -343,6 +442,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
 
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 last_val = evaluate()
+                replay_val = loss_over_batches(compiled, replay_eval, device, dtype) if replay_eval else None
                 improved = last_val < best_val - cfg.min_delta
                 if improved:
                     best_val, bad_evals = last_val, 0
@@ -354,7 +454,8 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
                              cfg.plateau_patience, lr_at(step, cfg, plateau["scale"]))
                 save(ckpt_io.LATEST, last_val, with_state=True)
                 log.info("step %d: val loss %.4f (ppl %.2f)%s", step, last_val, math.exp(last_val), " *best*" if improved else "")
-                if record({"step": step, "val_loss": last_val, "val_ppl": math.exp(last_val)}):
+                if record({"step": step, "val_loss": last_val, "val_ppl": math.exp(last_val)}
+                          | ({"replay_val_loss": replay_val} if replay_val is not None else {})):
                     stop_flag["stop"] = "callback"
                 if cfg.patience and bad_evals >= cfg.patience:
                     status = "early_stopped"
@@ -386,11 +487,16 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     if ctx.main and cfg.final_eval and status in ("completed", "early_stopped", "time_limit") \
             and (out / ckpt_io.BEST).exists():
         best = build_model(cfg.model).to(device) if sharded else model  # a sharded model cannot take whole weights
-        ckpt_io.load_weights(best, out / ckpt_io.BEST)
-        val = loss_over_batches(best, sequential_batches(data.val, cfg.model.block_size, cfg.batch_size), device, dtype)
+        ckpt_io.load_weights(best, out / ckpt_io.BEST, adapter_only=cfg.adapter_only)
+        if isinstance(data, TokenData):
+            batches, n_val = sequential_batches(data.val, cfg.model.block_size, cfg.batch_size), int(len(data.val))
+        else:  # every held-out example; the tokens scored are its completion tokens
+            rows = data.val_rows()
+            batches, n_val = [collate(rows[i:i + B]) for i in range(0, len(rows), B)], sum(int((y != -1).sum()) for _, y in rows)
+        val = loss_over_batches(best, batches, device, dtype)
         summary["val_loss"] = val
         summary["val_ppl"] = math.exp(val)
-        summary["val_tokens"] = int(len(data.val))
+        summary["val_tokens"] = n_val
         record({"step": step, "final_val_loss": val, "final_val_ppl": math.exp(val)})
     if not ctx.main:
         return summary
