@@ -376,9 +376,12 @@ class ChatSession:
         self.messages = []
         self.dropped = 0
 
+    def _system(self) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system}] if self.system else []
+
     def conversation(self) -> list[dict[str, str]]:
         """The system prompt (if any) and every message so far, in the JSONL ``messages`` format."""
-        return ([{"role": "system", "content": self.system}] if self.system else []) + list(self.messages)
+        return self._system() + list(self.messages)
 
     def send(self, text: str) -> Iterator[str]:
         """Add a user message and return an iterator of the reply's pieces; the reply joins the
@@ -386,9 +389,8 @@ class ChatSession:
         if not text.strip():
             raise UserError("empty message")
         self.messages.append({"role": "user", "content": text})
-        system = [{"role": "system", "content": self.system}] if self.system else []
         try:
-            ids, self.dropped, room = fit_messages(self.template.prompt_ids, system, self.messages, self.lm.block_size,
+            ids, self.dropped, room = fit_messages(self.template.prompt_ids, self._system(), self.messages, self.lm.block_size,
                                                    self.cfg.max_new_tokens)
         except UserError:
             self.messages.pop()

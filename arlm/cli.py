@@ -284,7 +284,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         elif command == "/system":
             session.system = rest.strip()
             print(f"(system prompt {'set' if session.system else 'removed'})", file=sys.stderr)
-        elif command.startswith("/") and command in ("/help", "/?"):
+        elif command.startswith("/"):  # /help, or a mistyped command: not a message to send
             print("/reset: forget the conversation; /save FILE: write it as JSONL; /system TEXT: set the system "
                   "prompt; /exit: leave", file=sys.stderr)
         else:

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
+from arlm.data.loader import collate
 from arlm.data.prepare import read_text_file
 from arlm.errors import UserError
 from arlm.tokenizers.base import EOT, Tokenizer
@@ -316,5 +318,7 @@ class SFTData:
             return [(ids[s:s + T], labels[s + 1:s + 1 + T]) for s in picks]
         return [self.train[i].xy() for i in picks]
 
-    def val_rows(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [ex.xy() for ex in self.val]
+    def val_batches(self, batch_size: int, limit: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The held-out examples (the first ``limit`` of them, or all) as padded batches."""
+        rows = [ex.xy() for ex in self.val[:limit]]
+        return [collate(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]

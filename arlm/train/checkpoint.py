@@ -108,7 +108,7 @@ def model_config(path: str | Path) -> GPTConfig:
     return from_dict(GPTConfig, read_config(ckpt).get("model", {}), f"{ckpt / CONFIG} [model]")
 
 
-def _with_adapters(ckpt: Path, config: dict[str, Any], mcfg: GPTConfig, device) -> GPT:
+def _with_adapters(ckpt: Path, config: dict[str, Any], mcfg: GPTConfig) -> GPT:
     """A LoRA fine-tuned checkpoint as an ordinary model: base weights (from the file, or from the base
     model for adapter-only files) plus adapters, merged."""
     lora = config["lora"]
@@ -140,7 +140,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GP
     mcfg = from_dict(GPTConfig, config["model"], f"{ckpt / CONFIG} [model]")
     tokenizer = load_tokenizer(ckpt)
     if config.get("lora"):
-        model = _with_adapters(ckpt, config, mcfg, device)
+        model = _with_adapters(ckpt, config, mcfg)
     else:
         model = empty_model(mcfg)
         load_weights(model, ckpt)

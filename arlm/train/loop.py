@@ -341,8 +341,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
         eval_set = [tuple(t[ctx.rank * B:(ctx.rank + 1) * B] for t in random_batch(data.val, B * ctx.world_size, cfg.model.block_size, eval_gen))
                     for _ in range(cfg.eval_batches)]
     else:  # the first held-out examples, the same in every process
-        rows = data.val_rows()[:B * cfg.eval_batches]
-        eval_set = [collate(rows[i:i + B]) for i in range(0, len(rows), B)]
+        eval_set = data.val_batches(B, B * cfg.eval_batches)
     # continual training: also watch the loss on the replayed corpus (what fine-tuning may make the model forget)
     replay_eval = [random_batch(replay.val, B, cfg.model.block_size, eval_gen) for _ in range(cfg.eval_batches)] if replay else []
 
@@ -491,8 +490,8 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
         if isinstance(data, TokenData):
             batches, n_val = sequential_batches(data.val, cfg.model.block_size, cfg.batch_size), int(len(data.val))
         else:  # every held-out example; the tokens scored are its completion tokens
-            rows = data.val_rows()
-            batches, n_val = [collate(rows[i:i + B]) for i in range(0, len(rows), B)], sum(int((y != -1).sum()) for _, y in rows)
+            batches = data.val_batches(B)
+            n_val = sum(int((y != -1).sum()) for _, y in batches)
         val = loss_over_batches(best, batches, device, dtype)
         summary["val_loss"] = val
         summary["val_ppl"] = math.exp(val)
