@@ -25,10 +25,10 @@ from arlm.eval.perplexity import evaluate_text
 from arlm.eval.tasks import score
 from arlm.fsutil import atomic_write_text
 from arlm.generate.decode import SpeculativeStats, beam_search, generate_ids, prompt_logprobs, speculative_ids
-from arlm.generate.sampling import Rules
+from arlm.generate.sampling import PrefixConstraint, Rules
 from arlm.generate.stream import TextStream
 from arlm.runtime import resolve_device
-from arlm.tokenizers.base import same_vocabulary
+from arlm.tokenizers.base import same_vocabulary, token_texts
 from arlm.train.checkpoint import load_model
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class LanguageModel:
         self.generation_defaults: dict[str, Any] = dict(config.get("generation") or {})
         self.last_speculative: SpeculativeStats | None = None  # acceptance figures of the last speculative run
         self._drafts: dict[str, Any] = {}
+        self._token_texts: list[str | None] | None = None
         eos = config.get("eos_token_ids") or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else [])
         self.eos_ids: tuple[int, ...] = tuple(eos)
 
@@ -174,9 +175,20 @@ class LanguageModel:
         """Yield ``(row, new text, event)`` per generated token and then per row at the end. ``event``
         is ``("token", id, logprob, top_ids, top_logprobs)`` for a token the row kept, or
         ``("end", finish_reason)`` once per row after generation."""
-        n_prompts = len(ids) if ids and isinstance(ids[0], list) else 1
+        many = bool(ids) and isinstance(ids[0], list)
+        n_prompts = len(ids) if many else 1
         B = n_prompts * cfg.num_return_sequences
-        streams = [TextStream(self.tokenizer, cfg.stop) for _ in range(B)]
+        rules = self.rules(cfg)
+        skips = [""] * B
+        limits = [cfg.max_new_tokens] * B  # per row: a healed row also generates its re-spelt token
+        if cfg.token_healing:
+            healed, prefixes = self._heal(ids if many else [ids])
+            ids = healed if many else healed[0]
+            skips = [p for p in prefixes for _ in range(cfg.num_return_sequences)]
+            rules.prefix = PrefixConstraint(self.token_texts, skips)
+            limits = [cfg.max_new_tokens + bool(skip) for skip in skips]
+            cfg = dataclasses.replace(cfg, max_new_tokens=max(limits))
+        streams = [TextStream(self.tokenizer, cfg.stop, skip) for skip in skips]
         finished = torch.zeros(B, dtype=torch.bool)
         reasons = ["length"] * B
         eos = self.eos_ids
@@ -184,11 +196,11 @@ class LanguageModel:
         if cfg.draft_model:
             steps = self._speculative(ids, cfg)
         else:
-            steps = generate_ids(self.model, ids, cfg, eos, finished, self.rules(cfg))
+            steps = generate_ids(self.model, ids, cfg, eos, finished, rules)
         for step in steps:
             count += 1
             for b, tok in enumerate(step.tokens.tolist()):
-                if streams[b].done:
+                if streams[b].done or len(streams[b].ids) >= limits[b]:
                     continue
                 if tok in eos:
                     piece, reasons[b] = streams[b].finish(), "stop"
@@ -197,18 +209,45 @@ class LanguageModel:
                 piece = streams[b].push(tok)
                 if streams[b].done:  # a stop string was produced
                     finished[b], reasons[b] = True, "stop"
+                elif len(streams[b].ids) >= limits[b]:
+                    finished[b] = True
                 event = None
                 if step.logprobs is not None:
                     top = ([], []) if step.top_ids is None else (step.top_ids[b].tolist(), step.top_logprobs[b].tolist())
                     event = ("token", tok, float(step.logprobs[b]), *top)
                 yield b, piece, event
-            if all(s.done for s in streams):  # every row ended (end-of-text or a stop string): stop decoding
+            if all(s.done or len(s.ids) >= n for s, n in zip(streams, limits)):  # every row ended: stop decoding
                 break
         timed_out = cfg.max_time > 0 and count < cfg.max_new_tokens and time.monotonic() - t0 >= cfg.max_time
         for b, s in enumerate(streams):
             if reasons[b] == "length" and timed_out:
                 reasons[b] = "time"
             yield b, s.finish(), ("end", reasons[b])
+
+    @property
+    def token_texts(self) -> list[str | None]:
+        """Each token id's text (computed once; see :func:`arlm.tokenizers.base.token_texts`)."""
+        if self._token_texts is None:
+            self._need_tokenizer()
+            self._token_texts = token_texts(self.tokenizer)
+        return self._token_texts
+
+    def _heal(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[str]]:
+        """Token healing: each prompt without its last token, and that token's text for the output to
+        re-spell. A prompt is left whole when it is a single token, or ends in a token with no text of
+        its own (end-of-text, part of a character) or whose text differs at the start of a text."""
+        texts = self.token_texts
+        out, prefixes = [], []
+        for ids in prompts:
+            full, head = self.tokenizer.decode(ids), self.tokenizer.decode(ids[:-1])
+            tail = full[len(head):] if full.startswith(head) else ""
+            if len(ids) > 1 and ids[-1] < len(texts) and tail and texts[ids[-1]] == tail:
+                out.append(ids[:-1])
+                prefixes.append(tail)
+            else:
+                out.append(ids)
+                prefixes.append("")
+        return out, prefixes
 
     def draft(self, path: str) -> "LanguageModel":
         """The draft model at ``path`` (loaded once, on this model's device), checked to share the vocabulary."""
@@ -396,6 +435,8 @@ class ChatSession:
             self.messages.pop()
             raise
         cfg = dataclasses.replace(self.cfg, max_new_tokens=room, stop=self.cfg.stop + self.template.stop)
+        if cfg.seed is not None:  # reproducible, but not the same random numbers for every reply
+            cfg.seed += sum(m["role"] == "assistant" for m in self.messages)
         return self._reply(ids, cfg)
 
     def _reply(self, ids: list[int], cfg: GenerateConfig) -> Iterator[str]:

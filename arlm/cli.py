@@ -334,7 +334,8 @@ def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
         raise UserError(f"the folder of --predictions-out {cfg.predictions_out} does not exist; create it first")
     m = load(cfg.model, device=cfg.device)
     scores, predictions = m.evaluate_task(examples, cfg.metric, cfg.batch_size, cfg.chat,
-                                          max_new_tokens=cfg.max_new_tokens, stop=cfg.stop)
+                                          max_new_tokens=cfg.max_new_tokens, stop=cfg.stop,
+                                          token_healing=cfg.token_healing)
     if cfg.predictions_out:
         atomic_write_text(cfg.predictions_out, "".join(
             json.dumps({"prompt": ex["prompt"], "prediction": p, "reference": ex["reference"]}, ensure_ascii=False) + "\n"

@@ -347,6 +347,9 @@ class GenerateConfig:
                               "slow first call (seconds to a minute); needs a C++ compiler on CPU")
     control: str = _f("", "control code to condition on, e.g. '<work=hamlet>': generation starts as a new document "
                           "beginning with it (the model must have been trained with such codes, `arlm prepare --control`)")
+    token_healing: bool = _f(False, "token healing: drop the prompt's last token and make the output start by re-spelling "
+                                    "it, so a prompt that ends mid-token (a newline before indented code, half a word) "
+                                    "is continued with the tokens seen in training; the re-spelt text is not returned")
 
     def validate(self) -> None:
         if self.max_new_tokens < 0:
@@ -384,6 +387,8 @@ class GenerateConfig:
             raise UserError(f"max_time must be >= 0 seconds (0 = no limit), got {self.max_time}")
         if self.num_draft_tokens < 1:
             raise UserError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
+        if self.token_healing and (self.num_beams > 1 or self.draft_model):
+            raise UserError("token_healing works with greedy decoding and sampling: drop num_beams / draft_model")
         if self.draft_model and (self.num_beams > 1 or self.num_return_sequences > 1):
             raise UserError("speculative decoding (draft_model) produces one sequence: use num_beams=1 and num_return_sequences=1")
         if self.min_new_tokens < 0:
@@ -421,6 +426,8 @@ class EvalConfig:
     max_new_tokens: int = _f(128, "task: most tokens generated per prompt")
     stop: list[str] = _f([], "task: end a prediction at this text (repeatable; e.g. a newline for one-line answers)")
     chat: bool = _f(False, "task: send each prompt as a user message through the model's chat template")
+    token_healing: bool = _f(False, "task: heal each prompt's last token (see `arlm generate --token-healing`); "
+                                    "for prompts that end where the tokenizer would not cut, e.g. code before a newline")
     batch_size: int = _f(8, "windows per forward pass (task: prompts generated together)")
     stride: int = _f(0, "0: non-overlapping windows; S: slide a full window by S tokens, scoring only the "
                         "new ones (Hugging Face's sliding-window perplexity: more context per token, slower)")

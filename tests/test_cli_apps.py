@@ -77,6 +77,24 @@ def test_chat_drops_old_turns_when_the_context_is_full(monkeypatch, capsys, chat
     assert "too long" in err and "left out" in err
 
 
+def test_chat_seed_gives_each_reply_its_own_random_numbers(chat_model, monkeypatch):
+    lm = arlm.load(chat_model, device="cpu")
+    seeds = []
+    real = lm._stream_ids
+
+    def spy(ids, cfg):
+        seeds.append(cfg.seed)
+        return real(ids, cfg)
+
+    monkeypatch.setattr(lm, "_stream_ids", spy)
+    chat = arlm.api.ChatSession(lm, seed=5, max_new_tokens=4)
+    for text in ("Who is there?", "Who is there?", "Stand."):
+        "".join(chat.send(text))
+    chat.reset()
+    "".join(chat.send("Who is there?"))
+    assert seeds == [5, 6, 7, 5]  # same session, same replies; a new turn, new numbers
+
+
 def test_control_codes_from_prepare_to_generate(capsys, corpus_dir, tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     assert main(["prepare", str(corpus_dir), "--out", str(data), "--control", "<{name}>", "--json"]) == 0

@@ -162,6 +162,49 @@ def typical_p(logits: torch.Tensor, mass: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
+class PrefixConstraint:
+    """Token healing (Lundberg, "The art of prompt design: prompt boundaries and token healing", 2023;
+    transformers' ``token_healing``): the caller removes a prompt's last token, and each row's new
+    tokens must first spell its text, ``prefixes[row]``. Only tokens consistent with what is left of
+    the prefix are allowed, those that start with it or are a start of it, so the model chooses the
+    token it would have seen in training (``"\\n    "`` rather than ``"\\n"`` + ``"    "``).
+    ``token_texts[id]`` is each token's text (None: never allowed while a prefix is left)."""
+
+    def __init__(self, token_texts: list[str | None], prefixes: list[str]):
+        self.texts = token_texts
+        self.prefixes = prefixes
+        self._masks: dict[str, torch.Tensor] = {}
+
+    def left(self, row: int, generated: list[int]) -> str:
+        """What ``generated`` has not yet spelt of the row's prefix ("" once it has)."""
+        prefix, done = self.prefixes[row], 0
+        for tok in generated:
+            if done >= len(prefix):
+                break
+            done += len(self.texts[tok] or "")
+        return prefix[done:]
+
+    def allowed(self, left: str) -> torch.Tensor:
+        """(V,) bool: the tokens that may come next while ``left`` remains to be spelt."""
+        if left not in self._masks:
+            self._masks[left] = torch.tensor([t is not None and (t.startswith(left) or left.startswith(t))
+                                              for t in self.texts])
+        return self._masks[left]
+
+
+def constrain_prefix(logits: torch.Tensor, generated: torch.Tensor, constraint: PrefixConstraint) -> torch.Tensor:
+    """Ban, in each row still spelling its prefix, every token inconsistent with the rest of it."""
+    rows = generated.tolist()
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        left = constraint.left(b, row)
+        if left:
+            mask = constraint.allowed(left).to(logits.device)
+            keep[b, :mask.numel()] = mask
+            keep[b, mask.numel():] = False  # ids past the tokenizer's (padded embedding rows)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
 @dataclass
 class Rules:
     """Decoding constraints that need token ids (resolved from text by the caller) or the step number."""
@@ -169,6 +212,7 @@ class Rules:
     eos_ids: tuple[int, ...] = ()
     bad_words_ids: list[list[int]] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)
+    prefix: PrefixConstraint | None = None  # token healing
 
 
 def process_logits(logits: torch.Tensor, context: torch.Tensor, cfg: GenerateConfig,
@@ -188,6 +232,8 @@ def process_logits(logits: torch.Tensor, context: torch.Tensor, cfg: GenerateCon
         if generated.size(1) < cfg.min_new_tokens:
             logits = suppress(logits, rules.eos_ids)
     logits = add_bias(logits, rules.logit_bias)
+    if rules.prefix is not None and generated is not None:
+        logits = constrain_prefix(logits, generated, rules.prefix)
     if cfg.temperature == 0:
         return logits  # greedy: the remaining filters cannot change the argmax
     logits = temperature(logits, cfg.temperature)

@@ -34,6 +34,25 @@ def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
     return [a.decode([i]) for i in sample] == [b.decode([i]) for i in sample]
 
 
+def token_texts(tok: Tokenizer) -> list[str | None]:
+    """Each id's text as it reads inside a text, for constraints on what a token spells (token
+    healing). Each id is decoded after an anchor token and the anchor's text removed, because some
+    decoders treat a text's first token specially (SentencePiece's "▁the" decodes alone to "the").
+    None for ids with no text (special tokens) or not whole characters (a byte-level BPE token that
+    ends inside a UTF-8 sequence)."""
+    try:
+        anchor = tok.encode("a")[-1:]
+    except (UserError, KeyError, ValueError):  # a character vocabulary without "a": decode alone is exact
+        anchor = []
+    base = tok.decode(anchor)
+    out: list[str | None] = []
+    for i in range(tok.vocab_size):
+        text = tok.decode(anchor + [i])
+        text = text[len(base):] if text.startswith(base) else ""
+        out.append(text if text and "\ufffd" not in text else None)
+    return out
+
+
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 0) -> Tokenizer:
     """Build a tokenizer of ``kind`` ("char" or "bpe") from the corpus ``texts``."""
     if kind == "char":

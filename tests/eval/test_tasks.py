@@ -61,6 +61,11 @@ def test_cli_task_eval_writes_predictions_it_scored(capsys, trained_model, tmp_p
         assert all("\n" not in r["prediction"] and len(r["prediction"]) <= 12 for r in rows)
         expected = score(metric, [r["prediction"] for r in rows], [r["reference"] for r in rows])
         assert {k: out[k] for k in expected} == expected
+    # token healing reaches the decoder; one character per token re-spells the prompt's end identically
+    plain = preds.read_text(encoding="utf-8")
+    assert main(["eval", "--model", str(trained_model), "--task", str(task), "--metric", "exact", "--max-new-tokens", "12",
+                 "--stop", "\n", "--predictions-out", str(preds), "--token-healing"]) == 0
+    assert preds.read_text(encoding="utf-8") == plain
     # bad input: one line, status 2, and no predictions file written
     missing = tmp_path / "nope" / "p.jsonl"
     assert main(["eval", "--model", str(trained_model), "--task", str(task), "--predictions-out", str(missing)]) == 2
