@@ -5,7 +5,9 @@
 `arlm prepare` holds out the end of the corpus (files in sorted order) for validation. This takes the
 files that lie wholly in that held-out part, picks lines at random (not blank, not comments), and
 writes {prompt: the file up to that line (its last --context characters, from a line start),
-reference: the line}. Score with `arlm eval --task ... --metric exact --stop "\\n"`.
+reference: the line}. Score with `arlm eval --task ... --metric exact --stop "\\n" --token-healing`:
+each prompt ends with a newline, but a BPE trained on code merges a newline with the indentation
+after it, so without token healing the model is asked to continue a token boundary it never saw.
 """
 
 from __future__ import annotations
