@@ -83,6 +83,8 @@ class CausalSelfAttention(nn.Module):
         elif T == 1 and mask is None and not self.training and torch.compiler.is_compiling():
             y = one_query_attention(q, k, v)  # decoding: fused into the compiled step
         else:
+            if k.dtype != q.dtype:  # a lower-precision cache (prefill; the decode paths read it as it is)
+                k, v = k.to(q.dtype), v.to(q.dtype)
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                 dropout_p=self.dropout if self.training else 0.0, enable_gqa=nkv != nh,
@@ -160,6 +162,7 @@ class GPT(nn.Module):
         assert cfg.vocab_size > 0, "vocab_size must be set before building the model"
         self.config = cfg
         self.checkpointing = False  # activation checkpointing while training (set by the training loop)
+        self.cache_dtype: torch.dtype | None = None  # KV cache dtype (default: the embeddings'); see compress/quantize.py
         modules = dict(wte=nn.Embedding(cfg.vocab_size, cfg.n_embd))
         if cfg.pos_embedding == "learned":
             modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
@@ -208,8 +211,9 @@ class GPT(nn.Module):
         cfg = self.config
         max_len = max_len or cfg.block_size
         p = self.transformer.wte.weight
+        dtype = self.cache_dtype or p.dtype
         for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, cfg.kv_heads, max_len, cfg.hs, p.dtype, p.device)
+            block.attn.kv_cache = KVCache(batch_size, cfg.kv_heads, max_len, cfg.hs, dtype, p.device)
 
     def reorder_cache(self, rows: torch.Tensor) -> None:
         for block in self.transformer.h:

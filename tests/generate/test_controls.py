@@ -236,6 +236,22 @@ def test_int8_agrees_with_float32_on_real_text(trained_model):
     assert q.generate("HAMLET.", max_new_tokens=20, temperature=0)  # decodes end to end
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_low_precision_kv_cache_gives_the_uncached_tokens(trained_model, precision):
+    """Low-precision weights on CPU keep the KV cache in bfloat16 (half the attention reads); greedy
+    decoding with it makes the tokens of recomputing every window in float32 without a cache."""
+    import arlm
+
+    q = arlm.load(trained_model, device="cpu", precision=precision)
+    assert q.model.cache_dtype == torch.bfloat16
+    q.model.setup_cache(1, 8)
+    assert q.model.transformer.h[0].attn.kv_cache.k.dtype == torch.bfloat16
+    q.model.clear_cache()
+    prompts = ["HAMLET.\n", "What say you, my lord?"]
+    kw = dict(max_new_tokens=60, temperature=0)
+    assert q.generate(prompts, **kw) == q.generate(prompts, use_cache=False, **kw)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
 def test_compiled_decode_step_equals_eager(precision, monkeypatch):
