@@ -34,6 +34,7 @@ from arlm.data.loader import collate
 from arlm.data.prepare import read_text_file
 from arlm.errors import UserError
 from arlm.tokenizers.base import EOT, Tokenizer
+from arlm.tokenizers.pretrained import special_token_text
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ class ChatTemplate:
         self.template = _compile(template)
         self.tokenizer = tokenizer
         config = getattr(tokenizer, "config", {})
-        self.eos_token = _special(config.get("eos_token")) or EOT
-        self.bos_token = _special(config.get("bos_token")) or ""
+        self.eos_token = special_token_text(config.get("eos_token")) or EOT
+        self.bos_token = special_token_text(config.get("bos_token")) or ""
         self.stop = [DEFAULT_TURN_STOP] if template == DEFAULT_CHAT_TEMPLATE else []
 
     @classmethod
@@ -149,12 +150,6 @@ def fit_messages(prompt_ids: Callable[[list[dict[str, str]]], list[int]], system
             return ids, dropped, room
         raise UserError(f"the message is too long for this model: with the system prompt it takes {len(ids)} of the "
                         f"{block_size} tokens of context, leaving no room for a reply; shorten it")
-
-
-def _special(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
 
 
 def encode_text(tokenizer: Tokenizer, text: str, eos_token: str = EOT) -> list[int]:

@@ -21,7 +21,7 @@ from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
-def _token_text(value: Any) -> str | None:
+def special_token_text(value: Any) -> str | None:
     """A special token as written in tokenizer_config.json: a string or an AddedToken dict."""
     if isinstance(value, dict):
         return value.get("content")
@@ -50,7 +50,7 @@ class PretrainedTokenizer:
         self.tok = tok
         self.config = dict(config or {})  # tokenizer_config.json, written back on save
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-        eos, bos = _token_text(self.config.get("eos_token")), _token_text(self.config.get("bos_token"))
+        eos, bos = special_token_text(self.config.get("eos_token")), special_token_text(self.config.get("bos_token"))
         self.eot_id = tok.token_to_id(eos) if eos else eos_id
         self.bos_id = tok.token_to_id(bos) if bos else bos_id
 

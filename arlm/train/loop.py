@@ -330,7 +330,6 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     peak = matmul_peak(device, dtype)
     log.info("model: %.2fM parameters, device %s, dtype %s", n_params / 1e6, device, str(dtype).replace("torch.", ""))
     B = cfg.batch_size
-    tokens_per_step = B * ctx.world_size * cfg.grad_accum_steps * cfg.model.block_size
 
     # Periodic evaluation uses the same validation windows every time, drawn once from a fixed seed,
     # so successive estimates differ only because the model changed.
@@ -393,13 +392,17 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     interval_loss, interval_steps = torch.zeros((), device=device), 0  # mean train loss since the last log
     bar = _progress(cfg.max_steps, step, cfg.progress and ctx.main)
 
+    step_tokens = 0  # tokens fed in the current step, all processes: padded fine-tuning rows are shorter than T
+
     def micro_batches():
-        nonlocal rows_drawn
+        nonlocal rows_drawn, step_tokens
         T, G = cfg.model.block_size, B * ctx.world_size
+        step_tokens = 0
         for _ in range(cfg.grad_accum_steps):
             # Every process draws the same global batch and reads its own slice of it.
             if replay is None and isinstance(data, TokenData):
                 x, y = windows(data.train, sampler.next(G)[ctx.rank * B:(ctx.rank + 1) * B], T)
+                step_tokens += x.numel() * ctx.world_size
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 continue
             k = math.floor((rows_drawn + G) * cfg.replay_fraction) - math.floor(rows_drawn * cfg.replay_fraction)
@@ -409,6 +412,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
                 Tr = max((len(x) for x, _ in rows), default=T)
                 rows += replay.rows(torch.randint(len(replay.train) - Tr, (k,), generator=data_gen).tolist(), Tr)
             x, y = collate(rows[ctx.rank * B:(ctx.rank + 1) * B], tokenizer.eot_id or 0)
+            step_tokens += x.numel() * ctx.world_size  # (each process's rows padded alike: an estimate under DDP)
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), int((y != -1).sum())
 
     model.train()
@@ -417,7 +421,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
             lr = lr_at(step, cfg, plateau["scale"])
             loss = optimizer_step(compiled, model, optimizer, scaler, micro_batches(), lr, cfg, device, dtype)
             step += 1
-            tokens_seen += tokens_per_step
+            tokens_seen += step_tokens
             interval_loss += loss
             interval_steps += 1
             bar.update(1)

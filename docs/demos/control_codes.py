@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import string
 from collections import defaultdict
@@ -27,8 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import arlm
-
-SPEAKER = re.compile(r"^[A-Z][A-Za-z'. -]{0,24}\.$")
+from shakespeare_tasks import SPEAKER  # (this folder: a speaker heading, "HAMLET." alone on a line)
 
 
 @torch.inference_mode()

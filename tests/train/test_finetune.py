@@ -152,3 +152,17 @@ def test_finetune_errors(trained_model, sft_file, char_data, tmp_path):
         train(ft_config(trained_model, sft_file, tmp_path / "d", adapter_only=True))
     with pytest.raises(UserError, match="model folder not found"):
         train(ft_config(tmp_path / "missing", sft_file, tmp_path / "e"))
+
+
+def test_token_count_is_what_the_model_was_fed(trained_model, sft_file, tmp_path, char_data):
+    """Padded fine-tuning batches are as long as their longest example, not the context window: tokens
+    and tokens/s (and MFU) count the positions actually run. Pre-training windows are always full."""
+    from tests.conftest import TINY_MODEL
+
+    T = TINY_MODEL["block_size"]
+    lines = [json.loads(ln) for ln in sft_file.read_text().splitlines()]
+    shortest, longest = (f(len(r["prompt"] + r["completion"]) for r in lines) for f in (min, max))
+    s = train(ft_config(trained_model, sft_file, tmp_path / "ft", max_steps=4, eval_interval=4))
+    assert 4 * 8 * shortest <= s["tokens"] <= 4 * 8 * longest < 4 * 8 * T  # 4 steps of 8 rows, each padded to its batch's longest
+    s = train(tiny_train_config(char_data, tmp_path / "pre", max_steps=3, eval_interval=3, grad_accum_steps=2))
+    assert s["tokens"] == 3 * 2 * 4 * T  # steps x micro-batches x rows x window
