@@ -231,6 +231,10 @@ class TrainConfig:
     dtype: str = _f("auto", "compute precision; auto = bfloat16 autocast on capable GPUs, float32 on CPU",
                     choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = _f(False, "compile the model with torch.compile (faster steps after a slow first one)")
+    compile_mode: str = _f("default", "torch.compile mode with --compile: reduce-overhead replays each step's GPU "
+                                      "kernels as CUDA graphs (small models on GPUs, whose steps wait on kernel "
+                                      "launches); max-autotune also searches matrix-multiply kernels (slow to compile)",
+                           choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     activation_checkpointing: bool = _f(False, "keep only each block's input during the forward pass and recompute the "
                                                "rest in backward: less memory for about a third more compute")
     fsdp: bool = _f(False, "under torchrun: shard parameters, gradients and optimizer state with FSDP2 instead of "
@@ -272,6 +276,8 @@ class TrainConfig:
                 raise UserError(f"{name} must be a finite number >= 0, got {v}")
         if self.lr == 0:
             raise UserError("lr must be > 0")
+        if self.compile_mode != "default" and not self.compile:
+            raise UserError(f"compile_mode '{self.compile_mode}' applies to compiled training: add --compile")
         if self.warmup_steps < 0 or self.patience < 0 or self.threads < 0:
             raise UserError("warmup_steps, patience and threads must be >= 0")
         if self.lr_step_size < 0 or self.lr_cycle_steps < 0 or self.plateau_patience < 1:

@@ -1,6 +1,7 @@
 """Decoding speed: arlm vs transformers ``generate`` on the same random GPT-2-124M-shaped weights.
 
     python bench/decode.py [--new-tokens 256 --batch-new-tokens 64 --repeats 3 --agreement-model runs/shakespeare-char]
+    python bench/decode.py --device cuda [--dtype bfloat16]     # on a GPU: both libraries on the GPU
 
 One process, runs alternated (transformers, arlm, arlm compiled, ...) so drift in machine speed hits
 all alike; medians are printed. Greedy decoding with the length forced (min_new_tokens), so every run
@@ -35,14 +36,22 @@ from arlm.model.layers import QuantizedLinear
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bandwidth_gbs() -> float:
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so a host clock reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bandwidth_gbs(device: torch.device) -> float:
     """Read bandwidth in GB/s: median time to sum a 512 MB tensor (far larger than any cache)."""
-    x = torch.ones(128 * 1024 * 1024)
+    x = torch.ones(128 * 1024 * 1024, device=device)
     x.sum()
     times = []
     for _ in range(5):
+        sync(device)
         t = time.perf_counter()
         x.sum()
+        sync(device)
         times.append(time.perf_counter() - t)
     return x.numel() * 4 / statistics.median(times) / 1e9
 
@@ -61,16 +70,18 @@ def arlm_run(model: GPT, prompts: list[list[int]], new: int, compile: bool) -> t
     cfg = GenerateConfig(max_new_tokens=new, temperature=0, compile=compile)
     t = time.perf_counter()
     steps = [s.tokens for s in generate_ids(model, prompts, cfg)]
-    return time.perf_counter() - t, torch.stack(steps, 1).tolist()
+    tokens = torch.stack(steps, 1).tolist()  # on a GPU, waits for the last step
+    return time.perf_counter() - t, tokens
 
 
 def hf_run(hf, prompts: list[list[int]], new: int) -> tuple[float, list[list[int]]]:
-    x = torch.tensor(prompts)
+    x = torch.tensor(prompts, device=hf.device)
     t = time.perf_counter()
     with torch.inference_mode():
         out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new, min_new_tokens=new,
                           do_sample=False, pad_token_id=0)
-    return time.perf_counter() - t, out[:, x.size(1):].tolist()
+    tokens = out[:, x.size(1):].tolist()
+    return time.perf_counter() - t, tokens
 
 
 def alternate(variants: dict, repeats: int) -> tuple[dict[str, float], dict]:
@@ -118,8 +129,12 @@ def main() -> None:
     p.add_argument("--agreement-model", default=str(ROOT / "runs" / "shakespeare-char"),
                    help="trained arlm model for the int8 agreement check (skipped if missing)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: batch1,batch,prefill,precision,agreement")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where both libraries run")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="weights and activations of both models in the comparisons against transformers")
     a = p.parse_args()
     skip = set(filter(None, a.skip.split(",")))
+    device, dtype = torch.device(a.device), getattr(torch, a.dtype)
 
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -129,12 +144,15 @@ def main() -> None:
     ours = GPT(cfg).eval()
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)).eval()
     hf.load_state_dict(hf_state_from_arlm(ours, "gpt2"), strict=False)  # lm_head is tied to wte
-    bw = bandwidth_gbs()
+    float32 = ours.state_dict()  # the precision section starts from these weights
+    ours, hf = ours.to(device, dtype), hf.to(device, dtype)
+    bw = bandwidth_gbs(device)
     wbytes = weight_bytes(ours)
     bound = bw * 1e9 / wbytes
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
-          f"GPT-2 124M shape, random weights, float32, greedy; median of {a.repeats}")
-    print(f"measured read bandwidth {bw:.1f} GB/s; weights read per token {wbytes / 1e6:.0f} MB (float32) "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {where}; "
+          f"GPT-2 124M shape, random weights, {a.dtype}, greedy; median of {a.repeats}")
+    print(f"measured read bandwidth {bw:.1f} GB/s; weights read per token {wbytes / 1e6:.0f} MB ({a.dtype}) "
           f"-> bound {bound:.1f} tokens/s at batch 1")
     gen = torch.Generator().manual_seed(1)
 
@@ -169,13 +187,14 @@ def main() -> None:
             print(f"{k:16}{a.batch * a.batch_new_tokens / t:10.1f}{med['transformers'] / t:16.2f}x")
 
     if "prefill" not in skip:
-        x = torch.randint(0, 50257, (1, a.prefill_tokens), generator=gen)
+        x = torch.randint(0, 50257, (1, a.prefill_tokens), generator=gen).to(device)
 
         def hf_prefill():
             t = time.perf_counter()
             with torch.inference_mode():
                 out = hf(x, use_cache=True, logits_to_keep=1).logits[:, -1]
-            return time.perf_counter() - t, out
+            sync(device)
+            return time.perf_counter() - t, out.float()
 
         def arlm_prefill():
             t = time.perf_counter()
@@ -183,7 +202,8 @@ def main() -> None:
                 ours.setup_cache(1, a.prefill_tokens)
                 out = prefill(ours, x)
                 ours.clear_cache()
-            return time.perf_counter() - t, out
+            sync(device)
+            return time.perf_counter() - t, out.float()
 
         med, outs = alternate({"transformers": hf_prefill, "arlm": arlm_prefill}, a.repeats)
         diff = float((outs["transformers"] - outs["arlm"]).abs().max())
@@ -193,11 +213,11 @@ def main() -> None:
 
     if "precision" not in skip:
         pr = prompts(1)
-        models = {"float32": ours}
-        for fmt in ("bfloat16", "int8"):
+        models = {}
+        for fmt in ("float32", "bfloat16", "int8"):
             m = GPT(cfg).eval()
-            m.load_state_dict(ours.state_dict())
-            models[fmt] = quantize(m, fmt)
+            m.load_state_dict(float32)
+            models[fmt] = quantize(m.to(device), fmt)
         variants = {}
         for k, m in models.items():
             variants[k] = lambda m=m: arlm_run(m, pr, a.new_tokens, False)
@@ -209,7 +229,7 @@ def main() -> None:
             fmt, compiled = k.split()[0], k.endswith("--compile")
             ref = "float32 --compile" if compiled else "float32"
             rate = a.new_tokens / t
-            own_bound = bw * 1e9 / weight_bytes(models[fmt])
+            own_bound = bw * 1e9 / weight_bytes(models[fmt])  # bfloat16 on a GPU: the whole model
             same = sum(x == y for x, y in zip(outs[k][0], outs[ref][0]))
             print(f"{k:22}{rate:10.1f}{med[ref] / t:11.2f}x{rate / own_bound:14.0%}{same:>17}/{a.new_tokens}")
     if "agreement" not in skip:

@@ -34,6 +34,23 @@ def tiny_train_config(data: Path, out: Path, **overrides) -> dict:
     return cfg
 
 
+def hamlet_agreement(ref, other) -> float:
+    """Fraction of positions of a Hamlet passage where two loaded models (``arlm.load``; any devices)
+    pick the same next token."""
+    import torch
+
+    ids = ref.tokenizer.encode((CORPUS / "hamlet.txt").read_text(encoding="utf-8")[50_000:52_000])
+    T = ref.block_size
+    same = total = 0
+    with torch.no_grad():
+        for i in range(0, len(ids) - T, T):
+            x = torch.tensor([ids[i:i + T]])
+            a = ref.model(x.to(ref.device))[0].argmax(-1).cpu()
+            same += int((a == other.model(x.to(other.device))[0].argmax(-1).cpu()).sum())
+            total += T
+    return same / total
+
+
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     """Two short real texts (the first 40k characters of two plays)."""

@@ -24,17 +24,20 @@ def loss_over_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tens
     """Mean next-token cross-entropy (nats) over all targets that are not -1."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    # Sums stay on the device until the end: reading each batch's loss would make the host wait for
+    # the GPU after every batch, instead of queueing the next one.
+    total = torch.zeros((), device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
+    count = torch.zeros((), device=device, dtype=torch.long)
     for x, y in batches:
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, dtype):
             _, loss = model(x, y)
-        n = int((y != -1).sum())
-        total += loss.float().item() * n
+        n = (y != -1).sum()
+        total += torch.where(n > 0, loss.to(total.dtype) * n, 0.0)  # a batch without targets has a NaN loss
         count += n
     model.train(was_training)
-    assert count > 0, "no targets to evaluate"
-    return total / count
+    assert int(count) > 0, "no targets to evaluate"
+    return float(total) / int(count)
 
 
 def strided_windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:

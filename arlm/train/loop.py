@@ -323,7 +323,10 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     if ctx.distributed:  # dropout masks differ between processes (the weights were made identical above)
         torch.manual_seed(cfg.seed + 7919 * ctx.rank)
 
-    compiled = torch.compile(wrapped) if cfg.compile else wrapped
+    compiled = torch.compile(wrapped, mode=None if cfg.compile_mode == "default" else cfg.compile_mode) if cfg.compile else wrapped
+    # CUDA graphs (torch.compile's cudagraph trees) reuse their output memory on every replay: each step
+    # is marked as a new iteration, so nothing of the last step's graph outputs is expected to survive
+    cuda_graphs = cfg.compile and device.type == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
     n_params = model.num_params()
     # MFU: each process's share of the tokens, its model FLOPs, against its own device's measured peak
     flops_per_device_token = flops_per_token(model, cfg.model) / ctx.world_size
@@ -419,6 +422,8 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     with _graceful_interrupt(stop_flag), _logging_through(bar):
         while step < cfg.max_steps:
             lr = lr_at(step, cfg, plateau["scale"])
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             loss = optimizer_step(compiled, model, optimizer, scaler, micro_batches(), lr, cfg, device, dtype)
             step += 1
             tokens_seen += step_tokens
@@ -439,7 +444,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
                 bar.set_postfix_str(f"loss {train_loss:.4f} | {tok_s:,.0f} tok/s | MFU {mfu:.0%}"
                                     + (f" | val {last_val:.4f}" if last_val else ""))
                 if record({"step": step, "loss": train_loss, "lr": lr, "tokens": tokens_seen, "tokens_per_s": round(tok_s, 1),
-                           "mfu": round(mfu, 4),
+                           "mfu": float(f"{mfu:.4g}"),  # significant digits: a tiny model on a GPU is ~1e-5
                            "elapsed_s": round(elapsed_before + now - t_start, 3)}):
                     stop_flag["stop"] = "callback"
 
@@ -479,7 +484,7 @@ def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]
     summary: dict[str, Any] = {
         "status": status, "step": step, "max_steps": cfg.max_steps, "params": n_params,
         "tokens": tokens_seen, "train_seconds": round(train_seconds, 2),
-        "tokens_per_s": round(tokens_per_s, 1), "mfu": round(tokens_per_s * flops_per_device_token / peak, 4),
+        "tokens_per_s": round(tokens_per_s, 1), "mfu": float(f"{tokens_per_s * flops_per_device_token / peak:.4g}"),
         "peak_flops": peak,
         "best_val_loss": best_val if math.isfinite(best_val) else None,
         "out": str(out), "best": str(out / ckpt_io.BEST), "latest": str(out / ckpt_io.LATEST),

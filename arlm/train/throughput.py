@@ -39,12 +39,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) 
     measured once per process and device/dtype."""
     key = (str(device), dtype)
     if key not in _PEAKS:
-        n = 2048 if device.type == "cpu" and dtype == torch.float32 else 4096
-        if device.type == "cpu" and dtype != torch.float32:
-            n = 512  # CPUs without bfloat16 matrix instructions run these at a few GFLOP/s: keep it short
-        # constant matrices: drawing random ones would move the global RNG, and with it a run's dropout
-        a = torch.full((n, n), 0.5, device=device, dtype=dtype)
-        b = torch.full((n, n), 0.25, device=device, dtype=dtype)
+        if device.type == "cpu":
+            # CPUs without bfloat16 matrix instructions run those at a few GFLOP/s: keep it short
+            n = 2048 if dtype == torch.float32 else 512
+        else:
+            n = 8192  # a GPU needs large products to reach its peak (8192^3 in bfloat16: ~1.4 ms on an H100)
+        # random data from a private generator: the global RNG (a run's dropout) stays untouched, and
+        # GPUs multiply constant or zero matrices faster than real data (they draw less power)
+        g = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn((n, n), device=device, dtype=dtype, generator=g)
+        b = torch.randn((n, n), device=device, dtype=dtype, generator=g)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         a @ b
         sync()

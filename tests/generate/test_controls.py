@@ -220,19 +220,11 @@ def test_packed_layers_match_their_float_weights():
 
 def test_int8_agrees_with_float32_on_real_text(trained_model):
     import arlm
-    from tests.conftest import CORPUS
+    from tests.conftest import hamlet_agreement
 
     ref = arlm.load(trained_model, device="cpu")
     q = arlm.load(trained_model, device="cpu", precision="int8")
-    ids = ref.tokenizer.encode((CORPUS / "hamlet.txt").read_text(encoding="utf-8")[50_000:52_000])
-    T = ref.block_size
-    same = total = 0
-    with torch.no_grad():
-        for i in range(0, len(ids) - T, T):
-            x = torch.tensor([ids[i:i + T]])
-            same += int((ref.model(x)[0].argmax(-1) == q.model(x)[0].argmax(-1)).sum())
-            total += T
-    assert same / total >= 0.97
+    assert hamlet_agreement(ref, q) >= 0.97
     assert q.generate("HAMLET.", max_new_tokens=20, temperature=0)  # decodes end to end
 
 

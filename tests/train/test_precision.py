@@ -22,6 +22,11 @@ def test_float16_needs_cuda(char_data, tmp_path):
         train(tiny_train_config(char_data, tmp_path / "fp16", dtype="float16"))
 
 
+def test_compile_mode_needs_compile(char_data, tmp_path):
+    with pytest.raises(UserError, match="compile_mode 'reduce-overhead' applies to compiled training: add --compile"):
+        train(tiny_train_config(char_data, tmp_path / "x", compile_mode="reduce-overhead"))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_training_matches_eager(char_data, tmp_path):
