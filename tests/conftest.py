@@ -7,6 +7,7 @@ from pathlib import Path
 import os
 
 import pytest
+import torch
 from hypothesis import settings
 
 # Local runs explore new random examples (that is how the "<|endoftext|>" round-trip bug was found);
@@ -37,8 +38,6 @@ def tiny_train_config(data: Path, out: Path, **overrides) -> dict:
 def hamlet_agreement(ref, other) -> float:
     """Fraction of positions of a Hamlet passage where two loaded models (``arlm.load``; any devices)
     pick the same next token."""
-    import torch
-
     ids = ref.tokenizer.encode((CORPUS / "hamlet.txt").read_text(encoding="utf-8")[50_000:52_000])
     T = ref.block_size
     same = total = 0

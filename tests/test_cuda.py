@@ -8,19 +8,21 @@ Skipped where no GPU is present (CI and the project's CPU machines); run them on
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 
 import arlm
-from arlm.config import GenerateConfig, GPTConfig
+from arlm.config import GenerateConfig
 from arlm.generate.decode import SpeculativeStats, beam_search, generate_ids, speculative_ids
 from arlm.model.gpt import GPT
 from arlm.train.checkpoint import load_model
 from arlm.train.loop import train
 from tests.conftest import CORPUS, hamlet_agreement, tiny_train_config
-from tests.model.test_gpt import ARCHS
+from tests.generate.test_decode import run
+from tests.model.test_gpt import ARCHS, tiny
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU (on a GPU machine: pytest -m cuda)", allow_module_level=True)
@@ -37,29 +39,16 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def tiny(seed: int = 0, **kw) -> GPT:
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=97, block_size=48, n_layer=2, n_head=4, n_embd=64, dropout=0.0)
-    cfg.update(kw)
-    return GPT(GPTConfig(**cfg)).eval()
-
-
 def on(model: GPT, device) -> GPT:
-    twin = GPT(model.config).eval()
-    twin.load_state_dict(model.state_dict())
-    return twin.to(device)
-
-
-def run(m, prompts, **kw) -> list[list[int]]:
-    steps = [s.tokens for s in generate_ids(m, prompts, GenerateConfig(**kw))]
-    return torch.stack(steps, 1).tolist()
+    """A copy of ``model`` on ``device`` (the original stays where it is)."""
+    return copy.deepcopy(model).to(device)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_forward_and_loss_match_the_cpu(arch):
-    cpu = tiny(**ARCHS[arch])
+    cpu = tiny(block_size=48, **ARCHS[arch])
     gpu = on(cpu, CUDA)
-    x, y = torch.randint(0, 97, (3, 40)), torch.randint(0, 97, (3, 40))
+    x, y = torch.randint(0, 50, (3, 40)), torch.randint(0, 50, (3, 40))
     ref_logits, ref_loss = cpu(x, y)
     logits, loss = gpu(x.to(CUDA), y.to(CUDA))
     torch.testing.assert_close(logits.cpu(), ref_logits, atol=1e-4, rtol=1e-4)
@@ -68,8 +57,8 @@ def test_forward_and_loss_match_the_cpu(arch):
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_kv_cache_equals_full_recompute(arch):
-    m = on(tiny(**ARCHS[arch]), CUDA)
-    x = torch.randint(0, 97, (2, 30), device=CUDA)
+    m = on(tiny(block_size=48, **ARCHS[arch]), CUDA)
+    x = torch.randint(0, 50, (2, 30), device=CUDA)
     with torch.no_grad():
         full, _ = m(x)
         m.setup_cache(batch_size=2)
@@ -133,8 +122,8 @@ def test_matches_transformers_logits_and_generate(tmp_path):
 
 
 def test_speculative_and_beam_search():
-    target = on(tiny(seed=0, n_layer=3), CUDA)
-    draft = on(tiny(seed=1, n_layer=1), CUDA)
+    target = on(tiny(block_size=48, n_layer=3), CUDA)
+    draft = on(tiny(block_size=48, n_layer=1), CUDA)
     prompt = [3, 1, 4, 1, 5]
     cfg = GenerateConfig(max_new_tokens=30, temperature=0)
     stats = SpeculativeStats()

@@ -173,6 +173,7 @@ class PrefixConstraint:
     def __init__(self, token_texts: list[str | None], prefixes: list[str]):
         self.texts = token_texts
         self.prefixes = prefixes
+        self.spelt = not any(prefixes)  # every row has spelt its prefix: nothing left to constrain
         self._masks: dict[str, torch.Tensor] = {}
 
     def left(self, row: int, generated: list[int]) -> str:
@@ -193,11 +194,15 @@ class PrefixConstraint:
 
 
 def constrain_prefix(logits: torch.Tensor, generated: torch.Tensor, constraint: PrefixConstraint) -> torch.Tensor:
-    """Ban, in each row still spelling its prefix, every token inconsistent with the rest of it."""
-    rows = generated.tolist()
+    """Ban, in each row still spelling its prefix, every token inconsistent with the rest of it. Once
+    every row has spelt its prefix (a token or two), later steps skip this (no more host reads of
+    ``generated``, which grows by a token per step)."""
+    if constraint.spelt:
+        return logits
+    lefts = [constraint.left(b, row) for b, row in enumerate(generated.tolist())]
+    constraint.spelt = not any(lefts)
     keep = torch.ones_like(logits, dtype=torch.bool)
-    for b, row in enumerate(rows):
-        left = constraint.left(b, row)
+    for b, left in enumerate(lefts):
         if left:
             mask = constraint.allowed(left).to(logits.device)
             keep[b, :mask.numel()] = mask

@@ -96,6 +96,10 @@ def test_constraint_masks_only_rows_still_spelling():
     out = constrain_prefix(torch.zeros(2, 6), torch.tensor([[0], [3]]), c)
     assert torch.isfinite(out[0]).tolist() == [False, False, False, True, False, False]
     assert c.left(0, [1, 3]) == "" and c.left(0, [2]) == ""
+    # once every row has spelt its prefix the constraint is done: later steps pass the logits through
+    logits = torch.zeros(2, 6)
+    assert constrain_prefix(logits, torch.tensor([[1], [3]]), c) is not logits and c.spelt
+    assert constrain_prefix(logits, torch.tensor([[1, 4], [3, 4]]), c) is logits
 
 
 @pytest.mark.parametrize("kw", [dict(num_beams=2), dict(draft_model="x")])
