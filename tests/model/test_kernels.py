@@ -46,6 +46,27 @@ def test_kernel_matches_float64_reference(dtype, rows, K):
         assert (got.double() - want).abs().max() <= tol * want.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("N", [1, 3, 4, 6, 257])
+@pytest.mark.parametrize("K", [768, 40])
+def test_one_row_streams_cover_every_output(dtype, N, K):
+    """One row of x reads the matrix as 4 streams plus N % 4 leftover rows: each output, whatever N."""
+    g = torch.Generator().manual_seed(N * 100 + K)
+    x = torch.randn(1, K, generator=g)
+    if dtype == torch.int8:
+        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    else:
+        w = torch.randn(N, K, generator=g).to(dtype)
+    scale, bias = torch.rand(N, generator=g) + 0.5, torch.randn(N, generator=g)
+    want = reference(x, w, scale, bias)
+    got = kernels.linear(x, w, scale, bias)
+    # rounding errors relative to the sum of |products| (an output may be a small difference of large terms)
+    magnitude = (x.double().abs() @ w.double().abs().T * scale.double()).max()
+    tol = 1e-4 if dtype == torch.int8 else 2e-6
+    assert got.shape == (1, N)
+    assert (got.double() - want).abs().max() <= tol * magnitude
+
+
 def test_kernel_keeps_leading_dimensions_and_ignores_strides():
     x = torch.randn(3, 2, 64).transpose(0, 1)  # not contiguous
     w = torch.randn(10, 64)

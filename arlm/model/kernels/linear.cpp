@@ -4,14 +4,15 @@
  * Decoding reads every weight once per token, so a decode step is as fast as the weights stream from
  * memory. The kernels here are written to stream them at the machine's read bandwidth:
  *   - threads take contiguous runs of output channels (rows of W), so each reads long contiguous
- *     stretches of memory and the hardware prefetcher keeps ahead of it;
+ *     stretches of memory and the hardware prefetcher keeps ahead of it; for one row of x
+ *     (decoding at batch 1) each thread reads STREAMS such runs at once (see gemv_streams);
  *   - one row of W is reused from L1 cache for all rows of x (a small batch costs one pass over W);
- *   - for one row of x, four independent accumulators hide the latency of the fused multiply-adds
- *     (one accumulator leaves a single dependency chain and runs ~20% below bandwidth here);
+ *   - at least four independent accumulators hide the latency of the fused multiply-adds (one
+ *     accumulator leaves a single dependency chain and runs ~20% below bandwidth here);
  *   - bfloat16 weights are widened to float in registers, so they cost 2 bytes read instead of 4;
  *   - int8 weights (1 byte) are multiplied as integers with activations rounded to int16 (AVX2, see
  *     i8q_linear), or widened to float like bfloat16 elsewhere;
- *   - for int8 (a row is few cache lines of work) the row 8 ahead is prefetched explicitly; for
+ *   - for int8 (a row is few cache lines of work) lines ahead are prefetched explicitly; for
  *     float32 that measured slower than the hardware prefetcher alone.
  * Written with GCC/Clang vector extensions and templates (one per weight format and row count): the compiler maps the 8-lane float vectors to AVX2 (or
  * two SSE/NEON registers) for the machine it is compiled on; AVX2 intrinsics only where GCC's own
@@ -83,11 +84,68 @@ template <int R, typename WT> static inline void dotn(const WT *w, const float *
     }
 }
 
+/* Decoding at batch 1 (one row of x) reads each weight once and does little arithmetic per byte,
+ * so its speed is how many cache lines are being fetched at a time. One sequential run of rows per
+ * thread left a third of the bandwidth unused on the 2-core machine (float32 ~22-25 GB/s, int8
+ * ~15-20 GB/s, where 2 threads summing a tensor read 25-36): the out-of-order window holds only a
+ * few rows' loads, and the hardware prefetcher follows one stream per thread. So the matrix is cut
+ * into STREAMS parts and each thread walks the same rows of every part at once: STREAMS sequential
+ * streams per thread, still long contiguous runs (interleaving the threads' rows in small chunks
+ * measured slower). Measured on GPT-2-124M's matrices, interleaved runs: float32 22-25 -> 29-33
+ * GB/s, int8 15-21 -> 23-35 GB/s (2 streams gained less, 8 no more; bench/README.md). */
+constexpr int STREAMS = 4;
+
+/* One row of x against S rows of W (one per stream). */
+template <int S, typename WT> static inline void dot_streams(const WT *const *w, const float *x, int64_t K, float *out) {
+    f8 a[2][S] = {};
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const f8 x0 = load(x + k), x1 = load(x + k + 8);
+        for (int j = 0; j < S; j++) a[0][j] += load(w[j] + k) * x0;
+        for (int j = 0; j < S; j++) a[1][j] += load(w[j] + k + 8) * x1;
+    }
+    for (; k + 8 <= K; k += 8) {
+        const f8 x0 = load(x + k);
+        for (int j = 0; j < S; j++) a[0][j] += load(w[j] + k) * x0;
+    }
+    for (int j = 0; j < S; j++) {
+        float s = hsum(a[0][j] + a[1][j]);
+        for (int64_t i = k; i < K; i++) s += widen(w[j][i]) * x[i];
+        out[j] = s;
+    }
+}
+
+/* y (N) = W x for one row x: rows p, p + H, p + 2H, ... (H = N / STREAMS) together; the last
+   N % STREAMS rows after. ``dot(rows, S, out)`` computes S rows. */
+template <typename WT, typename Dot> static void gemv_streams(const WT *w, const float *scale, const float *bias, float *y,
+                                                             int64_t N, int64_t K, int threads, Dot &&dot) {
+    const int64_t H = N / STREAMS;
+    auto finish = [&](int64_t n, float v) { y[n] = v * (scale ? scale[n] : 1.0f) + (bias ? bias[n] : 0.0f); };
+#pragma omp parallel for num_threads(threads) schedule(guided, 16) if (N * K >= 65536)
+    for (int64_t p = 0; p < H; p++) {
+        const WT *rows[STREAMS];
+        float out[STREAMS];
+        for (int j = 0; j < STREAMS; j++) rows[j] = w + (p + j * H) * K;
+        dot(rows, std::integral_constant<int, STREAMS>{}, out);
+        for (int j = 0; j < STREAMS; j++) finish(p + j * H, out[j]);
+    }
+    for (int64_t n = STREAMS * H; n < N; n++) {
+        const WT *row = w + n * K;
+        float out;
+        dot(&row, std::integral_constant<int, 1>{}, &out);
+        finish(n, out);
+    }
+}
+
 /* The whole layer for float32, bfloat16 or (without AVX2) int8 weights. Threads take shrinking
    contiguous runs of output channels ("guided": a thread that finishes early takes more, 3-6%
    faster than equal halves here); tiny layers stay on one thread. */
 template <typename WT> static void float_linear(const float *x, const WT *w, const float *scale, const float *bias,
                                                 float *y, int64_t R, int64_t N, int64_t K, int threads) {
+    if (R == 1)
+        return gemv_streams(w, scale, bias, y, N, K, threads, [&](const WT *const *rows, auto s, float *out) {
+            dot_streams<decltype(s)::value>(rows, x, K, out);
+        });
 #pragma omp parallel for num_threads(threads) schedule(guided, 16) if (N * K * R >= 65536)
     for (int64_t n = 0; n < N; n++) {
         const WT *row = w + n * K;
@@ -142,17 +200,69 @@ template <int R> static inline void i8q_dotn(const int8_t *w, const int16_t *x, 
     for (int r = 0; r < R; r++) out[r] = hsum((f8)total[r]);
 }
 
-static void i8q_linear(const float *x, const int8_t *w, const float *scale, const float *bias, float *y,
-                       int64_t R, int64_t N, int64_t K, int threads) {
-    std::vector<int16_t> xq(R * K);
-    std::vector<float> xscale(R);
-    for (int64_t r = 0; r < R; r++) {  /* symmetric per-row scale: the largest |x| maps to 32767 */
-        float amax = 0.0f;
-        for (int64_t k = 0; k < K; k++) amax = std::max(amax, std::fabs(x[r * K + k]));
-        const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
-        for (int64_t k = 0; k < K; k++) xq[r * K + k] = (int16_t)std::nearbyint(x[r * K + k] * inv);
+/* One row of int16 activations against S int8 weight rows (the rows S streams read next). Every
+   64 weights, each stream asks for the line I8_PREFETCH bytes ahead of where it reads (x86 prefetches
+   never fault, so the last rows may name addresses past the matrix). */
+constexpr int64_t I8_PREFETCH = 2048;
+
+template <int S> static inline void i8q_rows(const int8_t *const *w, const int16_t *x, int64_t K, float *out) {
+    __m256 total[S];
+    for (int j = 0; j < S; j++) total[j] = _mm256_setzero_ps();
+    for (int64_t k0 = 0; k0 < K; k0 += I16_CHUNK) {
+        const int64_t end = k0 + I16_CHUNK < K ? k0 + I16_CHUNK : K;
+        __m256i a[2][S];
+        for (int j = 0; j < S; j++) a[0][j] = a[1][j] = _mm256_setzero_si256();
+        for (int64_t k = k0; k < end; k += 32) {
+            if (k & 32)
+                for (int j = 0; j < S; j++) __builtin_prefetch(w[j] + k + I8_PREFETCH);
+            const __m256i x0 = x16(x + k), x1 = x16(x + k + 16);
+            for (int j = 0; j < S; j++) a[0][j] = _mm256_add_epi32(a[0][j], _mm256_madd_epi16(w16(w[j] + k), x0));
+            for (int j = 0; j < S; j++) a[1][j] = _mm256_add_epi32(a[1][j], _mm256_madd_epi16(w16(w[j] + k + 16), x1));
+        }
+        for (int j = 0; j < S; j++)
+            total[j] = _mm256_add_ps(total[j], _mm256_cvtepi32_ps(_mm256_add_epi32(a[0][j], a[1][j])));
+    }
+    for (int j = 0; j < S; j++) out[j] = hsum((f8)total[j]);
+}
+
+/* Each row of x as int16 with its own symmetric scale: the largest |x| maps to 32767 (rounded to
+   nearest even, as nearbyint). */
+static void quantize_rows(const float *x, int16_t *xq, float *xscale, int64_t R, int64_t K) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = x + r * K;
+        __m256 m = _mm256_setzero_ps();
+        for (int64_t k = 0; k < K; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + k)));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+        const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 32767.0f / amax : 0.0f);
+        for (int64_t k = 0; k < K; k += 16) {  /* K % 32 == 0 */
+            const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), inv));
+            const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k + 8), inv));
+            /* packs interleaves the 128-bit halves of lo and hi; the permute puts them back in order */
+            _mm256_storeu_si256((__m256i *)(xq + r * K + k), _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8));
+        }
         xscale[r] = amax / 32767.0f;
     }
+}
+
+static void i8q_linear(const float *x, const int8_t *w, const float *scale, const float *bias, float *y,
+                       int64_t R, int64_t N, int64_t K, int threads) {
+    /* The calling thread's buffers, kept between calls (no allocation per layer). Only the pointers
+       enter the parallel regions: there each thread's thread_local names its own copy. */
+    thread_local std::vector<int16_t> xq_buf;
+    thread_local std::vector<float> xscale_buf;
+    if ((int64_t)xq_buf.size() < R * K) xq_buf.resize(R * K);
+    if ((int64_t)xscale_buf.size() < R) xscale_buf.resize(R);
+    const int16_t *xq = xq_buf.data();
+    const float *xscale = xscale_buf.data();
+    quantize_rows(x, xq_buf.data(), xscale_buf.data(), R, K);
+    if (R == 1)
+        return gemv_streams(w, scale, bias, y, N, K, threads, [&](const int8_t *const *rows, auto s, float *out) {
+            i8q_rows<decltype(s)::value>(rows, xq, K, out);
+            for (int j = 0; j < decltype(s)::value; j++) out[j] *= xscale[0];
+        });
 #pragma omp parallel for num_threads(threads) schedule(guided, 16) if (N * K * R >= 65536)
     for (int64_t n = 0; n < N; n++) {
         const float s = scale ? scale[n] : 1.0f, b = bias ? bias[n] : 0.0f;
@@ -163,7 +273,7 @@ static void i8q_linear(const float *x, const int8_t *w, const float *scale, cons
         for (int64_t r0 = 0; r0 < R; r0 += MAX_ROWS) {
             const int rows = R - r0 < MAX_ROWS ? (int)(R - r0) : MAX_ROWS;
             float out[MAX_ROWS];
-            with_rows(rows, [&](auto rc) { i8q_dotn<decltype(rc)::value>(w + n * K, xq.data() + r0 * K, K, out); });
+            with_rows(rows, [&](auto rc) { i8q_dotn<decltype(rc)::value>(w + n * K, xq + r0 * K, K, out); });
             for (int r = 0; r < rows; r++) y[(r0 + r) * N + n] = out[r] * xscale[r0 + r] * s + b;
         }
     }
