@@ -7,8 +7,8 @@ One process, runs alternated (transformers, arlm, arlm compiled, ...) so drift i
 all alike; medians are printed. Greedy decoding with the length forced (min_new_tokens), so every run
 makes the same number of tokens; the tokens of arlm and transformers are compared. Also printed:
 
-* the memory-bandwidth bound: bytes of weights read per decoded token / measured read bandwidth (the
-  faster of a large tensor sum and arlm's matrix-vector kernel), and each variant's fraction of it;
+* the memory-bandwidth bound: bytes of weights read per decoded token / measured bandwidth (a large
+  tensor sum), and each variant's fraction of it;
 * prefill of a 1024-token prompt (next-token logits only, as ``generate`` does);
 * bfloat16 and weight-only int8 decoding (eager and compiled) against our float32, and the int8 model's
   next-token agreement with float32 on real text (Shakespeare) for a trained model, when one is given.
@@ -30,7 +30,6 @@ from arlm.compress.quantize import quantize
 from arlm.config import GenerateConfig, GPTConfig
 from arlm.generate.decode import generate_ids, prefill
 from arlm.interop.hf import hf_state_from_arlm
-from arlm.model import kernels
 from arlm.model.gpt import GPT
 from arlm.model.layers import QuantizedLinear
 
@@ -43,31 +42,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bandwidth_gbs(device: torch.device) -> tuple[float, str]:
-    """Read bandwidth in GB/s and how it was read: the faster of two median timings over 512 MB (far
-    larger than any cache), a tensor sum and, on CPU, arlm's matrix-vector kernel over a float32
-    matrix (the access pattern of decoding). On the project's 2-core VM both read about the same and
-    drift by ±15% between runs, so the bound is approximate: compiled float32 decoding has measured
-    93-118% of it."""
-    def median_time(f) -> float:
-        f()
-        times = []
-        for _ in range(5):
-            sync(device)
-            t = time.perf_counter()
-            f()
-            sync(device)
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
+def bandwidth_gbs(device: torch.device) -> float:
+    """Read bandwidth in GB/s: median time to sum a 512 MB tensor (far larger than any cache). On the
+    project's 2-core VM it drifts by about ±15% between and within runs (arlm's matrix-vector kernel
+    reading 512 MB measures about the same), so the bound is approximate: compiled float32 decoding
+    has measured 93-118% of it."""
     x = torch.ones(128 * 1024 * 1024, device=device)
-    rates = {"tensor sum": x.numel() * 4 / median_time(x.sum) / 1e9}
-    if device.type == "cpu" and kernels.library():
-        w, v = x.view(-1, 4096), torch.ones(1, 4096)
-        with torch.inference_mode():
-            rates["arlm matrix-vector kernel"] = x.numel() * 4 / median_time(lambda: kernels.linear(v, w)) / 1e9
-    best = max(rates, key=rates.get)
-    return rates[best], best
+    x.sum()
+    times = []
+    for _ in range(5):
+        sync(device)
+        t = time.perf_counter()
+        x.sum()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return x.numel() * 4 / statistics.median(times) / 1e9
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -160,13 +149,13 @@ def main() -> None:
     hf.load_state_dict(hf_state_from_arlm(ours, "gpt2"), strict=False)  # lm_head is tied to wte
     float32 = ours.state_dict()  # the precision section starts from these weights
     ours, hf = ours.to(device, dtype), hf.to(device, dtype)
-    bw, how = bandwidth_gbs(device)
+    bw = bandwidth_gbs(device)
     wbytes = weight_bytes(ours)
     bound = bw * 1e9 / wbytes
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {where}; "
           f"GPT-2 124M shape, random weights, {a.dtype}, greedy; median of {a.repeats}")
-    print(f"measured read bandwidth {bw:.1f} GB/s ({how}); weights read per token {wbytes / 1e6:.0f} MB ({a.dtype}) "
+    print(f"measured read bandwidth {bw:.1f} GB/s (tensor sum); weights read per token {wbytes / 1e6:.0f} MB ({a.dtype}) "
           f"-> bound {bound:.1f} tokens/s at batch 1")
     gen = torch.Generator().manual_seed(1)
 

@@ -92,7 +92,7 @@ template <int R, typename WT> static inline void dotn(const WT *w, const float *
  * into STREAMS parts and each thread walks the same rows of every part at once: STREAMS sequential
  * streams per thread, still long contiguous runs (interleaving the threads' rows in small chunks
  * measured slower). Measured on GPT-2-124M's matrices, interleaved runs: float32 22-25 -> 29-33
- * GB/s, int8 15-21 -> 23-35 GB/s (2 streams gained less, 8 no more; bench/README.md). */
+ * GB/s, int8 15-21 -> 23-32 GB/s (2 streams gained less, 8 no more; bench/README.md). */
 constexpr int STREAMS = 4;
 
 /* One row of x against S rows of W (one per stream). */
