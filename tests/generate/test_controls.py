@@ -244,38 +244,62 @@ def test_low_precision_kv_cache_gives_the_uncached_tokens(trained_model, precisi
     assert q.generate(prompts, **kw) == q.generate(prompts, use_cache=False, **kw)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
-def test_compiled_decode_step_equals_eager(precision, monkeypatch):
-    """torch.compile of the decode step (kernels as custom operators, guards mostly skipped after the
-    warm-up of each generation) gives the eager tokens and log-probabilities, across generations of
-    different prompt lengths, a left-padded batch and sampling, in one process."""
-    from arlm.compress.quantize import quantize
+def recorded_generations(monkeypatch, cls_name: str) -> list:
+    """The step objects (decode.PrecompiledSteps or GuardedSteps) generate_ids makes from now on."""
     from arlm.generate import decode
 
-    m = quantize(model(vocab=64, n_embd=64), precision)
-    generations = []
+    made = []
+    base = getattr(decode, cls_name)
+    monkeypatch.setattr(decode, cls_name, type(cls_name, (base,), {"__init__": lambda self: (base.__init__(self), made.append(self))[0]}))
+    return made
 
-    class Recorded(decode.GuardedSteps):
-        def __init__(self):
-            super().__init__()
-            generations.append(self)
 
-    monkeypatch.setattr(decode, "GuardedSteps", Recorded)
-
+def compare_compiled(m, cases):
     def run(prompts, **kw):
         steps = list(generate_ids(m, prompts, GenerateConfig(logprobs=True, **kw)))
         return torch.stack([s.tokens for s in steps]), torch.stack([s.logprobs for s in steps])
 
-    batch = [PROMPT, [3, 1], PROMPT[:4]]  # left-padded rows, 6 rows with 2 sequences each
-    cases = [(PROMPT, dict(max_new_tokens=24, temperature=0)),
-             (PROMPT[:3], dict(max_new_tokens=30, temperature=0)),  # another length: other cache, other positions
-             (PROMPT, dict(max_new_tokens=24, temperature=0)),  # back to the first graph
-             (batch, dict(max_new_tokens=12, temperature=0, num_return_sequences=2)),
-             (PROMPT[:5], dict(max_new_tokens=20, temperature=1.0, seed=3))]
     for prompts, kw in cases:
         want_tokens, want_logprobs = run(prompts, **kw)
         got_tokens, got_logprobs = run(prompts, compile=True, **kw)
         assert torch.equal(got_tokens, want_tokens)
         assert torch.allclose(got_logprobs, want_logprobs, atol=1e-4)
-    assert len(generations) == len(cases) and all(g.trusted and not g.refused for g in generations)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
+def test_compiled_decode_step_equals_eager(precision, monkeypatch):
+    """The precompiled decode step (kernels as custom operators, called without Dynamo's guards) gives
+    the eager tokens and log-probabilities, in one process, across generations of different prompt
+    lengths, a left-padded batch, sampling, a 1-token prompt (its first step runs eagerly) and a
+    window that slides twice (the full cache's last slot runs eagerly)."""
+    from arlm.compress.quantize import quantize
+
+    m = quantize(model(vocab=64, n_embd=64, block_size=40), precision)
+    generations = recorded_generations(monkeypatch, "PrecompiledSteps")
+    batch = [PROMPT, [3, 1], PROMPT[:4]]  # left-padded rows, 6 rows with 2 sequences each
+    cases = [(PROMPT, dict(max_new_tokens=24, temperature=0)),
+             (PROMPT[:3], dict(max_new_tokens=30, temperature=0)),  # another length: other cache, other positions
+             (PROMPT, dict(max_new_tokens=24, temperature=0)),  # back to the first graph
+             (batch, dict(max_new_tokens=12, temperature=0, num_return_sequences=2)),
+             ([7], dict(max_new_tokens=20, temperature=0)),
+             (PROMPT, dict(max_new_tokens=70, temperature=1.0, seed=3))]  # slides at 40 tokens
+    compare_compiled(m, cases)
+    assert len(generations) == len(cases)
+    assert [(g.fn is not None, g.fallback is None) for g in generations] == [(True, True)] * len(cases)
+    assert generations[2].fn is generations[0].fn
+
+
+@pytest.mark.slow
+def test_compiled_decoding_with_a_sliding_window_uses_dynamo_dispatch(monkeypatch):
+    """A sliding window shorter than the cache puts a branch on the position into the graph, so it is
+    not precompiled: torch.compile's guarded dispatch gives the eager results."""
+    from arlm.generate import decode
+
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=61, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, dropout=0.0,
+                      pos_embedding="rope", norm="rmsnorm", mlp="gated", activation="silu", bias=False,
+                      sliding_window=8)).eval()
+    generations = recorded_generations(monkeypatch, "PrecompiledSteps")
+    compare_compiled(m, [(PROMPT, dict(max_new_tokens=30, temperature=1.0, seed=1))])
+    assert generations[0].fn is None and isinstance(generations[0].fallback, decode.GuardedSteps)
