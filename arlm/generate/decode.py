@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 import torch
+import torch.fx.experimental._config as fx_config
 
 from arlm.config import GenerateConfig
 from arlm.generate.sampling import Rules, process_logits, sample
@@ -188,8 +189,6 @@ def _precompiled(args: tuple):
         if key == structure and fits(fn):
             _PRECOMPILED.append(_PRECOMPILED.pop(i))
             return fn
-    import torch.fx.experimental._config as fx_config
-
     kernels.library()
     t = time.monotonic()
     try:

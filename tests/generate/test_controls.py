@@ -244,13 +244,19 @@ def test_low_precision_kv_cache_gives_the_uncached_tokens(trained_model, precisi
     assert q.generate(prompts, **kw) == q.generate(prompts, use_cache=False, **kw)
 
 
-def recorded_generations(monkeypatch, cls_name: str) -> list:
-    """The step objects (decode.PrecompiledSteps or GuardedSteps) generate_ids makes from now on."""
+def recorded_generations(monkeypatch, name: str) -> list:
+    """The step objects of class ``decode.<name>`` (PrecompiledSteps, GuardedSteps) that generate_ids
+    makes from now on."""
     from arlm.generate import decode
 
     made = []
-    base = getattr(decode, cls_name)
-    monkeypatch.setattr(decode, cls_name, type(cls_name, (base,), {"__init__": lambda self: (base.__init__(self), made.append(self))[0]}))
+
+    class Recorded(getattr(decode, name)):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(decode, name, Recorded)
     return made
 
 
@@ -288,6 +294,25 @@ def test_compiled_decode_step_equals_eager(precision, monkeypatch):
     assert len(generations) == len(cases)
     assert [(g.fn is not None, g.fallback is None) for g in generations] == [(True, True)] * len(cases)
     assert generations[2].fn is generations[0].fn
+
+
+@pytest.mark.slow
+def test_guarded_compiled_steps_equal_eager(monkeypatch):
+    """torch.compile's usual dispatch (the GPU path, and the CPU fallback), guards mostly skipped after
+    the warm-up of each generation, gives the eager tokens and log-probabilities across generations of
+    different prompt lengths, a left-padded batch and sampling, in one process."""
+    from arlm.generate import decode
+
+    generations = recorded_generations(monkeypatch, "GuardedSteps")
+    monkeypatch.setattr(decode, "PrecompiledSteps", decode.GuardedSteps)  # the recorded class, as on a GPU
+    batch = [PROMPT, [3, 1], PROMPT[:4]]
+    cases = [(PROMPT, dict(max_new_tokens=24, temperature=0)),
+             (PROMPT[:3], dict(max_new_tokens=30, temperature=0)),
+             (PROMPT, dict(max_new_tokens=24, temperature=0)),
+             (batch, dict(max_new_tokens=12, temperature=0, num_return_sequences=2)),
+             (PROMPT[:5], dict(max_new_tokens=20, temperature=1.0, seed=3))]
+    compare_compiled(model(vocab=64, n_embd=64), cases)
+    assert len(generations) == len(cases) and all(g.trusted and not g.refused for g in generations)
 
 
 @pytest.mark.slow
