@@ -8,18 +8,20 @@ The top-level names are imported lazily so ``import arlm`` stays cheap (no torch
     print(m.perplexity("To be, or not to be, that is the question."))
 """
 
-__version__ = "0.1.0"
 __all__ = ["load", "train", "UserError", "__version__"]
 
 from arlm.errors import UserError
+from arlm.version import __version__
 
 
-def load(path, device="auto", precision="float32"):
+def load(path, device=None, precision=None):
     """Load a checkpoint, training output or Hugging Face folder as a :class:`arlm.api.LanguageModel`
-    (``precision``: float32, bfloat16, int8 or auto)."""
+    (``device``: cpu, cuda, mps or auto; ``precision``: float32, bfloat16, int8 or auto; defaults in
+    arlm.config.LoadConfig)."""
     from arlm.api import load as _load
 
-    return _load(path, device=device, precision=precision)
+    options = {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}
+    return _load(path, **options)
 
 
 def train(config=None, callbacks=None, **overrides):

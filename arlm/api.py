@@ -18,33 +18,51 @@ from typing import Any, Iterator
 
 import torch
 
-from arlm.config import CHAT_DEFAULTS, GenerateConfig, from_dict
+from arlm.config import CHAT_DEFAULTS, GenerateConfig, LoadConfig, from_dict, validated
 from arlm.data.sft import ChatTemplate, fit_messages
 from arlm.errors import UserError
 from arlm.eval.perplexity import evaluate_text
-from arlm.eval.tasks import score
-from arlm.fsutil import atomic_write_text
-from arlm.generate.decode import SpeculativeStats, beam_search, generate_ids, prompt_logprobs, speculative_ids
+from arlm.eval.tasks import check_examples, check_metric, score
+from arlm.generate.decode import (SpeculativeStats, beam_bytes, beam_search, decode_bytes, generate_ids,
+                                  prompt_logprobs, speculative_ids)
 from arlm.generate.sampling import PrefixConstraint, Rules
 from arlm.generate.stream import TextStream
-from arlm.runtime import resolve_device
+from arlm.interop.load import load_model
+from arlm.io.atomic import atomic_write_text
+from arlm.io.paths import output_file
+from arlm.io.schema import CheckpointInfo
+from arlm.io.text import check_text
+from arlm.runtime import check_memory, resolve_device
 from arlm.tokenizers.base import same_vocabulary, token_texts
-from arlm.train.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 
 
 def generate_config(**controls) -> GenerateConfig:
-    """A validated GenerateConfig from keyword controls; unknown names are a UserError."""
+    """A validated GenerateConfig from keyword controls; unknown names, wrong types, out-of-range values
+    and text that is not valid Unicode are a UserError. For convenience a single ``stop`` string or bad
+    word may be given alone, and ``logit_bias`` as OpenAI's {token id: bias}."""
     known = {f.name for f in dataclasses.fields(GenerateConfig)}
     unknown = sorted(set(controls) - known)
     if unknown:
         raise UserError(f"unknown generation option(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    if isinstance(controls.get("stop"), str):
-        controls["stop"] = [controls["stop"]]
+    for key in ("stop", "bad_words"):
+        if isinstance(controls.get(key), str):
+            controls[key] = [controls[key]]
+    if isinstance(controls.get("logit_bias"), dict):
+        controls["logit_bias"] = [f"{k}={v}" for k, v in controls["logit_bias"].items()]
+    for key in ("stop", "bad_words", "control"):
+        if key in controls:
+            check_strings_of(controls[key], key)
     cfg = from_dict(GenerateConfig, {k: v for k, v in controls.items() if v is not None or k == "seed"}, "generate options")
     cfg.validate()
     return cfg
+
+
+def check_strings_of(value: Any, name: str) -> None:
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str):
+            check_text(v, name)
 
 
 @dataclass
@@ -73,18 +91,18 @@ class Completion:
 class LanguageModel:
     """A loaded model and its tokenizer, ready to generate and score text."""
 
-    def __init__(self, model, tokenizer, config: dict[str, Any]):
+    def __init__(self, model, tokenizer, info: CheckpointInfo):
         self.model = model
         self.tokenizer = tokenizer
-        self.config = config
+        self.info = info  # the typed config.json (or what a Hugging Face folder's files say)
         self.device = next(model.parameters()).device
         # Defaults that came with the model (a Hugging Face generation_config.json); options given
         # to generate()/stream() or on the command line override them.
-        self.generation_defaults: dict[str, Any] = dict(config.get("generation") or {})
+        self.generation_defaults: dict[str, Any] = dict(info.generation)
         self.last_speculative: SpeculativeStats | None = None  # acceptance figures of the last speculative run
         self._drafts: dict[str, Any] = {}
         self._token_texts: list[str | None] | None = None
-        eos = config.get("eos_token_ids") or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else [])
+        eos = info.eos_token_ids or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else [])
         self.eos_ids: tuple[int, ...] = tuple(eos)
 
     def generate_config(self, **controls) -> GenerateConfig:
@@ -100,10 +118,11 @@ class LanguageModel:
         prompt starts from the end-of-text token, i.e. unconditional generation. A ``control`` code
         starts a new document with it, as the model saw codes in training."""
         self._need_tokenizer()
+        check_text(prompt, "the prompt")
         encode = getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode)  # adds BOS where the tokenizer does
         ids = encode(prompt) if prompt else []
         if control:
-            known = (self.config.get("data") or {}).get("controls")
+            known = self.info.data.get("controls")
             if known is not None and control not in known:
                 raise UserError(f"this model was not trained with the control code {control!r}; it knows: "
                                 f"{', '.join(known[:50])}" + (" ..." if len(known) > 50 else ""))
@@ -129,6 +148,8 @@ class LanguageModel:
                 raise UserError(f"beam search needs the prompt ({len(ids)} tokens) plus max_new_tokens "
                                 f"({cfg.max_new_tokens}) to fit the context window ({self.block_size}); "
                                 f"shorten one of them")
+            check_memory(beam_bytes(self.model, cfg.num_beams, len(ids) + cfg.max_new_tokens),
+                         f"beam search with num_beams={cfg.num_beams}", "lower num_beams", self.device)
             return self._beam_texts(ids, cfg)
         return self._stream_ids(ids, cfg)
 
@@ -178,6 +199,11 @@ class LanguageModel:
         many = bool(ids) and isinstance(ids[0], list)
         n_prompts = len(ids) if many else 1
         B = n_prompts * cfg.num_return_sequences
+        longest = max(len(p) for p in ids) if many else len(ids)
+        check_memory(decode_bytes(self.model, B, longest + cfg.max_new_tokens + 1),
+                     f"generating {B} sequence(s) (num_return_sequences={cfg.num_return_sequences} x {n_prompts} "
+                     f"prompt(s)) of up to {longest + cfg.max_new_tokens} tokens",
+                     "lower num_return_sequences, the number of prompts or max_new_tokens", self.device)
         rules = self.rules(cfg)
         skips = [""] * B
         limits = [cfg.max_new_tokens] * B  # per row: a healed row also generates its re-spelt token
@@ -269,9 +295,10 @@ class LanguageModel:
         if cfg.logprobs or cfg.top_logprobs:
             raise UserError("logprobs are not reported with speculative decoding; drop --draft-model to get them")
         draft = self.draft(cfg.draft_model)
-        if "lstm" in (self.model.config.type, draft.model.config.type):
-            raise UserError("speculative decoding needs Transformer models (it rewinds the cache, which an LSTM's "
-                            "state cannot do); drop --draft-model")
+        cannot = [m.config.type.upper() for m in (self.model, draft.model) if not m.can_rewind_cache]
+        if cannot:
+            raise UserError(f"speculative decoding rewinds the decoding cache, which an {cannot[0]} model's state cannot "
+                            f"do; drop --draft-model")
         need = len(ids) + cfg.max_new_tokens + cfg.num_draft_tokens
         limit = min(self.block_size, draft.block_size)
         if need > limit:
@@ -329,9 +356,11 @@ class LanguageModel:
         """The continuation of ``prompt`` (without the prompt): a str, or a list of str for a list of
         prompts. With ``num_return_sequences=n > 1`` each prompt gives a list of n strings."""
         cfg = self.generate_config(**controls)
+        if not isinstance(prompt, (str, list, tuple)):
+            raise UserError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not all(isinstance(p, str) for p in prompts):
-            raise UserError("prompt must be a string or a list of strings")
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise UserError("prompt must be a string or a non-empty list of strings")
         n = cfg.num_return_sequences
         if cfg.num_beams > 1:  # one beam search per prompt
             texts = []
@@ -352,12 +381,18 @@ class LanguageModel:
         """The chat template: ``template``, else the one this model was fine-tuned with, else its
         tokenizer's, else arlm's default."""
         self._need_tokenizer()
-        return ChatTemplate.for_model(self.tokenizer, template or self.config.get("chat_template") or "")
+        if not isinstance(template, str):
+            raise UserError(f"template must be a string (Jinja text or a file name), got {type(template).__name__}")
+        return ChatTemplate.for_model(self.tokenizer, template or self.info.chat_template or "")
 
     def evaluate_task(self, examples: list[dict[str, str]], metric: str, batch_size: int = 8, chat: bool = False,
                       **controls) -> tuple[dict[str, Any], list[str]]:
         """Generate for each example's prompt (greedy unless ``controls`` say otherwise) and score the
         outputs against the references with ``metric``; returns (scores, predictions)."""
+        check_metric(metric)
+        examples = check_examples(examples)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         controls = {"temperature": 0.0, **controls}
         cfg = self.generate_config(**controls)
         if cfg.num_return_sequences != 1 or cfg.num_beams > 1:
@@ -380,13 +415,17 @@ class LanguageModel:
 
     def _need_tokenizer(self) -> None:
         if self.tokenizer is None:
-            raise UserError(f"{self.config.get('path', 'this model')} has no tokenizer files (tokenizer.json, or "
+            raise UserError(f"{self.info.path or 'this model'} has no tokenizer files (tokenizer.json, or "
                             f"vocab.json + merges.txt): copy its base model's tokenizer files into the folder")
 
     def evaluate(self, text: str, batch_size: int = 8, stride: int = 0) -> dict[str, Any]:
         """Loss, perplexity, bits per character/byte of ``text``; ``stride`` > 0 slides the window
         (Hugging Face's strided method), 0 uses non-overlapping windows."""
         self._need_tokenizer()
+        check_text(text, "the text to evaluate")
+        for name, value, low in (("batch_size", batch_size, 1), ("stride", stride, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
         return evaluate_text(self.model, self.tokenizer, text, batch_size, self.device, stride)
 
     def perplexity(self, text: str, stride: int = 0) -> float:
@@ -425,6 +464,8 @@ class ChatSession:
     def send(self, text: str) -> Iterator[str]:
         """Add a user message and return an iterator of the reply's pieces; the reply joins the
         conversation once the iterator is exhausted. A message that cannot fit raises here, at once."""
+        check_text(text, "the message")
+        check_text(self.system, "the system prompt")
         if not text.strip():
             raise UserError("empty message")
         self.messages.append({"role": "user", "content": text})
@@ -448,17 +489,20 @@ class ChatSession:
 
     def save(self, path: str | Path) -> Path:
         """Write the conversation as one JSON line ({"messages": [...]}, the fine-tuning format), atomically."""
+        output_file(path, "the conversation file")
         atomic_write_text(path, json.dumps({"messages": self.conversation()}, ensure_ascii=False) + "\n")
         return Path(path)
 
 
-def load(path: str | Path, device: str = "auto", precision: str = "float32") -> LanguageModel:
+def load(path: str | Path, device: str = LoadConfig.device, precision: str = LoadConfig.precision) -> LanguageModel:
     """Load a checkpoint, training output or Hugging Face folder. ``precision``: float32, bfloat16,
     int8 (weight-only, per-channel scales) or auto (bfloat16 on GPUs that support it); see
     arlm.compress.quantize."""
     from arlm.compress.quantize import quantize
 
-    dev = resolve_device(device)
-    model, tokenizer, config = load_model(path, dev)
-    quantize(model, precision)
-    return LanguageModel(model, tokenizer, config)
+    opts = validated(LoadConfig, {"model": str(path) if isinstance(path, Path) else path, "device": device,
+                                  "precision": precision}, "arlm.load options", name_source=False)
+    dev = resolve_device(opts.device)
+    model, tokenizer, info = load_model(opts.model, dev)
+    quantize(model, opts.precision)
+    return LanguageModel(model, tokenizer, info)

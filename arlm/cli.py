@@ -2,7 +2,10 @@
 
 Only flags the user actually gives are passed on (argparse.SUPPRESS), so a TOML file's values are
 overridden only by explicit flags, and ``--resume`` knows exactly what the user asked to change.
-User errors print one line and exit with status 2; no traceback.
+
+Exit statuses (docs/reliability.md): 0 done; 2 bad input (a flag, a file, a value), one line on
+stderr and nothing written; 1 the environment failed (disk full, permission denied, out of memory,
+output stream closed), one line naming the path; 130 interrupted. Never a traceback for either.
 """
 
 from __future__ import annotations
@@ -12,16 +15,19 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import typing
 from pathlib import Path
 from typing import Any
 
-import arlm
-from arlm.config import (CHAT_DEFAULTS, FINETUNE_DEFAULTS, LORA_DEFAULTS, ConvertConfig, EvalConfig, GenerateConfig,
-                         PrepareConfig, TrainConfig, apply_preset, field_types, from_dict, merge, read_toml)
-from arlm.errors import UserError
-from arlm.fsutil import atomic_write_text
+from arlm.config import (CHAT_DEFAULTS, EVAL_TASK_DEFAULTS, EVAL_TASK_OPTIONS, FINETUNE_DEFAULTS, LORA_DEFAULTS,
+                         ConvertConfig, EvalConfig, GenerateConfig, GPTConfig, LoadConfig, PrepareConfig, TrainConfig,
+                         apply_preset, field_types, from_dict, merge, read_toml, validated)
+from arlm.errors import EnvironmentFailure, UserError
+from arlm.io.atomic import atomic_write_text
+from arlm.io.text import check_strings
+from arlm.version import __version__
 
 log = logging.getLogger("arlm")
 
@@ -34,18 +40,19 @@ def _flag(name: str) -> str:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = (),
-                    defaults: dict[str, Any] | None = None) -> None:
-    """Add one flag per field of config dataclass ``cls`` (nested dataclasses become their own group);
-    ``defaults`` replaces the dataclass's in the help text (a verb that applies its own, e.g. finetune)."""
+                    defaults: dict[str, Any] | None = None, only: tuple[str, ...] | None = None) -> None:
+    """Add one flag per field of config dataclass ``cls`` (nested dataclasses become their own group;
+    the model table takes the GPT's fields, which include every model type's); ``defaults`` replaces the
+    dataclass's in the help text (a verb that applies its own, e.g. finetune); ``only`` limits the fields."""
     types = field_types(cls)
     instance = cls()
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         tp = types[f.name]
-        if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(tp) or f.name == "model" and cls is TrainConfig:
             group = parser.add_argument_group(f"{f.name} options ([{f.name}] table in a TOML config)")
-            add_config_args(group, tp, prefix=f"{prefix}{f.name}.")
+            add_config_args(group, GPTConfig if f.name == "model" else tp, prefix=f"{prefix}{f.name}.")
             continue
         default = (defaults or {}).get(f.name, getattr(instance, f.name))
         help_text = f.metadata.get("help", "")
@@ -176,12 +183,17 @@ def _report_training(args: argparse.Namespace, summary: dict[str, Any]) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from arlm.train.sweep import RESULTS, sweep
 
+    from arlm.io.paths import output_dir
+
     base = read_toml(args.config) if args.config else {}
     for key in ("data", "max_steps", "max_minutes"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     if not base.get("data"):
         raise UserError("no data given: add --data DIR (a folder made by `arlm prepare`) or set data in --config")
+    if args.trials < 0:
+        raise UserError(f"--trials must be >= 0 (0: the full grid), got {args.trials}")
+    output_dir(args.out)
     rows = sweep(base, args.param, args.out, n_random=args.trials, seed=args.seed, overwrite=args.overwrite)
     if args.json:
         _emit_json({"results": rows, "csv": str(Path(args.out) / RESULTS)})
@@ -195,12 +207,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _load_options(args: argparse.Namespace) -> LoadConfig:
+    return validated(LoadConfig, explicit_values(args, _names(LoadConfig)), "model options", name_source=False)
+
+
+def _load(args: argparse.Namespace, controls: dict[str, Any] | None = None):
+    """The model of ``--model``, once its options and the decoding ``controls`` have been checked."""
     from arlm.api import generate_config, load
 
+    opts = _load_options(args)
+    if controls is not None:
+        generate_config(**controls)  # bad options fail before the model is loaded
+    return load(opts.model, device=opts.device, precision=opts.precision)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     controls = explicit_values(args, _names(GenerateConfig))
-    generate_config(**controls)  # bad options fail before the model is loaded
-    m = load(args.model, device=args.device, precision=args.precision)
+    m = _load(args, controls)
     cfg = m.generate_config(**controls)  # the model's own defaults under the flags given
     if cfg.logprobs or cfg.top_logprobs or cfg.echo:
         return _print_completions(args, m.complete(args.prompt, **controls))
@@ -252,13 +275,15 @@ def _print_completions(args: argparse.Namespace, completions) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from arlm.api import ChatSession, generate_config, load
+    from arlm.api import ChatSession
 
+    if sys.stdin is None or sys.stdin.closed:
+        raise UserError("chat reads your messages from standard input, which is closed; run it in a terminal or pipe "
+                        "messages into it")
     controls = explicit_values(args, _names(GenerateConfig))
-    generate_config(**controls)  # bad options fail before the model is loaded
-    m = load(args.model, device=args.device, precision=args.precision)
+    m = _load(args, controls)
     session = ChatSession(m, system=args.system, template=args.chat_template, **controls)
-    print(f"chatting with {m.config.get('path', args.model)} ({m.block_size} tokens of context). "
+    print(f"chatting with {m.info.path} ({m.block_size} tokens of context). "
           f"Commands: /reset, /save FILE, /system TEXT, /exit", file=sys.stderr)
     while True:
         try:
@@ -279,8 +304,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 continue
             try:
                 print(f"(saved {len(session.conversation())} messages to {session.save(rest.strip())})", file=sys.stderr)
-            except OSError as e:
-                print(f"(could not save: {e.strerror or e})", file=sys.stderr)
+            except (UserError, EnvironmentFailure) as e:
+                print(f"(could not save: {e})", file=sys.stderr)
         elif command == "/system":
             session.system = rest.strip()
             print(f"(system prompt {'set' if session.system else 'removed'})", file=sys.stderr)
@@ -305,17 +330,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from arlm.api import load
-    from arlm.data.prepare import read_text_file
+    from arlm.io.text import read_text_file
 
-    cfg = from_dict(EvalConfig, explicit_values(args, _names(EvalConfig)), "eval options")
-    cfg.validate()
+    cfg = validated(EvalConfig, explicit_values(args, _names(EvalConfig)), "eval options", name_source=False)
+    _load_options(args)
     if cfg.task:
         return _eval_task(args, cfg)
     text = read_text_file(cfg.data, cfg.errors)
-    m = load(cfg.model, device=cfg.device)
+    m = _load(args)
     result = m.evaluate(text, batch_size=cfg.batch_size, stride=cfg.stride)
-    result.update(model=m.config["path"], data=cfg.data)
+    result.update(model=m.info.path, data=cfg.data)
     if args.json:
         _emit_json(result)
     else:
@@ -326,21 +350,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
-    from arlm.api import load
     from arlm.eval.tasks import read_task
+    from arlm.io.paths import output_file
 
-    examples = read_task(cfg.task)
-    if cfg.predictions_out and not Path(cfg.predictions_out).resolve().parent.is_dir():
-        raise UserError(f"the folder of --predictions-out {cfg.predictions_out} does not exist; create it first")
-    m = load(cfg.model, device=cfg.device)
-    scores, predictions = m.evaluate_task(examples, cfg.metric, cfg.batch_size, cfg.chat,
-                                          max_new_tokens=cfg.max_new_tokens, stop=cfg.stop,
-                                          token_healing=cfg.token_healing)
+    examples = read_task(cfg.task, cfg.errors)
+    if cfg.predictions_out:  # checked before anything is generated
+        output_file(cfg.predictions_out, "--predictions-out", inputs=[("task file", cfg.task)],
+                    input_folders=[("model folder", _load_options(args).model)])
+    controls = {**EVAL_TASK_DEFAULTS, **explicit_values(args, list(EVAL_TASK_OPTIONS))}
+    m = _load(args, controls)
+    scores, predictions = m.evaluate_task(examples, cfg.metric, cfg.batch_size, cfg.chat, **controls)
     if cfg.predictions_out:
         atomic_write_text(cfg.predictions_out, "".join(
             json.dumps({"prompt": ex["prompt"], "prediction": p, "reference": ex["reference"]}, ensure_ascii=False) + "\n"
             for ex, p in zip(examples, predictions)))
-    result = {"model": m.config.get("path", cfg.model), "task": cfg.task, "metric": cfg.metric, "examples": len(examples),
+    result = {"model": m.info.path, "task": cfg.task, "metric": cfg.metric, "examples": len(examples),
               **scores}
     if args.json:
         _emit_json(result)
@@ -358,22 +382,33 @@ def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from arlm.interop.hf import export_hf, load_hf
-    from arlm.train.checkpoint import load_model, save_checkpoint
+    from arlm.interop.hf import export_hf, is_hf_dir, load_hf
+    from arlm.interop.load import load_model, save_model
+    from arlm.io.paths import check_apart, output_dir
 
-    cfg = from_dict(ConvertConfig, explicit_values(args, _names(ConvertConfig)), "convert options")
-    cfg.validate()
+    cfg = validated(ConvertConfig, explicit_values(args, _names(ConvertConfig)), "convert options", name_source=False)
+    source = cfg.from_hf or cfg.to_hf
+    if not Path(source).is_dir():
+        raise UserError(f"{source} is not a folder" if Path(source).exists() else f"model folder not found: {source}")
+    check_apart(cfg.out, source)
+    out = output_dir(cfg.out, replace_whole=True)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise UserError(f"{cfg.out} already exists; choose another --out or add --overwrite to replace it")
     if cfg.from_hf:
+        if not is_hf_dir(cfg.from_hf) and (Path(cfg.from_hf) / "config.json").is_file():
+            raise UserError(f"{cfg.from_hf} is not a Hugging Face folder (its config.json has no model_type, or arlm "
+                            f"wrote it); to export an arlm checkpoint use --to-hf")
         model, tokenizer, info = load_hf(cfg.from_hf)
         if tokenizer is None:
             raise UserError(f"{cfg.from_hf} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt); an arlm "
                             f"checkpoint needs one: copy its base model's tokenizer files into the folder")
-        keep = {k: info[k] for k in ("source", "generation", "eos_token_ids")}
-        save_checkpoint(cfg.out, model, tokenizer, keep)
-        what = f"{info['source']['model_type']} -> arlm checkpoint"
+        save_model(out, model, tokenizer, info)
+        what = f"{info.source['model_type']} -> arlm checkpoint"
     else:
         model, tokenizer, info = load_model(cfg.to_hf)
-        export_hf(model, tokenizer, cfg.out, info)
+        if tokenizer is None:
+            raise UserError(f"{cfg.to_hf} has no tokenizer files; a Hugging Face folder needs one")
+        export_hf(model, tokenizer, out, info)
         what = "arlm -> Hugging Face " + ("GPT-2" if model.config.pos_embedding == "learned" else "Llama") + " layout"
     mc = model.config
     summary = {"out": cfg.out, "conversion": what, "params": model.num_params(non_embedding=False),
@@ -389,17 +424,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as every other refusal (argparse prints the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="arlm",
         description="Autoregressive language models: prepare a corpus, train, fine-tune, evaluate, generate, chat.",
         epilog="Run `arlm VERB --help` for the options of each verb. Errors in your input exit with status 2.",
     )
-    p.add_argument("--version", action="version", version=f"arlm {arlm.__version__}")
+    p.add_argument("--version", action="version", version=f"arlm {__version__}")
     verbosity = p.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only print errors and results")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print debugging information")
-    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=_Parser)
 
     def json_flag(sp):
         sp.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line of stdout")
@@ -456,12 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("generate", help="generate text from a prompt, streamed",
                         description="Continue a prompt with a trained model, printing tokens as they come.")
-    sp.add_argument("--model", required=True, metavar="DIR", help="checkpoint or training output folder")
+    add_config_args(sp, LoadConfig)
     sp.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
-    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto")
-    sp.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16", "int8"),
-                    help="weights for decoding: float32, bfloat16, int8 (weight-only, per-channel scales), or auto "
-                         "(bfloat16 on GPUs that support it)")
     add_config_args(sp, GenerateConfig)
     sp.add_argument("--json", action="store_true", help="print {prompt, completions} as one JSON object instead of streaming")
     sp.set_defaults(func=cmd_generate)
@@ -470,13 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="A multi-turn conversation with a (fine-tuned) model, through its chat template. "
                                     "The oldest turns leave the context when it is full (the system prompt stays). "
                                     "Commands: /reset, /save FILE, /system TEXT, /exit.")
-    sp.add_argument("--model", required=True, metavar="DIR", help="checkpoint, training output or Hugging Face folder")
+    add_config_args(sp, LoadConfig)
     sp.add_argument("--system", default="", metavar="TEXT", help="system prompt, kept at the start of every context")
     sp.add_argument("--chat-template", default="", metavar="TEXT|FILE",
                     help="Jinja chat template (default: the model's own, else arlm's 'User: / Assistant:' one)")
-    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto")
-    sp.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16", "int8"),
-                    help="weights for decoding (as for generate)")
     add_config_args(sp, GenerateConfig, skip=("num_return_sequences", "num_beams", "length_penalty", "early_stopping",
                                               "logprobs", "top_logprobs", "echo", "control"),
                     defaults=CHAT_DEFAULTS)
@@ -495,7 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="--data FILE: score every token of a UTF-8 text file (loss, perplexity, bits per "
                                     "character). --task FILE.jsonl: generate for each {prompt, reference} and score the "
                                     "predictions with sacrebleu (BLEU, chrF), rouge-score (ROUGE-1/2/L) or exact match.")
+    add_config_args(sp, LoadConfig)
     add_config_args(sp, EvalConfig)
+    group = sp.add_argument_group("task decoding options (--task)")
+    add_config_args(group, GenerateConfig, only=EVAL_TASK_OPTIONS, defaults=EVAL_TASK_DEFAULTS)
     json_flag(sp)
     sp.set_defaults(func=cmd_eval)
     return p
@@ -519,6 +557,26 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     root.propagate = False
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Every text flag is valid Unicode (undecodable bytes in argv become lone surrogates, PEP 383):
+    one policy with files and the API (arlm/io/text.py)."""
+    for key, value in vars(args).items():
+        if isinstance(value, (str, list)) and not key.startswith("_"):
+            check_strings(value, _flag(key.split(".")[-1]))
+        elif key == "_model" and value is not None:
+            check_strings(value, "--model")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null after it failed (a closed pipe, a full disk), so the interpreter's own
+    flush at exit does not fail again with a second message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -526,15 +584,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet and args.verb == "train" and not hasattr(args, "progress"):
         args.progress = False
     try:
-        return args.func(args)
+        _check_flags(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a full disk under stdout shows here, not at exit
+        return code
     except UserError as e:
         print(f"arlm {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"arlm {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `arlm generate ... | head`
+    except BrokenPipeError:  # e.g. `arlm generate ... | head`: the reader has all it wanted
+        _quiet_stdout()
         return 0
+    except (EnvironmentFailure, OSError, MemoryError) as e:
+        print(f"arlm {args.verb}: error: {_environment_message(e)}", file=sys.stderr)
+        if isinstance(e, OSError) and e.filename is None:
+            _quiet_stdout()
+        return 1
+    except RuntimeError as e:  # the accelerator's out-of-memory error is a RuntimeError subclass
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        print(f"arlm {args.verb}: error: out of GPU memory ({str(e).splitlines()[0][:120]}); lower the batch size or "
+              f"the model size", file=sys.stderr)
+        return 1
+
+
+def _environment_message(e: BaseException) -> str:
+    if isinstance(e, MemoryError):
+        return "out of memory; lower the batch size, the model size or the number of sequences"
+    if isinstance(e, OSError) and not isinstance(e, EnvironmentFailure):
+        where = e.filename if e.filename is not None else "standard output"
+        return f"cannot write {where}: {e.strerror or e}" if e.filename is None else f"{where}: {e.strerror or e}"
+    return str(e)
 
 
 if __name__ == "__main__":

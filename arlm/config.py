@@ -48,8 +48,41 @@ def _f(default, help: str, choices: tuple | None = None, metavar: str | None = N
 # model
 
 
+MODEL_TYPES = ("gpt", "lstm")
+DEFAULT_DEVICE = "auto"
+DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (CUDA, then Apple MPS, then CPU)"
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+
+
 @dataclass
-class GPTConfig:
+class ModelConfig:
+    """What every model type has: its family, vocabulary, context, depth, width, dropout and tying
+    (the GPT's names). A model type's own config adds its fields (see ``MODEL_CONFIGS``)."""
+
+    type: str = _f("gpt", "model family: gpt (decoder-only Transformer) or lstm (embedding -> LSTM -> linear, the "
+                          "recurrent baseline; takes vocab_size, block_size, n_layer, n_embd, dropout, tie_embeddings)",
+                   choices=MODEL_TYPES)
+    vocab_size: int = _f(0, "vocabulary size; set from the prepared data's tokenizer when 0")
+    block_size: int = _f(256, "context length in tokens")
+    n_layer: int = _f(6, "number of Transformer blocks (LSTM: stacked LSTM layers)")
+    n_embd: int = _f(384, "embedding width (must be divisible by n_head unless head_dim is set; LSTM: also the hidden width)")
+    dropout: float = _f(0.2, "dropout probability on embeddings, attention and residual paths")
+    tie_embeddings: bool = _f(True, "share the output layer's weight with the token embedding (Press & Wolf 2017)")
+
+    def validate(self) -> None:
+        for name in ("block_size", "n_layer", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise UserError(f"model.vocab_size must be positive (0: take it from the data), got {self.vocab_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if MODEL_CONFIGS[self.type] is not type(self):
+            raise UserError(f"model.type '{self.type}' needs a {MODEL_CONFIGS[self.type].__name__}")
+
+
+@dataclass
+class GPTConfig(ModelConfig):
     """Shape of the decoder-only Transformer (names follow GPT-2 / nanoGPT).
 
     The defaults are GPT-2's architecture. Llama-family models (Llama 2/3, Mistral, Qwen2, SmolLM,
@@ -57,18 +90,10 @@ class GPTConfig:
     ``activation="silu"``, ``bias=False`` and usually ``n_kv_head < n_head`` and untied embeddings.
     """
 
-    type: str = _f("gpt", "model family: gpt (decoder-only Transformer) or lstm (embedding -> LSTM -> linear, the "
-                          "recurrent baseline; uses n_layer, n_embd, dropout, block_size, tie_embeddings)",
-                   choices=("gpt", "lstm"))
-    vocab_size: int = _f(0, "vocabulary size; set from the prepared data's tokenizer when 0")
-    block_size: int = _f(256, "context length in tokens")
-    n_layer: int = _f(6, "number of Transformer blocks")
     n_head: int = _f(6, "attention (query) heads per block")
-    n_embd: int = _f(384, "embedding width (must be divisible by n_head unless head_dim is set)")
     n_kv_head: int = _f(0, "key/value heads: 0 = n_head (multi-head), 1 = multi-query, else grouped-query")
     head_dim: int = _f(0, "width of one attention head (0: n_embd // n_head)")
     intermediate_size: int = _f(0, "hidden width of the MLP (0: 4 * n_embd, or 8/3 * n_embd rounded up to 64 when gated)")
-    dropout: float = _f(0.2, "dropout probability on embeddings, attention and residual paths")
     bias: bool = _f(True, "use biases in every Linear layer and LayerNorm (GPT-2 does, Llama does not)")
     qkv_bias: bool = _f(False, "biases on the query/key/value projections even when bias is false (Qwen2)")
     attn_bias: bool = _f(False, "biases on the query/key/value and output projections even when bias is false")
@@ -88,7 +113,6 @@ class GPTConfig:
                   choices=("standard", "gated"))
     activation: str = _f("gelu_tanh", "MLP activation (gelu_tanh is GPT-2's 'gelu_new')",
                          choices=("gelu_tanh", "gelu", "silu", "relu"))
-    tie_embeddings: bool = _f(True, "share the output layer's weight with the token embedding (Press & Wolf 2017)")
     sliding_window: int = _f(0, "each position attends to at most this many positions, itself included (Mistral); 0: the whole context")
 
     @property
@@ -110,31 +134,39 @@ class GPTConfig:
         return 4 * self.n_embd
 
     def validate(self) -> None:
-        for name in ("block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
+        super().validate()
+        if self.n_head <= 0:
+            raise UserError(f"model.n_head must be a positive integer, got {self.n_head}")
         for name in ("n_kv_head", "head_dim", "intermediate_size", "rope_original_block_size", "sliding_window"):
             if getattr(self, name) < 0:
                 raise UserError(f"model.{name} must be >= 0 (0: default), got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.type == "lstm":  # the attention options below do not apply
-            return
         if not self.head_dim and self.n_embd % self.n_head:
             raise UserError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
                 f"try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
             )
-        if self.n_head % self.kv_heads:
+        if self.n_kv_head > self.n_head or self.n_head % self.kv_heads:
             raise UserError(f"model.n_head ({self.n_head}) must be a multiple of model.n_kv_head ({self.n_kv_head})")
         if self.pos_embedding == "rope" and self.hs % 2:
             raise UserError(f"rotary embeddings need an even head width, got {self.hs}")
-        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.rope_factor <= 0:
-            raise UserError("model.rope_theta, model.rope_factor and model.norm_eps must be > 0")
+        for name in ("rope_theta", "rope_factor", "norm_eps"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"model.{name} must be > 0, got {getattr(self, name)}")
         if self.rope_scaling == "llama3" and (not self.rope_original_block_size
                                               or self.rope_high_freq_factor <= self.rope_low_freq_factor):
             raise UserError("llama3 RoPE scaling needs rope_original_block_size > 0 and "
                             "rope_high_freq_factor > rope_low_freq_factor")
+
+
+@dataclass
+class LSTMConfig(ModelConfig):
+    """The LSTM baseline (arlm/model/lstm.py): embedding -> ``n_layer`` LSTM layers of width ``n_embd`` -> linear."""
+
+    type: str = _f("lstm", "model family (see GPTConfig.type)", choices=MODEL_TYPES)
+
+
+# Each model type's config class; arlm/model/registry.py pairs them with the model classes.
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"gpt": GPTConfig, "lstm": LSTMConfig}
 
 
 # Named model shapes, kept as data. "gpt2*" are the published GPT-2 sizes (Radford et al. 2019).
@@ -227,7 +259,7 @@ class TrainConfig:
     min_delta: float = _f(0.0, "smallest drop in validation loss that counts as an improvement")
     log_interval: int = _f(10, "record training loss every this many steps")
     seed: int = _f(1337, "random seed for initialisation, data order and dropout")
-    device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto")
+    device: str = _f(DEFAULT_DEVICE, DEVICE_HELP)
     dtype: str = _f("auto", "compute precision; auto = bfloat16 autocast on capable GPUs, float32 on CPU",
                     choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = _f(False, "compile the model with torch.compile (faster steps after a slow first one)")
@@ -259,7 +291,7 @@ class TrainConfig:
     replay_data: str = _f("", "continual training: a prepared data folder (e.g. the original corpus) mixed into the "
                               "batches to limit forgetting", metavar="DIR")
     replay_fraction: float = _f(0.0, "continual training: fraction of each batch's sequences drawn from --replay-data")
-    model: GPTConfig = field(default_factory=GPTConfig)
+    model: GPTConfig | LSTMConfig = field(default_factory=GPTConfig)
 
     def validate(self) -> None:
         if not self.resume:
@@ -318,6 +350,11 @@ LORA_DEFAULTS: dict[str, Any] = dict(lr=1e-3, min_lr=1e-4)
 # generate / eval
 
 
+# Most new tokens one generation may ask for. A model slides its context window to continue past it,
+# so the context does not bound a generation; this keeps its token buffers (rows x tokens) to megabytes.
+MAX_NEW_TOKENS = 1_000_000
+
+
 @dataclass
 class GenerateConfig:
     """Decoding controls, shared by ``arlm generate``, the Python API and (later) the server."""
@@ -358,8 +395,9 @@ class GenerateConfig:
                                     "is continued with the tokens seen in training; the re-spelt text is not returned")
 
     def validate(self) -> None:
-        if self.max_new_tokens < 0:
-            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if not 0 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise UserError(f"max_new_tokens must be between 0 and at most {MAX_NEW_TOKENS:,} (generate longer texts in "
+                            f"several calls), got {self.max_new_tokens}")
         if self.temperature < 0 or not math.isfinite(self.temperature):
             raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
@@ -419,39 +457,53 @@ class GenerateConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Options of ``arlm eval``."""
+class LoadConfig:
+    """How a model is loaded for inference: ``arlm generate``, ``chat``, ``eval`` and ``arlm.load``."""
 
-    model: str = _f("", "checkpoint or training output folder", metavar="DIR")
+    model: str = _f("", "checkpoint, training output or Hugging Face folder", metavar="DIR")
+    device: str = _f(DEFAULT_DEVICE, DEVICE_HELP)
+    precision: str = _f("float32", "weights for decoding: float32, bfloat16, int8 (weight-only, per-channel scales), "
+                                   "or auto (bfloat16 on GPUs that support it)", choices=PRECISIONS)
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UserError("no model given: add --model DIR")
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``arlm eval`` (beside the model's LoadConfig and, for tasks, the GenerateConfig options
+    in ``EVAL_TASK_OPTIONS`` with the defaults of ``EVAL_TASK_DEFAULTS``)."""
+
     data: str = _f("", "UTF-8 text file to score (loss, perplexity, bits per character)", metavar="FILE")
     task: str = _f("", "instead of --data: a JSONL file of {prompt, reference}; generate for each prompt (greedy) "
                        "and score the outputs with --metric", metavar="FILE.jsonl")
     metric: str = _f("bleu", "task metric: corpus BLEU or chrF (sacrebleu), ROUGE-1/2/L F1 (rouge-score), exact match",
                      choices=("bleu", "chrf", "rouge", "exact"))
     predictions_out: str = _f("", "task: write one JSON line per example with prompt, prediction and reference", metavar="FILE")
-    max_new_tokens: int = _f(128, "task: most tokens generated per prompt")
-    stop: list[str] = _f([], "task: end a prediction at this text (repeatable; e.g. a newline for one-line answers)")
     chat: bool = _f(False, "task: send each prompt as a user message through the model's chat template")
-    token_healing: bool = _f(False, "task: heal each prompt's last token (see `arlm generate --token-healing`); "
-                                    "for prompts that end where the tokenizer would not cut, e.g. code before a newline")
     batch_size: int = _f(8, "windows per forward pass (task: prompts generated together)")
     stride: int = _f(0, "0: non-overlapping windows; S: slide a full window by S tokens, scoring only the "
                         "new ones (Hugging Face's sliding-window perplexity: more context per token, slower)")
-    device: str = _f("auto", "cpu, cuda, cuda:N, mps, or auto")
-    errors: str = _f("strict", "what to do with bytes that are not UTF-8", choices=("strict", "replace"))
+    errors: str = _f("strict", "what to do with bytes that are not UTF-8 in --data, and with text that is not valid "
+                               "Unicode in --task: stop with an error, or replace it with U+FFFD", choices=("strict", "replace"))
 
     def validate(self) -> None:
-        if not self.model:
-            raise UserError("no model given: add --model DIR")
         if bool(self.data) == bool(self.task):
             raise UserError("give --data FILE (a text to score) or --task FILE.jsonl (prompts and references), not both"
                             if self.data else "nothing to evaluate: add --data FILE (a text) or --task FILE.jsonl")
-        if self.max_new_tokens <= 0 or any(s == "" for s in self.stop):
-            raise UserError("max_new_tokens must be positive and stop strings non-empty")
         if self.batch_size <= 0:
             raise UserError(f"batch_size must be positive, got {self.batch_size}")
         if self.stride < 0:
             raise UserError(f"stride must be >= 0 (0: non-overlapping windows), got {self.stride}")
+        if self.predictions_out and not self.task:
+            raise UserError("--predictions-out applies to --task evaluation")
+
+
+# `arlm eval --task`: the decoding options it takes, and their defaults there (greedy, shorter answers).
+EVAL_TASK_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                     "no_repeat_ngram_size", "stop", "seed", "token_healing")
+EVAL_TASK_DEFAULTS: dict[str, Any] = dict(temperature=0.0, max_new_tokens=128)
 
 
 @dataclass
@@ -478,7 +530,7 @@ class ConvertConfig:
 
 # `arlm chat`: decoding defaults under the model's own and the flags given. Sampling (not greedy,
 # which loops on small models) with a moderate temperature and nucleus, as chat front-ends do.
-CHAT_DEFAULTS: dict[str, Any] = dict(temperature=0.8, top_p=0.95, max_new_tokens=200)
+CHAT_DEFAULTS: dict[str, Any] = dict(temperature=0.8, top_p=0.95)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -496,60 +548,133 @@ def field_types(cls) -> dict[str, Any]:
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
-        return f"a list of {typing.get_args(tp)[0].__name__}"
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "a table of keys"
     if origin in _UNION_TYPES:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _type_name(args[0]) + " (or omitted)"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+        return " or ".join(_type_name(a) for a in args) + (" (or omitted)" if len(args) < len(typing.get_args(tp)) else "")
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _model_union(tp) -> bool:
+    """A field typed as one of the model configs (TrainConfig.model)."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in _UNION_TYPES else ()
+    return bool(args) and all(isinstance(a, type) and issubclass(a, ModelConfig) for a in args)
 
 
 def coerce(tp, value, where: str):
-    """Check ``value`` against the field type ``tp``; ints are accepted for floats. Raises UserError."""
+    """Check ``value`` against the field type ``tp``; ints are accepted for floats, which must be
+    finite. Raises UserError naming ``where``."""
     origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
     if origin in _UNION_TYPES:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
+        if value is None and len(args) < len(typing.get_args(tp)):
             return None
-        return coerce(args[0], value, where)
+        for a in args:
+            try:
+                return coerce(a, value, where)
+            except UserError:
+                if a is args[-1]:
+                    raise UserError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}") from None
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise UserError(f"{where} must be {_type_name(tp)}, got {value!r}")
+            raise UserError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
         return [coerce(inner, v, where) for v in value]
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return {coerce(key_tp, k, where): coerce(value_tp, v, f"{where} [{k}]") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise UserError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is float and not math.isfinite(value):
+        raise UserError(f"{where} must be a finite number, got {value}")
     return value
 
 
-def from_dict(cls, data: dict[str, Any], source: str = "config"):
-    """Build config ``cls`` from a (possibly nested) dict, rejecting unknown keys and wrong types."""
+def _check_choice(f: dataclasses.Field, value, where: str) -> None:
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise UserError(f"{where} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def from_dict(cls, data: dict[str, Any], source: str = "config", unknown: str = "error"):
+    """Build config ``cls`` from a (possibly nested) dict, checking what a flag would be checked for:
+    types, allowed values (a field's ``choices``), finite numbers, required keys; unknown keys are
+    an error (``unknown="ignore"``: skipped, for files of other programs)."""
     if not isinstance(data, dict):
-        raise UserError(f"{source} must be a table of keys, got {type(data).__name__}")
+        raise UserError(f"{source} must be a table of keys (a JSON object / TOML table), got {type(data).__name__}")
     types = field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        if key not in types:
-            close = difflib.get_close_matches(key, list(types), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "valid keys are: " + ", ".join(sorted(types))
+        if key not in fields:
+            if unknown == "ignore":
+                continue
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "valid keys are: " + ", ".join(sorted(fields))
             raise UserError(f"unknown config key '{key}' in {source}; {hint}")
-        tp = types[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value, f"{source} [{key}]")
+        tp, where = types[key], f"config key '{key}' in {source}"
+        if _model_union(tp):
+            kwargs[key] = model_config(value, f"{source} [{key}]")
+        elif dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, f"{source} [{key}]", unknown)
         else:
-            kwargs[key] = coerce(tp, value, f"config key '{key}' in {source}")
+            kwargs[key] = coerce(tp, value, where)
+            _check_choice(fields[key], kwargs[key], where)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{source}: required key '{name}' is missing")
     return cls(**kwargs)
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
+def model_config(data: Any, source: str = "model config") -> ModelConfig:
+    """The model config its ``type`` names (``gpt`` when absent), from a dict; keys that belong to
+    another model type are named as such."""
+    if isinstance(data, ModelConfig):
+        return data
+    if not isinstance(data, dict):
+        raise UserError(f"{source} must be a table of model keys, got {type(data).__name__}")
+    kind = data.get("type", "gpt")
+    if kind not in MODEL_CONFIGS:
+        raise UserError(f"config key 'type' in {source} must be one of {', '.join(map(repr, MODEL_CONFIGS))}, got {kind!r}")
+    cls = MODEL_CONFIGS[kind]
+    own = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        other = [t for t, c in MODEL_CONFIGS.items() if t != kind and key in {f.name for f in dataclasses.fields(c)}]
+        if key not in own and other:
+            raise UserError(f"model key '{key}' in {source} does not apply to {kind} models (it is a {other[0]} key); "
+                            f"remove it")
+    return from_dict(cls, data, source)
+
+
+def validated(cls, data: dict[str, Any], source: str, unknown: str = "error", name_source: bool = True):
+    """:func:`from_dict` then the class's own ``validate()``; with ``name_source`` its errors start with
+    ``source`` (a file's path), so a damaged file is named."""
+    cfg = from_dict(cls, data, source, unknown)
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {p} is not valid TOML: {e}") from None
+        cfg.validate()
+    except UserError as e:
+        if not name_source:
+            raise
+        raise UserError(f"{source}: {e}") from None
+    return cfg
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    from arlm.io.text import read_text_file
+
+    text = read_text_file(path, what="config file")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from None
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -572,6 +697,11 @@ def apply_preset(d: dict[str, Any]) -> dict[str, Any]:
     name = d.get("preset") or ""
     if not name:
         return d
-    if name not in MODEL_PRESETS:
-        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(MODEL_PRESETS)}")
-    return merge(d, {"model": merge(MODEL_PRESETS[name], d.get("model", {}))})
+    if not isinstance(name, str) or name not in MODEL_PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(MODEL_PRESETS)}")
+    model = d.get("model", {})
+    if not isinstance(model, dict):
+        return d  # from_dict names the bad table
+    if model.get("type", "gpt") != "gpt":
+        raise UserError(f"preset '{name}' is a GPT shape; drop it to train a {model.get('type')!r} model")
+    return merge(d, {"model": merge(MODEL_PRESETS[name], model)})

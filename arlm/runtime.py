@@ -1,9 +1,11 @@
-"""Device and precision selection, seeding: what every verb does before touching a model."""
+"""Device and precision selection, seeding, memory and threads: what every verb does before touching a model."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+from pathlib import Path
 
 import torch
 
@@ -14,6 +16,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit device must be available."""
+    if not isinstance(name, str):
+        raise UserError(f"device must be a string such as cpu, cuda or auto, got {type(name).__name__}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -22,7 +26,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         raise UserError(f"unknown device '{name}'; use cpu, cuda, cuda:N, mps or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' requested but CUDA is not available here; use --device cpu or auto")
@@ -53,11 +57,69 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def torch_seed(seed: int) -> int:
+    """Any integer as a seed torch accepts: reduced modulo 2**64, so seeds beyond 64 bits (and negative
+    ones, as torch itself reads them) are deterministic; seeds in [0, 2**63) are unchanged."""
+    return int(seed) % (1 << 64)
+
+
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A random-number generator of its own, seeded with any integer."""
+    return torch.Generator(device=device).manual_seed(torch_seed(seed))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.manual_seed(torch_seed(seed))  # also seeds every CUDA device
+
+
+def max_threads() -> int:
+    return max(256, 4 * (os.cpu_count() or 1))
 
 
 def set_threads(n: int) -> None:
+    if n > max_threads():
+        raise UserError(f"threads must be at most {max_threads()} (this machine has {os.cpu_count()} CPUs), got {n}")
     if n > 0:
         torch.set_num_threads(n)
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under this process's cgroup (container) memory limit, if it has one."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit == "max" or int(limit) >= 1 << 60:
+                return None
+            return int(limit) - int(Path(usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_memory(device: torch.device | None = None) -> int:
+    """Bytes that can still be allocated on ``device`` (default: host memory): free GPU memory, or the
+    host's MemAvailable, less under a container limit."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    avail = None
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        line = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemAvailable:"))
+        avail = int(line.split()[1]) * 1024
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 1 << 62  # unknown: do not refuse on a guess
+    room = _cgroup_room()
+    return min(avail, room) if room is not None else avail
+
+
+def check_memory(need: int, what: str, fix: str, device: torch.device | None = None) -> None:
+    """Refuse, before allocating, a request whose memory estimate exceeds what is available."""
+    have = available_memory(device)
+    if need > have:
+        where = "GPU" if device is not None and device.type == "cuda" else "memory"
+        raise UserError(f"{what} needs about {need / 1e9:,.1f} GB, more than the {have / 1e9:,.1f} GB of {where} "
+                        f"available; {fix}")

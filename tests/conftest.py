@@ -27,6 +27,8 @@ def tiny_train_config(data: Path, out: Path, **overrides) -> dict:
     cfg = dict(data=str(data), out=str(out), max_steps=20, batch_size=4, eval_interval=10, eval_batches=2,
                log_interval=1, warmup_steps=2, lr=3e-3, min_lr=3e-4, progress=False, device="cpu",
                final_eval=False, model=dict(TINY_MODEL))
+    if overrides.get("model", {}).get("type") == "lstm":  # the LSTM takes no attention keys
+        cfg["model"] = {k: v for k, v in TINY_MODEL.items() if k != "n_head"}
     for k, v in overrides.items():
         if k == "model":
             cfg["model"] = {**cfg["model"], **v}

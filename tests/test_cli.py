@@ -143,7 +143,7 @@ def test_prompt_outside_vocabulary(capsys, trained_model):
     (["--top-p", "0"], r"top_p must be in \(0, 1\]"),
     (["--top-p", "1.01"], r"top_p must be in \(0, 1\]"),
     (["--top-k", "-1"], "top_k must be >= 0"),
-    (["--max-new-tokens", "-5"], "max_new_tokens must be >= 0"),
+    (["--max-new-tokens", "-5"], "max_new_tokens must be between 0 and"),
 ])
 def test_bad_decoding_controls(capsys, trained_model, flags, pattern):
     assert_user_error(capsys, ["generate", "--model", trained_model, "--prompt", "A", *flags], pattern)

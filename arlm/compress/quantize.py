@@ -17,13 +17,12 @@ import logging
 import torch
 from torch import nn
 
+from arlm.config import PRECISIONS
 from arlm.errors import UserError
 from arlm.model.gpt import GPT
 from arlm.model.layers import QuantizedLinear
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 
 
 def quantize(model: GPT, precision: str) -> GPT:

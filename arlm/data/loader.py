@@ -9,36 +9,70 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from arlm.config import to_dict
 from arlm.data.prepare import META_FILE
 from arlm.errors import UserError
-from arlm.fsutil import read_json
+from arlm.io.atomic import recover_dir
+from arlm.io.schema import DataMeta, read_data_meta
+from arlm.runtime import generator
+from arlm.tokenizers import Tokenizer, load_tokenizer
 
 
 @dataclass
 class TokenData:
-    """A prepared data folder: memory-mapped train/val token arrays plus its metadata."""
+    """A prepared data folder: memory-mapped train/val token arrays, its typed meta.json and its tokenizer."""
 
     path: Path
-    meta: dict
+    meta: DataMeta
     train: np.ndarray
     val: np.ndarray
+    tokenizer: Tokenizer
 
     @classmethod
     def open(cls, directory: str | Path) -> "TokenData":
         d = Path(directory)
+        recover_dir(d)  # a prepare that was killed between its two renames
         if not d.is_dir():
-            raise UserError(f"data folder not found: {d}; create it with `arlm prepare INPUT --out {d}`")
-        meta = read_json(d / META_FILE, f"{d} is not a folder made by `arlm prepare` (or preparation did not "
-                                         f"finish); run `arlm prepare` again")
+            raise UserError(f"data folder not found: {d}; create it with `arlm prepare INPUT --out {d}`"
+                            if not d.exists() else f"--data {d} is a file; give a folder made by `arlm prepare`")
+        meta = read_data_meta(d / META_FILE, f"{d} is not a folder made by `arlm prepare` (or preparation did not "
+                                             f"finish); run `arlm prepare` again")
         arrays = {}
         for split in ("train", "val"):
             f = d / f"{split}.bin"
-            expected = meta[f"{split}_tokens"]
-            dtype = np.dtype(meta["dtype"])
+            expected = getattr(meta, f"{split}_tokens")
+            dtype = np.dtype(meta.dtype).newbyteorder("<")
             if not f.is_file() or f.stat().st_size != expected * dtype.itemsize:
                 raise UserError(f"{f} is missing or truncated (expected {expected} tokens); run `arlm prepare` again")
             arrays[split] = np.memmap(f, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
-        return cls(d, meta, arrays["train"], arrays["val"])
+        tokenizer = load_tokenizer(d)
+        if tokenizer.vocab_size != meta.vocab_size:
+            raise UserError(f"{d}: the tokenizer ({tokenizer.vocab_size} tokens) and {META_FILE} (vocab_size "
+                            f"{meta.vocab_size}) disagree; run `arlm prepare` again")
+        return cls(d, meta, arrays["train"], arrays["val"], tokenizer)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.meta.vocab_size
+
+    @property
+    def record(self) -> dict:
+        """What a checkpoint records about its training data."""
+        return to_dict(self.meta)
+
+    def check_ids(self, vocab_size: int) -> None:
+        """Every token id of both shards lies in the vocabulary (a damaged or foreign shard fails here,
+        not as an IndexError in the middle of training)."""
+        for split in ("train", "val"):
+            ids = getattr(self, split)
+            if len(ids) and int(ids.max()) >= min(vocab_size, self.meta.vocab_size):
+                at = int(np.argmax(ids >= min(vocab_size, self.meta.vocab_size)))
+                raise UserError(f"{self.path / f'{split}.bin'}: token id {int(ids[at])} at position {at} is outside the "
+                                f"vocabulary (0..{self.meta.vocab_size - 1}); the file is damaged: run `arlm prepare` again")
+
+    def sampling(self, block_size: int) -> tuple[int, int]:
+        """(tokens to draw from, window) for the training sampler: windows of the train split."""
+        return len(self.train), block_size
 
     def rows(self, starts: list[int], block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Training rows (inputs, next-token targets) of the windows starting at ``starts``."""
@@ -86,7 +120,7 @@ class WindowSampler:
 
     def _epoch_starts(self) -> list[int]:
         if self._perm is None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = generator(self.seed * 1_000_003 + self.epoch)
             offset = int(torch.randint(self.block_size, (1,), generator=g))
             count = (self.n_tokens - 1 - offset) // self.block_size
             if count == 0:  # a split shorter than two windows: start at 0
@@ -121,6 +155,7 @@ def sequential_batches(ids: np.ndarray, block_size: int, batch_size: int) -> Ite
     The last window may be shorter; targets beyond the data are -1 (ignored by the loss).
     """
     n_targets = len(ids) - 1
+    block_size = max(1, min(block_size, n_targets))  # a window never longer than the text (a huge context allocates nothing)
     starts = list(range(0, n_targets, block_size))
     for b in range(0, len(starts), batch_size):
         xs, ys = [], []

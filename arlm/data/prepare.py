@@ -4,6 +4,10 @@ Each input file (or JSONL record) is one document; documents are joined with the
 end-of-text id. The token stream is split at ``1 - val_fraction``: the end of the corpus is the
 validation split (as nanoGPT does), so validation text is never seen in training. Token ids are
 stored as little-endian uint16 when the vocabulary fits, else uint32.
+
+The output folder is written whole and atomically (a kill leaves the previous preparation or the
+new one, never a mix), and only a folder that holds nothing but prepare's own four files (an
+earlier preparation) is replaced: anything else in it is the user's, and the command is refused.
 """
 
 from __future__ import annotations
@@ -19,18 +23,25 @@ import numpy as np
 
 from arlm.config import PrepareConfig
 from arlm.errors import UserError
-from arlm.fsutil import atomic_dir
+from arlm.io.atomic import atomic_dir
+from arlm.io.files import read_jsonl
+from arlm.io.paths import output_dir
+from arlm.io.text import read_text_file
 from arlm.tokenizers import train_tokenizer
-from arlm.tokenizers.base import Tokenizer
+from arlm.tokenizers.base import TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
+PREPARED_FILES = ("train.bin", "val.bin", META_FILE, TOKENIZER_FILE)  # everything prepare writes
 
 
 def collect_files(inputs: list[str], pattern: str = "**/*.txt") -> list[Path]:
     """Expand inputs (files, folders searched with ``pattern``, glob patterns) into a sorted, de-duplicated list."""
+    if not pattern or Path(pattern).is_absolute():
+        raise UserError(f"--glob {pattern!r} must be a relative pattern such as '**/*.txt' (it is matched inside "
+                        f"each input folder)")
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -41,6 +52,8 @@ def collect_files(inputs: list[str], pattern: str = "**/*.txt") -> list[Path]:
             files += found
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            raise UserError(f"input {item} is not a regular file or folder (a device, pipe or socket); give text files")
         elif any(ch in item for ch in "*?["):
             found = sorted(Path(f) for f in globlib.glob(item, recursive=True) if Path(f).is_file())
             if not found:
@@ -58,40 +71,14 @@ def collect_files(inputs: list[str], pattern: str = "**/*.txt") -> list[Path]:
     return unique
 
 
-def decode_utf8(data: bytes, source: str, errors: str = "strict") -> str:
-    """Decode UTF-8 (a leading BOM is dropped); a bad byte is a UserError naming the file and offset."""
-    try:
-        return data.decode("utf-8-sig", errors=errors)
-    except UnicodeDecodeError as e:
-        bad = data[e.start:e.start + 4]
-        raise UserError(
-            f"{source} is not valid UTF-8: byte offset {e.start} ({bad!r}); convert it to UTF-8 "
-            f"(e.g. iconv -f latin1 -t utf-8), or pass --errors replace to substitute U+FFFD"
-        ) from None
-
-
-def read_text_file(path: str | Path, errors: str = "strict") -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"file not found: {path}")
-    return decode_utf8(path.read_bytes(), str(path), errors)
-
-
 def iter_documents(files: list[Path], jsonl_field: str = "text", errors: str = "strict") -> Iterator[tuple[str, dict]]:
     """Yield ``(document, fields)`` for each file: the whole file with {"name": its stem}, or one per
     line of a ``.jsonl`` file with the record's fields."""
     for f in files:
-        text = read_text_file(f, errors)
         if f.suffix.lower() != ".jsonl":
-            yield text, {"name": f.stem}
+            yield read_text_file(f, errors), {"name": f.stem}
             continue
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{f} line {n}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        for n, rec in read_jsonl(f, errors, "pass --errors replace to substitute U+FFFD"):
             if not isinstance(rec, dict) or jsonl_field not in rec:
                 keys = ", ".join(rec) if isinstance(rec, dict) else type(rec).__name__
                 raise UserError(f"{f} line {n}: no field '{jsonl_field}' (found: {keys}); choose one with --jsonl-field")
@@ -107,8 +94,10 @@ def control_code(template: str, fields: dict, where: str) -> str:
         return template.format_map(fields)
     except KeyError as e:
         raise UserError(f"--control {template!r}: {where} has no field {e}; available: {', '.join(fields)}") from None
-    except (ValueError, IndexError) as e:
+    except (ValueError, IndexError, AttributeError) as e:
         raise UserError(f"--control {template!r} is not a valid template ({e}); write fields as {{name}}") from None
+    except (OverflowError, MemoryError):
+        raise UserError(f"--control {template!r} asks for a field width beyond memory; write fields as {{name}}") from None
 
 
 def _chunks(text: str, size: int = 1 << 16) -> list[str]:
@@ -139,6 +128,19 @@ def encode_documents(tok: Tokenizer, docs: list[str]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+def check_output(path: str) -> Path:
+    """The output folder (links followed): new, empty, or an earlier preparation, which is replaced whole.
+    A folder holding anything else is refused: those files are the user's."""
+    out = output_dir(path, "--out", replace_whole=True)
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in PREPARED_FILES)
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise UserError(f"--out {path} holds files `arlm prepare` did not write ({shown}); prepare into a new or "
+                            f"empty folder (prepare replaces only an earlier preparation: {', '.join(PREPARED_FILES)})")
+    return out
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
@@ -147,9 +149,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     """Run the whole preparation; returns the metadata written to ``meta.json``."""
     cfg.validate()
     t0 = time.perf_counter()
-    out = Path(cfg.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_FILE).exists())):
-        raise UserError(f"output folder {out} exists and is not an arlm data folder; choose a new --out")
+    out = check_output(cfg.out)
     files = collect_files(cfg.inputs, cfg.glob)
     docs, controls = [], set()
     for doc, fields in iter_documents(files, cfg.jsonl_field, cfg.errors):

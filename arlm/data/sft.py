@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from arlm.data.loader import collate
-from arlm.data.prepare import read_text_file
 from arlm.errors import UserError
+from arlm.io.files import read_jsonl as read_jsonl_lines
+from arlm.io.text import read_text_file
 from arlm.tokenizers.base import EOT, Tokenizer
 from arlm.tokenizers.pretrained import special_token_text
 
@@ -56,15 +57,33 @@ DEFAULT_CHAT_TEMPLATE = (
 DEFAULT_TURN_STOP = "\nUser:"
 
 
+MAX_RENDERED = 1 << 24  # characters a template may build with * or ** (16M: far beyond any conversation)
+
+
 @lru_cache(maxsize=8)
 def _compile(template: str):
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    class Sandbox(ImmutableSandboxedEnvironment):
+        """Jinja's sandbox (no attribute access to Python internals, no mutation), and arithmetic that
+        cannot build a gigantic string or number: a template is data from a model folder."""
+
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+                raise UserError("the chat template computes a power too large to be a chat template's")
+            if operator == "*" and isinstance(left, (str, list, int)) and isinstance(right, (str, list, int)):
+                sizes = [len(v) if isinstance(v, (str, list)) else abs(v) for v in (left, right)]
+                if any(isinstance(v, (str, list)) for v in (left, right)) and sizes[0] * sizes[1] > MAX_RENDERED:
+                    raise UserError("the chat template builds a text of more than 16M characters")
+            return super().call_binop(context, operator, left, right)
+
     def raise_exception(message):  # templates from the Hub call this to reject a conversation
         raise UserError(f"the chat template rejected the conversation: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     try:
         return env.from_string(template)
@@ -87,7 +106,9 @@ class ChatTemplate:
     @classmethod
     def for_model(cls, tokenizer: Tokenizer, template: str = "") -> "ChatTemplate":
         """``template`` (Jinja text, or a file holding it), else the tokenizer's own, else arlm's default."""
-        if template and "{" not in template and Path(template).is_file():
+        if template and "{" not in template:
+            if not Path(template).is_file():
+                raise UserError(f"chat template {template!r} is neither a Jinja template (no {{ }} in it) nor a file")
             template = read_text_file(template)
         own = getattr(tokenizer, "config", {}).get("chat_template")
         if isinstance(own, list):  # several named templates (tokenizer_config.json): use "default"
@@ -100,8 +121,10 @@ class ChatTemplate:
         try:
             return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                         eos_token=self.eos_token, bos_token=self.bos_token)
-        except TemplateError as e:
-            raise UserError(f"the chat template failed on a conversation: {e}") from None
+        except UserError:
+            raise
+        except (TemplateError, TypeError, ValueError, OverflowError, RecursionError, MemoryError) as e:
+            raise UserError(f"the chat template failed on a conversation ({type(e).__name__}: {str(e)[:160]})") from None
 
     def pieces(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
         """The rendered conversation as (text, is_assistant_turn) pieces, in order."""
@@ -116,6 +139,9 @@ class ChatTemplate:
                 raise UserError("the chat template does not render conversations incrementally (a conversation's "
                                 "rendering is not a prefix of its continuation's), so assistant turns cannot be "
                                 "located; use another template (--chat-template)")
+            if upto == before:
+                raise UserError(f"the chat template renders nothing for assistant message {i + 1}, so there is nothing "
+                                f"to learn; use another template (--chat-template)")
             out += [(before[len(done):], False), (upto[len(before):], True)]
             done = upto
         return [(t, trained) for t, trained in out if t]
@@ -222,17 +248,10 @@ def check_record(rec: Any, where: str) -> dict[str, Any]:
     raise UserError(f"{where}: {shapes}; found keys: {', '.join(rec) or 'none'}")
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file (blank lines skipped); a malformed line is a UserError naming it."""
-    text = read_text_file(path)
-    records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {n}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+def read_jsonl(path: str | Path, errors: str = "strict", hint: str = "") -> list[Any]:
+    """Records of a JSONL file of examples (blank lines skipped); a malformed line, or text that is not
+    valid Unicode, is a UserError naming it (``errors="replace"``: U+FFFD instead)."""
+    records = [rec for _, rec in read_jsonl_lines(path, errors, hint)]
     if not records:
         raise UserError(f"{path} holds no examples")
     return records
@@ -298,12 +317,24 @@ class SFTData:
     def check_block_size(self, block_size: int) -> None:
         """Nothing to check: examples were cut to the context window when read."""
 
+    def check_ids(self, vocab_size: int) -> None:
+        """Nothing to check: the ids come from the model's own tokenizer."""
+
     @property
-    def size(self) -> int:
-        """What the sampler draws from: the number of examples, or of packed tokens."""
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def record(self) -> dict:
+        """What a checkpoint records about its training data."""
+        return self.meta
+
+    def sampling(self, block_size: int) -> tuple[int, int]:
+        """(size, window) for the training sampler: example indices (one example per row), or windows
+        of the packed examples."""
         if self.packing:
-            return len(self._packed[0])
-        return len(self.train)
+            return len(self._packed[0]), block_size
+        return len(self.train) + 1, 1
 
     def rows(self, picks: list[int], block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """(x, y) rows for the sampler's picks (example indices, or packed window starts)."""

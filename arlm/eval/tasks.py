@@ -18,29 +18,43 @@ from pathlib import Path
 from typing import Any
 
 from arlm.errors import UserError
+from arlm.io.files import read_jsonl
 
 METRICS = ("bleu", "chrf", "rouge", "exact")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-def read_task(path: str | Path) -> list[dict[str, str]]:
-    """The examples of a task file; a malformed line is a UserError naming it."""
-    from arlm.data.sft import read_jsonl
+def read_task(path: str | Path, errors: str = "strict") -> list[dict[str, str]]:
+    """The examples of a task file; a malformed line, or text that is not valid Unicode (replaced by
+    U+FFFD with ``errors="replace"``), is a UserError naming it."""
+    records = [rec for _, rec in read_jsonl(path, errors, "pass --errors replace to substitute U+FFFD")]
+    if not records:
+        raise UserError(f"{path} holds no examples")
+    return check_examples(records, str(path))
 
-    examples = []
-    for n, rec in enumerate(read_jsonl(path), 1):
+
+def check_examples(examples: Any, source: str = "examples") -> list[dict[str, str]]:
+    """Task examples as {"prompt": TEXT, "reference": TEXT} dicts (extra keys dropped)."""
+    if not isinstance(examples, (list, tuple)) or not examples:
+        raise UserError(f"{source}: expected a non-empty list of {{\"prompt\": TEXT, \"reference\": TEXT}}")
+    out = []
+    for n, rec in enumerate(examples, 1):
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("reference"), str):
-            keys = ", ".join(rec) if isinstance(rec, dict) else type(rec).__name__
-            raise UserError(f'{path} example {n}: expected {{"prompt": TEXT, "reference": TEXT}}, found: {keys}')
-        examples.append({"prompt": rec["prompt"], "reference": rec["reference"]})
-    return examples
+            keys = ", ".join(map(str, rec)) if isinstance(rec, dict) else type(rec).__name__
+            raise UserError(f'{source} example {n}: expected {{"prompt": TEXT, "reference": TEXT}}, found: {keys}')
+        out.append({"prompt": rec["prompt"], "reference": rec["reference"]})
+    return out
+
+
+def check_metric(metric: Any) -> None:
+    if metric not in METRICS:
+        raise UserError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
 
 
 def score(metric: str, predictions: list[str], references: list[str]) -> dict[str, Any]:
     """``metric`` of ``predictions`` against ``references`` (one reference each): the figure under the
     metric's name (rouge: rouge1, rouge2, rougeL), plus its parts."""
-    if metric not in METRICS:
-        raise UserError(f"unknown metric '{metric}'; choose one of: {', '.join(METRICS)}")
+    check_metric(metric)
     assert len(predictions) == len(references) and predictions
     if metric in ("bleu", "chrf"):
         import sacrebleu

@@ -20,6 +20,7 @@ from arlm.config import GenerateConfig
 from arlm.generate.sampling import Rules, process_logits, sample
 from arlm.model import kernels
 from arlm.model.gpt import GPT
+from arlm.runtime import generator
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class PrecompiledSteps:
 
 
 def _cache_length(model: GPT) -> int:
-    return model.transformer.h[0].attn.kv_cache.k.size(2)
+    return model.cache_length()
 
 
 def _at(args: tuple, pos: int) -> tuple:
@@ -213,6 +214,20 @@ def _precompiled(args: tuple):
     _PRECOMPILED.append((structure, fn))
     del _PRECOMPILED[:-PRECOMPILED_LIMIT]
     return fn
+
+
+def decode_bytes(model: torch.nn.Module, rows: int, length: int) -> int:
+    """Memory one generation of ``rows`` sequences of up to ``length`` tokens needs: the model's
+    decoding cache (at most one context window), the token buffers (ids and a padding mask), and a few
+    float copies of each step's logits (penalties, filters, softmax)."""
+    window = min(length, model.config.block_size)
+    return model.cache_bytes(rows, window) + rows * length * 9 + rows * model.config.vocab_size * 4 * 8
+
+
+def beam_bytes(model: torch.nn.Module, num_beams: int, length: int) -> int:
+    """Memory of beam search: :func:`decode_bytes` for the beams, plus the 2 x num_beams candidate and
+    finished sequences and the scores of every beam's every next token."""
+    return decode_bytes(model, num_beams, length) + 6 * num_beams * length * 8 + num_beams * model.config.vocab_size * 4 * 6
 
 
 def window_keep(block_size: int) -> int:
@@ -273,14 +288,15 @@ def generate_ids(model: GPT, prompts: list[int] | list[list[int]], cfg: Generate
         real[b, :L - len(p)] = False
     padded = not bool(real[:, :L].all())  # equal lengths keep the plain (mask-free) path
     n = L  # tokens filled in
-    gen = None
-    if cfg.seed is not None:
-        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = generator(cfg.seed, device) if cfg.seed is not None else None
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     greedy = cfg.temperature == 0
     step = decode_step
-    if cfg.compile:
+    if cfg.compile and model.can_compile_decode:
         step = PrecompiledSteps() if device.type == "cpu" else GuardedSteps()
+    elif cfg.compile:
+        log.info("compiled decoding applies to models with a fixed-shape cache; decoding this %s eagerly",
+                 model.config.type.upper())
     start = 0  # where the model's window begins in `tokens`
 
     def padding_inputs(new: int):
@@ -503,7 +519,7 @@ def speculative_ids(target: GPT, draft: GPT, prompt: list[int], cfg: GenerateCon
     assert prompt and num_draft >= 1
     device = next(target.parameters()).device
     greedy = cfg.temperature == 0
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
+    gen = generator(cfg.seed) if cfg.seed is not None else None
     eos = set(eos_ids)
     L = len(prompt)
     seq = list(prompt)

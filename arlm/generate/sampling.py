@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from arlm.config import GenerateConfig
+from arlm.errors import UserError
 
 
 def repetition_penalty(logits: torch.Tensor, context: torch.Tensor, penalty: float,
@@ -253,4 +254,11 @@ def sample(logits: torch.Tensor, greedy: bool, generator: torch.Generator | None
     if greedy:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    try:
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    except RuntimeError:
+        if not bool(torch.isinf(logits).all(dim=-1).any()):
+            raise
+        # (checked only after the draw fails: no extra work, nor a host sync, on every step)
+        raise UserError("every token is banned at this step (bad_words, logit_bias and min_new_tokens leave nothing "
+                        "to sample); loosen them") from None

@@ -22,21 +22,25 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models
 
-from arlm.config import GPTConfig, to_dict
+from arlm.config import GPTConfig, validated
 from arlm.errors import UserError
-from arlm.fsutil import atomic_dir, read_json
+from arlm.io.atomic import atomic_dir
+from arlm.io.checkpoint import read_pickle, read_safetensors
+from arlm.io.files import read_json
+from arlm.io.schema import CheckpointInfo, HFConfig, HFGenerationConfig, ShardIndex, token_ids
 from arlm.model.gpt import GPT
-from arlm.model.weights import assign_weights, empty_model
+from arlm.model.registry import empty_model
+from arlm.model.weights import assign_weights
 from arlm.tokenizers import EOT, Tokenizer
 from arlm.tokenizers.pretrained import PretrainedTokenizer
 
@@ -48,9 +52,6 @@ SUPPORTED = ("gpt2", "llama", "mistral", "qwen2")
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
                     "relu": "relu", "silu": "silu", "swish": "silu"}
 HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
-# Generation defaults we understand, from generation_config.json into GenerateConfig names.
-GENERATION_KEYS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
-                   "no_repeat_ngram_size", "max_new_tokens")
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -69,80 +70,97 @@ def is_hf_dir(path: str | Path) -> bool:
 # config.json -> GPTConfig
 
 
-def _rope_fields(hf: dict[str, Any], where: str) -> dict[str, Any]:
+def _rope_number(params: dict[str, Any], key: str, where: str, kind: type = float):
+    value = params.get(key)
+    if value is None:
+        raise UserError(f"{where}: RoPE scaling needs '{key}'")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)) \
+            or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{where}: RoPE scaling '{key}' must be a positive {'integer' if kind is int else 'number'}, "
+                        f"got {value!r}")
+    return kind(value)
+
+
+def _rope_fields(hf: HFConfig, where: str) -> dict[str, Any]:
     """RoPE settings from either layout: transformers 5's ``rope_parameters`` or 4's ``rope_theta`` + ``rope_scaling``."""
-    params = dict(hf.get("rope_parameters") or {})
-    legacy = hf.get("rope_scaling") or {}
-    params = {**legacy, **params}
+    params = {**(hf.rope_scaling or {}), **(hf.rope_parameters or {})}
     kind = params.get("rope_type", params.get("type", "default"))
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
+    theta = params.get("rope_theta", hf.rope_theta if hf.rope_theta is not None else 10000.0)
+    partial = params.get("partial_rotary_factor", hf.partial_rotary_factor)
+    if partial is not None and partial != 1.0:
         raise UserError(f"{where}: partial rotary embeddings are not supported")
-    out: dict[str, Any] = dict(pos_embedding="rope", rope_theta=float(theta))
+    out: dict[str, Any] = dict(pos_embedding="rope", rope_theta=_rope_number({"rope_theta": theta}, "rope_theta", where))
     if kind == "default":
         return out
     if kind == "linear":
-        return dict(out, rope_scaling="linear", rope_factor=float(params["factor"]))
+        return dict(out, rope_scaling="linear", rope_factor=_rope_number(params, "factor", where))
     if kind == "llama3":
-        return dict(out, rope_scaling="llama3", rope_factor=float(params["factor"]),
-                    rope_low_freq_factor=float(params["low_freq_factor"]),
-                    rope_high_freq_factor=float(params["high_freq_factor"]),
-                    rope_original_block_size=int(params["original_max_position_embeddings"]))
-    raise UserError(f"{where}: RoPE scaling '{kind}' is not supported (supported: default, linear, llama3)")
+        return dict(out, rope_scaling="llama3", rope_factor=_rope_number(params, "factor", where),
+                    rope_low_freq_factor=_rope_number(params, "low_freq_factor", where),
+                    rope_high_freq_factor=_rope_number(params, "high_freq_factor", where),
+                    rope_original_block_size=_rope_number(params, "original_max_position_embeddings", where, int))
+    raise UserError(f"{where}: RoPE scaling {kind!r} is not supported (supported: default, linear, llama3)")
 
 
-def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
-    """Our GPTConfig for a Hugging Face config.json; unsupported features are a UserError naming them."""
-    mt = hf.get("model_type")
+def _activation(name: str, key: str, where: str) -> str:
+    if name not in ACTIVATIONS:
+        raise UserError(f"{where}: {key} '{name}' is not supported ({', '.join(ACTIVATIONS)})")
+    return ACTIVATIONS[name]
+
+
+def _gpt2_config(hf: HFConfig, where: str) -> GPTConfig:
+    hf.require(where, "vocab_size", "n_layer", "n_head", "n_embd")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+        if getattr(hf, flag):
+            raise UserError(f"{where}: GPT-2 option {flag}=true is not supported")
+    if not hf.scale_attn_weights:
+        raise UserError(f"{where}: GPT-2 option scale_attn_weights=false is not supported")
+    return GPTConfig(
+        vocab_size=hf.vocab_size, block_size=hf.n_positions, n_layer=hf.n_layer, n_head=hf.n_head, n_embd=hf.n_embd,
+        intermediate_size=hf.n_inner or 0, dropout=0.0, bias=True, norm_eps=hf.layer_norm_epsilon,
+        activation=_activation(hf.activation_function, "activation_function", where),
+        tie_embeddings=True if hf.tie_word_embeddings is None else hf.tie_word_embeddings,
+    )
+
+
+def _llama_config(hf: HFConfig, mt: str, where: str) -> GPTConfig:
+    hf.require(where, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    n_head, n_embd, layers = hf.num_attention_heads, hf.hidden_size, hf.num_hidden_layers
+    head_dim = hf.head_dim or 0
+    block, window = hf.max_position_embeddings, 0
+    if mt == "mistral" and hf.sliding_window and hf.sliding_window < block:
+        window = hf.sliding_window  # every layer slides
+    elif mt == "qwen2" and hf.use_sliding_window and hf.sliding_window and hf.max_window_layers < layers:
+        # Qwen2 slides only in its upper layers; capping the context at the window keeps every
+        # attention pattern exactly the checkpoint's.
+        log.info("%s: context capped at the sliding window of %d tokens", where, hf.sliding_window)
+        block = min(block, hf.sliding_window)
+    cfg = GPTConfig(
+        vocab_size=hf.vocab_size, block_size=block, n_layer=layers, n_head=n_head, n_embd=n_embd,
+        n_kv_head=hf.num_key_value_heads or n_head,
+        head_dim=0 if head_dim == n_embd // n_head and n_embd % n_head == 0 else head_dim,
+        intermediate_size=hf.intermediate_size, dropout=0.0, bias=False, qkv_bias=(mt == "qwen2"),
+        attn_bias=hf.attention_bias, mlp_bias=hf.mlp_bias, norm="rmsnorm", norm_eps=hf.rms_norm_eps, mlp="gated",
+        activation=_activation(hf.hidden_act, "hidden_act", where), tie_embeddings=bool(hf.tie_word_embeddings),
+        sliding_window=window, **_rope_fields(hf, where),
+    )
+    if cfg.n_kv_head == cfg.n_head:
+        cfg.n_kv_head = 0
+    return cfg
+
+
+def gpt_config_from_hf(data: dict[str, Any], where: str = CONFIG) -> GPTConfig:
+    """Our GPTConfig for a Hugging Face config.json; a bad value or an unsupported feature is a
+    UserError naming the file and the key, before any tensor is read."""
+    hf = validated(HFConfig, data, where, unknown="ignore")
+    mt = hf.model_type
     if mt not in SUPPORTED:
-        raise UserError(f"{where}: model_type '{mt}' is not supported; arlm loads {', '.join(SUPPORTED)}")
+        raise UserError(f"{where}: model_type {mt!r} is not supported; arlm loads {', '.join(SUPPORTED)}")
+    cfg = _gpt2_config(hf, where) if mt == "gpt2" else _llama_config(hf, mt, where)
     try:
-        if mt == "gpt2":
-            for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
-                if hf.get(flag):
-                    raise UserError(f"{where}: GPT-2 option {flag}=true is not supported")
-            if not hf.get("scale_attn_weights", True):
-                raise UserError(f"{where}: GPT-2 option scale_attn_weights=false is not supported")
-            act = hf.get("activation_function", "gelu_new")
-            if act not in ACTIVATIONS:
-                raise UserError(f"{where}: activation_function '{act}' is not supported ({', '.join(ACTIVATIONS)})")
-            cfg = GPTConfig(
-                vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", 1024), n_layer=hf["n_layer"],
-                n_head=hf["n_head"], n_embd=hf["n_embd"], intermediate_size=hf.get("n_inner") or 0, dropout=0.0,
-                bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=ACTIVATIONS[act],
-                tie_embeddings=hf.get("tie_word_embeddings", True),
-            )
-        else:
-            act = hf.get("hidden_act", "silu")
-            if act not in ACTIVATIONS:
-                raise UserError(f"{where}: hidden_act '{act}' is not supported ({', '.join(ACTIVATIONS)})")
-            n_head, n_embd = hf["num_attention_heads"], hf["hidden_size"]
-            head_dim = hf.get("head_dim") or 0
-            block = hf.get("max_position_embeddings", 2048)
-            window = 0
-            if mt == "mistral" and hf.get("sliding_window") and hf["sliding_window"] < block:
-                window = int(hf["sliding_window"])  # every layer slides
-            elif (mt == "qwen2" and hf.get("use_sliding_window") and hf.get("sliding_window")
-                  and hf.get("max_window_layers", 0) < hf["num_hidden_layers"]):
-                # Qwen2 slides only in its upper layers; capping the context at the window keeps
-                # every attention pattern exactly the checkpoint's.
-                log.info("%s: context capped at the sliding window of %d tokens", where, hf["sliding_window"])
-                block = min(block, int(hf["sliding_window"]))
-            cfg = GPTConfig(
-                vocab_size=hf["vocab_size"], block_size=block, n_layer=hf["num_hidden_layers"], n_head=n_head,
-                n_embd=n_embd, n_kv_head=hf.get("num_key_value_heads") or n_head,
-                head_dim=0 if head_dim == n_embd // n_head and n_embd % n_head == 0 else head_dim,
-                intermediate_size=hf["intermediate_size"], dropout=0.0, bias=False, qkv_bias=(mt == "qwen2"),
-                attn_bias=bool(hf.get("attention_bias", False)), mlp_bias=bool(hf.get("mlp_bias", False)),
-                norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="gated", activation=ACTIVATIONS[act],
-                tie_embeddings=bool(hf.get("tie_word_embeddings", False)), sliding_window=window,
-                **_rope_fields(hf, where),
-            )
-            if cfg.n_kv_head == cfg.n_head:
-                cfg.n_kv_head = 0
-    except KeyError as e:
-        raise UserError(f"{where}: required key {e} is missing") from None
-    cfg.validate()
+        cfg.validate()
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
     return cfg
 
 
@@ -153,30 +171,25 @@ def gpt_config_from_hf(hf: dict[str, Any], where: str = CONFIG) -> GPTConfig:
 def read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint folder: model.safetensors, sharded safetensors with an index, or
     pytorch_model.bin (read with ``weights_only=True``: no code in the pickle is run)."""
-    def safetensors_file(f: Path) -> dict[str, torch.Tensor]:
-        try:
-            return load_file(str(f))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"{f} is damaged or truncated ({e})") from None
-
     def torch_file(f: Path) -> dict[str, torch.Tensor]:
-        try:
-            return torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:  # damaged zip/pickle, or a pickle that needs code
-            raise UserError(f"{f} cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        sd = read_pickle(f, "weight files (convert them to safetensors where they came from)")
+        if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+            raise UserError(f"{f} does not hold a table of named tensors")
+        return sd
 
-    for index_name, reader in (("model.safetensors.index.json", safetensors_file),
+    for index_name, reader in (("model.safetensors.index.json", read_safetensors),
                                ("pytorch_model.bin.index.json", torch_file)):
         if (d / index_name).is_file():
-            index = read_json(d / index_name, "re-download the checkpoint")
+            source = str(d / index_name)
+            index = validated(ShardIndex, read_json(d / index_name, "re-download the checkpoint"), source, unknown="ignore")
             sd: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(index.get("weight_map", {}).values())):
-                if not (d / shard).is_file():
-                    raise UserError(f"{d}: shard {shard} named in {index_name} is missing")
-                sd.update(reader(d / shard))
+            for shard in index.shards(d, source):
+                if not shard.is_file():
+                    raise UserError(f"{d}: shard {shard.name} named in {index_name} is missing")
+                sd.update(reader(shard))
             return sd
     if (d / "model.safetensors").is_file():
-        return safetensors_file(d / "model.safetensors")
+        return read_safetensors(d / "model.safetensors")
     if (d / "pytorch_model.bin").is_file():
         return torch_file(d / "pytorch_model.bin")
     raise UserError(f"{d} has no weights (model.safetensors, sharded *.safetensors with an index, or pytorch_model.bin)")
@@ -295,55 +308,42 @@ def hf_state_from_arlm(model: GPT, layout: str) -> dict[str, torch.Tensor]:
 # loading a Hugging Face folder
 
 
-def _eos_list(value: Any) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
-
-
-def generation_defaults(gen: dict[str, Any]) -> dict[str, Any]:
-    """The generation_config.json values we honour, as GenerateConfig options.
-
-    Only values the file states are taken (transformers' implicit top_k=50 is not); do_sample=false
-    means greedy decoding (temperature 0).
-    """
-    out: dict[str, Any] = {}
-    for k in GENERATION_KEYS:
-        if gen.get(k) is not None:
-            out[k] = int(gen[k]) if k in ("top_k", "no_repeat_ngram_size", "max_new_tokens") else float(gen[k])
-    if gen.get("do_sample") is False:
-        out["temperature"] = 0.0
-    return out
-
-
 def hf_model_config(path: str | Path) -> GPTConfig:
     """The arlm model shape of a Hugging Face folder, from its config.json alone."""
     d = Path(path)
     return gpt_config_from_hf(read_json(d / CONFIG, "is this a Hugging Face model folder?"), str(d / CONFIG))
 
 
-def load_hf(path: str | Path) -> tuple[GPT, Tokenizer | None, dict[str, Any]]:
+def load_hf(path: str | Path) -> tuple[GPT, Tokenizer | None, CheckpointInfo]:
     """(model in eval mode on CPU, tokenizer or None if the folder has none, info) from a Hugging Face model folder."""
     d = Path(path)
-    hf = read_json(d / CONFIG, "is this a Hugging Face model folder?")
-    cfg = gpt_config_from_hf(hf, str(d / CONFIG))
-    gen = read_json(d / GENERATION_CONFIG, "fix or delete it") if (d / GENERATION_CONFIG).is_file() else {}
-    eos = _eos_list(gen.get("eos_token_id", hf.get("eos_token_id")))
-    bos = gen.get("bos_token_id", hf.get("bos_token_id"))
+    data = read_json(d / CONFIG, "is this a Hugging Face model folder?")
+    cfg = gpt_config_from_hf(data, str(d / CONFIG))
+    eos = token_ids(data.get("eos_token_id"), f"config key 'eos_token_id' in {d / CONFIG}")
+    bos = token_ids(data.get("bos_token_id"), f"config key 'bos_token_id' in {d / CONFIG}")
+    decoding: dict[str, Any] = {}
+    if (d / GENERATION_CONFIG).is_file():
+        source = str(d / GENERATION_CONFIG)
+        gen = validated(HFGenerationConfig, read_json(d / GENERATION_CONFIG, "fix or delete it"), source, unknown="ignore")
+        decoding = gen.decoding(source)
+        eos = token_ids(gen.eos_token_id, f"config key 'eos_token_id' in {source}") or eos
+        bos = token_ids(gen.bos_token_id, f"config key 'bos_token_id' in {source}") or bos
+    bad = [i for i in eos + bos if i >= cfg.vocab_size]
+    if bad:
+        raise UserError(f"{d}: special token id {bad[0]} is outside the vocabulary (0..{cfg.vocab_size - 1})")
     if any((d / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
-        tokenizer: PretrainedTokenizer | None = PretrainedTokenizer.from_dir(d, eos_id=eos[0] if eos else None, bos_id=bos)
+        tokenizer: PretrainedTokenizer | None = PretrainedTokenizer.from_dir(d, eos_id=eos[0] if eos else None,
+                                                                            bos_id=bos[0] if bos else None)
     else:  # weights only: usable on token ids; text needs the tokenizer files
         log.debug("%s has no tokenizer files: the model works on token ids only", d)
         tokenizer = None
     model = empty_model(cfg)
-    sd = arlm_state_from_hf(read_hf_weights(d), cfg, hf["model_type"], str(d))
-    assign_weights(model, {k: v.float() for k, v in sd.items()}, f"{d}: weights do not match config.json")
-    info = {
-        "model_type": "gpt", "model": to_dict(cfg), "path": str(d), "source": {"format": "huggingface",
-        "model_type": hf["model_type"], "path": str(d.resolve())},
-        "generation": generation_defaults(gen),
-        "eos_token_ids": eos or (_eos_list(tokenizer.eot_id) if tokenizer else []),
-    }
+    sd = arlm_state_from_hf(read_hf_weights(d), cfg, data["model_type"], str(d))
+    assign_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, str(d))
+    info = CheckpointInfo(model=cfg, model_type="gpt", generation=decoding,
+                          eos_token_ids=eos or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else []),
+                          source={"format": "huggingface", "model_type": data["model_type"], "path": str(d.resolve())})
+    info.path = str(d)
     return model.eval(), tokenizer, info
 
 
@@ -358,7 +358,7 @@ def hf_layout(cfg: GPTConfig) -> str:
     Missing biases are written as zeros (GPT-2 always has them; Llama's ``attention_bias`` covers
     q, k, v and o together), which computes the same function.
     """
-    if cfg.type != "gpt":
+    if not isinstance(cfg, GPTConfig):  # the layouts below are a GPT's weights
         raise UserError(f"only GPT models export to Hugging Face format; this is an {cfg.type.upper()} model")
     if cfg.pos_embedding == "learned":
         problems = [what for bad, what in (
@@ -438,19 +438,19 @@ def hf_tokenizer(tokenizer: Tokenizer) -> PretrainedTokenizer:
     return PretrainedTokenizer(tok, {"eos_token": EOT, "bos_token": EOT, "split_special_tokens": True})
 
 
-def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path, info: dict[str, Any] | None = None) -> Path:
+def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path, info: CheckpointInfo | None = None) -> Path:
     """Write ``model`` and ``tokenizer`` as a Hugging Face folder (atomically), loadable with
     ``AutoModelForCausalLM.from_pretrained(out)`` and ``AutoTokenizer.from_pretrained(out)``."""
-    info = info or {}
+    info = info or CheckpointInfo(model=model.config)
     cfg = model.config
     layout = hf_layout(cfg)
     hf_tok = hf_tokenizer(tokenizer)
-    if info.get("chat_template") and not hf_tok.config.get("chat_template"):  # the template it was fine-tuned with
-        hf_tok = PretrainedTokenizer(hf_tok.tok, {**hf_tok.config, "chat_template": info["chat_template"]})
-    eos_ids = info.get("eos_token_ids") or _eos_list(hf_tok.eot_id)
+    if info.chat_template and not hf_tok.config.get("chat_template"):  # the template it was fine-tuned with
+        hf_tok = PretrainedTokenizer(hf_tok.tok, {**hf_tok.config, "chat_template": info.chat_template})
+    eos_ids = info.eos_token_ids or ([hf_tok.eot_id] if hf_tok.eot_id is not None else [])
     eos: int | list[int] | None = (eos_ids[0] if len(eos_ids) == 1 else eos_ids) if eos_ids else None
     bos = hf_tok.bos_id if hf_tok.bos_id is not None else (eos_ids[0] if eos_ids else None)
-    gen: dict[str, Any] = {"bos_token_id": bos, "eos_token_id": eos, **(info.get("generation") or {})}
+    gen: dict[str, Any] = {"bos_token_id": bos, "eos_token_id": eos, **info.generation}
     if gen.get("temperature") == 0.0:  # arlm's greedy is transformers' do_sample=false
         del gen["temperature"]
         gen["do_sample"] = False

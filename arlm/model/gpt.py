@@ -157,6 +157,11 @@ def attention_mask(start: int, T: int, key_mask: torch.Tensor | None, device, wi
 class GPT(nn.Module):
     """Token (+ position) embeddings -> n_layer blocks -> norm -> logits over the vocabulary."""
 
+    # what the rest of arlm may ask of it (arlm/model/registry.py)
+    can_rewind_cache = True  # a KV cache is cut back by writing later slots again
+    can_compile_decode = True
+    can_checkpoint_activations = True
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         assert cfg.vocab_size > 0, "vocab_size must be set before building the model"
@@ -214,6 +219,23 @@ class GPT(nn.Module):
         dtype = self.cache_dtype or p.dtype
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(batch_size, cfg.kv_heads, max_len, cfg.hs, dtype, p.device)
+
+    def cache_length(self) -> int:
+        """Positions the attached KV cache holds (its buffer's size, a tensor shape: torch.compile does not
+        specialise on it as it would on an int attribute)."""
+        return self.transformer.h[0].attn.kv_cache.k.size(2)
+
+    def cache_bytes(self, batch_size: int, max_len: int) -> int:
+        """Memory of a KV cache of ``batch_size`` rows and ``max_len`` positions: keys and values per layer."""
+        cfg = self.config
+        dtype = self.cache_dtype or self.transformer.wte.weight.dtype
+        return 2 * cfg.n_layer * batch_size * cfg.kv_heads * max_len * cfg.hs * dtype.itemsize
+
+    def attention_flops_per_token(self) -> float:
+        """Training FLOPs per token of attention's scores and weighted sum over a full window: 12 x n_layer
+        x T x C (as nanoGPT's ``estimate_mfu``; causal masking not subtracted)."""
+        cfg = self.config
+        return 12.0 * cfg.n_layer * cfg.block_size * cfg.n_head * cfg.hs
 
     def reorder_cache(self, rows: torch.Tensor) -> None:
         for block in self.transformer.h:

@@ -21,13 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arlm.config import GPTConfig
+from arlm.config import LSTMConfig
 
 
 class LSTMLM(nn.Module):
     """Embedding -> LSTM -> logits."""
 
-    def __init__(self, cfg: GPTConfig):
+    # what the rest of arlm may ask of it (arlm/model/registry.py): a recurrent state cannot be cut
+    # back to an earlier token, nor is its Python-held state a fixed-shape cache to compile over.
+    can_rewind_cache = False
+    can_compile_decode = False
+    can_checkpoint_activations = False
+
+    def __init__(self, cfg: LSTMConfig):
         super().__init__()
         assert cfg.vocab_size > 0, "vocab_size must be set before building the model"
         self.config = cfg
@@ -56,6 +62,13 @@ class LSTMLM(nn.Module):
     # -- recurrent state (the "KV cache" of a decoding run) ------------------------------------
     def setup_cache(self, batch_size: int, max_len: int | None = None) -> None:
         self.state, self.fed = None, 0
+
+    def cache_bytes(self, batch_size: int, max_len: int) -> int:
+        """The recurrent state (h, c) of every layer: its size does not grow with the sequence."""
+        return 2 * self.config.n_layer * batch_size * self.config.n_embd * self.transformer.wte.weight.dtype.itemsize
+
+    def attention_flops_per_token(self) -> float:
+        return 0.0  # every FLOP is in a weight matrix
 
     def reorder_cache(self, rows: torch.Tensor) -> None:
         if self.state is not None:

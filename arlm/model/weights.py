@@ -1,32 +1,60 @@
-"""Putting loaded tensors into a model: no random initialisation first, tied weights re-tied."""
+"""Putting loaded tensors into a model: every name, shape and dtype checked against the model first,
+no random initialisation, tied weights re-tied."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from arlm.config import GPTConfig
 from arlm.errors import UserError
-from arlm.model.gpt import GPT
 
 
-def assign_weights(model: GPT, sd: dict[str, torch.Tensor], what: str) -> None:
-    """Load ``sd`` into ``model`` (which may live on the meta device: tensors are taken, not copied),
-    then re-tie the embeddings and rebuild the non-learned buffers. Mismatches raise UserError(what)."""
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(map(str, t.shape)) + ")"
+
+
+def check_state(model: nn.Module, sd: dict[str, torch.Tensor], where: str, partial: bool = False) -> None:
+    """``sd`` fits ``model`` (which may live on the meta device): the same names (a tied output layer
+    may be left out; ``partial``: a subset, e.g. adapters only), the same shapes, floating-point values
+    that are all finite. A mismatch is a UserError naming the tensor, found and expected."""
+    expected = model.state_dict()
+    tied = getattr(model.config, "tie_embeddings", False)
+    missing = [] if partial else [k for k in expected if k not in sd and not (tied and k == "lm_head.weight")]
+    if missing:
+        raise UserError(f"{where}: tensor {missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                        + "; the weights do not belong to this config")
+    unexpected = [k for k in sd if k not in expected]
+    if unexpected:
+        raise UserError(f"{where}: unexpected tensor {unexpected[0]}" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+                        + "; the weights do not belong to this config")
+    for name, t in sd.items():
+        want = expected[name]
+        if t.shape != want.shape:
+            raise UserError(f"{where}: tensor {name} has shape {_shape(t)}, the config needs {_shape(want)}")
+        if want.is_floating_point() and not t.is_floating_point():
+            raise UserError(f"{where}: tensor {name} holds {str(t.dtype).replace('torch.', '')} values, not floating-point weights")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{where}: tensor {name} holds NaN or infinite values (damaged weights)")
+
+
+def assign_weights(model: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``sd`` into ``model`` after :func:`check_state` (on the meta device tensors are taken, not
+    copied), then re-tie the embeddings and rebuild the non-learned buffers."""
+    check_state(model, sd, where)
+    sd = dict(sd)
     if model.config.tie_embeddings and "transformer.wte.weight" in sd:
         sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
     on_meta = model.transformer.wte.weight.is_meta  # else copy into the existing (possibly GPU) tensors
-    try:
-        model.load_state_dict(sd, strict=True, assign=on_meta)
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"{what} ({str(e).splitlines()[0]})") from None
+    model.load_state_dict(sd, strict=True, assign=on_meta)
     if model.config.tie_embeddings:
         model.lm_head.weight = model.transformer.wte.weight
     model.init_buffers()
 
 
-def empty_model(cfg: GPTConfig) -> GPT:
-    """A model with no memory behind its weights yet (meta device): loading skips random initialisation."""
-    from arlm.model import build_model
-
-    with torch.device("meta"):
-        return build_model(cfg)
+def state_to_save(model: nn.Module, sd: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Weights to save (``model``'s, or ``sd`` gathered from a sharded model): tied tensors once
+    (safetensors refuses shared storage), contiguous, on CPU."""
+    sd = dict(model.state_dict() if sd is None else sd)
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}

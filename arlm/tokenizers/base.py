@@ -1,12 +1,11 @@
-"""The Tokenizer protocol, and loading/training by name."""
+"""The Tokenizer protocol and what works on any tokenizer (the factory is arlm/tokenizers/__init__.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 from arlm.errors import UserError
-from arlm.fsutil import read_json
 
 EOT = "<|endoftext|>"  # document separator, as in GPT-2
 TOKENIZER_FILE = "tokenizer.json"
@@ -51,39 +50,3 @@ def token_texts(tok: Tokenizer) -> list[str | None]:
         text = text[len(base):] if text.startswith(base) else ""
         out.append(text if text and "\ufffd" not in text else None)
     return out
-
-
-def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 0) -> Tokenizer:
-    """Build a tokenizer of ``kind`` ("char" or "bpe") from the corpus ``texts``."""
-    if kind == "char":
-        from arlm.tokenizers.char import CharTokenizer
-
-        return CharTokenizer.train(texts)
-    if kind == "bpe":
-        from arlm.tokenizers.bpe import BPETokenizer
-
-        return BPETokenizer.train(texts, vocab_size)
-    raise UserError(f"unknown tokenizer '{kind}'; choose char or bpe")
-
-
-def load_tokenizer(directory: str | Path) -> Tokenizer:
-    """Load the tokenizer saved in ``directory`` (``tokenizer.json``, ours or Hugging Face's).
-
-    A folder with ``tokenizer_config.json`` holds a Hugging Face tokenizer (from a converted
-    checkpoint), which keeps its own special tokens.
-    """
-    path = Path(directory) / TOKENIZER_FILE
-    if (Path(directory) / TOKENIZER_CONFIG).is_file():
-        from arlm.tokenizers.pretrained import PretrainedTokenizer
-
-        return PretrainedTokenizer.from_dir(directory)
-    data = read_json(path, "is this a folder made by `arlm prepare` or `arlm train`? Prepare the data or save the model again")
-    if data.get("arlm") == "char":
-        from arlm.tokenizers.char import CharTokenizer
-
-        return CharTokenizer.from_dict(data)
-    if "model" in data:
-        from arlm.tokenizers.bpe import BPETokenizer
-
-        return BPETokenizer.from_file(path)
-    raise UserError(f"{path} is not a tokenizer file arlm knows")

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from arlm.errors import UserError
 from arlm.tokenizers.base import EOT, TOKENIZER_FILE
 
 
@@ -43,7 +44,12 @@ class BPETokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "BPETokenizer":
-        return cls(HFTokenizer.from_file(str(path)))
+        try:
+            tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises plain Exception for files it cannot read
+            raise UserError(f"{path} is not a tokenizer file the tokenizers library can read "
+                            f"({str(e).splitlines()[0][:160]}); prepare the data again") from None
+        return cls(tok)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids

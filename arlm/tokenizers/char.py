@@ -15,7 +15,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from arlm.config import validated
 from arlm.errors import UserError
+from arlm.io.schema import CharVocabulary
 from arlm.tokenizers.base import EOT, TOKENIZER_FILE
 
 
@@ -71,8 +73,9 @@ class CharTokenizer:
         return {"arlm": "char", "version": 1, "chars": self.chars, "eot": EOT}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CharTokenizer":
-        return cls(data["chars"])
+    def from_dict(cls, data: dict, source: str = "tokenizer.json") -> "CharTokenizer":
+        """From the saved form (:meth:`to_dict`), checked: one character per id, each once."""
+        return cls(validated(CharVocabulary, data, source).chars)
 
     def save(self, directory: str | Path) -> None:
         Path(directory, TOKENIZER_FILE).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")

@@ -14,8 +14,11 @@ from typing import Any, Sequence
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
 
+from arlm.config import validated
 from arlm.errors import UserError
-from arlm.fsutil import read_json
+from arlm.io.files import read_json
+from arlm.io.schema import HFTokenizerConfig
+from arlm.io.text import read_text_file
 from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -60,8 +63,9 @@ class PretrainedTokenizer:
         when tokenizer_config.json does not name the special tokens."""
         d = Path(directory)
         config = read_json(d / TOKENIZER_CONFIG, "fix or delete it") if (d / TOKENIZER_CONFIG).is_file() else {}
+        validated(HFTokenizerConfig, config, str(d / TOKENIZER_CONFIG), unknown="ignore")
         if (d / CHAT_TEMPLATE_FILE).is_file():  # transformers 5 saves the chat template beside the config
-            config["chat_template"] = (d / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+            config["chat_template"] = read_text_file(d / CHAT_TEMPLATE_FILE)
         if (d / TOKENIZER_FILE).is_file():
             try:
                 tok = HFTokenizer.from_file(str(d / TOKENIZER_FILE))
@@ -78,7 +82,15 @@ class PretrainedTokenizer:
             )
         else:
             raise UserError(f"{d} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
-        return cls(tok, config, eos_id, bos_id)
+        out = cls(tok, config, eos_id, bos_id)
+        for key in ("eos_token", "bos_token"):
+            text = special_token_text(config.get(key))
+            if text and tok.token_to_id(text) is None:
+                raise UserError(f"{d / TOKENIZER_CONFIG}: {key} {text!r} is not in the tokenizer's vocabulary "
+                                f"({TOKENIZER_FILE}); fix the file")
+        if out.vocab_size <= 0:
+            raise UserError(f"{d / TOKENIZER_FILE} holds no tokens")
+        return out
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids

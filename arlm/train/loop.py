@@ -3,17 +3,15 @@
 Maximum-likelihood training: minimise the mean cross-entropy of each next token given the ones
 before it, with AdamW, a warmup + decay learning-rate schedule, gradient clipping and accumulation.
 
-Determinism: the data order comes from its own ``torch.Generator``, dropout from the global torch
-RNG, periodic evaluation uses a fixed set of windows and no RNG at all. All of that is saved in
-``latest/``, so a resumed run's losses equal an uninterrupted run's exactly (CPU, float32).
+A run is a :class:`Trainer`: built from a validated config, it reads its inputs, checks and locks its
+output folder, and only then writes; its counters and every stateful object live in one
+:class:`arlm.train.state.TrainState`, which saves and restores itself (resume == uninterrupted).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -29,23 +27,24 @@ from arlm.data.loader import TokenData, WindowSampler, collate, random_batch, se
 from arlm.data.sft import SFTData
 from arlm.errors import UserError
 from arlm.eval.perplexity import loss_over_batches
-from arlm.fsutil import atomic_write_text
-from arlm.model import build_model
-from arlm.model.lora import adapter_state, apply_lora, lora_info
-from arlm.model.weights import assign_weights, empty_model
-from arlm.runtime import autocast, resolve_device, resolve_dtype, seed_everything, set_threads
+from arlm.interop.load import load_model, model_config
+from arlm.io.checkpoint import BEST, LATEST, checkpoint_weights, save_checkpoint, trainer_state
+from arlm.io.lock import RunLock
+from arlm.io.schema import CheckpointInfo, LoraInfo
+from arlm.model.lora import adapter_state, apply_lora
+from arlm.model.registry import build_model, empty_model
+from arlm.model.weights import assign_weights, state_to_save
+from arlm.runtime import autocast, check_memory, generator, resolve_device, resolve_dtype, seed_everything, set_threads, torch_seed
 from arlm.tokenizers import load_tokenizer
 from arlm.tokenizers.base import same_vocabulary
-from arlm.train import checkpoint as ckpt_io
 from arlm.train import distributed
 from arlm.train.optim import lr_at, make_optimizer, plateau_update
+from arlm.train.output import METRICS, PLOT, Metrics, check_output, claim, finish_interrupted
+from arlm.train.state import TrainState, resume_config
 from arlm.train.throughput import flops_per_token, matmul_peak
 from arlm.viz.curves import plot_loss_curve
 
 log = logging.getLogger(__name__)
-
-METRICS = "metrics.jsonl"
-PLOT = "loss.png"
 
 # A callback receives each metrics record (training or evaluation) and may return True to stop
 # the run after the current step, with a checkpoint written as for Ctrl-C.
@@ -85,40 +84,6 @@ def _graceful_interrupt(flag: dict) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _rng_state(data_gen: torch.Generator) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    data_gen.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _truncate_metrics(path: Path, after_step: int) -> None:
-    """On resume, drop records logged after the checkpoint (they will be produced again)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln).get("step", 0) <= after_step]
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
-
-
-def _claim_output(out: Path, overwrite: bool) -> None:
-    """A new run must not silently replace another run's checkpoints or mix into its metrics."""
-    previous = [out / n for n in (ckpt_io.LATEST, ckpt_io.BEST, METRICS, PLOT) if (out / n).exists()]
-    if not previous:
-        return
-    if not overwrite:
-        raise UserError(f"{out} already holds a training run; continue it with --resume {out}, "
-                        f"choose another --out, or pass --overwrite to replace it")
-    for p in previous:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -183,28 +148,37 @@ def train(config: dict[str, Any] | TrainConfig | str | Path | None = None, callb
 
     ``config`` is a TOML path, a dict in the TOML layout or a TrainConfig; ``overrides`` are keys given explicitly
     (CLI flags). With ``resume`` set, only explicitly given keys change the saved run's config, and
-    they may not change the model or the data.
+    they may not change the model or the data. Every bad argument is a UserError, raised before anything is written.
     """
     if isinstance(config, (str, Path)):
         config = read_toml(config)
-    d = to_dict(config) if isinstance(config, TrainConfig) else dict(config or {})
+    elif isinstance(config, TrainConfig):
+        config = to_dict(config)
+    elif config is None:
+        config = {}
+    elif not isinstance(config, dict):
+        raise UserError(f"config must be a TrainConfig, a dict or a TOML file's path, got {type(config).__name__}")
+    if callbacks is not None and (not isinstance(callbacks, (list, tuple)) or not all(callable(c) for c in callbacks)):
+        raise UserError("callbacks must be a list of functions, each taking a metrics record")
+    d = dict(config)
     for k, v in overrides.items():
-        d[k] = {**d.get("model", {}), **v} if k == "model" else v
+        d[k] = {**d["model"], **v} if k == "model" and isinstance(v, dict) and isinstance(d.get("model"), dict) else v
+    from_dict(TrainConfig, apply_preset(d), "train config")  # every value's type, whichever path follows
     if d.get("resume"):
-        resume_ckpt, cfg = ckpt_io.resume_config(d["resume"], {k: v for k, v in d.items() if k != "resume"})
+        resume_ckpt, cfg = resume_config(d["resume"], {k: v for k, v in d.items() if k != "resume"})
         cfg.validate()
     else:
         if d.get("init_from"):
             d = _shape_from_base(d)
         resume_ckpt, cfg = None, build_config(d)
-    return _run(cfg, resume_ckpt, callbacks or [])
+    return _run(cfg, resume_ckpt, list(callbacks or []))
 
 
 def _shape_from_base(d: dict[str, Any]) -> dict[str, Any]:
     """Fine-tuning keeps the base model's shape; of the model keys only dropout may be changed."""
     if d.get("preset"):
         raise UserError("--preset sets a model shape, but fine-tuning keeps the shape of the model it starts from; drop it")
-    base = to_dict(ckpt_io.model_config(d["init_from"]))
+    base = to_dict(model_config(d["init_from"]))
     for key, value in (d.get("model") or {}).items():
         if key != "dropout" and base.get(key) != value:
             raise UserError(f"model.{key} comes from the model being fine-tuned ({base.get(key)!r}); only model.dropout "
@@ -222,295 +196,386 @@ def _open_data(path: str, tokenizer, cfg: TrainConfig):
                             f"`arlm finetune --model DIR --data {p}`. To pretrain on JSONL text, run `arlm prepare {p}` first")
         return SFTData(p, tokenizer, cfg.model.block_size, cfg.val_fraction, cfg.chat_template, cfg.packing)
     data = TokenData.open(p)
-    if tokenizer is not None and not same_vocabulary(load_tokenizer(data.path), tokenizer):
+    if tokenizer is not None and not same_vocabulary(data.tokenizer, tokenizer):
         raise UserError(f"{p} was prepared with another tokenizer than the model's; prepare it again with the model's "
                         f"tokenizer, or give the examples as JSONL")
     return data
+
+
+def training_bytes(cfg: TrainConfig, n_params: int) -> tuple[int, int]:
+    """Rough memory of a run (bytes): (parameters with their gradients and AdamW's two moments, float32;
+    one micro-batch's activations, the batches held for a step and the evaluation set). Activations
+    follow Korthikanti et al. 2022 (34 x C values per token and layer, attention scores 5 x nh x T^2
+    per sequence and layer), doubled for float32, plus the logits and their gradient."""
+    m, B, T = cfg.model, cfg.batch_size, cfg.model.block_size
+    heads = getattr(m, "n_head", 1)
+    per_sequence = m.n_layer * (68 * T * m.n_embd + 10 * heads * T * T) + 12 * T * m.vocab_size
+    token_rows = 16 * T * B * (cfg.grad_accum_steps + cfg.eval_batches)  # int64 inputs and targets
+    return 16 * n_params, B * per_sequence + token_rows
 
 
 def _run(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback]) -> dict[str, Any]:
     set_threads(cfg.threads)
     ctx, device = distributed.setup(resolve_device(cfg.device))
     try:
-        return _train(cfg, resume_ckpt, callbacks, ctx, device)
+        return Trainer(cfg, resume_ckpt, callbacks, ctx, device).run()
     finally:
         distributed.teardown(ctx)
 
 
-def _train(cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback], ctx: distributed.Context,
-           device: torch.device) -> dict[str, Any]:
-    dtype = resolve_dtype(cfg.dtype, device)
-    out = Path(cfg.out)
+class Trainer:
+    """One run: inputs read and checked, then the output folder checked and locked, then the loop.
 
-    base_model, tokenizer, base_info = None, None, {}
-    if cfg.init_from:
-        base_model, tokenizer, base_info = ckpt_io.load_model(cfg.init_from)
-        if tokenizer is None:
-            raise UserError(f"{cfg.init_from} has no tokenizer files; copy its tokenizer into the folder to fine-tune it")
-    if cfg.lora_rank and cfg.fsdp and ctx.distributed:
-        raise UserError("LoRA is not supported with --fsdp; train the adapters with DDP (drop --fsdp)")
-    data = _open_data(cfg.data, tokenizer, cfg)
-    tokenizer = tokenizer or load_tokenizer(data.path)
-    replay = _open_data(cfg.replay_data, tokenizer, cfg) if cfg.replay_data else None
-    if replay is not None and not isinstance(replay, TokenData):
-        raise UserError("--replay-data must be a prepared data folder (`arlm prepare`), not JSONL")
-    if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = int(data.meta["vocab_size"])
-    elif cfg.model.vocab_size < data.meta["vocab_size"]:
-        raise UserError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
-                        f"({data.meta['vocab_size']}); leave vocab_size at 0 to take it from the data")
-    data.check_block_size(cfg.model.block_size)
-    if replay is not None:
-        replay.check_block_size(cfg.model.block_size)
-    if resume_ckpt is None and ctx.main:
-        _claim_output(out, cfg.overwrite)
-    distributed.barrier(ctx)  # no process writes before the main one has cleared the folder
-    out.mkdir(parents=True, exist_ok=True)
+    ``run()`` does it all and returns the summary; the steps are methods, and everything that a
+    resumed run must find again is in ``self.state`` (:class:`TrainState`).
+    """
 
-    # Every process builds the same initial weights (DDP also broadcasts them; FSDP shards them as they are).
-    seed_everything(cfg.seed)
-    if base_model is not None:  # fine-tuning: the base weights, in a model with this run's dropout
-        model = empty_model(cfg.model)
-        assign_weights(model, base_model.state_dict(), f"{cfg.init_from} does not match its own config")
-        del base_model
-    else:
-        model = build_model(cfg.model)
-    if cfg.lora_rank:
-        trainable = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-        log.info("LoRA rank %d on %s: %s trainable parameters (%.2f%% of the model)", cfg.lora_rank,
-                 ", ".join(cfg.lora_targets), f"{trainable:,}", 100 * trainable / sum(p.numel() for p in model.parameters()))
-    model = model.to(device)
-    if resume_ckpt is not None:
-        ckpt_io.load_weights(model, resume_ckpt, adapter_only=cfg.adapter_only)
-    if cfg.activation_checkpointing:
-        if not hasattr(model, "checkpointing"):
-            raise UserError("--activation-checkpointing applies to GPT models (an LSTM's layers are one PyTorch module)")
-        model.checkpointing = True
-    wrapped = distributed.wrap(model, ctx, cfg.fsdp)
-    sharded = cfg.fsdp and ctx.distributed
-    optimizer = make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    if isinstance(data, SFTData) and not data.packing:  # one example per row: draw example indices
-        sampler = WindowSampler(len(data.train) + 1, 1, cfg.sampling, cfg.seed, data_gen)
-    else:  # windows of a token stream (a prepared corpus, or packed examples)
-        sampler = WindowSampler(data.size if isinstance(data, SFTData) else len(data.train), cfg.model.block_size,
-                                cfg.sampling, cfg.seed, data_gen)
-    rows_drawn = 0  # sequences drawn so far (replay takes floor(rows_drawn * replay_fraction) of them)
-    step, best_val, bad_evals, tokens_seen, elapsed_before = 0, math.inf, 0, 0, 0.0
-    plateau = {"scale": 1.0, "bad": 0}  # the plateau schedule's learning-rate factor and its patience count
+    def __init__(self, cfg: TrainConfig, resume_ckpt: Path | None, callbacks: list[Callback],
+                 ctx: distributed.Context, device: torch.device):
+        self.cfg, self.resume_ckpt, self.callbacks, self.ctx, self.device = cfg, resume_ckpt, callbacks, ctx, device
+        self.dtype = resolve_dtype(cfg.dtype, device)
+        self.out = Path(cfg.out)
+        self.metrics = Metrics(self.out / METRICS)
+        self.stop_flag: dict[str, Any] = {}
+        self.last_val: float | None = None
 
-    if resume_ckpt is not None:
-        state = ckpt_io.load_trainer_state(resume_ckpt)
-        if all(isinstance(k, int) for k in state["optimizer"]["state"]):  # keyed by position (arlm <= 0.4)
-            optimizer.load_state_dict(state["optimizer"])
+    # -- setup: read, check, then write ---------------------------------------------------------------
+
+    def _open_inputs(self) -> None:
+        cfg = self.cfg
+        self.base_model, self.tokenizer, self.base_info = None, None, None
+        if cfg.init_from:
+            self.base_model, self.tokenizer, self.base_info = load_model(cfg.init_from)
+            if self.tokenizer is None:
+                raise UserError(f"{cfg.init_from} has no tokenizer files; copy its tokenizer into the folder to fine-tune it")
+        if cfg.lora_rank and cfg.fsdp and self.ctx.distributed:
+            raise UserError("LoRA is not supported with --fsdp; train the adapters with DDP (drop --fsdp)")
+        self.data = _open_data(cfg.data, self.tokenizer, cfg)
+        self.tokenizer = self.tokenizer or self.data.tokenizer
+        self.replay = _open_data(cfg.replay_data, self.tokenizer, cfg) if cfg.replay_data else None
+        if self.replay is not None and not isinstance(self.replay, TokenData):
+            raise UserError("--replay-data must be a prepared data folder (`arlm prepare`), not JSONL")
+        vocab = self.data.vocab_size
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = vocab
+        elif cfg.model.vocab_size < vocab:
+            raise UserError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
+                            f"({vocab}); leave vocab_size at 0 to take it from the data")
+        for d in (self.data, self.replay):
+            if d is not None:
+                d.check_block_size(cfg.model.block_size)
+                d.check_ids(cfg.model.vocab_size)
+
+    def _check_memory(self) -> None:
+        """Refuse a model or batch that cannot fit, before building it (a meta-device model allocates nothing)."""
+        n_params = sum(p.numel() for p in empty_model(self.cfg.model).parameters())
+        weights, activations = training_bytes(self.cfg, n_params)
+        check_memory(weights + activations, f"training this model ({n_params / 1e6:,.1f}M parameters: "
+                     f"{weights / 1e9:,.1f} GB with gradients and optimizer state; activations and batches: "
+                     f"{activations / 1e9:,.1f} GB at batch_size {self.cfg.batch_size}, block_size {self.cfg.model.block_size})",
+                     "lower n_embd / n_layer / block_size / batch_size / grad_accum_steps / eval_batches", self.device)
+
+    def _claim_output(self) -> None:
+        """Check --out, take its lock, finish what a killed run left, and (new runs) clear or refuse an old run."""
+        inputs = [("--data", self.cfg.data), ("--init-from", self.cfg.init_from), ("--replay-data", self.cfg.replay_data)]
+        self.out = check_output(self.cfg.out, inputs)
+        self.metrics = Metrics(self.out / METRICS)
+        self.lock = RunLock(self.out, "another `arlm train` writing this run") if self.ctx.main else None
+        if self.lock is not None:
+            self.lock.acquire()
+            finish_interrupted(self.out)
+            if self.resume_ckpt is None:
+                claim(self.out, self.cfg.overwrite)
+        distributed.barrier(self.ctx)  # no process writes before the main one has cleared the folder
+
+    def _build_model(self) -> None:
+        cfg, device = self.cfg, self.device
+        seed_everything(cfg.seed)  # every process builds the same initial weights (DDP also broadcasts them)
+        if self.base_model is not None:  # fine-tuning: the base weights, in a model with this run's dropout
+            model = empty_model(cfg.model)
+            assign_weights(model, self.base_model.state_dict(), f"{cfg.init_from} does not match its own config")
+            self.base_model = None
         else:
-            distributed.load_optimizer_state(model, optimizer, state["optimizer"])
-        if "sampler" in state:
-            sampler.load_state_dict(state["sampler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], data_gen)
-        step, best_val, bad_evals = int(state["step"]), float(state["best_val"]), int(state["bad_evals"])
-        rows_drawn = int(state.get("rows_drawn", 0))
-        plateau.update(state.get("plateau", {}))
-        tokens_seen, elapsed_before = int(state["tokens_seen"]), float(state["elapsed_s"])
+            model = build_model(cfg.model)
+        if cfg.lora_rank:
+            trainable = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+            log.info("LoRA rank %d on %s: %s trainable parameters (%.2f%% of the model)", cfg.lora_rank,
+                     ", ".join(cfg.lora_targets), f"{trainable:,}", 100 * trainable / sum(p.numel() for p in model.parameters()))
+        self.model = model.to(device)
+        if self.resume_ckpt is not None:  # before wrapping: a sharded model cannot take whole weights
+            sd = checkpoint_weights(self.resume_ckpt)
+            if cfg.adapter_only:
+                model.load_state_dict(sd, strict=False)
+            else:
+                assign_weights(model, sd, str(self.resume_ckpt / "model.safetensors"))
+        if cfg.activation_checkpointing:
+            if not model.can_checkpoint_activations:
+                raise UserError(f"--activation-checkpointing applies to GPT models, not {cfg.model.type} ones")
+            model.checkpointing = True
+        self.wrapped = distributed.wrap(model, self.ctx, cfg.fsdp)
+        self.sharded = cfg.fsdp and self.ctx.distributed
+        self.optimizer = make_optimizer(model, cfg, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=(self.dtype == torch.float16))
+        self.data_gen = generator(cfg.seed)
+        self.sampler = WindowSampler(*self.data.sampling(cfg.model.block_size), cfg.sampling, cfg.seed, self.data_gen)
+        self.state = TrainState(model, self.optimizer, self.scaler, self.sampler, self.data_gen)
+
+    def _restore(self) -> None:
+        """Resume: every piece of state saved in latest/ (the weights were loaded with the model)."""
+        cfg, ckpt = self.cfg, self.resume_ckpt
+        self.state.load_state_dict(trainer_state(ckpt), str(ckpt / "trainer_state.pt"))
+        step = self.state.progress.step
         if step >= cfg.max_steps:
             raise UserError(f"the run in {cfg.resume} already reached step {step}; pass a larger --max-steps to continue")
-        if ctx.main:
-            _truncate_metrics(out / METRICS, step)
-        log.info("resumed from %s at step %d", resume_ckpt, step)
-    if ctx.distributed:  # dropout masks differ between processes (the weights were made identical above)
-        torch.manual_seed(cfg.seed + 7919 * ctx.rank)
+        if self.ctx.main:
+            self.metrics.truncate(step)
+        log.info("resumed from %s at step %d", ckpt, step)
 
-    compiled = torch.compile(wrapped, mode=None if cfg.compile_mode == "default" else cfg.compile_mode) if cfg.compile else wrapped
-    # CUDA graphs (torch.compile's cudagraph trees) reuse their output memory on every replay: each step
-    # is marked as a new iteration, so nothing of the last step's graph outputs is expected to survive
-    cuda_graphs = cfg.compile and device.type == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
-    n_params = model.num_params()
-    # MFU: each process's share of the tokens, its model FLOPs, against its own device's measured peak
-    flops_per_device_token = flops_per_token(model, cfg.model) / ctx.world_size
-    peak = matmul_peak(device, dtype)
-    log.info("model: %.2fM parameters, device %s, dtype %s", n_params / 1e6, device, str(dtype).replace("torch.", ""))
-    B = cfg.batch_size
+    def _eval_sets(self) -> None:
+        """The validation windows of every periodic evaluation: drawn once from a fixed seed, so
+        successive estimates differ only because the model changed. Windows of the global batch size
+        (the set does not depend on the number of processes); each process scores its own slice."""
+        cfg, ctx, B = self.cfg, self.ctx, self.cfg.batch_size
+        eval_gen = generator(torch_seed(cfg.seed) + 1)
+        if isinstance(self.data, TokenData):
+            self.eval_set = [tuple(t[ctx.rank * B:(ctx.rank + 1) * B]
+                                   for t in random_batch(self.data.val, B * ctx.world_size, cfg.model.block_size, eval_gen))
+                             for _ in range(cfg.eval_batches)]
+        else:  # the first held-out examples, the same in every process
+            self.eval_set = self.data.val_batches(B, B * cfg.eval_batches)
+        # continual training: also watch the loss on the replayed corpus (what fine-tuning may make the model forget)
+        self.replay_eval = [random_batch(self.replay.val, B, cfg.model.block_size, eval_gen)
+                            for _ in range(cfg.eval_batches)] if self.replay else []
 
-    # Periodic evaluation uses the same validation windows every time, drawn once from a fixed seed,
-    # so successive estimates differ only because the model changed.
-    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    # Windows of the global batch size (so the set does not depend on the number of processes); each
-    # process scores its own slice of every batch, and the mean of the equal-sized slices is the mean.
-    if isinstance(data, TokenData):
-        eval_set = [tuple(t[ctx.rank * B:(ctx.rank + 1) * B] for t in random_batch(data.val, B * ctx.world_size, cfg.model.block_size, eval_gen))
-                    for _ in range(cfg.eval_batches)]
-    else:  # the first held-out examples, the same in every process
-        eval_set = data.val_batches(B, B * cfg.eval_batches)
-    # continual training: also watch the loss on the replayed corpus (what fine-tuning may make the model forget)
-    replay_eval = [random_batch(replay.val, B, cfg.model.block_size, eval_gen) for _ in range(cfg.eval_batches)] if replay else []
+    def setup(self) -> None:
+        self._open_inputs()
+        self._check_memory()
+        self._claim_output()
+        self._build_model()
+        if self.resume_ckpt is not None:
+            self._restore()
+        if self.ctx.distributed:  # dropout masks differ between processes (the weights were made identical above)
+            torch.manual_seed(torch_seed(self.cfg.seed + 7919 * self.ctx.rank))
+        self._eval_sets()
+        self._carried = self._carried_info()
 
-    def evaluate() -> float:
-        return distributed.mean(torch.tensor(loss_over_batches(compiled, eval_set, device, dtype), device=device), ctx).item()
+    # -- what a checkpoint records ------------------------------------------------------------------
 
-    def record(rec: dict[str, Any]) -> bool:
-        if not ctx.main:
-            return False
-        with open(out / METRICS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-        return any(bool(cb(rec)) for cb in callbacks)
+    def _carried_info(self) -> dict[str, Any]:
+        """What a fine-tuned checkpoint carries over from its base (end-of-sequence ids, decoding defaults,
+        origin, chat template), and what it adds (its chat template, its adapters)."""
+        cfg, base = self.cfg, self.base_info
+        carried: dict[str, Any] = {}
+        if base is not None:
+            carried = dict(eos_token_ids=base.eos_token_ids, generation=base.generation, source=base.source,
+                           chat_template=base.chat_template)
+        if isinstance(self.data, SFTData) and self.data.template is not None:
+            carried["chat_template"] = self.data.template.source
+        if cfg.lora_rank:
+            carried["lora"] = LoraInfo(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                       targets=list(cfg.lora_targets), adapter_only=cfg.adapter_only,
+                                       base=str(Path(cfg.init_from).resolve()) if cfg.init_from else None)
+        return carried
 
-    def save(name: str, val_loss: float | None, with_state: bool) -> None:
+    def info(self, val_loss: float | None) -> CheckpointInfo:
+        return CheckpointInfo(model=self.cfg.model, train=self.cfg, step=self.state.progress.step, val_loss=val_loss,
+                              data=self.data.record, **self._carried)
+
+    def save(self, name: str, val_loss: float | None, with_state: bool) -> None:
         """Write a checkpoint from the main process (under FSDP every process helps gather the weights)."""
-        weights = distributed.full_model_state(wrapped) if sharded else None
-        if cfg.adapter_only:
-            weights = adapter_state(weights or model.state_dict())
-        optim = distributed.full_optimizer_state(model, optimizer) if with_state else None
-        if ctx.main:
-            state = None
-            if with_state:
-                state = {
-                    "optimizer": optim, "scaler": scaler.state_dict(), "rng": _rng_state(data_gen),
-                    "sampler": sampler.state_dict(), "rows_drawn": rows_drawn, "step": step, "best_val": best_val, "bad_evals": bad_evals, "plateau": dict(plateau),
-                    "tokens_seen": tokens_seen, "elapsed_s": elapsed_before + (time.perf_counter() - t_start),
-                }
-            ckpt_io.save_checkpoint(out / name, model, tokenizer, info(val_loss), state, weights)
-        distributed.barrier(ctx)
+        weights = distributed.full_model_state(self.wrapped) if self.sharded else None
+        if self.cfg.adapter_only:
+            weights = adapter_state(weights or self.model.state_dict())
+        optim = distributed.full_optimizer_state(self.model, self.optimizer) if with_state else None
+        if self.ctx.main:
+            state = self.state.state_dict(optim, self.state.progress.elapsed_s + time.perf_counter() - self.t_start) \
+                if with_state else None
+            save_checkpoint(self.out / name, state_to_save(self.model, weights), self.info(val_loss), self.tokenizer, state)
+        distributed.barrier(self.ctx)
 
-    # What a fine-tuned checkpoint carries over from its base (end-of-sequence ids, decoding defaults,
-    # origin, chat template), and what it adds (its chat template, its adapters).
-    carried = {k: base_info[k] for k in ("eos_token_ids", "generation", "source", "chat_template") if k in base_info}
-    if isinstance(data, SFTData) and data.template is not None:
-        carried["chat_template"] = data.template.source
-    if cfg.lora_rank:
-        carried["lora"] = lora_info(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
-                                    str(Path(cfg.init_from).resolve()) if cfg.init_from else None, cfg.adapter_only)
+    def record(self, rec: dict[str, Any]) -> None:
+        """Log a metrics record; a callback that returns True asks the run to stop."""
+        if not self.ctx.main:
+            return
+        self.metrics.append(rec)
+        if any(bool(cb(rec)) for cb in self.callbacks):
+            self.stop_flag["stop"] = "callback"
 
-    def info(val_loss: float | None) -> dict[str, Any]:
-        train_dict = to_dict(cfg)
-        train_dict.pop("model")
-        return {"train": train_dict, "step": step, "val_loss": val_loss, "data": data.meta, **carried}
+    # -- the loop ---------------------------------------------------------------------------------------
 
-    stop_flag: dict[str, Any] = {}
-    status = "completed"
-    t_start = time.perf_counter()
-    t_log, tokens_at_log, tokens_at_start, last_val = time.perf_counter(), tokens_seen, tokens_seen, None
-    interval_loss, interval_steps = torch.zeros((), device=device), 0  # mean train loss since the last log
-    bar = _progress(cfg.max_steps, step, cfg.progress and ctx.main)
-
-    step_tokens = 0  # tokens fed in the current step, all processes: padded fine-tuning rows are shorter than T
-
-    def micro_batches():
-        nonlocal rows_drawn, step_tokens
-        T, G = cfg.model.block_size, B * ctx.world_size
-        step_tokens = 0
+    def micro_batches(self) -> Iterator[tuple]:
+        """The step's ``grad_accum_steps`` micro-batches; every process draws the same global batch and
+        reads its own slice of it. Counts the tokens fed (all processes) in ``self.step_tokens``."""
+        cfg, ctx, data, replay, device = self.cfg, self.ctx, self.data, self.replay, self.device
+        B, T = cfg.batch_size, cfg.model.block_size
+        G = B * ctx.world_size
+        progress = self.state.progress
+        self.step_tokens = 0
         for _ in range(cfg.grad_accum_steps):
-            # Every process draws the same global batch and reads its own slice of it.
             if replay is None and isinstance(data, TokenData):
-                x, y = windows(data.train, sampler.next(G)[ctx.rank * B:(ctx.rank + 1) * B], T)
-                step_tokens += x.numel() * ctx.world_size
+                x, y = windows(data.train, self.sampler.next(G)[ctx.rank * B:(ctx.rank + 1) * B], T)
+                self.step_tokens += x.numel() * ctx.world_size
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 continue
-            k = math.floor((rows_drawn + G) * cfg.replay_fraction) - math.floor(rows_drawn * cfg.replay_fraction)
-            rows_drawn += G
-            rows = data.rows(sampler.next(G - k), T)
+            k = math.floor((progress.rows_drawn + G) * cfg.replay_fraction) - math.floor(progress.rows_drawn * cfg.replay_fraction)
+            progress.rows_drawn += G
+            rows = data.rows(self.sampler.next(G - k), T)
             if k:  # replayed windows as long as this batch's other rows
                 Tr = max((len(x) for x, _ in rows), default=T)
-                rows += replay.rows(torch.randint(len(replay.train) - Tr, (k,), generator=data_gen).tolist(), Tr)
-            x, y = collate(rows[ctx.rank * B:(ctx.rank + 1) * B], tokenizer.eot_id or 0)
-            step_tokens += x.numel() * ctx.world_size  # (each process's rows padded alike: an estimate under DDP)
+                rows += replay.rows(torch.randint(len(replay.train) - Tr, (k,), generator=self.data_gen).tolist(), Tr)
+            x, y = collate(rows[ctx.rank * B:(ctx.rank + 1) * B], self.tokenizer.eot_id or 0)
+            self.step_tokens += x.numel() * ctx.world_size  # (each process's rows padded alike: an estimate under DDP)
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), int((y != -1).sum())
 
-    model.train()
-    with _graceful_interrupt(stop_flag), _logging_through(bar):
-        while step < cfg.max_steps:
-            lr = lr_at(step, cfg, plateau["scale"])
-            if cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            loss = optimizer_step(compiled, model, optimizer, scaler, micro_batches(), lr, cfg, device, dtype)
-            step += 1
-            tokens_seen += step_tokens
-            interval_loss += loss
-            interval_steps += 1
-            bar.update(1)
+    def evaluate(self) -> float:
+        loss = loss_over_batches(self.compiled, self.eval_set, self.device, self.dtype)
+        return distributed.mean(torch.tensor(loss, device=self.device), self.ctx).item()
 
-            if step % cfg.log_interval == 0 or step == cfg.max_steps:
-                now = time.perf_counter()
-                train_loss = distributed.mean(interval_loss / interval_steps, ctx).item()
-                interval_loss.zero_()
-                interval_steps = 0
-                if not math.isfinite(train_loss):
-                    raise UserError(f"training diverged at step {step} (loss {train_loss}); lower --lr or use --grad-clip")
-                tok_s = (tokens_seen - tokens_at_log) / max(now - t_log, 1e-9)
-                t_log, tokens_at_log = now, tokens_seen
-                mfu = tok_s * flops_per_device_token / peak
-                bar.set_postfix_str(f"loss {train_loss:.4f} | {tok_s:,.0f} tok/s | MFU {mfu:.0%}"
-                                    + (f" | val {last_val:.4f}" if last_val else ""))
-                if record({"step": step, "loss": train_loss, "lr": lr, "tokens": tokens_seen, "tokens_per_s": round(tok_s, 1),
-                           "mfu": float(f"{mfu:.4g}"),  # significant digits: a tiny model on a GPU is ~1e-5
-                           "elapsed_s": round(elapsed_before + now - t_start, 3)}):
-                    stop_flag["stop"] = "callback"
+    def _log(self, lr: float) -> None:
+        """The training loss since the last log, tokens/s and MFU, as a metrics record and on the bar."""
+        now, p = time.perf_counter(), self.state.progress
+        train_loss = distributed.mean(self.interval_loss / self.interval_steps, self.ctx).item()
+        self.interval_loss.zero_()
+        self.interval_steps = 0
+        if not math.isfinite(train_loss):
+            raise UserError(f"training diverged at step {p.step} (loss {train_loss}); lower --lr or use --grad-clip")
+        tok_s = (p.tokens_seen - self.tokens_at_log) / max(now - self.t_log, 1e-9)
+        self.t_log, self.tokens_at_log = now, p.tokens_seen
+        mfu = tok_s * self.flops_per_device_token / self.peak
+        self.bar.set_postfix_str(f"loss {train_loss:.4f} | {tok_s:,.0f} tok/s | MFU {mfu:.0%}"
+                                 + (f" | val {self.last_val:.4f}" if self.last_val else ""))
+        self.record({"step": p.step, "loss": train_loss, "lr": lr, "tokens": p.tokens_seen, "tokens_per_s": round(tok_s, 1),
+                     "mfu": float(f"{mfu:.4g}"),  # significant digits: a tiny model on a GPU is ~1e-5
+                     "elapsed_s": round(p.elapsed_s + now - self.t_start, 3)})
 
-            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                last_val = evaluate()
-                replay_val = loss_over_batches(compiled, replay_eval, device, dtype) if replay_eval else None
-                improved = last_val < best_val - cfg.min_delta
-                if improved:
-                    best_val, bad_evals = last_val, 0
-                    save(ckpt_io.BEST, last_val, with_state=False)
-                else:
-                    bad_evals += 1
-                if cfg.lr_schedule == "plateau" and plateau_update(plateau, improved, cfg):
-                    log.info("validation loss has not improved for %d evaluations: learning rate now %.3g",
-                             cfg.plateau_patience, lr_at(step, cfg, plateau["scale"]))
-                save(ckpt_io.LATEST, last_val, with_state=True)
-                log.info("step %d: val loss %.4f (ppl %.2f)%s", step, last_val, math.exp(last_val), " *best*" if improved else "")
-                if record({"step": step, "val_loss": last_val, "val_ppl": math.exp(last_val)}
-                          | ({"replay_val_loss": replay_val} if replay_val is not None else {})):
-                    stop_flag["stop"] = "callback"
-                if cfg.patience and bad_evals >= cfg.patience:
+    def _evaluate_and_save(self) -> bool:
+        """Periodic evaluation: best/ when it improved, latest/ always; returns True to stop early."""
+        cfg, p = self.cfg, self.state.progress
+        self.last_val = self.evaluate()
+        replay_val = loss_over_batches(self.compiled, self.replay_eval, self.device, self.dtype) if self.replay_eval else None
+        improved = self.last_val < p.best_val - cfg.min_delta
+        if improved:
+            p.best_val, p.bad_evals = self.last_val, 0
+            self.save(BEST, self.last_val, with_state=False)
+        else:
+            p.bad_evals += 1
+        if cfg.lr_schedule == "plateau" and plateau_update(p.plateau, improved, cfg):
+            log.info("validation loss has not improved for %d evaluations: learning rate now %.3g",
+                     cfg.plateau_patience, lr_at(p.step, cfg, p.plateau["scale"]))
+        self.save(LATEST, self.last_val, with_state=True)
+        log.info("step %d: val loss %.4f (ppl %.2f)%s", p.step, self.last_val, math.exp(self.last_val),
+                 " *best*" if improved else "")
+        self.record({"step": p.step, "val_loss": self.last_val, "val_ppl": math.exp(self.last_val)}
+                    | ({"replay_val_loss": replay_val} if replay_val is not None else {}))
+        if cfg.patience and p.bad_evals >= cfg.patience:
+            log.info("early stopping: no improvement in %d evaluations", p.bad_evals)
+            return True
+        return False
+
+    def _prepare_loop(self) -> None:
+        cfg, model, ctx = self.cfg, self.model, self.ctx
+        self.compiled = torch.compile(self.wrapped, mode=None if cfg.compile_mode == "default" else cfg.compile_mode) \
+            if cfg.compile else self.wrapped
+        # CUDA graphs (torch.compile's cudagraph trees) reuse their output memory on every replay: each step
+        # is marked as a new iteration, so nothing of the last step's graph outputs is expected to survive
+        self.cuda_graphs = cfg.compile and self.device.type == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
+        self.n_params = model.num_params()
+        # MFU: each process's share of the tokens, its model FLOPs, against its own device's measured peak
+        self.flops_per_device_token = flops_per_token(model) / ctx.world_size
+        self.peak = matmul_peak(self.device, self.dtype)
+        log.info("model: %.2fM parameters, device %s, dtype %s", self.n_params / 1e6, self.device,
+                 str(self.dtype).replace("torch.", ""))
+        self.t_start = self.t_log = time.perf_counter()
+        self.tokens_at_log = self.tokens_at_start = self.state.progress.tokens_seen
+        self.interval_loss, self.interval_steps = torch.zeros((), device=self.device), 0  # mean train loss since the last log
+        self.step_tokens = 0
+        self.bar = _progress(cfg.max_steps, self.state.progress.step, cfg.progress and ctx.main)
+
+    def loop(self) -> str:
+        """Train until max_steps, early stopping, the time limit, Ctrl-C or a callback; returns the status."""
+        cfg, p = self.cfg, self.state.progress
+        self._prepare_loop()
+        self.model.train()
+        status = "completed"
+        with _graceful_interrupt(self.stop_flag), _logging_through(self.bar):
+            while p.step < cfg.max_steps:
+                lr = lr_at(p.step, cfg, p.plateau["scale"])
+                if self.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                loss = optimizer_step(self.compiled, self.model, self.optimizer, self.scaler, self.micro_batches(), lr,
+                                      cfg, self.device, self.dtype)
+                p.step += 1
+                p.tokens_seen += self.step_tokens
+                self.interval_loss += loss
+                self.interval_steps += 1
+                self.bar.update(1)
+                if p.step % cfg.log_interval == 0 or p.step == cfg.max_steps:
+                    self._log(lr)
+                if (p.step % cfg.eval_interval == 0 or p.step == cfg.max_steps) and self._evaluate_and_save():
                     status = "early_stopped"
-                    log.info("early stopping: no improvement in %d evaluations", bad_evals)
                     break
-            if cfg.max_minutes and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes:
-                stop_flag["stop"] = "time_limit"
-            # a stop seen by one process (its clock, Ctrl-C, a callback on the main one) stops them all together
-            if distributed.any_true(bool(stop_flag.get("stop")), ctx, device):
-                status = stop_flag.get("stop") or "stopped"
-                if step % cfg.eval_interval:  # not just saved: save the exact state now
-                    save(ckpt_io.LATEST, last_val, with_state=True)
-                break
-    bar.close()
-    train_seconds = time.perf_counter() - t_start
+                if cfg.max_minutes and (time.perf_counter() - self.t_start) / 60 >= cfg.max_minutes:
+                    self.stop_flag["stop"] = "time_limit"
+                # a stop seen by one process (its clock, Ctrl-C, a callback on the main one) stops them all together
+                if distributed.any_true(bool(self.stop_flag.get("stop")), self.ctx, self.device):
+                    status = self.stop_flag.get("stop") or "stopped"
+                    if p.step % cfg.eval_interval:  # not just saved: save the exact state now
+                        self.save(LATEST, self.last_val, with_state=True)
+                    break
+        self.bar.close()
+        return status
 
-    tokens_per_s = (tokens_seen - tokens_at_start) / max(train_seconds, 1e-9)
-    summary: dict[str, Any] = {
-        "status": status, "step": step, "max_steps": cfg.max_steps, "params": n_params,
-        "tokens": tokens_seen, "train_seconds": round(train_seconds, 2),
-        "tokens_per_s": round(tokens_per_s, 1), "mfu": float(f"{tokens_per_s * flops_per_device_token / peak:.4g}"),
-        "peak_flops": peak,
-        "best_val_loss": best_val if math.isfinite(best_val) else None,
-        "out": str(out), "best": str(out / ckpt_io.BEST), "latest": str(out / ckpt_io.LATEST),
-        "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-    }
-    if ctx.distributed:
-        summary.update(rank=ctx.rank, world_size=ctx.world_size)
-    if ctx.main and cfg.final_eval and status in ("completed", "early_stopped", "time_limit") \
-            and (out / ckpt_io.BEST).exists():
-        best = build_model(cfg.model).to(device) if sharded else model  # a sharded model cannot take whole weights
-        ckpt_io.load_weights(best, out / ckpt_io.BEST, adapter_only=cfg.adapter_only)
-        if isinstance(data, TokenData):
-            batches, n_val = sequential_batches(data.val, cfg.model.block_size, cfg.batch_size), int(len(data.val))
+    # -- the end ------------------------------------------------------------------------------------------
+
+    def final_evaluation(self, summary: dict[str, Any]) -> None:
+        """The best checkpoint on the whole validation split."""
+        cfg, device = self.cfg, self.device
+        best = build_model(cfg.model).to(device) if self.sharded else self.model  # a sharded model cannot take whole weights
+        sd = checkpoint_weights(self.out / BEST)
+        if cfg.adapter_only:
+            best.load_state_dict(sd, strict=False)
+        else:
+            assign_weights(best, sd, str(self.out / BEST))
+        if isinstance(self.data, TokenData):
+            batches, n_val = sequential_batches(self.data.val, cfg.model.block_size, cfg.batch_size), int(len(self.data.val))
         else:  # every held-out example; the tokens scored are its completion tokens
-            batches = data.val_batches(B)
+            batches = self.data.val_batches(cfg.batch_size)
             n_val = sum(int((y != -1).sum()) for _, y in batches)
-        val = loss_over_batches(best, batches, device, dtype)
-        summary["val_loss"] = val
-        summary["val_ppl"] = math.exp(val)
-        summary["val_tokens"] = n_val
-        record({"step": step, "final_val_loss": val, "final_val_ppl": math.exp(val)})
-    if not ctx.main:
-        return summary
-    try:
-        plot_loss_curve(out / METRICS, out / PLOT)
-        summary["plot"] = str(out / PLOT)
-    except Exception as e:  # a plotting failure must not lose the trained model
-        log.warning("could not draw the loss curve: %s", e)
-    return summary
+        val = loss_over_batches(best, batches, device, self.dtype)
+        summary.update(val_loss=val, val_ppl=math.exp(val), val_tokens=n_val)
+        self.record({"step": self.state.progress.step, "final_val_loss": val, "final_val_ppl": math.exp(val)})
+
+    def summary(self, status: str) -> dict[str, Any]:
+        p, train_seconds = self.state.progress, time.perf_counter() - self.t_start
+        tokens_per_s = (p.tokens_seen - self.tokens_at_start) / max(train_seconds, 1e-9)
+        out: dict[str, Any] = {
+            "status": status, "step": p.step, "max_steps": self.cfg.max_steps, "params": self.n_params,
+            "tokens": p.tokens_seen, "train_seconds": round(train_seconds, 2),
+            "tokens_per_s": round(tokens_per_s, 1), "mfu": float(f"{tokens_per_s * self.flops_per_device_token / self.peak:.4g}"),
+            "peak_flops": self.peak, "best_val_loss": p.best_val if math.isfinite(p.best_val) else None,
+            "out": str(self.out), "best": str(self.out / BEST), "latest": str(self.out / LATEST),
+            "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+        }
+        if self.ctx.distributed:
+            out.update(rank=self.ctx.rank, world_size=self.ctx.world_size)
+        return out
+
+    def run(self) -> dict[str, Any]:
+        self.lock = None
+        try:
+            self.setup()
+            status = self.loop()
+            summary = self.summary(status)
+            if self.ctx.main and self.cfg.final_eval and status in ("completed", "early_stopped", "time_limit") \
+                    and (self.out / BEST).exists():
+                self.final_evaluation(summary)
+            if self.ctx.main:
+                try:
+                    plot_loss_curve(self.out / METRICS, self.out / PLOT)
+                    summary["plot"] = str(self.out / PLOT)
+                except Exception as e:  # noqa: BLE001 - a plotting failure must not lose the trained model
+                    log.warning("could not draw the loss curve: %s", e)
+            return summary
+        finally:
+            if self.lock is not None:
+                self.lock.release()

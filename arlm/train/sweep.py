@@ -25,7 +25,7 @@ from typing import Any
 
 from arlm.config import GPTConfig, TrainConfig, apply_preset, from_dict
 from arlm.errors import UserError
-from arlm.fsutil import atomic_write_text
+from arlm.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -16,22 +16,21 @@ import time
 
 import torch
 
-from arlm.config import GPTConfig
 
 log = logging.getLogger(__name__)
 
 _PEAKS: dict[tuple[str, torch.dtype], float] = {}
 
 
-def flops_per_token(model: torch.nn.Module, cfg: GPTConfig) -> float:
+def flops_per_token(model: torch.nn.Module) -> float:
     """Training FLOPs per token of ``model``: 6 x its matrix weights (embedding lookups are free, the
-    tied output layer is not), plus attention for a GPT."""
+    tied output layer is not), plus what the model adds outside them (a GPT's attention)."""
+    cfg = model.config
     weights = sum(p.numel() for name, p in model.named_parameters()
                   if p.dim() == 2 and "wte" not in name and "wpe" not in name)  # lookups, not products
     if cfg.tie_embeddings:
         weights += cfg.vocab_size * cfg.n_embd  # the output layer reuses the embedding matrix
-    attention = 12 * cfg.n_layer * cfg.block_size * cfg.n_head * cfg.hs if cfg.type == "gpt" else 0
-    return 6.0 * weights + attention
+    return 6.0 * weights + model.attention_flops_per_token()
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:

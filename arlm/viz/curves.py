@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from arlm.fsutil import atomic_file
+from arlm.io.atomic import atomic_file
 
 
 def read_metrics(path: str | Path) -> list[dict]:

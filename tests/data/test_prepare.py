@@ -21,12 +21,12 @@ def _prep(tmp_path, inputs, **kw):
 
 def test_folder_gives_shards_meta_and_tokenizer(char_data):
     data = TokenData.open(char_data)
-    m = data.meta
-    assert m["tokenizer"] == "char" and m["dtype"] == "uint16" and m["documents"] == 2
-    assert len(data.train) == m["train_tokens"] and len(data.val) == m["val_tokens"]
-    total = m["train_tokens"] + m["val_tokens"]
-    assert total == m["characters"] + 1  # one end-of-text id between the two documents
-    assert abs(m["val_tokens"] / total - 0.1) < 1e-3
+    m = data.meta  # typed (arlm.io.schema.DataMeta)
+    assert m.tokenizer == "char" and m.dtype == "uint16" and m.documents == 2
+    assert len(data.train) == m.train_tokens and len(data.val) == m.val_tokens
+    total = m.train_tokens + m.val_tokens
+    assert total == m.characters + 1  # one end-of-text id between the two documents
+    assert abs(m.val_tokens / total - 0.1) < 1e-3
     assert (char_data / "tokenizer.json").is_file()
 
 
@@ -110,7 +110,7 @@ def test_refuses_to_overwrite_a_folder_that_is_not_prepared_data(tmp_path):
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("do not delete", encoding="utf-8")
-    with pytest.raises(UserError, match="not an arlm data folder"):
+    with pytest.raises(UserError, match=r"holds files `arlm prepare` did not write \(thesis.tex\)"):
         prepare(PrepareConfig(inputs=[str(tmp_path / "t.txt")], out=str(precious)))
     assert (precious / "thesis.tex").read_text(encoding="utf-8") == "do not delete"
 

@@ -21,12 +21,12 @@ CODE = "def f(x):\n    if x:\n        return x\n    return None\n\n\nclass A:\n 
 def code_lm(tmp_path_factory):
     """A random GPT over a byte-level BPE that merged newlines with the indentation after them."""
     from arlm.tokenizers import BPETokenizer
-    from arlm.train.checkpoint import save_checkpoint
+    from arlm.interop.load import save_model
 
     tok = BPETokenizer.train([CODE], vocab_size=300)
     path = tmp_path_factory.mktemp("healing") / "m"
     torch.manual_seed(0)
-    save_checkpoint(path, GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)), tok, {})
+    save_model(path, GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)), tok)
     return arlm.load(path, device="cpu")
 
 

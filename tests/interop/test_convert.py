@@ -9,7 +9,7 @@ import torch
 
 import arlm
 from arlm.cli import main
-from arlm.train.checkpoint import load_model
+from arlm.interop.load import load_model
 from tests.interop.hf_models import VOCAB, make_hf_model
 
 tf = pytest.importorskip("transformers")
@@ -23,7 +23,7 @@ def test_from_hf_checkpoint_runs_like_the_original(kind, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["vocab_size"] == VOCAB and (out / "model.safetensors").is_file()
     model, tok, config = load_model(out)
-    assert config["source"]["model_type"] == kind and tok.kind == "hf"
+    assert config.source["model_type"] == kind and tok.kind == "hf"
     x = torch.randint(0, VOCAB, (2, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (model(x)[0] - hf(x).logits).abs().max().item() <= 1e-4

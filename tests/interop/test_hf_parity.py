@@ -12,7 +12,7 @@ import torch
 
 from arlm.config import GenerateConfig
 from arlm.generate.decode import beam_search, generate_ids
-from arlm.train.checkpoint import load_model
+from arlm.interop.load import load_model
 from tests.interop.hf_models import VOCAB, make_hf_model
 
 pytest.importorskip("transformers")

@@ -8,18 +8,18 @@ import json
 import pytest
 import torch
 
-from arlm.config import GenerateConfig, GPTConfig
+from arlm.config import GenerateConfig, LSTMConfig
 from arlm.errors import UserError
 from arlm.generate.decode import decode_step, generate_ids, prefill
 from arlm.model import LSTMLM, build_model
 from tests.conftest import tiny_train_config
 
-CFG = dict(type="lstm", vocab_size=40, block_size=16, n_layer=2, n_embd=24, dropout=0.0)
+CFG = dict(vocab_size=40, block_size=16, n_layer=2, n_embd=24, dropout=0.0)
 
 
 def _random_lstm(**kw) -> LSTMLM:
     torch.manual_seed(0)
-    m = build_model(GPTConfig(**{**CFG, **kw})).eval()
+    m = build_model(LSTMConfig(**{**CFG, **kw})).eval()
     with torch.no_grad():  # weights large enough that greedy decoding does not repeat one token
         for p in m.parameters():
             p.normal_(0, 0.6)
@@ -53,7 +53,7 @@ def test_padded_batch_equals_one_by_one():
 
 def test_overfits_one_batch():
     torch.manual_seed(0)
-    m = build_model(GPTConfig(**{**CFG, "n_embd": 64})).train()
+    m = build_model(LSTMConfig(**{**CFG, "n_embd": 64})).train()
     x = torch.randint(0, 40, (4, 16))
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
     for _ in range(300):
@@ -91,5 +91,5 @@ def test_trains_resumes_and_serves_every_verb(char_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(["convert", "--to-hf", str(straight), "--out", str(tmp_path / "hf")]) == 2
     assert "only GPT models export" in capsys.readouterr().err and not (tmp_path / "hf").exists()
-    with pytest.raises(UserError, match="speculative decoding needs Transformer"):
+    with pytest.raises(UserError, match="speculative decoding rewinds the decoding cache, which an LSTM"):
         m.generate("ROMEO:", max_new_tokens=4, draft_model=str(straight))

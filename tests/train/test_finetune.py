@@ -97,7 +97,7 @@ def test_lora_finetune_of_a_hugging_face_model_exports(sft_file, tmp_path):
     assert s["val_loss"] < 20
     m = arlm.load(tmp_path / "ft", device="cpu")
     from arlm.interop.hf import export_hf
-    from arlm.train.checkpoint import load_model
+    from arlm.interop.load import load_model
 
     model, tok, info = load_model(tmp_path / "ft")
     export_hf(model, tok, tmp_path / "export", info)

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from arlm.config import TrainConfig
 from arlm.errors import UserError
-from arlm.train import checkpoint as ck
+from arlm.interop.load import load_model
+from arlm.io.checkpoint import resolve_checkpoint, trainer_state
 from arlm.train.loop import build_config, train
 from arlm.train.optim import lr_at, param_groups
 from tests.conftest import tiny_train_config
@@ -72,11 +73,11 @@ def test_new_run_does_not_replace_an_existing_one(trained_model, char_data, tmp_
 
 
 def test_model_loads_back_with_identical_weights(trained_model):
-    model, tok, cfg = ck.load_model(trained_model / "latest")
+    model, tok, cfg = load_model(trained_model / "latest")
     saved = load_file(trained_model / "latest" / "model.safetensors")
     assert torch.equal(model.transformer.wte.weight, saved["transformer.wte.weight"])
     assert model.lm_head.weight is model.transformer.wte.weight
-    assert ck.resolve_checkpoint(trained_model).name == "best"
+    assert resolve_checkpoint(trained_model).name == "best"
 
 
 def test_early_stopping(char_data, tmp_path):
@@ -107,19 +108,19 @@ def test_truncated_and_missing_checkpoints(trained_model, tmp_path):
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="damaged or truncated"):
-        ck.load_model(bad)
+        load_model(bad)
     (bad / "model.safetensors").unlink()
     with pytest.raises(UserError, match="model.safetensors is missing"):
-        ck.load_model(bad)
+        load_model(bad)
     with pytest.raises(UserError, match="model folder not found"):
-        ck.load_model(tmp_path / "nowhere")
+        load_model(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no checkpoint"):
-        ck.load_model(tmp_path / "empty")
+        load_model(tmp_path / "empty")
     shutil.copytree(trained_model / "latest", tmp_path / "state")
     (tmp_path / "state" / "trainer_state.pt").write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(UserError, match="trainer_state.pt is damaged or truncated"):
-        ck.load_trainer_state(tmp_path / "state")
+        trainer_state(tmp_path / "state")
 
 
 def test_interrupted_swap_recovers_previous_checkpoint(trained_model, tmp_path):
@@ -128,8 +129,8 @@ def test_interrupted_swap_recovers_previous_checkpoint(trained_model, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_model, run)
     (run / "best").rename(run / "best.old")  # as if the process died between the two renames
-    model, _, cfg = ck.load_model(run)
-    assert cfg["path"].endswith("best") and (run / "best").is_dir() and not (run / "best.old").exists()
+    model, _, cfg = load_model(run)
+    assert cfg.path.endswith("best") and (run / "best").is_dir() and not (run / "best.old").exists()
 
 
 def test_config_errors(char_data, tmp_path):
@@ -247,7 +248,7 @@ def test_outputs_have_ordinary_permissions(trained_model):
 
 def test_llama_style_model_trains_saves_and_loads(char_data, tmp_path):
     """RoPE + RMSNorm + SwiGLU + grouped-query attention + untied output through the one loop."""
-    from arlm.train.checkpoint import load_model
+    from arlm.interop.load import load_model
 
     model = dict(pos_embedding="rope", norm="rmsnorm", mlp="gated", activation="silu", bias=False, n_kv_head=1,
                  tie_embeddings=False)

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from arlm.config import GPTConfig
+from arlm.config import GPTConfig, LSTMConfig
 from arlm.model import build_model
 from arlm.train.loop import train
 from arlm.train.throughput import flops_per_token, matmul_peak
@@ -19,9 +19,9 @@ def test_flops_per_token_is_palms_count():
     per layer."""
     L, C, T, V = 3, 48, 32, 50
     gpt = GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=4, n_embd=C)
-    assert flops_per_token(build_model(gpt), gpt) == 6 * (L * 12 * C * C + V * C) + 12 * L * T * C
-    lstm = GPTConfig(type="lstm", vocab_size=V, block_size=T, n_layer=2, n_embd=C)
-    assert flops_per_token(build_model(lstm), lstm) == 6 * (2 * 4 * 2 * C * C + V * C)
+    assert flops_per_token(build_model(gpt)) == 6 * (L * 12 * C * C + V * C) + 12 * L * T * C
+    lstm = LSTMConfig(vocab_size=V, block_size=T, n_layer=2, n_embd=C)
+    assert flops_per_token(build_model(lstm)) == 6 * (2 * 4 * 2 * C * C + V * C)
 
 
 def test_matmul_peak_is_measured_once_and_leaves_the_rng_alone():

@@ -1,0 +1,94 @@
+"""Loading any model folder arlm reads: its own checkpoints (arlm/io/checkpoint.py; LoRA adapters
+merged) and Hugging Face folders (arlm/interop/hf.py). Every verb that takes ``--model``, the Python
+API and fine-tuning's ``init_from`` load through :func:`load_model`, so a folder is checked the same
+way everywhere: config first (sizes, choices, divisibility), then every tensor's name, shape and
+dtype against the model the config describes (nothing allocated for an absurd config), then the
+tokenizer against the embedding.
+
+This lives with the interop formats rather than in ``arlm/model`` because the model layer must not
+know Hugging Face's layouts; it depends only on io, tokenizers and model, so inference does not
+import the training package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from arlm.config import ModelConfig
+from arlm.errors import UserError
+from arlm.interop.hf import hf_model_config, is_hf_dir, load_hf
+from arlm.io.checkpoint import CONFIG, Checkpoint, open_checkpoint, save_checkpoint
+from arlm.io.schema import CheckpointInfo
+from arlm.model.lora import apply_lora, merge_lora
+from arlm.model.registry import empty_model
+from arlm.model.weights import assign_weights, check_state, state_to_save
+from arlm.tokenizers import Tokenizer, load_tokenizer
+from arlm.tokenizers.base import TOKENIZER_FILE
+
+
+def model_config(path: str | Path) -> ModelConfig:
+    """The model shape of a checkpoint, training output or Hugging Face folder, without loading weights."""
+    if is_hf_dir(path):
+        return hf_model_config(path)
+    return open_checkpoint(path).info.model
+
+
+def check_vocabulary(tokenizer: Tokenizer | None, model: nn.Module, where: str) -> None:
+    """A tokenizer may not produce ids the model has no embedding row for."""
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(f"{where}: the tokenizer ({TOKENIZER_FILE}) has {tokenizer.vocab_size} tokens but the model's "
+                        f"vocab_size is {model.config.vocab_size}; the two files do not belong together")
+
+
+def _with_adapters(ckpt: Checkpoint) -> nn.Module:
+    """A LoRA fine-tuned checkpoint as an ordinary model: base weights (from the file, or from the base
+    model for adapter-only files) plus adapters, merged."""
+    lora = ckpt.info.lora
+    if lora.adapter_only:
+        if not Path(lora.base).exists():
+            raise UserError(f"{ckpt.path} holds only LoRA adapters; their base model {lora.base!r} is not there. Put it "
+                            f"back, or fine-tune again without --adapter-only")
+        model, _, _ = load_model(lora.base, "cpu")
+        if model.config != ckpt.info.model:
+            raise UserError(f"{ckpt.config_file}: the base model {lora.base} has another shape than the one the adapters "
+                            f"were trained on")
+    else:
+        model = empty_model(ckpt.info.model)
+    apply_lora(model, lora.rank, lora.alpha, 0.0, lora.targets)
+    sd = ckpt.weights()
+    if lora.adapter_only:
+        check_state(model, sd, str(ckpt.path / "model.safetensors"), partial=True)
+        model.load_state_dict(sd, strict=False)
+    else:
+        assign_weights(model, sd, str(ckpt.path / "model.safetensors"))
+    return merge_lora(model)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Tokenizer | None, CheckpointInfo]:
+    """(model in eval mode on ``device``, tokenizer or None, typed info) from a checkpoint, training
+    output or Hugging Face folder."""
+    if path is None or not isinstance(path, (str, Path)):
+        raise UserError(f"a model folder must be a path, got {type(path).__name__}")
+    if is_hf_dir(path):
+        model, tokenizer, info = load_hf(path)
+    else:
+        ckpt = open_checkpoint(path)
+        tokenizer = load_tokenizer(ckpt.path)
+        if ckpt.info.lora is not None:
+            model = _with_adapters(ckpt)
+        else:
+            model = empty_model(ckpt.info.model)
+            assign_weights(model, ckpt.weights(), str(ckpt.path / "model.safetensors"))
+        info = ckpt.info
+        info.path = str(ckpt.path)
+    check_vocabulary(tokenizer, model, str(Path(info.path) / CONFIG))
+    return model.to(device).eval(), tokenizer, info
+
+
+def save_model(path: str | Path, model: nn.Module, tokenizer: Tokenizer, info: CheckpointInfo | None = None) -> Path:
+    """Write ``model`` and ``tokenizer`` as an arlm checkpoint folder (atomically), with ``info`` (default:
+    the model's config alone) as its config.json."""
+    return save_checkpoint(path, state_to_save(model), info or CheckpointInfo(model=model.config), tokenizer)

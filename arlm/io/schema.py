@@ -1,0 +1,347 @@
+"""A typed, validated dataclass for each metadata file arlm reads, built like the configs of
+arlm/config.py (:func:`arlm.config.validated`: types, allowed values, finite numbers, required keys,
+then each class's ``validate``). A damaged or hand-edited file gives one line naming the file, the
+key, what was found and what is expected.
+
+=========================  ==================================  ==================================
+file                       written by                          class
+=========================  ==================================  ==================================
+meta.json                  ``arlm prepare``                    :class:`DataMeta`
+config.json (arlm)         checkpoints                         :class:`CheckpointInfo`
+config.json (HF)           transformers                        :class:`HFConfig` (unknown keys ignored)
+generation_config.json     transformers                        :class:`HFGenerationConfig`
+tokenizer_config.json      transformers / arlm's export        :class:`HFTokenizerConfig`
+tokenizer.json (char)      arlm's character tokenizer          :class:`CharVocabulary`
+*.index.json               sharded Hugging Face weights        :class:`ShardIndex`
+=========================  ==================================  ==================================
+
+(BPE tokenizer.json files are read by the ``tokenizers`` library, whose errors are caught where it
+is called; trainer_state.pt is checked by the trainer's own state object.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from arlm.config import (GenerateConfig, ModelConfig, TrainConfig, from_dict, model_config, to_dict, validated)
+from arlm.errors import UserError
+from arlm.io.files import read_json
+
+
+def _choice(default, *choices):
+    return field(default=default, metadata={"choices": choices})
+
+
+def _list():
+    return field(default_factory=list)
+
+
+# -- meta.json ------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataMeta:
+    """A prepared data folder's meta.json: the token shards' sizes and format, and where they came from."""
+
+    vocab_size: int
+    train_tokens: int
+    val_tokens: int
+    dtype: str = _choice("uint16", "uint16", "uint32")
+    format: int = 1
+    tokenizer: str = ""
+    eot_id: int | None = None
+    documents: int = 0
+    characters: int = 0
+    val_fraction: float = 0.1
+    split: str = "tail"
+    sources: list[str] = _list()
+    control: str = ""
+    controls: list[str] = _list()
+
+    def validate(self) -> None:
+        if self.vocab_size <= 0:
+            raise UserError(f"vocab_size must be positive, got {self.vocab_size}")
+        for name in ("train_tokens", "val_tokens"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eot_id is not None and not 0 <= self.eot_id < self.vocab_size:
+            raise UserError(f"eot_id {self.eot_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+        if self.vocab_size > (1 << 16) and self.dtype == "uint16":
+            raise UserError(f"a vocabulary of {self.vocab_size} ids does not fit dtype uint16")
+
+
+def read_data_meta(path: str | Path, fix: str) -> DataMeta:
+    return validated(DataMeta, read_json(path, fix), str(path))
+
+
+# -- config.json of an arlm checkpoint --------------------------------------------------------------
+
+
+@dataclass
+class LoraInfo:
+    """The adapters a LoRA checkpoint holds (arlm/model/lora.py)."""
+
+    rank: int
+    alpha: float
+    targets: list[str]
+    dropout: float = 0.0
+    base: str | None = None
+    adapter_only: bool = False
+
+    def validate(self) -> None:
+        if self.rank <= 0 or self.alpha <= 0 or not self.targets:
+            raise UserError(f"needs rank > 0, alpha > 0 and some targets (got rank {self.rank}, alpha {self.alpha}, "
+                            f"targets {self.targets})")
+        if self.adapter_only and not self.base:
+            raise UserError("adapter_only checkpoints need the path of their base model ('base')")
+
+
+@dataclass
+class CheckpointInfo:
+    """An arlm checkpoint's config.json: the model config, and what the checkpoint carries beside its
+    weights (training config and progress, decoding defaults, end-of-sequence ids, chat template,
+    adapters, where it came from)."""
+
+    model: ModelConfig
+    arlm_version: str = ""
+    model_type: str = "gpt"
+    train: TrainConfig | None = None
+    step: int | None = None
+    val_loss: float | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    lora: LoraInfo | None = None
+    generation: dict[str, Any] = field(default_factory=dict)
+    eos_token_ids: list[int] = _list()
+    source: dict[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None
+    path: str = ""  # where it was loaded from (not saved)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in to_dict(self).items() if k not in ("train", "path")}
+        if self.train is not None:
+            out["train"] = {k: v for k, v in to_dict(self.train).items() if k != "model"}
+        return out
+
+
+_CHECKPOINT_KEYS = {f.name: f for f in dataclasses.fields(CheckpointInfo)}
+
+
+def checkpoint_info(data: Any, source: str) -> CheckpointInfo:
+    """Validate a checkpoint's config.json contents (``source``: its path, for messages)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source} must hold a JSON object, found {type(data).__name__}")
+    if "model" not in data:
+        raise UserError(f"{source}: required key 'model' is missing; this is not an arlm checkpoint's config")
+    model = validated_model(data["model"], f"{source} [model]", saved=True)
+    if data.get("model_type", model.type) != model.type:
+        raise UserError(f"config key 'model_type' in {source} must be one of {model.type!r} (the model table's type), "
+                        f"got {data.get('model_type')!r}")
+    plain = {k: v for k, v in data.items() if k not in ("model", "train", "lora", "generation")}
+    info = from_dict(CheckpointInfo, {**plain, "model": {}}, source)  # the other keys' types (model: placeholder)
+    info.model = model
+    if data.get("train") is not None:
+        if not isinstance(data["train"], dict):
+            raise UserError(f"config key 'train' in {source} must be a table of keys, got {type(data['train']).__name__}")
+        info.train = validated(TrainConfig, {**data["train"], "model": data["model"]}, f"{source} [train]")
+    if data.get("lora") is not None:
+        info.lora = validated(LoraInfo, data["lora"], f"{source} [lora]")
+    info.generation = generation_defaults(data.get("generation") or {}, source, "'generation' in ")
+    vocab = model.vocab_size
+    bad = [i for i in info.eos_token_ids if not 0 <= i < vocab]
+    if bad:
+        raise UserError(f"config key 'eos_token_ids' in {source}: id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+    controls = info.data.get("controls")
+    if controls is not None and not (isinstance(controls, list) and all(isinstance(c, str) for c in controls)):
+        raise UserError(f"config key 'data' in {source}: 'controls' must be a list of strings")
+    return info
+
+
+def validated_model(data: Any, source: str, saved: bool = False) -> ModelConfig:
+    """A model config from a dict, validated; ``saved``: a saved model, whose vocabulary is known."""
+    cfg = model_config(data, source)
+    try:
+        cfg.validate()
+        if saved and cfg.vocab_size <= 0:
+            raise UserError(f"model.vocab_size must be positive in a saved model, got {cfg.vocab_size}")
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    return cfg
+
+
+def generation_defaults(values: Any, source: str, key: str = "") -> dict[str, Any]:
+    """Decoding defaults that come with a model, as GenerateConfig options, each checked on its own so
+    that a bad one names the file and the flag that overrides it."""
+    if not isinstance(values, dict):
+        raise UserError(f"{key}{source} must be a table of decoding options, got {type(values).__name__}")
+    cfg = from_dict(GenerateConfig, values, f"{key}{source}")
+    for name in values:
+        one = GenerateConfig(**{name: getattr(cfg, name)})
+        try:
+            one.validate()
+        except UserError as e:
+            raise UserError(f"{source}: {e} (fix the file, or override it with --{name.replace('_', '-')})") from None
+    return dict(values)
+
+
+# -- Hugging Face files ------------------------------------------------------------------------------
+
+
+@dataclass
+class HFConfig:
+    """The keys of a transformers config.json that arlm reads (GPT-2 and Llama-family names; others ignored)."""
+
+    model_type: str | None = None
+    vocab_size: int | None = None
+    bos_token_id: int | list[int] | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool | None = None
+    # GPT-2
+    n_positions: int = 1024
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    n_inner: int | None = None
+    layer_norm_epsilon: float = 1e-5
+    activation_function: str = "gelu_new"
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False
+    add_cross_attention: bool = False
+    # Llama family
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    hidden_act: str = "silu"
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    use_sliding_window: bool = False
+    max_window_layers: int = 0
+    rope_theta: float | None = None
+    rope_scaling: dict[str, Any] | None = None
+    rope_parameters: dict[str, Any] | None = None
+    partial_rotary_factor: float | None = None
+
+    def require(self, source: str, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) is None:
+                raise UserError(f"{source}: required key '{name}' is missing")
+        for name in names + ("n_positions", "max_position_embeddings"):
+            value = getattr(self, name)
+            if isinstance(value, int) and value <= 0:
+                raise UserError(f"config key '{name}' in {source} must be a positive integer, got {value}")
+
+    def validate(self) -> None:
+        for name in ("layer_norm_epsilon", "rms_norm_eps"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+def token_ids(value: Any, where: str) -> list[int]:
+    """An id or a list of ids (eos_token_id), as a list; anything else is a UserError naming ``where``."""
+    if value is None:
+        return []
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise UserError(f"{where} must be a token id or a list of token ids, got {value!r}")
+    return list(values)
+
+
+@dataclass
+class HFGenerationConfig:
+    """The keys of a generation_config.json that arlm honours."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repetition_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    max_new_tokens: int | None = None
+    do_sample: bool | None = None
+    bos_token_id: int | list[int] | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def validate(self) -> None:
+        token_ids(self.eos_token_id, "eos_token_id")
+
+    def decoding(self, source: str) -> dict[str, Any]:
+        """GenerateConfig options: only values the file states (transformers' implicit top_k=50 is not);
+        do_sample=false means greedy decoding (temperature 0)."""
+        keys = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size",
+                "max_new_tokens")
+        out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        if self.do_sample is False:
+            out["temperature"] = 0.0
+        return generation_defaults(out, source)
+
+
+@dataclass
+class HFTokenizerConfig:
+    """The keys of a tokenizer_config.json that arlm reads (others are kept and written back)."""
+
+    eos_token: str | dict[str, Any] | None = None
+    bos_token: str | dict[str, Any] | None = None
+    chat_template: str | list[dict[str, Any]] | None = None
+
+    def validate(self) -> None:
+        for name in ("eos_token", "bos_token"):
+            value = getattr(self, name)
+            if isinstance(value, dict) and not isinstance(value.get("content"), str):
+                raise UserError(f"{name} must be a token's text or {{\"content\": TEXT, ...}}, got {value!r}")
+        if isinstance(self.chat_template, list) and not all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
+                for t in self.chat_template):
+            raise UserError("chat_template must be a template or a list of {\"name\": ..., \"template\": ...}")
+
+
+@dataclass
+class CharVocabulary:
+    """arlm's character tokenizer file: one id per character, in order."""
+
+    chars: list[str]
+    arlm: str = _choice("char", "char")
+    version: int = 1
+    eot: str = "<|endoftext|>"
+
+    def validate(self) -> None:
+        seen: set[str] = set()
+        for c in self.chars:
+            if len(c) != 1:
+                raise UserError(f"every entry of 'chars' must be one character, found {c!r}")
+            if c in seen:
+                raise UserError(f"the character {c!r} appears twice in 'chars'")
+            seen.add(c)
+
+
+@dataclass
+class ShardIndex:
+    """``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``: which file holds each tensor."""
+
+    weight_map: dict[str, str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def shards(self, folder: Path, source: str) -> list[Path]:
+        """The shard files, each checked to lie inside ``folder`` (an index must not point elsewhere)."""
+        from arlm.io.paths import is_within
+
+        out = []
+        for name in sorted(set(self.weight_map.values())):
+            p = folder / name
+            if Path(name).is_absolute() or not is_within(p, folder):
+                raise UserError(f"{source} names the shard {name!r}, which is outside the model folder {folder}; "
+                                f"an index may only name files inside its folder")
+            out.append(p)
+        return out
+
+    def validate(self) -> None:
+        pass

@@ -1,0 +1,78 @@
+"""The model types arlm knows: ``type`` -> config class + model class, and the contract every model
+keeps, so that the rest of arlm asks a model what it can do instead of checking its type by name.
+
+To add a model type: a config class in arlm/config.py (``MODEL_CONFIGS``), a model class with the
+methods and capability flags of :class:`LanguageModule`, and an entry in ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from arlm.config import MODEL_CONFIGS, GPTConfig, LSTMConfig, ModelConfig
+from arlm.model.gpt import GPT
+from arlm.model.lstm import LSTMLM
+
+
+class LanguageModule(Protocol):
+    """What the training loop, decoding, evaluation and checkpoints use of a model."""
+
+    config: ModelConfig
+    # capabilities
+    can_rewind_cache: ClassVar[bool]  # its decoding cache can be cut back to an earlier length (speculative decoding)
+    can_compile_decode: ClassVar[bool]  # its one-token decode step can be compiled over a fixed-shape cache
+    can_checkpoint_activations: ClassVar[bool]  # recompute activations in backward (``checkpointing`` attribute)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int | None = None,
+                last_only: bool = False, key_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def setup_cache(self, batch_size: int, max_len: int | None = None) -> None: ...
+
+    def clear_cache(self) -> None: ...
+
+    def reorder_cache(self, rows: torch.Tensor) -> None: ...
+
+    def cache_bytes(self, batch_size: int, max_len: int) -> int:
+        """Memory the decoding cache of ``batch_size`` rows and ``max_len`` positions takes."""
+
+    def num_params(self, non_embedding: bool = True) -> int: ...
+
+    def init_buffers(self) -> None: ...
+
+    def attention_flops_per_token(self) -> float:
+        """Training FLOPs per token outside the weight matrices (a Transformer's attention; 0 for an LSTM)."""
+
+
+@dataclass(frozen=True)
+class ModelType:
+    name: str
+    config: type[ModelConfig]
+    model: type[nn.Module]
+
+
+REGISTRY: dict[str, ModelType] = {
+    "gpt": ModelType("gpt", GPTConfig, GPT),
+    "lstm": ModelType("lstm", LSTMConfig, LSTMLM),
+}
+assert {k: v.config for k, v in REGISTRY.items()} == MODEL_CONFIGS, "arlm/config.py and the registry disagree"
+
+
+def model_type(cfg: ModelConfig) -> ModelType:
+    return REGISTRY[cfg.type]
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model ``cfg.type`` names (randomly initialised, on the current default device)."""
+    return model_type(cfg).model(cfg)
+
+
+def empty_model(cfg: ModelConfig) -> nn.Module:
+    """A model with no memory behind its weights yet (meta device): loading skips random initialisation,
+    and an absurd config allocates nothing."""
+    with torch.device("meta"):
+        return build_model(cfg)
