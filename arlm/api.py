@@ -30,7 +30,7 @@ from arlm.generate.stream import TextStream
 from arlm.interop.load import load_model
 from arlm.io.atomic import atomic_write_text
 from arlm.io.paths import output_file
-from arlm.io.schema import CheckpointInfo
+from arlm.io.schema import CheckpointInfo, check_generation_defaults
 from arlm.io.text import check_text
 from arlm.runtime import check_memory, resolve_device
 from arlm.tokenizers.base import same_vocabulary, token_texts
@@ -106,7 +106,10 @@ class LanguageModel:
         self.eos_ids: tuple[int, ...] = tuple(eos)
 
     def generate_config(self, **controls) -> GenerateConfig:
-        """Validated decoding options: this model's defaults overlaid with ``controls``."""
+        """Validated decoding options: this model's defaults overlaid with ``controls`` (a bad default that
+        is not overridden names its file and the flag that overrides it)."""
+        generate_config(**dict(controls))  # the caller's own options first
+        check_generation_defaults(self.generation_defaults, controls, self.info.generation_source or self.info.path)
         return generate_config(**{**self.generation_defaults, **controls})
 
     @property
@@ -150,7 +153,7 @@ class LanguageModel:
                                 f"shorten one of them")
             check_memory(beam_bytes(self.model, cfg.num_beams, len(ids) + cfg.max_new_tokens),
                          f"beam search with num_beams={cfg.num_beams}", "lower num_beams", self.device)
-            return self._beam_texts(ids, cfg)
+            return self._beam_texts(ids, cfg, self.rules(cfg))
         return self._stream_ids(ids, cfg)
 
     def rules(self, cfg: GenerateConfig) -> Rules:
@@ -170,9 +173,9 @@ class LanguageModel:
                 bad_words.append(ids)
         return Rules(self.eos_ids, bad_words, bias)
 
-    def _beam_texts(self, ids: list[int], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
+    def _beam_texts(self, ids: list[int], cfg: GenerateConfig, rules: Rules) -> Iterator[tuple[int, str]]:
         """Beam search decides a sequence only at the end, so each text arrives whole."""
-        for b, hyp in enumerate(beam_search(self.model, ids, cfg, self.eos_ids, rules=self.rules(cfg))):
+        for b, hyp in enumerate(beam_search(self.model, ids, cfg, self.eos_ids, rules=rules)):
             stream = TextStream(self.tokenizer, cfg.stop)
             pieces = []
             for tok in hyp.tokens:
@@ -188,14 +191,15 @@ class LanguageModel:
     def _stream_ids(self, ids: list[int] | list[list[int]], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
         """``(row, new text)`` for one prompt's ids or several prompts' (decoded as one left-padded
         batch; row = prompt index * num_return_sequences + sequence index)."""
-        for b, piece, _ in self._decode(ids, cfg):
-            if piece:
-                yield b, piece
+        events = self._decode(ids, cfg)  # everything is checked here, before the first token
+        return ((b, piece) for b, piece, _ in events if piece)
 
-    def _decode(self, ids: list[int] | list[list[int]], cfg: GenerateConfig):
-        """Yield ``(row, new text, event)`` per generated token and then per row at the end. ``event``
-        is ``("token", id, logprob, top_ids, top_logprobs)`` for a token the row kept, or
-        ``("end", finish_reason)`` once per row after generation."""
+    def _decode(self, ids: list[int] | list[list[int]], cfg: GenerateConfig) -> Iterator[tuple[int, str, Any]]:
+        """Check this generation (memory, bad words and biases, the draft model) now, then return an
+        iterator of ``(row, new text, event)`` per generated token and then per row at the end.
+        ``event`` is ``("token", id, logprob, top_ids, top_logprobs)`` for a token the row kept, or
+        ``("end", finish_reason)`` once per row after generation. Nothing is decoded (or printed by a
+        caller) before every check has passed."""
         many = bool(ids) and isinstance(ids[0], list)
         n_prompts = len(ids) if many else 1
         B = n_prompts * cfg.num_return_sequences
@@ -214,15 +218,20 @@ class LanguageModel:
             rules.prefix = PrefixConstraint(self.token_texts, skips)
             limits = [cfg.max_new_tokens + bool(skip) for skip in skips]
             cfg = dataclasses.replace(cfg, max_new_tokens=max(limits))
-        streams = [TextStream(self.tokenizer, cfg.stop, skip) for skip in skips]
         finished = torch.zeros(B, dtype=torch.bool)
-        reasons = ["length"] * B
-        eos = self.eos_ids
-        t0, count = time.monotonic(), 0
         if cfg.draft_model:
             steps = self._speculative(ids, cfg)
         else:
-            steps = generate_ids(self.model, ids, cfg, eos, finished, rules)
+            steps = generate_ids(self.model, ids, cfg, self.eos_ids, finished, rules)
+        streams = [TextStream(self.tokenizer, cfg.stop, skip) for skip in skips]
+        return self._events(steps, cfg, streams, limits, finished)
+
+    def _events(self, steps, cfg: GenerateConfig, streams: list[TextStream], limits: list[int],
+                finished: torch.Tensor) -> Iterator[tuple[int, str, Any]]:
+        """The decoding loop of :meth:`_decode`: tokens to text per row, stop strings, finish reasons."""
+        reasons = ["length"] * len(streams)
+        eos = self.eos_ids
+        t0, count = time.monotonic(), 0
         for step in steps:
             count += 1
             for b, tok in enumerate(step.tokens.tolist()):
@@ -306,10 +315,8 @@ class LanguageModel:
                             f"+ num_draft_tokens ({cfg.num_draft_tokens}) <= the smaller context window ({limit}); "
                             f"lower max_new_tokens")
         self.last_speculative = stats = SpeculativeStats()
-        yield from speculative_ids(self.model, draft.model, ids, cfg, self.eos_ids, self.rules(cfg),
-                                   cfg.num_draft_tokens, stats)
-        log.info("speculative decoding: %d of %d draft tokens accepted (%.0f%%) in %d rounds",
-                 stats.accepted, stats.proposed, 100 * stats.acceptance_rate, stats.rounds)
+        steps = speculative_ids(self.model, draft.model, ids, cfg, self.eos_ids, self.rules(cfg), cfg.num_draft_tokens, stats)
+        return _then_log(steps, stats)
 
     def _token_logprob(self, tid: int, logprob: float | None, top_ids: list[int], top_values: list[float]) -> TokenLogprob:
         decode = self.tokenizer.decode if self.tokenizer is not None else (lambda ids: f"<{ids[0]}>")
@@ -432,6 +439,12 @@ class LanguageModel:
         return self.evaluate(text, stride=stride)["perplexity"]
 
 
+def _then_log(steps, stats: SpeculativeStats):
+    yield from steps
+    log.info("speculative decoding: %d of %d draft tokens accepted (%.0f%%) in %d rounds",
+             stats.accepted, stats.proposed, 100 * stats.acceptance_rate, stats.rounds)
+
+
 class ChatSession:
     """A multi-turn conversation with a model: ``send`` streams the reply to a user message.
 
@@ -443,7 +456,9 @@ class ChatSession:
     def __init__(self, lm: LanguageModel, system: str = "", template: str = "", **controls):
         self.lm = lm
         self.template = lm.chat_template(template)
-        self.cfg = lm.generate_config(**{**CHAT_DEFAULTS, **lm.generation_defaults, **controls})
+        # precedence: the options given, then the model's own defaults, then chat's
+        chat = {k: v for k, v in CHAT_DEFAULTS.items() if k not in lm.generation_defaults}
+        self.cfg = lm.generate_config(**{**chat, **controls})
         if self.cfg.num_return_sequences != 1 or self.cfg.num_beams > 1:
             raise UserError("chat produces one reply at a time: use num_return_sequences=1 and num_beams=1")
         self.system = system

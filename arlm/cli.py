@@ -290,6 +290,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             line = input("you> " if sys.stdin.isatty() else "")
         except EOFError:
             break
+        except OSError as e:  # e.g. standard input closed (not merely at its end)
+            raise EnvironmentFailure(f"cannot read standard input: {e.strerror or e}") from None
         command, _, rest = line.strip().partition(" ")
         if not line.strip():
             continue
@@ -332,8 +334,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from arlm.io.text import read_text_file
 
+    from arlm.api import generate_config
+
     cfg = validated(EvalConfig, explicit_values(args, _names(EvalConfig)), "eval options", name_source=False)
     _load_options(args)
+    generate_config(**{**EVAL_TASK_DEFAULTS, **explicit_values(args, list(EVAL_TASK_OPTIONS))})
     if cfg.task:
         return _eval_task(args, cfg)
     text = read_text_file(cfg.data, cfg.errors)
@@ -614,8 +619,9 @@ def _environment_message(e: BaseException) -> str:
     if isinstance(e, MemoryError):
         return "out of memory; lower the batch size, the model size or the number of sequences"
     if isinstance(e, OSError) and not isinstance(e, EnvironmentFailure):
-        where = e.filename if e.filename is not None else "standard output"
-        return f"cannot write {where}: {e.strerror or e}" if e.filename is None else f"{where}: {e.strerror or e}"
+        if e.filename is None:  # a stream: what arlm prints its results to
+            return f"cannot write the output: {e.strerror or e}"
+        return f"{e.filename}: {e.strerror or e}"
     return str(e)
 
 

@@ -323,6 +323,9 @@ class TrainConfig:
             raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         if self.lora_rank < 0 or self.lora_alpha <= 0 or not 0.0 <= self.lora_dropout < 1.0:
             raise UserError("lora_rank must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
+        if self.lora_rank > self.model.n_embd:
+            raise UserError(f"lora_rank ({self.lora_rank}) must be at most the model's width n_embd ({self.model.n_embd}): "
+                            f"a rank above a layer's width adds parameters but no capacity")
         if self.lora_rank and not self.lora_targets:
             raise UserError("lora_targets is empty: name the linear layers to adapt (e.g. c_attn)")
         if self.adapter_only and not (self.lora_rank and self.init_from):
@@ -548,7 +551,10 @@ def field_types(cls) -> dict[str, Any]:
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+        inner = typing.get_args(tp)[0]
+        inner = typing.get_origin(inner) or inner
+        return "a list of " + {int: "integers", float: "numbers", str: "strings", bool: "true/false values",
+                               dict: "tables of keys"}.get(inner, "values")
     if origin is dict:
         return "a table of keys"
     if origin in _UNION_TYPES:

@@ -14,7 +14,7 @@ from arlm.errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit device must be available."""
     if not isinstance(name, str):
         raise UserError(f"device must be a string such as cpu, cuda or auto, got {type(name).__name__}")
@@ -98,9 +98,22 @@ def _cgroup_room() -> int | None:
     return None
 
 
+def _address_space_room() -> int | None:
+    """Bytes left under this process's address-space limit (``ulimit -v``), if it has one."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmSize:"))
+        return soft - int(line.split()[1]) * 1024
+    return soft
+
+
 def available_memory(device: torch.device | None = None) -> int:
     """Bytes that can still be allocated on ``device`` (default: host memory): free GPU memory, or the
-    host's MemAvailable, less under a container limit."""
+    host's MemAvailable, less under a container's limit or the process's address-space limit."""
     if device is not None and device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     avail = None
@@ -112,14 +125,24 @@ def available_memory(device: torch.device | None = None) -> int:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             avail = 1 << 62  # unknown: do not refuse on a guess
-    room = _cgroup_room()
-    return min(avail, room) if room is not None else avail
+    for room in (_cgroup_room(), _address_space_room()):
+        if room is not None:
+            avail = min(avail, room)
+    return avail
 
 
 def check_memory(need: int, what: str, fix: str, device: torch.device | None = None) -> None:
     """Refuse, before allocating, a request whose memory estimate exceeds what is available."""
     have = available_memory(device)
-    if need > have:
-        where = "GPU" if device is not None and device.type == "cuda" else "memory"
-        raise UserError(f"{what} needs about {need / 1e9:,.1f} GB, more than the {have / 1e9:,.1f} GB of {where} "
-                        f"available; {fix}")
+    if need > 0.9 * have:  # a margin for what the estimate leaves out (the forward pass, the allocator)
+        where = "GPU memory" if device is not None and device.type == "cuda" else "memory"
+        raise UserError(f"{what} needs about {size(need)}, more than the {size(have)} of {where} available; {fix}")
+
+
+def size(n: float) -> str:
+    """Bytes in the largest unit that keeps a few digits: 12.3 GB, 4.1 PB."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1000
+    return f"{n:,.1f} PB"

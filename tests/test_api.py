@@ -78,9 +78,19 @@ def test_empty_prompt_generates_a_new_document(lm):
 def test_train_api_from_dict(char_data, tmp_path):
     from tests.conftest import tiny_train_config
 
+    import json
+
+    from safetensors.torch import load_file
+
     summary = arlm.train(tiny_train_config(char_data, tmp_path / "run", max_steps=4, eval_interval=2))
-    assert summary["status"] == "completed" and summary["step"] == 4
-    assert arlm.load(tmp_path / "run").generate("a", max_new_tokens=3, seed=0) is not None
+    assert summary["status"] == "completed" and summary["step"] == 4 and summary["best"] == str(tmp_path / "run" / "best")
+    m = arlm.load(tmp_path / "run", device="cpu")
+    saved = load_file(tmp_path / "run" / "best" / "model.safetensors")
+    assert torch.equal(m.model.transformer.wte.weight, saved["transformer.wte.weight"])  # the run's best checkpoint
+    out = m.generate("a", max_new_tokens=3, min_new_tokens=3, seed=0)
+    chars = set(json.loads((char_data / "tokenizer.json").read_text(encoding="utf-8"))["chars"])
+    assert len(out) == 3 and set(out) <= chars  # three new characters of the corpus's own alphabet
+    assert out == m.generate("a", max_new_tokens=3, min_new_tokens=3, seed=0)  # the seed decides them
 
 
 def test_bpe_model_end_to_end_with_chinese_prompt(tmp_path):

@@ -18,7 +18,7 @@ import arlm
 from arlm.config import GenerateConfig
 from arlm.generate.decode import SpeculativeStats, beam_search, generate_ids, speculative_ids
 from arlm.model.gpt import GPT
-from arlm.train.checkpoint import load_model
+from arlm.interop.load import load_model
 from arlm.train.loop import train
 from tests.conftest import CORPUS, hamlet_agreement, tiny_train_config
 from tests.generate.test_decode import run

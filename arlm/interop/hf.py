@@ -344,6 +344,7 @@ def load_hf(path: str | Path) -> tuple[GPT, Tokenizer | None, CheckpointInfo]:
                           eos_token_ids=eos or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else []),
                           source={"format": "huggingface", "model_type": data["model_type"], "path": str(d.resolve())})
     info.path = str(d)
+    info.generation_source = str(d / GENERATION_CONFIG)
     return model.eval(), tokenizer, info
 
 

@@ -51,6 +51,9 @@ def _with_adapters(ckpt: Checkpoint) -> nn.Module:
         if not Path(lora.base).exists():
             raise UserError(f"{ckpt.path} holds only LoRA adapters; their base model {lora.base!r} is not there. Put it "
                             f"back, or fine-tune again without --adapter-only")
+        if not is_hf_dir(lora.base) and open_checkpoint(lora.base).info.lora is not None:
+            raise UserError(f"{ckpt.config_file}: the base model {lora.base} is itself a LoRA checkpoint; the base of "
+                            f"adapters must be a whole model")
         model, _, _ = load_model(lora.base, "cpu")
         if model.config != ckpt.info.model:
             raise UserError(f"{ckpt.config_file}: the base model {lora.base} has another shape than the one the adapters "

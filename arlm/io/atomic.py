@@ -113,16 +113,24 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, _mode(path, 0o666))  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException as e:
+        failure = write_error(e, tmp) if isinstance(e, OSError) or _failed_write(e) else None  # before freeing the space
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError):  # name the file being written, not its temporary name
-            raise environment_failure(e, path) from None
+        if failure is not None:  # name the file being written, not its temporary name
+            raise environment_failure(failure, path) from None
         raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def _failed_write(e: BaseException) -> bool:
+    """A library's write error that is not an OSError (safetensors, torch.save)."""
+    text = str(e)
+    return type(e).__name__ == "SafetensorError" and "I/O error" in text or \
+        isinstance(e, RuntimeError) and ("write failed" in text or "file write" in text)
 
 
 def recover_dir(path: str | Path) -> None:
@@ -165,14 +173,35 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         _fsync(path.parent, directory=True)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
+        failure = write_error(e, tmp) if isinstance(e, OSError) or _failed_write(e) else None  # before freeing the space
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise environment_failure(e, path) from None
+        if failure is not None:
+            raise environment_failure(failure, path) from None
         raise
+
+
+def _full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path if path.is_dir() else path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 << 10
+
+
+def write_error(e: BaseException, path: str | Path) -> OSError:
+    """What a library's failed write really was, as an OSError: safetensors ("os error 28"), torch.save
+    ("file write failed") and numpy ("N requested and M written") do not raise one with an errno."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e
+    m = re.search(r"os error (\d+)", str(e))
+    code = int(m.group(1)) if m else errno.ENOSPC if _full(Path(path)) else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 def environment_failure(e: OSError, path: str | Path | None = None) -> EnvironmentFailure:
     """An OSError as one line naming the path and the problem: "cannot write run/best: No space left on device"."""
+    if path is not None:
+        e = write_error(e, path)
     problem = e.strerror or str(e) or type(e).__name__
     if path is not None:
         return EnvironmentFailure(f"cannot write {path}: {problem}")

@@ -118,9 +118,10 @@ class CheckpointInfo:
     source: dict[str, Any] = field(default_factory=dict)
     chat_template: str | None = None
     path: str = ""  # where it was loaded from (not saved)
+    generation_source: str = ""  # the file the decoding defaults came from (not saved)
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in to_dict(self).items() if k not in ("train", "path")}
+        out = {k: v for k, v in to_dict(self).items() if k not in ("train", "path", "generation_source")}
         if self.train is not None:
             out["train"] = {k: v for k, v in to_dict(self.train).items() if k != "model"}
         return out
@@ -148,7 +149,8 @@ def checkpoint_info(data: Any, source: str) -> CheckpointInfo:
         info.train = validated(TrainConfig, {**data["train"], "model": data["model"]}, f"{source} [train]")
     if data.get("lora") is not None:
         info.lora = validated(LoraInfo, data["lora"], f"{source} [lora]")
-    info.generation = generation_defaults(data.get("generation") or {}, source, "'generation' in ")
+    info.generation = generation_defaults(data.get("generation") or {}, f"'generation' in {source}")
+    info.generation_source = f"{source} ('generation')"
     vocab = model.vocab_size
     bad = [i for i in info.eos_token_ids if not 0 <= i < vocab]
     if bad:
@@ -171,19 +173,26 @@ def validated_model(data: Any, source: str, saved: bool = False) -> ModelConfig:
     return cfg
 
 
-def generation_defaults(values: Any, source: str, key: str = "") -> dict[str, Any]:
-    """Decoding defaults that come with a model, as GenerateConfig options, each checked on its own so
-    that a bad one names the file and the flag that overrides it."""
+def generation_defaults(values: Any, source: str) -> dict[str, Any]:
+    """Decoding defaults that come with a model, as GenerateConfig options of the right types. Their
+    ranges are checked where they are used (:func:`check_generation_defaults`), so that a flag can
+    override a bad one."""
     if not isinstance(values, dict):
-        raise UserError(f"{key}{source} must be a table of decoding options, got {type(values).__name__}")
-    cfg = from_dict(GenerateConfig, values, f"{key}{source}")
-    for name in values:
-        one = GenerateConfig(**{name: getattr(cfg, name)})
+        raise UserError(f"{source} must be a table of decoding options, got {type(values).__name__}")
+    cfg = from_dict(GenerateConfig, values, source)
+    return {name: getattr(cfg, name) for name in values}
+
+
+def check_generation_defaults(defaults: dict[str, Any], given: dict[str, Any], source: str) -> None:
+    """The model's decoding ``defaults`` that the options ``given`` do not override are each valid; a bad
+    one names ``source`` (the file) and the flag that overrides it."""
+    for name, value in defaults.items():
+        if name in given:
+            continue
         try:
-            one.validate()
+            GenerateConfig(**{name: value}).validate()
         except UserError as e:
             raise UserError(f"{source}: {e} (fix the file, or override it with --{name.replace('_', '-')})") from None
-    return dict(values)
 
 
 # -- Hugging Face files ------------------------------------------------------------------------------

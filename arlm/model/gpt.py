@@ -220,6 +220,20 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(batch_size, cfg.kv_heads, max_len, cfg.hs, dtype, p.device)
 
+    @staticmethod
+    def parameter_count(cfg: GPTConfig) -> int:
+        """Parameters a model of ``cfg`` has (tied weights once), from the config alone: nothing is built,
+        so an absurd config is measured before it allocates anything."""
+        C, H, V = cfg.n_embd, cfg.hidden_size, cfg.vocab_size
+        q_kv = (cfg.n_head + 2 * cfg.kv_heads) * cfg.hs
+        up = 2 * H if cfg.mlp == "gated" else H
+        qkv_bias, out_bias, mlp_bias = cfg.bias or cfg.qkv_bias or cfg.attn_bias, cfg.bias or cfg.attn_bias, cfg.bias or cfg.mlp_bias
+        norm = C * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
+        block = (C * q_kv + qkv_bias * q_kv + cfg.n_head * cfg.hs * C + out_bias * C
+                 + C * up + mlp_bias * up + H * C + mlp_bias * C + 2 * norm)
+        positions = cfg.block_size * C if cfg.pos_embedding == "learned" else 0
+        return V * C + positions + cfg.n_layer * block + norm + (0 if cfg.tie_embeddings else V * C)
+
     def cache_length(self) -> int:
         """Positions the attached KV cache holds (its buffer's size, a tensor shape: torch.compile does not
         specialise on it as it would on an int attribute)."""

@@ -63,6 +63,13 @@ class LSTMLM(nn.Module):
     def setup_cache(self, batch_size: int, max_len: int | None = None) -> None:
         self.state, self.fed = None, 0
 
+    @staticmethod
+    def parameter_count(cfg: LSTMConfig) -> int:
+        """Parameters from the config alone: embedding, per layer 4 gates x (input + recurrent) weights and
+        two biases (nn.LSTM's), the output layer unless tied."""
+        C, V = cfg.n_embd, cfg.vocab_size
+        return V * C + cfg.n_layer * (8 * C * C + 8 * C) + (0 if cfg.tie_embeddings else V * C)
+
     def cache_bytes(self, batch_size: int, max_len: int) -> int:
         """The recurrent state (h, c) of every layer: its size does not grow with the sequence."""
         return 2 * self.config.n_layer * batch_size * self.config.n_embd * self.transformer.wte.weight.dtype.itemsize

@@ -42,6 +42,10 @@ class LanguageModule(Protocol):
 
     def num_params(self, non_embedding: bool = True) -> int: ...
 
+    @staticmethod
+    def parameter_count(cfg: ModelConfig) -> int:
+        """Parameters of a model of ``cfg`` (tied weights once), computed from the config without building it."""
+
     def init_buffers(self) -> None: ...
 
     def attention_flops_per_token(self) -> float:
@@ -64,6 +68,10 @@ assert {k: v.config for k, v in REGISTRY.items()} == MODEL_CONFIGS, "arlm/config
 
 def model_type(cfg: ModelConfig) -> ModelType:
     return REGISTRY[cfg.type]
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    return model_type(cfg).model.parameter_count(cfg)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -32,9 +32,10 @@ from arlm.io.checkpoint import BEST, LATEST, checkpoint_weights, save_checkpoint
 from arlm.io.lock import RunLock
 from arlm.io.schema import CheckpointInfo, LoraInfo
 from arlm.model.lora import adapter_state, apply_lora
-from arlm.model.registry import build_model, empty_model
+from arlm.model.registry import build_model, empty_model, parameter_count
 from arlm.model.weights import assign_weights, state_to_save
-from arlm.runtime import autocast, check_memory, generator, resolve_device, resolve_dtype, seed_everything, set_threads, torch_seed
+from arlm.runtime import (autocast, check_memory, generator, resolve_device, resolve_dtype, seed_everything, set_threads,
+                          size, torch_seed)
 from arlm.tokenizers import load_tokenizer
 from arlm.tokenizers.base import same_vocabulary
 from arlm.train import distributed
@@ -268,11 +269,11 @@ class Trainer:
 
     def _check_memory(self) -> None:
         """Refuse a model or batch that cannot fit, before building it (a meta-device model allocates nothing)."""
-        n_params = sum(p.numel() for p in empty_model(self.cfg.model).parameters())
+        n_params = parameter_count(self.cfg.model)
         weights, activations = training_bytes(self.cfg, n_params)
-        check_memory(weights + activations, f"training this model ({n_params / 1e6:,.1f}M parameters: "
-                     f"{weights / 1e9:,.1f} GB with gradients and optimizer state; activations and batches: "
-                     f"{activations / 1e9:,.1f} GB at batch_size {self.cfg.batch_size}, block_size {self.cfg.model.block_size})",
+        check_memory(weights + activations, f"training this model ({n_params:.3g} parameters: {size(weights)} with their "
+                     f"gradients and optimizer state; activations and batches at batch_size {self.cfg.batch_size}, "
+                     f"block_size {self.cfg.model.block_size}: {size(activations)})",
                      "lower n_embd / n_layer / block_size / batch_size / grad_accum_steps / eval_batches", self.device)
 
     def _claim_output(self) -> None:

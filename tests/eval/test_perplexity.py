@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from arlm.eval.perplexity import evaluate_text
-from arlm.train.checkpoint import load_model
+from arlm.interop.load import load_model
 
 
 def test_eval_equals_direct_token_by_token_nll(trained_model):

@@ -123,3 +123,19 @@ def test_one_query_attention_equals_sdpa_with_grouped_heads():
         k, v = torch.randn(3, nkv, 11, 8, generator=g), torch.randn(3, nkv, 11, 8, generator=g)
         want = F.scaled_dot_product_attention(q, k, v, enable_gqa=nkv != nh)
         assert torch.allclose(one_query_attention(q, k, v), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(bias=False, norm="rmsnorm", mlp="gated", activation="silu", n_kv_head=1,
+                                         pos_embedding="rope", tie_embeddings=False),
+                                dict(qkv_bias=True, bias=False, intermediate_size=40, head_dim=6),
+                                dict(attn_bias=True, mlp_bias=True, bias=False, norm="layernorm")])
+def test_parameter_count_from_the_config_equals_the_model(kw):
+    """The count the memory check uses before building anything is exactly the built model's."""
+    from arlm.config import LSTMConfig
+    from arlm.model.registry import build_model, parameter_count
+
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=3, n_head=4, n_embd=24, **kw)
+    assert parameter_count(cfg) == sum(p.numel() for p in build_model(cfg).parameters())
+    for tie in (True, False):
+        lstm = LSTMConfig(vocab_size=50, n_layer=2, n_embd=12, tie_embeddings=tie)
+        assert parameter_count(lstm) == sum(p.numel() for p in build_model(lstm).parameters())
