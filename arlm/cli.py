@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -142,17 +143,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from arlm.train.loop import train
 
-    config = read_toml(args.config) if args.config else {}
-    if config:  # check the file on its own first, so an error names it
-        from_dict(TrainConfig, apply_preset(config), args.config)
+    config = _read_train_toml(args)
     overrides = explicit_values(args, _names(TrainConfig))
     return _report_training(args, train(config, **overrides))
+
+
+def _read_train_toml(args: argparse.Namespace) -> dict[str, Any]:
+    """The --config file's keys, checked on their own first so that an error names the file."""
+    config = read_toml(args.config) if args.config else {}
+    if config:
+        from_dict(TrainConfig, apply_preset(config), args.config)
+    return config
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from arlm.train.loop import train
 
-    config = read_toml(args.config) if args.config else {}
+    config = _read_train_toml(args)
     overrides = explicit_values(args, _names(TrainConfig))
     if not overrides.get("resume"):
         if not args._model:
@@ -430,7 +437,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line, as every other refusal (argparse prints the whole usage)."""
+    """argparse whose errors are one line, as every other refusal (argparse prints the whole usage), and
+    which reads ``-1e-3`` as a number, not an unknown option (its own test misses exponents)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

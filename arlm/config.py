@@ -353,6 +353,11 @@ LORA_DEFAULTS: dict[str, Any] = dict(lr=1e-3, min_lr=1e-4)
 # generate / eval
 
 
+# Temperatures below this decode greedily (as vLLM's _SAMPLING_EPS): dividing logits by less would
+# overflow float32 and pick the most likely token anyway.
+GREEDY_BELOW = 1e-5
+# OpenAI's API reference bounds: frequency/presence penalties in [-2, 2], logit_bias values in [-100, 100].
+PENALTY_RANGE, LOGIT_BIAS_RANGE = 2.0, 100.0
 # Most new tokens one generation may ask for. A model slides its context window to continue past it,
 # so the context does not bound a generation; this keeps its token buffers (rows x tokens) to megabytes.
 MAX_NEW_TOKENS = 1_000_000
@@ -397,6 +402,11 @@ class GenerateConfig:
                                     "it, so a prompt that ends mid-token (a newline before indented code, half a word) "
                                     "is continued with the tokens seen in training; the re-spelt text is not returned")
 
+    @property
+    def greedy(self) -> bool:
+        """Greedy decoding (always the most likely token): temperature 0, or below GREEDY_BELOW."""
+        return self.temperature < GREEDY_BELOW
+
     def validate(self) -> None:
         if not 0 <= self.max_new_tokens <= MAX_NEW_TOKENS:
             raise UserError(f"max_new_tokens must be between 0 and at most {MAX_NEW_TOKENS:,} (generate longer texts in "
@@ -427,9 +437,12 @@ class GenerateConfig:
             raise UserError("stop strings must not be empty")
         if any(s == "" for s in self.bad_words):
             raise UserError("bad_words must not be empty strings")
-        for name in ("frequency_penalty", "presence_penalty", "max_time"):
-            if not math.isfinite(getattr(self, name)):
-                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -PENALTY_RANGE <= getattr(self, name) <= PENALTY_RANGE:
+                raise UserError(f"{name} must be between -{PENALTY_RANGE:g} and {PENALTY_RANGE:g} (as OpenAI's), "
+                                f"got {getattr(self, name)}")
+        if not math.isfinite(self.max_time):
+            raise UserError(f"max_time must be a finite number, got {self.max_time}")
         if self.max_time < 0:
             raise UserError(f"max_time must be >= 0 seconds (0 = no limit), got {self.max_time}")
         if self.num_draft_tokens < 1:
@@ -453,8 +466,9 @@ class GenerateConfig:
                 tid, bias = int(token), float(value)
             except ValueError:
                 tid, bias = -1, math.nan
-            if not sep or tid < 0 or not math.isfinite(bias):
-                raise UserError(f"logit_bias entries are TOKEN_ID=BIAS with a finite bias (e.g. 50256=-100), got {item!r}")
+            if not sep or tid < 0 or not -LOGIT_BIAS_RANGE <= bias <= LOGIT_BIAS_RANGE:
+                raise UserError(f"logit_bias entries are TOKEN_ID=BIAS with a bias between -100 and 100 (e.g. 50256=-100; "
+                                f"as OpenAI's), got {item!r}")
             out[tid] = bias
         return out
 

@@ -19,7 +19,7 @@ import transformers as tf
 
 from arlm.config import GenerateConfig
 from arlm.generate.decode import generate_ids
-from arlm.train.checkpoint import load_model
+from arlm.interop.load import load_model
 
 V = 4096
 ARCHS = {

@@ -124,7 +124,7 @@ def main() -> None:
           f"measured {args.dtype} matmul peak {peak / 1e12:.2f} TFLOP/s")
     base = statistics.median(times["transformers GPT2LMHeadModel + AdamW"])
     tokens = args.batch_size * args.block_size
-    flops = flops_per_token(ours, mcfg)
+    flops = flops_per_token(ours)
     for name, ts in times.items():
         t = statistics.median(ts)
         print(f"  {name:40s} {t * 1e3:7.1f} ms/step  {tokens / t:11,.0f} tokens/s  {base / t:5.2f}x  "

@@ -250,6 +250,7 @@ def token_logprobs(logits: torch.Tensor, chosen: torch.Tensor, top: int) -> tupl
     as OpenAI's ``logprobs`` and transformers' ``output_logits``): the chosen tokens' (B,), and the
     ``top`` best ids and values (B, top)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
+    top = min(top, logp.size(-1))  # a vocabulary smaller than the alternatives asked for
     values, ids = torch.topk(logp, top, dim=-1) if top else (None, None)
     return logp.gather(1, chosen[:, None]).squeeze(1), ids, values
 
@@ -290,7 +291,7 @@ def generate_ids(model: GPT, prompts: list[int] | list[list[int]], cfg: Generate
     n = L  # tokens filled in
     gen = generator(cfg.seed, device) if cfg.seed is not None else None
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
-    greedy = cfg.temperature == 0
+    greedy = cfg.greedy
     step = decode_step
     if cfg.compile and model.can_compile_decode:
         step = PrecompiledSteps() if device.type == "cpu" else GuardedSteps()
@@ -518,7 +519,7 @@ def speculative_ids(target: GPT, draft: GPT, prompt: list[int], cfg: GenerateCon
         raise ValueError(f"speculative decoding needs prompt + max_new_tokens + num_draft <= block_size ({total} > {limit})")
     assert prompt and num_draft >= 1
     device = next(target.parameters()).device
-    greedy = cfg.temperature == 0
+    greedy = cfg.greedy
     gen = generator(cfg.seed) if cfg.seed is not None else None
     eos = set(eos_ids)
     L = len(prompt)

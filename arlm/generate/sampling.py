@@ -240,7 +240,10 @@ def process_logits(logits: torch.Tensor, context: torch.Tensor, cfg: GenerateCon
     logits = add_bias(logits, rules.logit_bias)
     if rules.prefix is not None and generated is not None:
         logits = constrain_prefix(logits, generated, rules.prefix)
-    if cfg.temperature == 0:
+    # A strong penalty (repetition_penalty 1e-40 divides by it) can overflow float32 to +inf, whose softmax
+    # is NaN: keep such tokens the most likely ones instead. (No-op for ordinary values.)
+    logits = logits.clamp(max=torch.finfo(logits.dtype).max)
+    if cfg.greedy:
         return logits  # greedy: the remaining filters cannot change the argmax
     logits = temperature(logits, cfg.temperature)
     logits = top_k(logits, cfg.top_k)

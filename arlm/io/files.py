@@ -35,19 +35,19 @@ def read_bytes(path: str | Path, what: str = "file", limit: int | None = None) -
         raise UserError(f"cannot read {p}: {e.strerror or e}") from None
 
 
-def parse_json(text: str, source: str, fix: str = "") -> Any:
+def parse_json(text: str, source: str, fix: str = "", errors: str = "strict", hint: str = "") -> Any:
     """A JSON value from ``text``; malformed or absurdly nested JSON, and strings that are not valid
-    Unicode, are a UserError naming ``source``."""
+    Unicode (replaced by U+FFFD with ``errors="replace"``), are a UserError naming ``source``."""
     tail = f"; {fix}" if fix else ""
     if not text.strip():
         raise UserError(f"{source} is empty (not valid JSON){tail}")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{source} is damaged (not valid JSON: {e}){tail}") from None
+        raise UserError(f"{source}: not valid JSON ({e}){tail}") from None
     except RecursionError:
-        raise UserError(f"{source} is damaged (JSON nested too deeply){tail}") from None
-    return check_strings(value, source)
+        raise UserError(f"{source}: not valid JSON (nested too deeply){tail}") from None
+    return check_strings(value, source, errors, hint)
 
 
 def read_json(path: str | Path, fix: str = "", expect: type | None = dict) -> Any:
@@ -72,13 +72,6 @@ def read_jsonl(path: str | Path, errors: str = "strict", hint: str = "") -> list
     text = decode_utf8(read_bytes(path, "JSONL file"), str(path), errors)
     records = []
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {n}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-        except RecursionError:
-            raise UserError(f"{path} line {n}: JSON nested too deeply") from None
-        records.append((n, check_strings(rec, f"{path} line {n}", errors, hint)))
+        if line.strip():
+            records.append((n, parse_json(line, f"{path} line {n}", "each line must be one JSON object", errors, hint)))
     return records

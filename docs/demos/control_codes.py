@@ -60,8 +60,8 @@ def main() -> None:
     args = p.parse_args()
 
     lm = arlm.load(args.model)
-    template = lm.config.get("data", {}).get("control")
-    known = lm.config.get("data", {}).get("controls")
+    template = lm.info.data.get("control")
+    known = lm.info.data.get("controls")
     if not template or not known:
         raise SystemExit(f"{args.model} was not trained with control codes (arlm prepare --control)")
     fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]

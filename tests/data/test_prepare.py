@@ -132,7 +132,7 @@ def test_damaged_meta_is_a_clear_error(char_data, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(char_data, copy)
     (copy / "meta.json").write_text('{"format": 1, "vocab', encoding="utf-8")
-    with pytest.raises(UserError, match=r"meta.json is damaged \(not valid JSON.*run `arlm prepare` again"):
+    with pytest.raises(UserError, match=r"meta.json: not valid JSON.*run `arlm prepare` again"):
         TokenData.open(copy)
     (copy / "meta.json").unlink()
     with pytest.raises(UserError, match="meta.json is missing; .* is not a folder made by `arlm prepare`"):

@@ -27,11 +27,23 @@ BASE = ["--prompt", "A", "--device", "cpu"]
     (["--device", "cuda:7"], r"cuda"),
     (["--precision", "int4"], r"--precision.*int4"),
     (["--min-new-tokens", "-1"], r"min_new_tokens"),
+    (["--presence-penalty", "-1e38"], r"presence_penalty.*between -2 and 2"),
+    (["--frequency-penalty", "1e300"], r"frequency_penalty.*between -2 and 2"),
+    (["--logit-bias", "3=1e39"], r"logit_bias.*between -100 and 100"),
     (["--control", "<work=nothing>"], r"control code"),
 ])
 def test_absurd_generate_flags(capsys, run_dir, tmp_path, flags, pattern):
     flags = [str(run_dir) if f == "SELF" else f for f in flags]
     refused(capsys, ["generate", "--model", run_dir, *BASE, *flags], pattern, keep=tmp_path)
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "1e-40"], ["--repetition-penalty", "1e-40"],
+                                   ["--repetition-penalty", "1e300"], ["--presence-penalty=-2"], ["--logit-bias", "3=100"]])
+def test_extreme_but_valid_values_decode(capsys, run_dir, flags):
+    """Values that overflow float32 logits (a temperature of 1e-40 is greedy, as in vLLM; +inf logits are
+    clamped) still decode: no NaN probabilities."""
+    code, out, err = run(capsys, ["generate", "--model", run_dir, *BASE, "--max-new-tokens", "6", "--seed", "1", *flags])
+    assert code == 0 and out.startswith("A"), err
 
 
 @pytest.mark.parametrize("flag", ["--prompt", "--stop", "--bad-words", "--control"])

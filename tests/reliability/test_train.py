@@ -255,6 +255,14 @@ def test_finetune_template_that_blows_up(capsys, run_dir, tmp_path):
                          "--chat-template", template], pattern, keep=tmp_path)
 
 
+def test_finetune_config_file_is_named(capsys, run_dir, tmp_path):
+    f = tmp_path / "sft.jsonl"
+    f.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    (tmp_path / "ft.toml").write_text('lr_schedule = "exp"\n')
+    refused(capsys, ["finetune", "--model", run_dir, "--data", f, "--out", tmp_path / "o", "--config", tmp_path / "ft.toml"],
+            has(r"ft\.toml", "lr_schedule", "'exp'"), keep=tmp_path)
+
+
 def test_finetune_missing_model(capsys, tmp_path):
     f = tmp_path / "sft.jsonl"
     f.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
