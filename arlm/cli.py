@@ -24,9 +24,10 @@ from typing import Any
 
 from arlm.config import (CHAT_DEFAULTS, EVAL_TASK_DEFAULTS, EVAL_TASK_OPTIONS, FINETUNE_DEFAULTS, LORA_DEFAULTS,
                          ConvertConfig, EvalConfig, GenerateConfig, GPTConfig, LoadConfig, PrepareConfig, TrainConfig,
-                         apply_preset, field_types, from_dict, merge, read_toml, validated)
+                         apply_preset, field_types, from_dict, merge, validated)
 from arlm.errors import EnvironmentFailure, UserError
 from arlm.io.atomic import atomic_write_text
+from arlm.io.files import read_toml
 from arlm.io.text import check_strings
 from arlm.version import __version__
 
@@ -339,7 +340,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from arlm.io.text import read_text_file
+    from arlm.io.files import read_text_file
 
     from arlm.api import generate_config
 

@@ -21,15 +21,9 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from arlm.errors import UserError
-
-try:
-    import tomllib  # Python 3.11+
-except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
-    import tomli as tomllib
 
 
 def _f(default, help: str, choices: tuple | None = None, metavar: str | None = None, **kw):
@@ -530,19 +524,13 @@ class ConvertConfig:
     from_hf: str = _f("", "Hugging Face model folder (GPT-2, Llama, Mistral, Qwen2) to turn into an arlm checkpoint", metavar="DIR")
     to_hf: str = _f("", "arlm checkpoint or training output folder to write as a Hugging Face folder", metavar="DIR")
     out: str = _f("", "output folder", metavar="DIR")
-    overwrite: bool = _f(False, "replace --out if it already exists")
+    overwrite: bool = _f(False, "replace --out if it already exists (it must not be, contain or lie inside the source)")
 
     def validate(self) -> None:
         if bool(self.from_hf) == bool(self.to_hf):
             raise UserError("give exactly one of --from-hf DIR or --to-hf DIR")
         if not self.out:
             raise UserError("no output folder given: add --out DIR")
-        source = Path(self.from_hf or self.to_hf)
-        out = Path(self.out)
-        if out.resolve() == source.resolve():
-            raise UserError("--out must be a different folder from the one converted")
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not self.overwrite:
-            raise UserError(f"{out} already exists; choose another --out or add --overwrite to replace it")
 
 
 # `arlm chat`: decoding defaults under the model's own and the flags given. Sampling (not greedy,
@@ -685,16 +673,6 @@ def validated(cls, data: dict[str, Any], source: str, unknown: str = "error", na
             raise
         raise UserError(f"{source}: {e}") from None
     return cfg
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    from arlm.io.text import read_text_file
-
-    text = read_text_file(path, what="config file")
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {path} is not valid TOML: {e}") from None
 
 
 def to_dict(cfg) -> dict[str, Any]:

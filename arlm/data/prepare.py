@@ -26,7 +26,7 @@ from arlm.errors import UserError
 from arlm.io.atomic import atomic_dir
 from arlm.io.files import read_jsonl
 from arlm.io.paths import output_dir
-from arlm.io.text import read_text_file
+from arlm.io.files import read_text_file
 from arlm.tokenizers import train_tokenizer
 from arlm.tokenizers.base import TOKENIZER_FILE, Tokenizer
 

@@ -33,7 +33,7 @@ import torch
 from arlm.data.loader import collate
 from arlm.errors import UserError
 from arlm.io.files import read_jsonl as read_jsonl_lines
-from arlm.io.text import read_text_file
+from arlm.io.files import read_text_file
 from arlm.tokenizers.base import EOT, Tokenizer
 from arlm.tokenizers.pretrained import special_token_text
 

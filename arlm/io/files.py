@@ -15,6 +15,11 @@ from typing import Any
 from arlm.errors import UserError
 from arlm.io.text import ERRORS, check_strings, decode_utf8
 
+try:
+    import tomllib  # Python 3.11+
+except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
+    import tomli as tomllib
+
 MAX_JSON_BYTES = 512 << 20  # a metadata file beyond this is not one arlm wrote or can use (tokenizers are ~10 MB)
 
 
@@ -33,6 +38,20 @@ def read_bytes(path: str | Path, what: str = "file", limit: int | None = None) -
         return p.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {p}: {e.strerror or e}") from None
+
+
+def read_text_file(path: str | Path, errors: str = "strict", what: str = "file") -> str:
+    """A UTF-8 text file's contents; a missing, unreadable or non-UTF-8 file is a UserError naming it."""
+    return decode_utf8(read_bytes(path, what), str(path), errors)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config file's keys (what they must be is checked by the config classes of arlm/config.py)."""
+    text = read_text_file(path, what="config file")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from None
 
 
 def parse_json(text: str, source: str, fix: str = "", errors: str = "strict", hint: str = "") -> Any:

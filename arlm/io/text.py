@@ -10,7 +10,6 @@ instead, as undecodable bytes in a text file do.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from arlm.errors import UserError
@@ -57,9 +56,3 @@ def decode_utf8(data: bytes, source: str, errors: str = "strict") -> str:
             f"(e.g. iconv -f latin1 -t utf-8), or pass --errors replace to substitute U+FFFD"
         ) from None
 
-
-def read_text_file(path: str | Path, errors: str = "strict", what: str = "file") -> str:
-    """A UTF-8 text file's contents; a missing, unreadable or non-UTF-8 file is a UserError naming it."""
-    from arlm.io.files import read_bytes
-
-    return decode_utf8(read_bytes(path, what), str(path), errors)

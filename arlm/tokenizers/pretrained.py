@@ -18,7 +18,7 @@ from arlm.config import validated
 from arlm.errors import UserError
 from arlm.io.files import read_json
 from arlm.io.schema import HFTokenizerConfig
-from arlm.io.text import read_text_file
+from arlm.io.files import read_text_file
 from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"

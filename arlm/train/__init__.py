@@ -1,4 +1,5 @@
-"""Training: the one loop (loop.py), optimizer and schedules (optim.py), checkpoints (checkpoint.py).
+"""Training: the one loop (loop.py: the Trainer), what a resumed run restores (state.py), the run folder
+(output.py), optimizer and schedules (optim.py), torchrun (distributed.py), MFU (throughput.py), sweeps.
 
 ``arlm.train(config)`` is the public training function, and ``arlm.train`` is also this package:
 once a submodule is imported, Python rebinds the attribute ``arlm.train`` to the package. So the

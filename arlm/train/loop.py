@@ -22,13 +22,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from arlm.config import TrainConfig, apply_preset, from_dict, read_toml, to_dict
+from arlm.config import TrainConfig, apply_preset, from_dict, to_dict
 from arlm.data.loader import TokenData, WindowSampler, collate, random_batch, sequential_batches, windows
 from arlm.data.sft import SFTData
 from arlm.errors import UserError
 from arlm.eval.perplexity import loss_over_batches
 from arlm.interop.load import load_model, model_config
 from arlm.io.checkpoint import BEST, LATEST, checkpoint_weights, save_checkpoint, trainer_state
+from arlm.io.files import read_toml
 from arlm.io.lock import RunLock
 from arlm.io.schema import CheckpointInfo, LoraInfo
 from arlm.model.lora import adapter_state, apply_lora

@@ -108,7 +108,11 @@ def test_convert_symlinked_out(capsys, run_dir, tmp_path):
 
 def test_convert_out_is_a_file(capsys, run_dir, tmp_path):
     (tmp_path / "x").write_text("keep")
-    refused(capsys, ["convert", "--to-hf", run_dir, "--out", tmp_path / "x"], r"already exists", keep=tmp_path)
+    refused(capsys, ["convert", "--to-hf", run_dir, "--out", tmp_path / "x"], r"x is a file, not a folder", keep=tmp_path)
+    refused(capsys, ["convert", "--to-hf", run_dir, "--out", tmp_path / "x", "--overwrite"], r"x is a file", keep=tmp_path)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "a").write_text("keep")
+    refused(capsys, ["convert", "--to-hf", run_dir, "--out", tmp_path / "full"], r"already exists", keep=tmp_path)
 
 
 def test_convert_source_is_not_a_model(capsys, tmp_path):

@@ -120,6 +120,19 @@ def test_shard_index_may_only_name_files_inside_the_folder(capsys, hf, tmp_path,
     refused(capsys, ["generate", "--model", hf, *GEN], has(r"index\.json", r"outside"), keep=tmp_path)
 
 
+def test_shards_linked_into_a_cache_load(capsys, hf, tmp_path):
+    """Hugging Face's cache keeps snapshot files as links into ../../blobs: an index naming the link is fine."""
+    from tests.reliability.conftest import run
+
+    split_weights(hf, lambda keys: {"weight_map": {k: "model-00001-of-00001.safetensors" for k in keys}})
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (hf / "model-00001-of-00001.safetensors").rename(blobs / "abc123")
+    (hf / "model-00001-of-00001.safetensors").symlink_to(blobs / "abc123")
+    code, out, err = run(capsys, ["generate", "--model", hf, *GEN])
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("index, pattern", [
     (lambda keys: {"weight_map": ["a"]}, has(r"index\.json", r"weight_map")),
     (lambda keys: {"weight_map": {k: 5 for k in keys}}, has(r"index\.json", r"weight_map")),
