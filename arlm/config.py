@@ -650,7 +650,7 @@ def model_config(data: Any, source: str = "model config") -> ModelConfig:
     if not isinstance(data, dict):
         raise UserError(f"{source} must be a table of model keys, got {type(data).__name__}")
     kind = data.get("type", "gpt")
-    if kind not in MODEL_CONFIGS:
+    if not isinstance(kind, str) or kind not in MODEL_CONFIGS:
         raise UserError(f"config key 'type' in {source} must be one of {', '.join(map(repr, MODEL_CONFIGS))}, got {kind!r}")
     cls = MODEL_CONFIGS[kind]
     own = {f.name for f in dataclasses.fields(cls)}

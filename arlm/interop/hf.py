@@ -40,7 +40,7 @@ from arlm.io.files import read_json
 from arlm.io.schema import CheckpointInfo, HFConfig, HFGenerationConfig, ShardIndex, token_ids
 from arlm.model.gpt import GPT
 from arlm.model.registry import empty_model
-from arlm.model.weights import assign_weights
+from arlm.model.weights import assign_weights, check_size
 from arlm.tokenizers import EOT, Tokenizer
 from arlm.tokenizers.pretrained import PretrainedTokenizer
 
@@ -337,8 +337,10 @@ def load_hf(path: str | Path) -> tuple[GPT, Tokenizer | None, CheckpointInfo]:
     else:  # weights only: usable on token ids; text needs the tokenizer files
         log.debug("%s has no tokenizer files: the model works on token ids only", d)
         tokenizer = None
+    raw = read_hf_weights(d)
+    check_size(cfg, raw, str(d / CONFIG))
     model = empty_model(cfg)
-    sd = arlm_state_from_hf(read_hf_weights(d), cfg, data["model_type"], str(d))
+    sd = arlm_state_from_hf(raw, cfg, data["model_type"], str(d))
     assign_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, str(d))
     info = CheckpointInfo(model=cfg, model_type="gpt", generation=decoding,
                           eos_token_ids=eos or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else []),

@@ -12,6 +12,7 @@ import the training package.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -20,11 +21,11 @@ from torch import nn
 from arlm.config import ModelConfig
 from arlm.errors import UserError
 from arlm.interop.hf import hf_model_config, is_hf_dir, load_hf
-from arlm.io.checkpoint import CONFIG, Checkpoint, open_checkpoint, save_checkpoint
+from arlm.io.checkpoint import CONFIG, WEIGHTS, Checkpoint, open_checkpoint, save_checkpoint
 from arlm.io.schema import CheckpointInfo
 from arlm.model.lora import apply_lora, merge_lora
 from arlm.model.registry import empty_model
-from arlm.model.weights import assign_weights, check_state, state_to_save
+from arlm.model.weights import assign_weights, check_size, check_state, state_to_save
 from arlm.tokenizers import Tokenizer, load_tokenizer
 from arlm.tokenizers.base import TOKENIZER_FILE
 
@@ -55,13 +56,14 @@ def _with_adapters(ckpt: Checkpoint) -> nn.Module:
             raise UserError(f"{ckpt.config_file}: the base model {lora.base} is itself a LoRA checkpoint; the base of "
                             f"adapters must be a whole model")
         model, _, _ = load_model(lora.base, "cpu")
-        if model.config != ckpt.info.model:
+        if dataclasses.replace(model.config, dropout=ckpt.info.model.dropout) != ckpt.info.model:  # (dropout may differ)
             raise UserError(f"{ckpt.config_file}: the base model {lora.base} has another shape than the one the adapters "
                             f"were trained on")
-    else:
+    sd = ckpt.weights()
+    if not lora.adapter_only:
+        check_size(ckpt.info.model, sd, str(ckpt.config_file))
         model = empty_model(ckpt.info.model)
     apply_lora(model, lora.rank, lora.alpha, 0.0, lora.targets)
-    sd = ckpt.weights()
     if lora.adapter_only:
         check_state(model, sd, str(ckpt.path / "model.safetensors"), partial=True)
         model.load_state_dict(sd, strict=False)
@@ -83,8 +85,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
         if ckpt.info.lora is not None:
             model = _with_adapters(ckpt)
         else:
+            sd = ckpt.weights()  # the file's own damage first, then whether it fits the config
+            check_size(ckpt.info.model, sd, str(ckpt.config_file))
             model = empty_model(ckpt.info.model)
-            assign_weights(model, ckpt.weights(), str(ckpt.path / "model.safetensors"))
+            assign_weights(model, sd, str(ckpt.path / WEIGHTS))
         info = ckpt.info
         info.path = str(ckpt.path)
     check_vocabulary(tokenizer, model, str(Path(info.path) / CONFIG))

@@ -13,6 +13,19 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(map(str, t.shape)) + ")"
 
 
+def check_size(cfg, sd: dict[str, torch.Tensor], where: str) -> None:
+    """A config cannot describe more weights than were read: refused from the config alone (nothing is
+    built, not even on the meta device, which overflows for sizes near 2**63), allowing down to a quarter
+    of a byte per weight (any format of 2 bits or more). Smaller mismatches are named tensor by tensor."""
+    from arlm.model.registry import parameter_count
+
+    n = parameter_count(cfg)
+    weight_bytes = sum(t.numel() * t.element_size() for t in sd.values())
+    if n > 4 * weight_bytes:
+        raise UserError(f"{where}: the config describes a model of {n:.3g} parameters, but its weights hold "
+                        f"{weight_bytes:,} bytes; the config and the weights do not belong together")
+
+
 def check_state(model: nn.Module, sd: dict[str, torch.Tensor], where: str, partial: bool = False) -> None:
     """``sd`` fits ``model`` (which may live on the meta device): the same names (a tied output layer
     may be left out; ``partial``: a subset, e.g. adapters only), the same shapes, floating-point values

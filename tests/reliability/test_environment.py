@@ -240,3 +240,22 @@ def test_many_kills_during_checkpoint_writes(capsys, char_data, tmp_path):
             arlm.load(out / name, device="cpu")
     code, _, err = run(capsys, ["train", "--resume", out, "--max-steps", str(_step(out) + 1), "--no-progress"])
     assert code == 0 and not leftovers(out), err
+
+
+def test_kill_during_eval_predictions(capsys, trained_model, tmp_path):
+    """eval killed while it works towards (or writes) its predictions: the previous file is intact or the new
+    one whole, and the next run leaves no temporary file beside it."""
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"prompt": f"To be {'o' * i}", "reference": "x"}) + "\n" for i in range(40)))
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"prompt": "old", "prediction": "old", "reference": "old"}\n')
+    before = preds.read_bytes()
+    proc = start("eval", "--model", trained_model, "--task", task, "--predictions-out", preds, "--max-new-tokens", "20",
+                 "--device", "cpu")
+    kill_while(proc, lambda: True, 5.0, random.Random(3))
+    lines = preds.read_text().splitlines()
+    assert preds.read_bytes() == before or (len(lines) == 40 and all(set(json.loads(ln)) == {"prompt", "prediction", "reference"}
+                                                                    for ln in lines))
+    code, _, err = run(capsys, ["eval", "--model", trained_model, "--task", task, "--predictions-out", preds,
+                                "--max-new-tokens", "2", "--device", "cpu"])
+    assert code == 0 and not leftovers(tmp_path), err

@@ -32,6 +32,8 @@ BAD_HF_CONFIGS = [
     ("activation_function", "gelu_fast", has(r"config\.json", r"gelu_fast", r"not supported")),
     ("tie_word_embeddings", "no", has(r"config\.json", r"tie_word_embeddings", r"true or false")),
     ("eos_token_id", "x", has(r"config\.json", r"eos_token_id")),
+    ("n_layer", 10**18, has(r"config\.json", r"parameters", r"bytes")),
+    ("n_positions", 10**18, has(r"config\.json", r"parameters", r"bytes")),
 ]
 
 

@@ -52,6 +52,8 @@ BAD_CONFIGS = [
     ("generation", {"temperature": -1}, has(r"config\.json", "temperature", ">= 0", "--temperature")),
     ("generation", {"top_k": "x"}, has(r"config\.json", "top_k", "integer")),
     ("step", "ten", has(r"config\.json", "step", "integer")),
+    ("model.n_layer", 10**18, has(r"config\.json", "parameters", "bytes")),  # not even built on the meta device
+    ("model.vocab_size", 10**18, has(r"config\.json", "parameters", "do not belong together")),
 ]
 
 
@@ -151,7 +153,7 @@ def test_non_finite_weights(capsys, ckpt, tmp_path):
 def test_config_larger_than_weights_allocates_nothing(capsys, ckpt, tmp_path):
     """A config claiming a huge model next to small weights: refused from the file header, no allocation."""
     edit_json(ckpt / "config.json", lambda d: set_key(set_key(d, "model.n_embd", 1_000_000), "model.n_head", 1))
-    generate_refused(capsys, ckpt, r"transformer\.\S+ .*\(", tmp_path)
+    generate_refused(capsys, ckpt, has(r"config\.json", "parameters", "do not belong together"), tmp_path)
 
 
 # -- tokenizer.json -------------------------------------------------------------------------------
