@@ -332,13 +332,15 @@ class LanguageModel:
         if cfg.num_beams > 1:
             if cfg.logprobs or cfg.top_logprobs:
                 raise UserError("logprobs are reported for sampling and greedy decoding, not for beam search")
+            stream = self.stream_sequences(prompt, cfg)  # checked (memory included) before anything per row exists
             texts = [""] * n
-            for b, piece in self.stream_sequences(prompt, cfg):
+            for b, piece in stream:
                 texts[b] += piece
             out = [Completion(t, "stop") for t in texts]
         else:
+            events = self._decode(ids, cfg)
             out = [Completion("", "length") for _ in range(n)]
-            for b, piece, event in self._decode(ids, cfg):
+            for b, piece, event in events:
                 out[b].text += piece
                 if event and event[0] == "token":
                     out[b].tokens.append(self._token_logprob(*event[1:]))
@@ -372,14 +374,16 @@ class LanguageModel:
         if cfg.num_beams > 1:  # one beam search per prompt
             texts = []
             for p in prompts:
+                stream = self.stream_sequences(p, cfg)  # checked (memory included) before anything per row exists
                 row = [""] * n
-                for b, piece in self.stream_sequences(p, cfg):
+                for b, piece in stream:
                     row[b] += piece
                 texts.extend(row)
         else:  # all prompts in one left-padded batch; every prompt is checked before decoding starts
             ids = [self.encode_prompt(p, cfg.control) for p in prompts]
+            stream = self._stream_ids(ids, cfg)
             texts = [""] * (len(prompts) * n)
-            for b, piece in self._stream_ids(ids, cfg):
+            for b, piece in stream:
                 texts[b] += piece
         results = [texts[i * n:(i + 1) * n] if n > 1 else texts[i] for i in range(len(prompts))]
         return results[0] if isinstance(prompt, str) else results

@@ -25,6 +25,12 @@ class Tokenizer(Protocol):
     def save(self, directory: str | Path) -> None: ...
 
 
+# What the tokenizers library (Rust) raises for a file it cannot read: plain Exception, or pyo3's
+# PanicException, which derives from BaseException, when its Rust code panics on malformed data.
+def library_failure(e: BaseException) -> bool:
+    return isinstance(e, Exception) or type(e).__name__ == "PanicException"
+
+
 def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
     """Whether two tokenizers give the same ids the same text (checked on up to ~2,000 ids across the vocabulary)."""
     if a.vocab_size != b.vocab_size:

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from arlm.errors import UserError
-from arlm.tokenizers.base import EOT, TOKENIZER_FILE
+from arlm.tokenizers.base import EOT, TOKENIZER_FILE, library_failure
 
 
 class BPETokenizer:
@@ -46,7 +46,9 @@ class BPETokenizer:
     def from_file(cls, path: str | Path) -> "BPETokenizer":
         try:
             tok = HFTokenizer.from_file(str(path))
-        except Exception as e:  # the tokenizers library raises plain Exception for files it cannot read
+        except BaseException as e:
+            if not library_failure(e):
+                raise
             raise UserError(f"{path} is not a tokenizer file the tokenizers library can read "
                             f"({str(e).splitlines()[0][:160]}); prepare the data again") from None
         return cls(tok)

@@ -19,7 +19,7 @@ from arlm.errors import UserError
 from arlm.io.files import read_json
 from arlm.io.schema import HFTokenizerConfig
 from arlm.io.files import read_text_file
-from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE
+from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE, library_failure
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
@@ -35,7 +35,9 @@ def gpt2_tokenizer_from_files(vocab: Path, merges: Path) -> HFTokenizer:
     """GPT-2's byte-level BPE from its two files, with GPT-2's pre-tokenizer (regex split, no prefix space)."""
     try:
         tok = HFTokenizer(models.BPE.from_file(str(vocab), str(merges), fuse_unk=False))
-    except Exception as e:  # tokenizers raises plain Exception for malformed files
+    except BaseException as e:
+        if not library_failure(e):
+            raise
         raise UserError(f"cannot read the GPT-2 tokenizer files {vocab.name} / {merges.name}: {e}") from None
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -69,7 +71,9 @@ class PretrainedTokenizer:
         if (d / TOKENIZER_FILE).is_file():
             try:
                 tok = HFTokenizer.from_file(str(d / TOKENIZER_FILE))
-            except Exception as e:
+            except BaseException as e:
+                if not library_failure(e):
+                    raise
                 raise UserError(f"{d / TOKENIZER_FILE} is not a tokenizer file the tokenizers library can read: {e}") from None
         elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
             tok = gpt2_tokenizer_from_files(d / "vocab.json", d / "merges.txt")

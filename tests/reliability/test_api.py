@@ -38,6 +38,13 @@ def test_generate(lm, prompt, kwargs):
         lm.generate(prompt, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs", [dict(num_return_sequences=10**20), dict(num_beams=10**20, num_return_sequences=10**20)])
+def test_absurd_row_counts_are_refused_before_any_row_exists(lm, kwargs):
+    for call in (lm.generate, lm.complete):
+        with pytest.raises(arlm.UserError, match="memory|num_"):
+            call("To", max_new_tokens=2, **kwargs)
+
+
 def test_other_methods(lm):
     for call in (lambda: lm.evaluate("To be or not", batch_size=0), lambda: lm.evaluate(5),
                  lambda: lm.perplexity(b"x"), lambda: lm.perplexity("x", stride=-1), lambda: list(lm.stream(5)),
