@@ -288,6 +288,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if sys.stdin is None or sys.stdin.closed:
         raise UserError("chat reads your messages from standard input, which is closed; run it in a terminal or pipe "
                         "messages into it")
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach the text check, whatever the locale
+        sys.stdin.reconfigure(errors="surrogateescape")
     controls = explicit_values(args, _names(GenerateConfig))
     m = _load(args, controls)
     session = ChatSession(m, system=args.system, template=args.chat_template, **controls)
@@ -595,7 +597,16 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _printable_streams() -> None:
+    """Text a stream's encoding cannot hold (a path or a prompt in a Latin-1 or ASCII locale) is printed
+    escaped, \\u00e9, instead of failing after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (getattr(stream, "encoding", "") or "").lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _printable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.quiet, args.verbose)

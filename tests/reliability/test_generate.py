@@ -119,6 +119,17 @@ def test_chat_keeps_going_after_a_bad_line(capsys, run_dir, tmp_path, monkeypatc
     assert "bot>" in out and "(error:" in err and "could not save" in err
 
 
+def test_chat_reads_bytes_that_are_not_utf8_in_any_locale(run_dir):
+    """A strict UTF-8 stdin (a UTF-8 locale) would raise on such bytes; chat names the line and goes on."""
+    code = ("import io, sys; sys.stdin = io.TextIOWrapper(sys.stdin.buffer, encoding='utf-8', errors='strict');"
+            "from arlm.cli import main; raise SystemExit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "chat", "--model", str(run_dir), "--device", "cpu", "--max-new-tokens",
+                        "3"], input=b"caf\xe9\nTo be\n/exit\n", capture_output=True, timeout=240, cwd=ROOT)
+    err = r.stderr.decode()
+    assert r.returncode == 0 and "Traceback" not in err and "not valid Unicode" in err, err
+    assert b"bot>" in r.stdout
+
+
 @pytest.mark.parametrize("flags, pattern", [
     (["--system", "x\ud800"], r"(surrogate|U\+D800)"),
     (["--chat-template", "{% for %}"], r"not valid Jinja"),

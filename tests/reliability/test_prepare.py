@@ -146,3 +146,17 @@ def test_nothing_changed_by_a_refusal_in_a_prepared_folder(capsys, text, tmp_pat
     before = snapshot(out)
     refused(capsys, ["prepare", tmp_path / "missing.txt", "--out", out], r"missing\.txt")
     assert snapshot(out) == before
+
+
+def test_output_in_an_encoding_that_cannot_hold_the_text(text, tmp_path):
+    """An ASCII or Latin-1 terminal: the summary is printed with escapes, not a UnicodeEncodeError after the work."""
+    import subprocess
+    import sys
+
+    from tests.reliability.conftest import ROOT
+
+    out = tmp_path / "données"
+    r = subprocess.run([sys.executable, "-m", "arlm", "prepare", str(text), "--out", str(out)], capture_output=True,
+                       timeout=240, cwd=ROOT, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+    assert b"donn\\xe9es" in r.stdout and (out / "meta.json").is_file()
