@@ -571,6 +571,12 @@ def _model_union(tp) -> bool:
     return bool(args) and all(isinstance(a, type) and issubclass(a, ModelConfig) for a in args)
 
 
+def _show(value) -> str:
+    """A value as an error message quotes it: its type and repr, cut short."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
 def coerce(tp, value, where: str):
     """Check ``value`` against the field type ``tp``; ints are accepted for floats, which must be
     finite. Raises UserError naming ``where``."""
@@ -581,26 +587,28 @@ def coerce(tp, value, where: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None and len(args) < len(typing.get_args(tp)):
             return None
+        if len(args) == 1:  # X | None: X's own, more precise, message
+            return coerce(args[0], value, where)
         for a in args:
             try:
                 return coerce(a, value, where)
             except UserError:
                 if a is args[-1]:
-                    raise UserError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}") from None
+                    raise UserError(f"{where} must be {_type_name(tp)}, got {_show(value)}") from None
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise UserError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+            raise UserError(f"{where} must be {_type_name(tp)}, got {_show(value)}")
         return [coerce(inner, v, where) for v in value]
     if origin is dict:
         key_tp, value_tp = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise UserError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+            raise UserError(f"{where} must be {_type_name(tp)}, got {_show(value)}")
         return {coerce(key_tp, k, where): coerce(value_tp, v, f"{where} [{k}]") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = float(value) if abs(value) < 1 << 1000 else math.inf  # float() of a larger int raises
     if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise UserError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise UserError(f"{where} must be {_type_name(tp)}, got {_show(value)}")
     if tp is float and not math.isfinite(value):
         raise UserError(f"{where} must be a finite number, got {value}")
     return value
