@@ -18,14 +18,16 @@ from typing import Any, Iterator
 
 import torch
 
-from arlm.config import CHAT_DEFAULTS, GenerateConfig, LoadConfig, from_dict, validated
+from arlm.config import CHAT_DEFAULTS, EngineConfig, GenerateConfig, LoadConfig, from_dict, validated
 from arlm.data.sft import ChatTemplate, fit_messages
 from arlm.errors import UserError
 from arlm.eval.perplexity import evaluate_text
 from arlm.eval.tasks import check_examples, check_metric, score
-from arlm.generate.decode import (SpeculativeStats, beam_bytes, beam_search, decode_bytes, generate_ids,
-                                  prompt_logprobs, speculative_ids)
-from arlm.generate.sampling import PrefixConstraint, Rules
+from arlm.generate.beam import beam_bytes, beam_search
+from arlm.generate.engine import Engine, decode_bytes
+from arlm.generate.sampling import PrefixConstraint, banned_sequence_tokens
+from arlm.generate.speculative import SpeculativeStats, speculative_ids
+from arlm.generate.step import prompt_logprobs
 from arlm.generate.stream import TextStream
 from arlm.interop.load import load_model
 from arlm.io.atomic import atomic_write_text
@@ -153,11 +155,12 @@ class LanguageModel:
                                 f"shorten one of them")
             check_memory(beam_bytes(self.model, cfg.num_beams, len(ids) + cfg.max_new_tokens),
                          f"beam search with num_beams={cfg.num_beams}", "lower num_beams", self.device)
-            return self._beam_texts(ids, cfg, self.rules(cfg))
+            return self._beam_texts(ids, cfg)
         return self._stream_ids(ids, cfg)
 
-    def rules(self, cfg: GenerateConfig) -> Rules:
-        """Token-level constraints from ``cfg``: bad words tokenized, logit-bias ids checked."""
+    def token_rules(self, cfg: GenerateConfig) -> tuple[list[list[int]], torch.Tensor | None]:
+        """The bad words as token ids and the logit bias as a (V,) tensor, checked against the vocabulary
+        (beam search and speculative decoding; the engine does the same for its requests)."""
         bias = cfg.parsed_logit_bias()
         V = self.model.config.vocab_size
         bad = [tid for tid in bias if tid >= V]
@@ -171,15 +174,21 @@ class LanguageModel:
                 if not ids:
                     raise UserError(f"bad word {word!r} has no tokens")
                 bad_words.append(ids)
-        return Rules(self.eos_ids, bad_words, bias)
+        dense = None
+        if bias:
+            dense = torch.zeros(V, device=self.device)
+            dense[list(bias)] = torch.tensor(list(bias.values()), device=self.device)
+        return bad_words, dense
 
-    def _beam_texts(self, ids: list[int], cfg: GenerateConfig, rules: Rules) -> Iterator[tuple[int, str]]:
+    def _beam_texts(self, ids: list[int], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
         """Beam search decides a sequence only at the end, so each text arrives whole."""
-        for b, hyp in enumerate(beam_search(self.model, ids, cfg, self.eos_ids, rules=rules)):
+        bad_words, bias = self.token_rules(cfg)
+        eos = tuple(self.eos_ids) + tuple(t for t in cfg.stop_token_ids if t not in self.eos_ids)
+        for b, hyp in enumerate(beam_search(self.model, ids, cfg, eos, bad_words=bad_words, bias=bias)):
             stream = TextStream(self.tokenizer, cfg.stop)
             pieces = []
             for tok in hyp.tokens:
-                if tok in self.eos_ids:
+                if tok in eos:
                     break
                 pieces.append(stream.push(tok))
                 if stream.done:
@@ -198,66 +207,44 @@ class LanguageModel:
         """Check this generation (memory, bad words and biases, the draft model) now, then return an
         iterator of ``(row, new text, event)`` per generated token and then per row at the end.
         ``event`` is ``("token", id, logprob, top_ids, top_logprobs)`` for a token the row kept, or
-        ``("end", finish_reason)`` once per row after generation. Nothing is decoded (or printed by a
-        caller) before every check has passed."""
-        many = bool(ids) and isinstance(ids[0], list)
-        n_prompts = len(ids) if many else 1
-        B = n_prompts * cfg.num_return_sequences
-        longest = max(len(p) for p in ids) if many else len(ids)
+        ``("end", finish_reason)`` once per row. Rows are prompt index * num_return_sequences +
+        sequence index. Nothing is decoded (or printed by a caller) before every check has passed."""
+        prompts = ids if ids and isinstance(ids[0], list) else [ids]
+        n = cfg.num_return_sequences
+        B = len(prompts) * n
+        longest = max(len(p) for p in prompts)
         check_memory(decode_bytes(self.model, B, longest + cfg.max_new_tokens + 1),
-                     f"generating {B} sequence(s) (num_return_sequences={cfg.num_return_sequences} x {n_prompts} "
+                     f"generating {B} sequence(s) (num_return_sequences={n} x {len(prompts)} "
                      f"prompt(s)) of up to {longest + cfg.max_new_tokens} tokens",
                      "lower num_return_sequences, the number of prompts or max_new_tokens", self.device)
-        rules = self.rules(cfg)
-        skips = [""] * B
-        limits = [cfg.max_new_tokens] * B  # per row: a healed row also generates its re-spelt token
-        if cfg.token_healing:
-            healed, prefixes = self._heal(ids if many else [ids])
-            ids = healed if many else healed[0]
-            skips = [p for p in prefixes for _ in range(cfg.num_return_sequences)]
-            rules.prefix = PrefixConstraint(self.token_texts, skips)
-            limits = [cfg.max_new_tokens + bool(skip) for skip in skips]
-            cfg = dataclasses.replace(cfg, max_new_tokens=max(limits))
-        finished = torch.zeros(B, dtype=torch.bool)
         if cfg.draft_model:
-            steps = self._speculative(ids, cfg)
-        else:
-            steps = generate_ids(self.model, ids, cfg, self.eos_ids, finished, rules)
-        streams = [TextStream(self.tokenizer, cfg.stop, skip) for skip in skips]
-        return self._events(steps, cfg, streams, limits, finished)
+            return self._speculative(prompts, cfg)
+        skips = [""] * len(prompts)
+        if cfg.token_healing:
+            prompts, skips = self._heal(prompts)
+        engine = Engine(self.model, self.tokenizer, self.eos_ids, EngineConfig(
+            max_batch=B, max_len=longest + cfg.max_new_tokens + 1, prefix_cache_mb=0, compile=cfg.compile,
+            use_cache=cfg.use_cache))
+        rows = {}
+        for i, (p, skip) in enumerate(zip(prompts, skips)):
+            # a healed prompt also generates (and does not show) the token it re-spells
+            params = cfg.sampling_params(max_new_tokens=cfg.max_new_tokens + bool(skip))
+            constraint = PrefixConstraint(self.token_texts, skip) if skip else None
+            rows[engine.add(p, params, skip_text=skip, constraint=constraint)] = i * n
+        return self._engine_events(engine, rows)
 
-    def _events(self, steps, cfg: GenerateConfig, streams: list[TextStream], limits: list[int],
-                finished: torch.Tensor) -> Iterator[tuple[int, str, Any]]:
-        """The decoding loop of :meth:`_decode`: tokens to text per row, stop strings, finish reasons."""
-        reasons = ["length"] * len(streams)
-        eos = self.eos_ids
-        t0, count = time.monotonic(), 0
-        for step in steps:
-            count += 1
-            for b, tok in enumerate(step.tokens.tolist()):
-                if streams[b].done or len(streams[b].ids) >= limits[b]:
-                    continue
-                if tok in eos:
-                    piece, reasons[b] = streams[b].finish(), "stop"
-                    yield b, piece, None
-                    continue
-                piece = streams[b].push(tok)
-                if streams[b].done:  # a stop string was produced
-                    finished[b], reasons[b] = True, "stop"
-                elif len(streams[b].ids) >= limits[b]:
-                    finished[b] = True
+    @staticmethod
+    def _engine_events(engine: Engine, rows: dict[str, int]) -> Iterator[tuple[int, str, Any]]:
+        while engine.has_unfinished():
+            for out in engine.step():
+                row = rows[out.request_id] + out.index
                 event = None
-                if step.logprobs is not None:
-                    top = ([], []) if step.top_ids is None else (step.top_ids[b].tolist(), step.top_logprobs[b].tolist())
-                    event = ("token", tok, float(step.logprobs[b]), *top)
-                yield b, piece, event
-            if all(s.done or len(s.ids) >= n for s, n in zip(streams, limits)):  # every row ended: stop decoding
-                break
-        timed_out = cfg.max_time > 0 and count < cfg.max_new_tokens and time.monotonic() - t0 >= cfg.max_time
-        for b, s in enumerate(streams):
-            if reasons[b] == "length" and timed_out:
-                reasons[b] = "time"
-            yield b, s.finish(), ("end", reasons[b])
+                if out.token is not None and not out.eos and out.logprob is not None:
+                    event = ("token", out.token, out.logprob, [i for i, _ in out.top], [v for _, v in out.top])
+                if out.text or event:
+                    yield row, out.text, event
+                if out.finish_reason:
+                    yield row, "", ("end", out.finish_reason)
 
     @property
     def token_texts(self) -> list[str | None]:
@@ -296,11 +283,10 @@ class LanguageModel:
             self._drafts[path] = d
         return self._drafts[path]
 
-    def _speculative(self, ids: list[int], cfg: GenerateConfig):
-        if ids and isinstance(ids[0], list):
-            if len(ids) > 1:
-                raise UserError("speculative decoding (draft_model) takes one prompt at a time")
-            ids = ids[0]
+    def _speculative(self, prompts: list[list[int]], cfg: GenerateConfig) -> Iterator[tuple[int, str, Any]]:
+        if len(prompts) > 1:
+            raise UserError("speculative decoding (draft_model) takes one prompt at a time")
+        ids = prompts[0]
         if cfg.logprobs or cfg.top_logprobs:
             raise UserError("logprobs are not reported with speculative decoding; drop --draft-model to get them")
         draft = self.draft(cfg.draft_model)
@@ -314,9 +300,42 @@ class LanguageModel:
             raise UserError(f"speculative decoding needs prompt ({len(ids)} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
                             f"+ num_draft_tokens ({cfg.num_draft_tokens}) <= the smaller context window ({limit}); "
                             f"lower max_new_tokens")
+        bad_words, bias = self.token_rules(cfg)
+        eos = tuple(self.eos_ids) + tuple(cfg.stop_token_ids)
+        V = self.model.config.vocab_size
+
+        def banned(seq: list[int]) -> torch.Tensor | None:
+            ids_ = banned_sequence_tokens(seq, bad_words) + (list(eos) if len(seq) - len(ids) < cfg.min_new_tokens else [])
+            if not ids_:
+                return None
+            mask = torch.zeros(V, dtype=torch.bool, device=self.device)
+            mask[ids_] = True
+            return mask
+
         self.last_speculative = stats = SpeculativeStats()
-        steps = speculative_ids(self.model, draft.model, ids, cfg, self.eos_ids, self.rules(cfg), cfg.num_draft_tokens, stats)
-        return _then_log(steps, stats)
+        tokens = speculative_ids(self.model, draft.model, ids, cfg, eos, cfg.num_draft_tokens, stats, banned, bias)
+        return self._speculative_events(tokens, cfg, set(eos), stats)
+
+    def _speculative_events(self, tokens: Iterator[int], cfg: GenerateConfig, eos: set[int],
+                            stats: SpeculativeStats) -> Iterator[tuple[int, str, Any]]:
+        stream = TextStream(self.tokenizer, cfg.stop)
+        reason, count, t0 = "length", 0, time.monotonic()
+        for tok in tokens:
+            count += 1
+            if tok in eos:
+                reason = "stop"
+                break
+            piece = stream.push(tok)
+            if piece:
+                yield 0, piece, None
+            if stream.done:
+                reason = "stop"
+                break
+        if reason == "length" and cfg.max_time and count < cfg.max_new_tokens and time.monotonic() - t0 >= cfg.max_time:
+            reason = "time"
+        yield 0, stream.finish(), ("end", reason)
+        log.info("speculative decoding: %d of %d draft tokens accepted (%.0f%%) in %d rounds",
+                 stats.accepted, stats.proposed, 100 * stats.acceptance_rate, stats.rounds)
 
     def _token_logprob(self, tid: int, logprob: float | None, top_ids: list[int], top_values: list[float]) -> TokenLogprob:
         decode = self.tokenizer.decode if self.tokenizer is not None else (lambda ids: f"<{ids[0]}>")
@@ -441,12 +460,6 @@ class LanguageModel:
 
     def perplexity(self, text: str, stride: int = 0) -> float:
         return self.evaluate(text, stride=stride)["perplexity"]
-
-
-def _then_log(steps, stats: SpeculativeStats):
-    yield from steps
-    log.info("speculative decoding: %d of %d draft tokens accepted (%.0f%%) in %d rounds",
-             stats.accepted, stats.proposed, 100 * stats.acceptance_rate, stats.rounds)
 
 
 class ChatSession:

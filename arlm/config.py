@@ -358,8 +358,9 @@ MAX_NEW_TOKENS = 1_000_000
 
 
 @dataclass
-class GenerateConfig:
-    """Decoding controls, shared by ``arlm generate``, the Python API and (later) the server."""
+class SamplingParams:
+    """One request's decoding controls: what the engine (arlm/generate/engine.py) needs to generate
+    for it, each request with its own. ``arlm generate``, the Python API and the server all build one."""
 
     max_new_tokens: int = _f(200, "tokens to generate after the prompt")
     temperature: float = _f(1.0, "divide logits by this; 0 means greedy (always the most likely token)")
@@ -373,28 +374,15 @@ class GenerateConfig:
     presence_penalty: float = _f(0.0, "subtract this from the logit of every token already generated (OpenAI's; 0: off)")
     bad_words: list[str] = _f([], "never generate this text (repeatable; its exact token sequence is banned)")
     logit_bias: list[str] = _f([], "add BIAS to token ID's logit, written ID=BIAS (repeatable; -100 bans, 100 forces)")
-    min_new_tokens: int = _f(0, "do not end (end-of-text token) before this many new tokens")
+    min_new_tokens: int = _f(0, "do not end (end-of-text or a stop token) before this many new tokens")
     max_time: float = _f(0.0, "stop generating after this many seconds (0: no limit)")
     logprobs: bool = _f(False, "report each generated token's log-probability under the model")
     top_logprobs: int = _f(0, "with each token, report this many most likely alternatives and their log-probabilities")
-    echo: bool = _f(False, "also report the prompt tokens' log-probabilities (the first token has none)")
     num_return_sequences: int = _f(1, "continuations per prompt (independent samples, or the best beams)")
-    num_beams: int = _f(1, "beam search with this many beams (1: off); deterministic, sampling controls are not used")
-    length_penalty: float = _f(1.0, "beam search: a hypothesis scores sum(log p) / length ** length_penalty (> 0 favours longer ones)")
-    early_stopping: bool = _f(False, "beam search: stop as soon as num_beams hypotheses have ended")
     stop: list[str] = _f([], "stop when this text is generated (repeatable); the stop text is not returned")
-    seed: int | None = _f(None, "random seed for sampling (default: nondeterministic)")
-    use_cache: bool = _f(True, "use the KV cache (off recomputes the whole context each token; for testing)")
-    draft_model: str = _f("", "speculative decoding: a smaller model with the same tokenizer proposes tokens that "
-                              "this model checks in one pass (same output distribution; greedy output identical)", metavar="DIR")
-    num_draft_tokens: int = _f(4, "speculative decoding: tokens the draft model proposes per round")
-    compile: bool = _f(False, "compile the one-token decode step with torch.compile: faster tokens after a "
-                              "slow first call (seconds to a minute); needs a C++ compiler on CPU")
-    control: str = _f("", "control code to condition on, e.g. '<work=hamlet>': generation starts as a new document "
-                          "beginning with it (the model must have been trained with such codes, `arlm prepare --control`)")
-    token_healing: bool = _f(False, "token healing: drop the prompt's last token and make the output start by re-spelling "
-                                    "it, so a prompt that ends mid-token (a newline before indented code, half a word) "
-                                    "is continued with the tokens seen in training; the re-spelt text is not returned")
+    stop_token_ids: list[int] = _f([], "also end a sequence at this token id, besides the model's end-of-text (repeatable)",
+                                   metavar="ID")
+    seed: int | None = _f(None, "random seed for sampling (default: nondeterministic); sequence i of n uses seed + i")
 
     @property
     def greedy(self) -> bool:
@@ -421,16 +409,12 @@ class GenerateConfig:
             raise UserError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if self.num_return_sequences < 1:
             raise UserError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
-        if self.num_beams < 1:
-            raise UserError(f"num_beams must be >= 1 (1 = no beam search), got {self.num_beams}")
-        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
-            raise UserError(f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})")
-        if not math.isfinite(self.length_penalty):
-            raise UserError(f"length_penalty must be a finite number, got {self.length_penalty}")
         if any(s == "" for s in self.stop):
             raise UserError("stop strings must not be empty")
         if any(s == "" for s in self.bad_words):
             raise UserError("bad_words must not be empty strings")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise UserError(f"stop_token_ids must be token ids >= 0, got {min(self.stop_token_ids)}")
         for name in ("frequency_penalty", "presence_penalty"):
             if not -PENALTY_RANGE <= getattr(self, name) <= PENALTY_RANGE:
                 raise UserError(f"{name} must be between -{PENALTY_RANGE:g} and {PENALTY_RANGE:g} (as OpenAI's), "
@@ -439,12 +423,6 @@ class GenerateConfig:
             raise UserError(f"max_time must be a finite number, got {self.max_time}")
         if self.max_time < 0:
             raise UserError(f"max_time must be >= 0 seconds (0 = no limit), got {self.max_time}")
-        if self.num_draft_tokens < 1:
-            raise UserError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
-        if self.token_healing and (self.num_beams > 1 or self.draft_model):
-            raise UserError("token_healing works with greedy decoding and sampling: drop num_beams / draft_model")
-        if self.draft_model and (self.num_beams > 1 or self.num_return_sequences > 1):
-            raise UserError("speculative decoding (draft_model) produces one sequence: use num_beams=1 and num_return_sequences=1")
         if self.min_new_tokens < 0:
             raise UserError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         if not 0 <= self.top_logprobs <= 20:
@@ -465,6 +443,68 @@ class GenerateConfig:
                                 f"as OpenAI's), got {item!r}")
             out[tid] = bias
         return out
+
+
+@dataclass
+class GenerateConfig(SamplingParams):
+    """Decoding controls of ``arlm generate`` and the Python API: a request's :class:`SamplingParams`
+    and the choices around it (beam search, speculative decoding, compiling, prompt handling)."""
+
+    echo: bool = _f(False, "also report the prompt tokens' log-probabilities (the first token has none)")
+    num_beams: int = _f(1, "beam search with this many beams (1: off); deterministic, sampling controls are not used")
+    length_penalty: float = _f(1.0, "beam search: a hypothesis scores sum(log p) / length ** length_penalty (> 0 favours longer ones)")
+    early_stopping: bool = _f(False, "beam search: stop as soon as num_beams hypotheses have ended")
+    use_cache: bool = _f(True, "use the KV cache (off recomputes the whole context each token; for testing)")
+    draft_model: str = _f("", "speculative decoding: a smaller model with the same tokenizer proposes tokens that "
+                              "this model checks in one pass (same output distribution; greedy output identical)", metavar="DIR")
+    num_draft_tokens: int = _f(4, "speculative decoding: tokens the draft model proposes per round")
+    compile: bool = _f(False, "compile the one-token decode step with torch.compile: faster tokens after a "
+                              "slow first call (seconds to a minute); needs a C++ compiler on CPU")
+    control: str = _f("", "control code to condition on, e.g. '<work=hamlet>': generation starts as a new document "
+                          "beginning with it (the model must have been trained with such codes, `arlm prepare --control`)")
+    token_healing: bool = _f(False, "token healing: drop the prompt's last token and make the output start by re-spelling "
+                                    "it, so a prompt that ends mid-token (a newline before indented code, half a word) "
+                                    "is continued with the tokens seen in training; the re-spelt text is not returned")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_beams < 1:
+            raise UserError(f"num_beams must be >= 1 (1 = no beam search), got {self.num_beams}")
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise UserError(f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})")
+        if not math.isfinite(self.length_penalty):
+            raise UserError(f"length_penalty must be a finite number, got {self.length_penalty}")
+        if self.num_draft_tokens < 1:
+            raise UserError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
+        if self.token_healing and (self.num_beams > 1 or self.draft_model):
+            raise UserError("token_healing works with greedy decoding and sampling: drop num_beams / draft_model")
+        if self.draft_model and (self.num_beams > 1 or self.num_return_sequences > 1):
+            raise UserError("speculative decoding (draft_model) produces one sequence: use num_beams=1 and num_return_sequences=1")
+
+    def sampling_params(self, **changes) -> SamplingParams:
+        """The request's own controls (with ``changes``), for the engine."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingParams)}
+        return SamplingParams(**{**values, **changes})
+
+
+@dataclass
+class EngineConfig:
+    """How the decoding engine runs (arlm/generate/engine.py), apart from any one request's controls."""
+
+    max_batch: int = _f(16, "sequences decoded together at most (KV-cache slots); more requests wait for a free slot")
+    max_len: int = _f(0, "positions each slot's KV cache holds (0: the model's context window); longer sequences slide it")
+    prefill_chunk: int = _f(64, "prompts are run in chunks of this many tokens, the unit of prefix caching")
+    prefix_cache_mb: int = _f(512, "memory for the keys/values of prompt prefixes seen before (0: no prefix caching)")
+    compile: bool = _f(False, "compile the decode step with torch.compile (slow first call, faster tokens)")
+    use_cache: bool = _f(True, "keep keys/values between steps (off recomputes each window: a test oracle)")
+
+    def validate(self) -> None:
+        for name in ("max_batch", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_len", "prefix_cache_mb"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass

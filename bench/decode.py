@@ -28,7 +28,8 @@ import torch
 
 from arlm.compress.quantize import quantize
 from arlm.config import GenerateConfig, GPTConfig
-from arlm.generate.decode import generate_ids, prefill
+from arlm.generate.engine import generate_ids
+from arlm.generate.step import prefill
 from arlm.interop.hf import hf_state_from_arlm
 from arlm.model.gpt import GPT
 from arlm.model.layers import QuantizedLinear
@@ -72,8 +73,7 @@ def weight_bytes(model: torch.nn.Module) -> int:
 def arlm_run(model: GPT, prompts: list[list[int]], new: int, compile: bool) -> tuple[float, list[list[int]]]:
     cfg = GenerateConfig(max_new_tokens=new, temperature=0, compile=compile)
     t = time.perf_counter()
-    steps = [s.tokens for s in generate_ids(model, prompts, cfg)]
-    tokens = torch.stack(steps, 1).tolist()  # on a GPU, waits for the last step
+    tokens = generate_ids(model, prompts, cfg)  # token lists: on a GPU, waits for the last step
     return time.perf_counter() - t, tokens
 
 
@@ -202,9 +202,7 @@ def main() -> None:
         def arlm_prefill():
             t = time.perf_counter()
             with torch.inference_mode():
-                ours.setup_cache(1, a.prefill_tokens)
-                out = prefill(ours, x)
-                ours.clear_cache()
+                out = prefill(ours, ours.new_cache(1, a.prefill_tokens), x[0].tolist())
             sync(device)
             return time.perf_counter() - t, out.float()
 

@@ -18,7 +18,7 @@ import torch
 import transformers as tf
 
 from arlm.config import GenerateConfig
-from arlm.generate.decode import generate_ids
+from arlm.generate.engine import generate_ids
 from arlm.interop.load import load_model
 
 V = 4096
@@ -68,9 +68,10 @@ def main() -> None:
         x = torch.randint(0, V, (2, 96), generator=torch.Generator().manual_seed(1))
         full = (ours(x)[0] - hf(x).logits).abs().max().item()
 
-        ours.setup_cache(2, 96)
-        steps = [ours(x[:, :32], pos=0)[0]] + [ours(x[:, t:t + 1], pos=t)[0] for t in range(32, 96)]
-        ours.clear_cache()
+        cache = ours.new_cache(2, 96)
+        pos = lambda a, b: torch.arange(a, b)[None].expand(2, -1)  # noqa: E731
+        steps = [ours(x[:, :32], cache=cache, input_pos=pos(0, 32), kv_len=32)[0]]
+        steps += [ours(x[:, t:t + 1], cache=cache, input_pos=pos(t, t + 1))[0] for t in range(32, 96)]
         cached = (torch.cat(steps, 1) - hf(x).logits).abs().max().item()
 
         mask = torch.ones_like(x)
@@ -83,7 +84,7 @@ def main() -> None:
         prompt = x[:1, :16]
         want = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=64,
                            min_new_tokens=64, pad_token_id=0)[0, 16:].tolist()
-        have = [int(s.tokens) for s in generate_ids(ours, prompt[0].tolist(), GenerateConfig(temperature=0.0, max_new_tokens=64))]
+        have = generate_ids(ours, prompt[0].tolist(), GenerateConfig(temperature=0.0, max_new_tokens=64))[0]
 
         long = torch.randint(0, V, (1, 512), generator=torch.Generator().manual_seed(2))
         t_hf, t_ours = [], []

@@ -16,13 +16,13 @@ import time
 import torch
 
 from arlm.config import GenerateConfig, GPTConfig
-from arlm.generate.decode import generate_ids
+from arlm.generate.engine import generate_ids
 from arlm.model.gpt import GPT
 
 
 def timed(model: GPT, prompt: list[int], cfg: GenerateConfig) -> tuple[float, list[int]]:
     t0 = time.perf_counter()
-    out = [int(step.tokens) for step in generate_ids(model, prompt, cfg)]
+    out = generate_ids(model, prompt, cfg)[0]
     return time.perf_counter() - t0, out
 
 

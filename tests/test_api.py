@@ -108,10 +108,10 @@ def test_bpe_model_end_to_end_with_chinese_prompt(tmp_path):
     pieces = list(m.stream("举头望明月，", **kw))
     # Reference: the same ids from the decode loop, decoded once at the end.
     from arlm.api import generate_config
-    from arlm.generate.decode import generate_ids
+    from arlm.generate.engine import generate_ids
 
     eos = (m.tokenizer.eot_id,)
-    ids = [int(s.tokens) for s in generate_ids(m.model, m.encode_prompt("举头望明月，"), generate_config(**kw), eos)]
+    ids = generate_ids(m.model, m.encode_prompt("举头望明月，"), generate_config(**kw), eos)[0]
     ids = ids[: ids.index(eos[0])] if eos[0] in ids else ids
     assert "".join(pieces) == m.tokenizer.decode(ids)  # no piece was emitted that later changed
     assert m.perplexity("低头思故乡") > 1
@@ -170,7 +170,6 @@ SCRIPTED = "龍🐉 and 汉字, 👨‍👩‍👧!"
 def byte_model(tmp_path, monkeypatch):
     """A byte-level BPE model whose decoder is scripted to emit SCRIPTED one byte-token at a time."""
     from arlm.config import GPTConfig
-    from arlm.generate.decode import Step
     from arlm.model.gpt import GPT
     from arlm.tokenizers import BPETokenizer
     from arlm.interop.load import save_model
@@ -180,11 +179,12 @@ def byte_model(tmp_path, monkeypatch):
     assert len(ids) > len(SCRIPTED)  # characters really are split over several tokens
     save_model(tmp_path / "m", GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8)), tok)
 
-    def scripted(model, prompts, cfg, *args, **kwargs):
-        for i in ids[:cfg.max_new_tokens]:
-            yield Step(torch.tensor([i]))
+    script = iter(ids)
 
-    monkeypatch.setattr("arlm.api.generate_ids", scripted)
+    def scripted(logits, greedy, generators, penalised=None):  # the engine's sampler, replaced
+        return torch.tensor([next(script)])
+
+    monkeypatch.setattr("arlm.generate.engine.sample", scripted)
     return tmp_path / "m", ids
 
 

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 import arlm
-from arlm.config import GenerateConfig
-from arlm.generate.decode import SpeculativeStats, beam_search, generate_ids, speculative_ids
+from arlm.config import EngineConfig, GenerateConfig
+from arlm.generate.beam import beam_search
+from arlm.generate.engine import Engine, generate_ids
+from arlm.generate.speculative import SpeculativeStats, speculative_ids
 from arlm.model.gpt import GPT
 from arlm.interop.load import load_model
 from arlm.train.loop import train
@@ -61,9 +63,10 @@ def test_kv_cache_equals_full_recompute(arch):
     x = torch.randint(0, 50, (2, 30), device=CUDA)
     with torch.no_grad():
         full, _ = m(x)
-        m.setup_cache(batch_size=2)
-        parts = [m(x[:, :20], pos=0)[0]] + [m(x[:, t:t + 1], pos=t)[0] for t in range(20, 30)]
-        m.clear_cache()
+        cache = m.new_cache(2, 48)
+        pos = lambda a, b: torch.arange(a, b, device=CUDA)[None].expand(2, -1)  # noqa: E731
+        parts = [m(x[:, :20], cache=cache, input_pos=pos(0, 20), kv_len=20)[0]]
+        parts += [m(x[:, t:t + 1], cache=cache, input_pos=pos(t, t + 1))[0] for t in range(20, 30)]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
 
 
@@ -87,11 +90,16 @@ def test_compiled_decode_step_equals_eager():
     m = on(tiny(block_size=64), CUDA)
     prompts = [[5, 17, 3, 42, 8], [9, 4]]
     kw = dict(max_new_tokens=40, temperature=0, logprobs=True)
-    eager = list(generate_ids(m, prompts, GenerateConfig(**kw)))
-    compiled = list(generate_ids(m, prompts, GenerateConfig(compile=True, **kw)))
-    assert [s.tokens.tolist() for s in compiled] == [s.tokens.tolist() for s in eager]
-    torch.testing.assert_close(torch.stack([s.logprobs for s in compiled]), torch.stack([s.logprobs for s in eager]),
-                               atol=1e-4, rtol=1e-4)
+    def run_(compile):
+        e = Engine(m, None, (), EngineConfig(max_batch=2, compile=compile))
+        for p in prompts:
+            e.add(p, GenerateConfig(**kw).sampling_params())
+        outs = e.run()
+        return [o.token for o in outs], torch.tensor([o.logprob for o in outs])
+
+    (t_eager, lp_eager), (t_compiled, lp_compiled) = run_(False), run_(True)
+    assert t_compiled == t_eager
+    torch.testing.assert_close(lp_compiled, lp_eager, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "int8"])
@@ -127,7 +135,7 @@ def test_speculative_and_beam_search():
     prompt = [3, 1, 4, 1, 5]
     cfg = GenerateConfig(max_new_tokens=30, temperature=0)
     stats = SpeculativeStats()
-    spec = [int(s.tokens) for s in speculative_ids(target, draft, prompt, cfg, stats=stats)]
+    spec = list(speculative_ids(target, draft, prompt, cfg, stats=stats))
     assert spec == run(target, prompt, max_new_tokens=30, temperature=0)[0] and stats.rounds > 0
     beams = GenerateConfig(max_new_tokens=12, num_beams=4, num_return_sequences=2, length_penalty=1.0)
     cpu_target = on(target, "cpu")

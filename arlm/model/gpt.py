@@ -23,7 +23,7 @@ from torch import nn
 
 from arlm.config import GPTConfig
 from arlm.model import kernels
-from arlm.model.layers import KVCache, Linear, apply_rope, make_norm, rope_cos_sin, rope_inv_freq
+from arlm.model.layers import KVCache, Linear, apply_rope, cache_mask, make_norm, rope_cos_sin, rope_inv_freq
 
 ACTIVATIONS = {
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new" (Hendrycks & Gimpel 2016)
@@ -33,15 +33,17 @@ ACTIVATIONS = {
 }
 
 
-def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(hs)) v for one new query per row, written as reductions: inside
     torch.compile it becomes a few fused loops instead of one attention kernel call per layer (about
-    70 us each on CPU, measured). q (B, nh, 1, hs); k, v (B, nkv, S, hs); query head h reads
-    key/value head h // (nh / nkv)."""
+    70 us each on CPU, measured). q (B, nh, 1, hs); k, v (B, nkv, S, hs); ``mask`` (B, 1, 1, S), True
+    where a key may be attended; query head h reads key/value head h // (nh / nkv)."""
     B, nh, _, hs = q.shape
     nkv = k.size(1)
     qg = q.view(B, nkv, nh // nkv, 1, hs)  # (B, nkv, g, 1, hs)
     scores = (qg * k[:, :, None]).sum(-1) / math.sqrt(hs)  # (B, nkv, g, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.view(B, 1, 1, -1), float("-inf"))
     p = torch.softmax(scores.float(), dim=-1).to(v.dtype)
     y = (p[..., None] * v[:, :, None]).sum(-2)  # (B, nkv, g, hs)
     return y.reshape(B, nh, 1, hs)
@@ -61,10 +63,10 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Linear(cfg.n_head * self.hs, cfg.n_embd, bias=cfg.bias or cfg.attn_bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                pos: int | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                input_pos: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.hs
         q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
@@ -73,18 +75,24 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.kv_cache is not None and pos is not None:
-            k, v = self.kv_cache.update(pos, k, v)  # (B, nkv, S, hs)
-        # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels where available).
-        # Without a mask, the T new positions are the last T of the S visible ones: causal when T == S,
-        # nothing to hide when T == 1.
-        if T == 1 and not self.training and kernels.attend_usable(q, k, v):
+        if kv is not None:
+            # store the new keys/values at each row's positions, then attend over the cache's first
+            # S positions (the mask hides what a row has not reached): (B, nkv, S, hs)
+            k_cache, v_cache = kv
+            rows = torch.arange(B, device=x.device)[:, None]  # (B, 1)
+            k_cache[rows, :, input_pos] = k.transpose(1, 2).to(k_cache.dtype)  # indexed (B, T, nkv, hs)
+            v_cache[rows, :, input_pos] = v.transpose(1, 2).to(v_cache.dtype)
+            S = mask.size(-1)
+            k, v = k_cache[:, :, :S], v_cache[:, :, :S]
+        if T == 1 and kv is not None and not self.training and kernels.attend_usable(q, k, v):
             y = kernels.attend(q, k, v, mask).to(q.dtype)  # decoding on CPU: arlm/model/kernels/attention.cpp
-        elif T == 1 and mask is None and not self.training and torch.compiler.is_compiling():
-            y = one_query_attention(q, k, v)  # decoding: fused into the compiled step
+        elif T == 1 and kv is not None and torch.compiler.is_compiling():
+            y = one_query_attention(q, k, v, mask)  # decoding: fused into the compiled step
         else:
             if k.dtype != q.dtype:  # a lower-precision cache (prefill; the decode paths read it as it is)
                 k, v = k.to(q.dtype), v.to(q.dtype)
+            # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels where
+            # available). Without a mask the T positions are the whole sequence: causal.
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                 dropout_p=self.dropout if self.training else 0.0, enable_gqa=nkv != nh,
@@ -125,32 +133,31 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, rope=None, pos: int | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, pos, mask)
+    def forward(self, x: torch.Tensor, rope=None, mask: torch.Tensor | None = None, kv=None,
+                input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, mask, kv, input_pos)
         x = x + self.mlp(self.ln_2(x))
         return x  # (B, T, C)
 
 
-def attention_mask(start: int, T: int, key_mask: torch.Tensor | None, device, window: int = 0) -> torch.Tensor | None:
-    """Boolean mask (True = may attend) for T queries at positions start.. over S = start + T keys.
+def attention_mask(T: int, key_mask: torch.Tensor | None, device, window: int = 0) -> torch.Tensor | None:
+    """Boolean mask (True = may attend) for a window of T tokens without a cache.
 
-    None when plain causal attention is right (no padding, no earlier cached positions or just one
-    query, and no sliding window in reach). ``key_mask`` (B, S) marks real tokens (False = padding).
-    A padding query is allowed to see itself so its row is never empty: an all-masked row would make
-    softmax NaN, and the NaN would reach real tokens through the values. With a sliding ``window``,
-    query i sees keys j with i - window < j <= i (Mistral; Jiang et al. 2023).
+    None when plain causal attention is right (no padding, no sliding window in reach). ``key_mask``
+    (B, T) marks real tokens (False = padding). A padding query is allowed to see itself so its row
+    is never empty: an all-masked row would make softmax NaN, and the NaN would reach real tokens
+    through the values. With a sliding ``window``, query i sees keys j with i - window < j <= i
+    (Mistral; Jiang et al. 2023).
     """
-    S = start + T
-    slides = 0 < window < S
-    if key_mask is None and (start == 0 or T == 1) and not slides:
+    slides = 0 < window < T
+    if key_mask is None and not slides:
         return None
-    q_pos = torch.arange(start, S, device=device)[:, None]  # (T, 1)
-    k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
-    mask = k_pos <= q_pos  # (T, S)
+    pos = torch.arange(T, device=device)
+    mask = pos[None, :] <= pos[:, None]  # (T, T)
     if slides:
-        mask = mask & (k_pos > q_pos - window)
+        mask = mask & (pos[None, :] > pos[:, None] - window)
     if key_mask is not None:
-        mask = (mask & key_mask.bool()[:, None, None, :]) | (k_pos == q_pos)  # (B, 1, T, S)
+        mask = (mask & key_mask.bool()[:, None, None, :]) | (pos[None, :] == pos[:, None])  # (B, 1, T, T)
     return mask
 
 
@@ -211,14 +218,13 @@ class GPT(nn.Module):
         return n
 
     # -- KV cache ------------------------------------------------------------------------------
-    def setup_cache(self, batch_size: int, max_len: int | None = None) -> None:
-        """Attach a fresh KV cache of ``max_len`` positions (default: block_size) to every layer."""
+    def new_cache(self, rows: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache of ``rows`` sequences of up to ``max_len`` positions (default: block_size),
+        for the caller to pass to :meth:`forward`."""
         cfg = self.config
-        max_len = max_len or cfg.block_size
         p = self.transformer.wte.weight
-        dtype = self.cache_dtype or p.dtype
-        for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, cfg.kv_heads, max_len, cfg.hs, dtype, p.device)
+        return KVCache.empty(cfg.n_layer, rows, cfg.kv_heads, max_len or cfg.block_size, cfg.hs,
+                             self.cache_dtype or p.dtype, p.device)
 
     @staticmethod
     def parameter_count(cfg: GPTConfig) -> int:
@@ -234,11 +240,6 @@ class GPT(nn.Module):
         positions = cfg.block_size * C if cfg.pos_embedding == "learned" else 0
         return V * C + positions + cfg.n_layer * block + norm + (0 if cfg.tie_embeddings else V * C)
 
-    def cache_length(self) -> int:
-        """Positions the attached KV cache holds (its buffer's size, a tensor shape: torch.compile does not
-        specialise on it as it would on an int attribute)."""
-        return self.transformer.h[0].attn.kv_cache.k.size(2)
-
     def cache_bytes(self, batch_size: int, max_len: int) -> int:
         """Memory of a KV cache of ``batch_size`` rows and ``max_len`` positions: keys and values per layer."""
         cfg = self.config
@@ -251,32 +252,32 @@ class GPT(nn.Module):
         cfg = self.config
         return 12.0 * cfg.n_layer * cfg.block_size * cfg.n_head * cfg.hs
 
-    def reorder_cache(self, rows: torch.Tensor) -> None:
-        for block in self.transformer.h:
-            block.attn.kv_cache.reorder(rows)
-
-    def clear_cache(self) -> None:
-        for block in self.transformer.h:
-            block.attn.kv_cache = None
-
     # -- forward -------------------------------------------------------------------------------
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int | None = None,
-                last_only: bool = False, key_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                input_pos: torch.Tensor | None = None, kv_len: int | None = None, last_only: bool = False,
+                key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
         """Logits for token ids ``idx`` (B, T); with ``targets`` (B, T) also the mean cross-entropy loss.
 
-        ``pos`` is the cache slot of ``idx[:, 0]`` when a KV cache is attached (prefill at 0, then one
-        decode step at a time). For batches of unequal prompts (left padding), ``key_mask`` (B, pos+T)
-        marks the real tokens of everything visible and ``positions`` (B, T) gives each token's
-        position id (default: pos, pos+1, ...). Target id -1 is ignored by the loss (padding / masked
-        prompt). ``last_only`` returns logits for the last position only (all that sampling needs).
+        Decoding passes a ``cache`` (:meth:`new_cache`; B of its rows, row b for sequence b) and each
+        token's position in its sequence, ``input_pos`` (B, T): the new keys/values are stored there and
+        each token attends to its row's positions up to its own, among the cache's first ``kv_len``
+        (default: all; a shorter length saves work where the caller knows every row is shorter).
+        Without a cache the T tokens are the whole window: for batches of unequal texts (left padding),
+        ``key_mask`` (B, T) marks the real tokens and ``positions`` (B, T) gives each token's position
+        id (default 0 .. T-1). Target id -1 is ignored by the loss (padding / masked prompt).
+        ``last_only`` returns logits for the last position only (all that sampling needs).
         """
         B, T = idx.shape
-        start = pos or 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        if positions is None:
-            positions = torch.arange(start, start + T, dtype=torch.long, device=idx.device)[None]  # (1, T)
+        window = self.config.sliding_window
+        if cache is not None:
+            positions = input_pos
+            mask = cache_mask(input_pos, kv_len or cache.max_len, window)  # (B, 1, T, S)
+        else:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            if positions is None:
+                positions = torch.arange(T, dtype=torch.long, device=idx.device)[None]  # (1, T)
+            mask = attention_mask(T, key_mask, idx.device, window)
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.rope_inv_freq is not None:
@@ -284,13 +285,13 @@ class GPT(nn.Module):
         else:
             x = x + self.transformer.wpe(positions)  # (B, T, C)
         x = self.transformer.drop(x)
-        mask = attention_mask(start, T, key_mask, idx.device, self.config.sliding_window)
-        for block in self.transformer.h:
+        for i, block in enumerate(self.transformer.h):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 # keep only each block's input; recompute its activations during backward (Chen et al. 2016)
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, pos, mask, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, mask, use_reentrant=False)
             else:
-                x = block(x, rope, pos, mask)
+                x = block(x, rope, mask, kv, input_pos)
         x = self.transformer.ln_f(x)  # (B, T, C)
         if targets is None:
             if last_only:

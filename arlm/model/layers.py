@@ -1,9 +1,10 @@
 """Small building blocks shared by the models: linear layers and their weight formats for decoding,
-normalisation, rotary position embeddings, KV cache."""
+normalisation, rotary position embeddings, the KV cache."""
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,12 @@ class Linear(nn.Linear):
     bandwidth-bound CPU kernel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() <= kernels.MAX_ROWS * x.size(-1) and kernels.usable(x, self.weight, self.bias):
+        # Decode steps (one new position per row) take the kernel at every batch size it serves, not
+        # only where it is faster than torch's matmul: its rows are summed alike whatever their number,
+        # so a sequence decodes to the same tokens alone or in a batch (the engine's batch invariance).
+        rows = x.numel() // x.size(-1)
+        decoding = x.dim() == 3 and x.size(1) == 1 and rows <= kernels.MAX_DECODE_ROWS
+        if (rows <= kernels.MAX_ROWS or decoding) and kernels.usable(x, self.weight, self.bias):
             return kernels.linear(x, self.weight, None, self.bias).to(x.dtype)
         return F.linear(x, self.weight, self.bias)
 
@@ -132,32 +138,68 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # -- KV cache ------------------------------------------------------------------------------------
 
 
-class KVCache(nn.Module):
-    """Preallocated keys and values of one attention layer, so each new token costs one position.
+class KVCache(NamedTuple):
+    """Keys and values of every layer for a pool of sequences, preallocated: ``k[i]`` and ``v[i]`` of layer
+    i, each (rows, nkv, max_len, hs); position p of row b holds token p of the sequence in that row.
 
-    The buffers have a fixed shape ``(B, n_kv_head, max_len, hs)``; ``update`` writes the new positions
-    in place and returns views of everything written so far. Fixed shapes keep the decode step
-    friendly to ``torch.compile`` (the approach of gpt-fast).
+    The caller owns it (the decoding engine: one row per running sequence) and passes it to
+    ``GPT.forward`` with each new token's row position; the model keeps no state between calls. Fixed
+    shapes, with the positions as a tensor, let one compiled decode step serve every sequence length
+    (the approach of gpt-fast). A NamedTuple of lists, so torch.compile takes it as an argument.
     """
 
-    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str):
-        super().__init__()
-        shape = (batch_size, n_kv_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.max_len = max_len
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
 
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k, v`` of shape (B, nkv, T, hs) at positions ``pos .. pos+T-1``; return all keys/values so far."""
-        T, size = k.size(2), self.k.size(2)  # the buffer's size, not the int attribute: torch.compile
-        # specialises on integer attributes of modules, so every cache length would compile a new graph
-        assert pos + T <= size, f"KV cache overflow: {pos}+{T} > {size}"
-        self.k[:, :, pos:pos + T] = k
-        self.v[:, :, pos:pos + T] = v
-        return self.k[:, :, :pos + T], self.v[:, :, :pos + T]  # (B, nkv, pos+T, hs)
+    @classmethod
+    def empty(cls, n_layer: int, rows: int, n_kv_head: int, max_len: int, head_dim: int,
+              dtype: torch.dtype, device: torch.device | str) -> "KVCache":
+        shape = (rows, n_kv_head, max_len, head_dim)
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)],
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)])
+
+    @property
+    def rows(self) -> int:
+        return self.k[0].size(0)
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].size(2)
+
+    def view(self, start: int, stop: int) -> "KVCache":
+        """Rows ``start .. stop-1`` (the same memory: writes through the view land in this cache)."""
+        return KVCache([k[start:stop] for k in self.k], [v[start:stop] for v in self.v])
+
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        """Positions 0 .. length-1 of row ``src`` into row ``dst`` (the n samples of one prompt)."""
+        for t in (*self.k, *self.v):
+            t[dst, :, :length] = t[src, :, :length]
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Make row b hold what row ``rows[b]`` held (beam search keeps the surviving beams), in place."""
-        self.k.copy_(self.k.index_select(0, rows))
-        self.v.copy_(self.v.index_select(0, rows))
+        for t in (*self.k, *self.v):
+            t.copy_(t.index_select(0, rows))
+
+    def read(self, row: int, start: int, stop: int) -> torch.Tensor:
+        """Positions start .. stop-1 of one row, every layer: a copy (n_layer, 2, nkv, stop-start, hs)."""
+        return torch.stack([torch.stack((k[row, :, start:stop], v[row, :, start:stop])) for k, v in zip(self.k, self.v)])
+
+    def write(self, row: int, start: int, block: torch.Tensor) -> None:
+        """Store a :meth:`read` block at positions start .. of ``row``."""
+        stop = start + block.size(3)
+        for i, (k, v) in enumerate(zip(self.k, self.v)):
+            k[row, :, start:stop] = block[i, 0]
+            v[row, :, start:stop] = block[i, 1]
+
+
+def cache_mask(input_pos: torch.Tensor, length: int, window: int = 0) -> torch.Tensor:
+    """Which cached positions each new token may attend to: (B, 1, T, length) bool for tokens at
+    positions ``input_pos`` (B, T), True for keys at or before the token's own position (and within
+    the last ``window`` positions with a sliding window, Mistral; Jiang et al. 2023). Keys past a row's
+    position hold older or unused entries: masked, they cost nothing and need no clearing."""
+    k_pos = torch.arange(length, device=input_pos.device)  # (S,)
+    q_pos = input_pos[:, :, None]  # (B, T, 1)
+    mask = k_pos <= q_pos
+    if window:
+        mask = mask & (k_pos > q_pos - window)
+    return mask[:, None]  # (B, 1, T, S)

@@ -7,9 +7,10 @@ embedding and hidden width, ``dropout``, ``block_size`` = training window, ``tie
 same interface, so the training loop, checkpoints, evaluation and ``arlm generate`` take it unchanged:
 
 - ``forward(idx, targets=None, pos=None, ...)`` returns (logits, loss) like ``GPT.forward``;
-- the "cache" of a decoding run is the recurrent state (h, c): ``pos == 0`` starts from zeros, a later
-  ``pos`` continues from the state after the tokens fed so far (it must equal their count: an LSTM
-  cannot rewind, so speculative decoding, which does, is for Transformers only);
+- the "cache" of a decoding run is the recurrent state (h, c) of each row (:class:`LSTMState`): a row
+  whose first new token is at position 0 starts from zeros, any other continues from the state after
+  the tokens fed so far (an LSTM cannot rewind, so speculative decoding and prefix caching, which do,
+  are for Transformers only);
 - left-padded batches (``key_mask``) run each row's real tokens only, so padding never enters a state.
 
 Shapes: B batch, T positions, C = n_embd, V = vocab_size.
@@ -17,11 +18,36 @@ Shapes: B batch, T positions, C = n_embd, V = vocab_size.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from arlm.config import LSTMConfig
+
+
+class LSTMState(NamedTuple):
+    """The decoding "cache" of an LSTM: hidden and cell state of every layer, each (n_layer, rows, C);
+    the same row interface as the GPT's :class:`arlm.model.layers.KVCache`."""
+
+    h: torch.Tensor
+    c: torch.Tensor
+
+    @property
+    def rows(self) -> int:
+        return self.h.size(1)
+
+    def view(self, start: int, stop: int) -> "LSTMState":
+        return LSTMState(self.h[:, start:stop], self.c[:, start:stop])
+
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        for t in self:
+            t[:, dst] = t[:, src]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        for t in self:
+            t.copy_(t.index_select(1, rows))
 
 
 class LSTMLM(nn.Module):
@@ -47,8 +73,6 @@ class LSTMLM(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         nn.init.normal_(self.transformer.wte.weight, std=0.02)  # PyTorch's default N(0, 1) makes tied logits huge
-        self.state: tuple[torch.Tensor, torch.Tensor] | None = None  # (h, c), each (n_layer, B, C), while decoding
-        self.fed = 0  # tokens fed into `state`
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -60,8 +84,11 @@ class LSTMLM(nn.Module):
         """(The GPT rebuilds its RoPE buffer after loading; an LSTM has no buffers.)"""
 
     # -- recurrent state (the "KV cache" of a decoding run) ------------------------------------
-    def setup_cache(self, batch_size: int, max_len: int | None = None) -> None:
-        self.state, self.fed = None, 0
+    def new_cache(self, rows: int, max_len: int | None = None) -> LSTMState:
+        """The state of ``rows`` sequences (its size does not depend on their length)."""
+        p = self.transformer.wte.weight
+        shape = (self.config.n_layer, rows, self.config.n_embd)
+        return LSTMState(p.new_zeros(shape), p.new_zeros(shape))
 
     @staticmethod
     def parameter_count(cfg: LSTMConfig) -> int:
@@ -77,32 +104,26 @@ class LSTMLM(nn.Module):
     def attention_flops_per_token(self) -> float:
         return 0.0  # every FLOP is in a weight matrix
 
-    def reorder_cache(self, rows: torch.Tensor) -> None:
-        if self.state is not None:
-            self.state = tuple(s.index_select(1, rows) for s in self.state)
-
-    def clear_cache(self) -> None:
-        self.state, self.fed = None, 0
-
     # -- forward -------------------------------------------------------------------------------
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int | None = None,
-                last_only: bool = False, key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: LSTMState | None = None,
+                input_pos: torch.Tensor | None = None, kv_len: int | None = None, last_only: bool = False,
+                key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
         """Logits for ``idx`` (B, T); with ``targets`` also the mean cross-entropy (ignoring -1).
-        ``pos`` continues a decoding run (see the module docstring); ``key_mask`` (B, pos + T) marks real
-        tokens of a left-padded batch; ``positions`` is accepted for the GPT's interface and unused."""
-        B, T = idx.shape
+        With a ``cache`` (B rows) each row continues from its state, or starts afresh where
+        ``input_pos[b, 0]`` is 0, and the new state is written back. ``key_mask`` (B, T) marks real tokens
+        of a left-padded batch; ``positions`` and ``kv_len`` are accepted for the GPT's interface and unused."""
         state = None
-        if pos is not None:
-            assert pos == 0 or pos == self.fed, f"an LSTM continues from {self.fed} tokens, not {pos}"
-            state = self.state if pos else None
+        if cache is not None:
+            fresh = (input_pos[:, 0] == 0)[None, :, None]  # (1, B, 1)
+            state = (cache.h.masked_fill(fresh, 0.0).contiguous(), cache.c.masked_fill(fresh, 0.0).contiguous())
         x = self.transformer.drop(self.transformer.wte(idx))  # (B, T, C)
-        new_mask = None if key_mask is None else key_mask[:, -T:].bool()
-        if new_mask is not None and not bool(new_mask.all()):
-            y, state = self._ragged(x, state, new_mask)
+        if key_mask is not None and not bool(key_mask.bool().all()):
+            y, state = self._ragged(x, state, key_mask.bool())
         else:
             y, state = self.transformer.lstm(x, state)  # (B, T, C)
-        if pos is not None:
-            self.state, self.fed = state, pos + T
+        if cache is not None:
+            cache.h.copy_(state[0])
+            cache.c.copy_(state[1])
         y = self.transformer.drop(y)
         if targets is None:
             return self.lm_head(y[:, -1:, :] if last_only else y), None

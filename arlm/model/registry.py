@@ -23,19 +23,17 @@ class LanguageModule(Protocol):
 
     config: ModelConfig
     # capabilities
-    can_rewind_cache: ClassVar[bool]  # its decoding cache can be cut back to an earlier length (speculative decoding)
+    can_rewind_cache: ClassVar[bool]  # its cache is addressed by position: cut back (speculative decoding), shared (prefix caching)
     can_compile_decode: ClassVar[bool]  # its one-token decode step can be compiled over a fixed-shape cache
     can_checkpoint_activations: ClassVar[bool]  # recompute activations in backward (``checkpointing`` attribute)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int | None = None,
-                last_only: bool = False, key_mask: torch.Tensor | None = None,
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache=None,
+                input_pos: torch.Tensor | None = None, kv_len: int | None = None, last_only: bool = False,
+                key_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
-    def setup_cache(self, batch_size: int, max_len: int | None = None) -> None: ...
-
-    def clear_cache(self) -> None: ...
-
-    def reorder_cache(self, rows: torch.Tensor) -> None: ...
+    def new_cache(self, rows: int, max_len: int | None = None):
+        """A decoding cache of ``rows`` sequences (``view``, ``copy_row``, ``reorder``; see KVCache)."""
 
     def cache_bytes(self, batch_size: int, max_len: int) -> int:
         """Memory the decoding cache of ``batch_size`` rows and ``max_len`` positions takes."""

@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 
-from arlm.config import GenerateConfig, GPTConfig
-from arlm.generate.decode import (SpeculativeStats, accept_or_resample, generate_ids, prompt_logprobs,
-                                  speculative_ids)
-from arlm.generate.sampling import Rules, frequency_presence_penalty, process_logits
+from arlm.config import EngineConfig, GenerateConfig, GPTConfig
+from arlm.generate.engine import Engine
+from arlm.generate.sampling import frequency_presence_penalty, process_logits
+from arlm.generate.speculative import SpeculativeStats, accept_or_resample, speculative_ids
+from arlm.generate.step import prompt_logprobs
 from arlm.model.gpt import GPT
 
 
@@ -22,8 +23,21 @@ def model(seed=0, vocab=61, n_layer=2, n_embd=32, block_size=64) -> GPT:
                          dropout=0.0)).eval()
 
 
-def tokens(m, prompt, rules=None, eos=(), **kw) -> list[int]:
-    return [int(s.tokens) for s in generate_ids(m, prompt, GenerateConfig(**kw), eos, rules=rules)]
+def outputs(m, prompts, eos=(), bad_words_ids=(), compile=False, **kw) -> list[list]:
+    """Each row's engine outputs (a row per prompt and sequence)."""
+    prompts = prompts if isinstance(prompts[0], list) else [prompts]
+    cfg = GenerateConfig(**kw)
+    e = Engine(m, None, eos, EngineConfig(max_batch=len(prompts) * cfg.num_return_sequences, compile=compile))
+    ids = [e.add(p, cfg.sampling_params(), bad_words_ids=bad_words_ids) for p in prompts]
+    rows = [[] for _ in range(len(prompts) * cfg.num_return_sequences)]
+    for o in e.run():
+        if o.token is not None:
+            rows[ids.index(o.request_id) * cfg.num_return_sequences + o.index].append(o)
+    return rows
+
+
+def tokens(m, prompt, bad_words_ids=(), eos=(), **kw) -> list[int]:
+    return [o.token for o in outputs(m, prompt, eos, bad_words_ids, **kw)[0]]
 
 
 PROMPT = [5, 17, 3, 42, 8]
@@ -32,12 +46,15 @@ PROMPT = [5, 17, 3, 42, 8]
 def test_frequency_and_presence_penalties_count_generated_tokens():
     logits = torch.zeros(2, 6)
     generated = torch.tensor([[1, 1, 1, 4], [2, 2, 5, 5]])
-    out = frequency_presence_penalty(logits, generated, frequency=0.5, presence=0.25)
+    counts = torch.zeros(2, 6).scatter_add_(1, generated, torch.ones(2, 4))
+    out = frequency_presence_penalty(logits, counts, frequency=0.5, presence=0.25)
     want = torch.zeros(2, 6)
     want[0, 1], want[0, 4] = -(0.5 * 3 + 0.25), -(0.5 + 0.25)
     want[1, 2], want[1, 5] = -(0.5 * 2 + 0.25), -(0.5 * 2 + 0.25)
     assert torch.equal(out, want)
     # the prompt does not count: only the generated columns are passed
+    counts = torch.zeros(2, 6).scatter_add_(1, generated, torch.ones(2, 4))
+    assert torch.equal(frequency_presence_penalty(logits, counts, [0.5, 0.5], [0.25, 0.25]), want)
     cfg = GenerateConfig(frequency_penalty=2.0, temperature=0)
     ctx = torch.tensor([[3, 3, 3, 1]])
     got = process_logits(torch.zeros(1, 6), ctx, cfg, generated=ctx[:, 3:])
@@ -56,7 +73,7 @@ def test_bad_words_never_appear():
     plain = tokens(m, PROMPT, max_new_tokens=30, temperature=0)
     single = plain[0]
     pair = plain[3:5]
-    out = tokens(m, PROMPT, Rules(bad_words_ids=[[single], pair]), max_new_tokens=30, temperature=0)
+    out = tokens(m, PROMPT, [[single], pair], max_new_tokens=30, temperature=0)
     assert single not in out
     seq = PROMPT + out
     assert all(seq[i:i + 2] != pair for i in range(len(PROMPT) - 1, len(seq) - 1))
@@ -65,10 +82,10 @@ def test_bad_words_never_appear():
 
 def test_logit_bias_forces_and_bans():
     m = model()
-    forced = tokens(m, PROMPT, Rules(logit_bias={7: 100.0}), max_new_tokens=10, temperature=0.8, seed=0)
+    forced = tokens(m, PROMPT, logit_bias=['7=100'], max_new_tokens=10, temperature=0.8, seed=0)
     assert forced == [7] * 10
     plain = tokens(m, PROMPT, max_new_tokens=10, temperature=0)
-    banned = tokens(m, PROMPT, Rules(logit_bias={plain[0]: -100.0}), max_new_tokens=10, temperature=0)
+    banned = tokens(m, PROMPT, logit_bias=[f'{plain[0]}=-100'], max_new_tokens=10, temperature=0)
     assert plain[0] not in banned
 
 
@@ -88,19 +105,18 @@ def test_max_time_stops_early():
 
 def test_logprobs_are_the_models_raw_log_softmax():
     m = model()
-    cfg = GenerateConfig(max_new_tokens=12, temperature=0.9, top_k=5, seed=3, logprobs=True, top_logprobs=4)
-    steps = list(generate_ids(m, [PROMPT, PROMPT[:2]], cfg))
-    seqs = torch.stack([s.tokens for s in steps], 1).tolist()
-    for b, prompt in enumerate([PROMPT, PROMPT[:2]]):
-        full = torch.tensor([prompt + seqs[b]])
+    rows = outputs(m, [PROMPT, PROMPT[:2]], max_new_tokens=12, temperature=0.9, top_k=5, seed=3, logprobs=True,
+                   top_logprobs=4)
+    for prompt, row in zip([PROMPT, PROMPT[:2]], rows):
+        full = torch.tensor([prompt + [o.token for o in row]])
         with torch.no_grad():
-            logp = torch.log_softmax(m(full)[0][0], -1)  # (T, V) without cache or padding
-        for i, s in enumerate(steps):
-            row = logp[len(prompt) - 1 + i]
-            assert abs(float(s.logprobs[b]) - float(row[seqs[b][i]])) < 1e-4
-            want_v, want_i = row.topk(4)
-            assert torch.allclose(s.top_logprobs[b], want_v, atol=1e-4)
-            assert s.top_ids[b].tolist() == want_i.tolist()
+            logp = torch.log_softmax(m(full)[0][0], -1)  # (T, V) without cache
+        for i, o in enumerate(row):
+            want = logp[len(prompt) - 1 + i]
+            assert abs(o.logprob - float(want[o.token])) < 1e-4
+            want_v, want_i = want.topk(4)
+            assert torch.allclose(torch.tensor([v for _, v in o.top]), want_v, atol=1e-4)
+            assert [i for i, _ in o.top] == want_i.tolist()
 
 
 def test_prompt_logprobs_echo():
@@ -142,7 +158,7 @@ def test_speculative_greedy_equals_target_greedy(k):
         cfg = GenerateConfig(max_new_tokens=40, temperature=0, repetition_penalty=1.2)
         want = tokens(target, prompt, max_new_tokens=40, temperature=0, repetition_penalty=1.2)
         stats = SpeculativeStats()
-        got = [int(s.tokens) for s in speculative_ids(target, draft, prompt, cfg, num_draft=k, stats=stats)]
+        got = list(speculative_ids(target, draft, prompt, cfg, num_draft=k, stats=stats))
         assert got == want
         assert 0 <= stats.acceptance_rate <= 1 and stats.proposed >= 40 // (k + 1)
     # the target as its own draft: every proposal is accepted
@@ -155,8 +171,8 @@ def test_speculative_greedy_stops_at_eos():
     target, draft = model(seed=0), model(seed=1, n_layer=1)
     want = tokens(target, PROMPT, max_new_tokens=30, temperature=0)
     eos = want[6]
-    got = [int(s.tokens) for s in speculative_ids(target, draft, PROMPT, GenerateConfig(max_new_tokens=30, temperature=0),
-                                                 eos_ids=(eos,), num_draft=4)]
+    got = list(speculative_ids(target, draft, PROMPT, GenerateConfig(max_new_tokens=30, temperature=0),
+                               eos_ids=(eos,), num_draft=4))
     assert got == want[:want.index(eos) + 1]
 
 
@@ -184,7 +200,7 @@ def test_speculative_sampling_follows_the_target_distribution():
     counts = dict.fromkeys(itertools.product(range(V), range(V)), 0)
     n = 3000
     for seed in range(n):
-        got = [int(s.tokens) for s in speculative_ids(target, draft, prompt, GenerateConfig(seed=seed, **cfg), num_draft=2)]
+        got = list(speculative_ids(target, draft, prompt, GenerateConfig(seed=seed, **cfg), num_draft=2))
         counts[tuple(got)] += 1
     tv = 0.5 * sum(abs(counts[k] / n - want[k]) for k in want)
     tv_draft = 0.5 * sum(abs(draft_dist[k] - want[k]) for k in want)
@@ -236,95 +252,66 @@ def test_low_precision_kv_cache_gives_the_uncached_tokens(trained_model, precisi
 
     q = arlm.load(trained_model, device="cpu", precision=precision)
     assert q.model.cache_dtype == torch.bfloat16
-    q.model.setup_cache(1, 8)
-    assert q.model.transformer.h[0].attn.kv_cache.k.dtype == torch.bfloat16
-    q.model.clear_cache()
+    assert q.model.new_cache(1, 8).k[0].dtype == torch.bfloat16
     prompts = ["HAMLET.\n", "What say you, my lord?"]
     kw = dict(max_new_tokens=60, temperature=0)
     assert q.generate(prompts, **kw) == q.generate(prompts, use_cache=False, **kw)
 
 
-def recorded_generations(monkeypatch, name: str) -> list:
-    """The step objects of class ``decode.<name>`` (PrecompiledSteps, GuardedSteps) that generate_ids
-    makes from now on."""
-    from arlm.generate import decode
-
-    made = []
-
-    class Recorded(getattr(decode, name)):
-        def __init__(self):
-            super().__init__()
-            made.append(self)
-
-    monkeypatch.setattr(decode, name, Recorded)
-    return made
-
-
 def compare_compiled(m, cases):
     def run(prompts, **kw):
-        steps = list(generate_ids(m, prompts, GenerateConfig(logprobs=True, **kw)))
-        return torch.stack([s.tokens for s in steps]), torch.stack([s.logprobs for s in steps])
+        rows = outputs(m, prompts, logprobs=True, **kw)
+        return [[o.token for o in r] for r in rows], [[o.logprob for o in r] for r in rows]
 
     for prompts, kw in cases:
         want_tokens, want_logprobs = run(prompts, **kw)
         got_tokens, got_logprobs = run(prompts, compile=True, **kw)
-        assert torch.equal(got_tokens, want_tokens)
-        assert torch.allclose(got_logprobs, want_logprobs, atol=1e-4)
+        assert got_tokens == want_tokens
+        assert torch.allclose(torch.tensor(sum(got_logprobs, [])), torch.tensor(sum(want_logprobs, [])), atol=1e-4)
+
+
+def graphs(m) -> list:
+    """The precompiled steps of this model's structure (arlm/generate/step.py)."""
+    from arlm.generate import step
+
+    structure = tuple(type(x) for x in m.modules())
+    return [fn for key, fn in step._PRECOMPILED if key[:-1] == structure]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
-def test_compiled_decode_step_equals_eager(precision, monkeypatch):
+def test_compiled_decode_step_equals_eager(precision):
     """The precompiled decode step (kernels as custom operators, called without Dynamo's guards) gives
     the eager tokens and log-probabilities, in one process, across generations of different prompt
-    lengths, a left-padded batch, sampling, a 1-token prompt (its first step runs eagerly) and a
-    window that slides twice (the full cache's last slot runs eagerly)."""
+    lengths, cache lengths and batch sizes, sampling, a 1-token prompt and a window that slides twice;
+    two graphs serve them all (one row, several rows)."""
     from arlm.compress.quantize import quantize
 
     m = quantize(model(vocab=64, n_embd=64, block_size=40), precision)
-    generations = recorded_generations(monkeypatch, "PrecompiledSteps")
-    batch = [PROMPT, [3, 1], PROMPT[:4]]  # left-padded rows, 6 rows with 2 sequences each
+    batch = [PROMPT, [3, 1], PROMPT[:4]]  # 6 rows with 2 sequences each
     cases = [(PROMPT, dict(max_new_tokens=24, temperature=0)),
              (PROMPT[:3], dict(max_new_tokens=30, temperature=0)),  # another length: other cache, other positions
-             (PROMPT, dict(max_new_tokens=24, temperature=0)),  # back to the first graph
              (batch, dict(max_new_tokens=12, temperature=0, num_return_sequences=2)),
+             (batch[:2], dict(max_new_tokens=12, temperature=0.8, seed=1)),
              ([7], dict(max_new_tokens=20, temperature=0)),
              (PROMPT, dict(max_new_tokens=70, temperature=1.0, seed=3))]  # slides at 40 tokens
     compare_compiled(m, cases)
-    assert len(generations) == len(cases)
-    assert [(g.fn is not None, g.fallback is None) for g in generations] == [(True, True)] * len(cases)
-    assert generations[2].fn is generations[0].fn
+    assert len(graphs(m)) == 2
+
+
+def test_compiled_step_equals_eager_on_a_tiny_model():
+    """The compiled path in the default run: one row and a batch, greedy and sampled, one graph each."""
+    m = model(vocab=64, n_embd=32, block_size=32)
+    compare_compiled(m, [(PROMPT, dict(max_new_tokens=8, temperature=0)),
+                         ([PROMPT, [3, 1]], dict(max_new_tokens=8, temperature=0.9, seed=2))])
+    assert len(graphs(m)) == 2
 
 
 @pytest.mark.slow
-def test_guarded_compiled_steps_equal_eager(monkeypatch):
-    """torch.compile's usual dispatch (the GPU path, and the CPU fallback), guards mostly skipped after
-    the warm-up of each generation, gives the eager tokens and log-probabilities across generations of
-    different prompt lengths, a left-padded batch and sampling, in one process."""
-    from arlm.generate import decode
-
-    generations = recorded_generations(monkeypatch, "GuardedSteps")
-    monkeypatch.setattr(decode, "PrecompiledSteps", decode.GuardedSteps)  # the recorded class, as on a GPU
-    batch = [PROMPT, [3, 1], PROMPT[:4]]
-    cases = [(PROMPT, dict(max_new_tokens=24, temperature=0)),
-             (PROMPT[:3], dict(max_new_tokens=30, temperature=0)),
-             (PROMPT, dict(max_new_tokens=24, temperature=0)),
-             (batch, dict(max_new_tokens=12, temperature=0, num_return_sequences=2)),
-             (PROMPT[:5], dict(max_new_tokens=20, temperature=1.0, seed=3))]
-    compare_compiled(model(vocab=64, n_embd=64), cases)
-    assert len(generations) == len(cases) and all(g.trusted and not g.refused for g in generations)
-
-
-@pytest.mark.slow
-def test_compiled_decoding_with_a_sliding_window_uses_dynamo_dispatch(monkeypatch):
-    """A sliding window shorter than the cache puts a branch on the position into the graph, so it is
-    not precompiled: torch.compile's guarded dispatch gives the eager results."""
-    from arlm.generate import decode
-
+def test_compiled_decoding_with_a_sliding_window():
+    """A sliding window shorter than the cache is part of the mask: the compiled step gives the eager results."""
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=61, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, dropout=0.0,
                       pos_embedding="rope", norm="rmsnorm", mlp="gated", activation="silu", bias=False,
                       sliding_window=8)).eval()
-    generations = recorded_generations(monkeypatch, "PrecompiledSteps")
     compare_compiled(m, [(PROMPT, dict(max_new_tokens=30, temperature=1.0, seed=1))])
-    assert generations[0].fn is None and isinstance(generations[0].fallback, decode.GuardedSteps)

@@ -1,11 +1,11 @@
-"""The decode loop and text streaming: cache == no cache, seeds, windows, UTF-8 safety, stop strings."""
+"""Decoding through the engine and text streaming: cache == no cache, seeds, windows, UTF-8 safety, stop strings."""
 
 from __future__ import annotations
 
 import torch
 
 from arlm.config import GenerateConfig, GPTConfig
-from arlm.generate.decode import generate_ids
+from arlm.generate.engine import generate_ids
 from arlm.generate.stream import TextStream
 from arlm.model.gpt import GPT
 from arlm.tokenizers import BPETokenizer
@@ -17,9 +17,7 @@ def model(block_size=32, seed=0) -> GPT:
 
 
 def run(m, prompt, **kw) -> list[list[int]]:
-    cfg = GenerateConfig(**kw)
-    steps = [s.tokens for s in generate_ids(m, prompt, cfg)]
-    return torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(cfg.num_return_sequences)]
+    return generate_ids(m, prompt, GenerateConfig(**kw))
 
 
 def test_cached_and_uncached_greedy_tokens_are_identical_beyond_the_window():
@@ -58,8 +56,8 @@ def test_decode_step_costs_one_position():
 def test_eos_stops_and_zero_tokens():
     m = model()
     first = run(m, [1, 2], max_new_tokens=1, temperature=0)[0][0]
-    out = list(generate_ids(m, [1, 2], GenerateConfig(max_new_tokens=50, temperature=0), eos_ids=(first,)))
-    assert len(out) == 1
+    out = generate_ids(m, [1, 2], GenerateConfig(max_new_tokens=50, temperature=0), eos_ids=(first,))
+    assert out == [[first]]
     assert run(m, [1, 2], max_new_tokens=0) == [[]]
 
 
@@ -100,23 +98,22 @@ def test_stream_cuts_at_stop_string_and_holds_back_prefixes():
 
 
 def test_batch_of_unequal_prompts_equals_one_by_one_greedy():
-    """Left padding + key mask + position ids: each row decodes exactly as its prompt alone, for GPT-2
-    and Llama-style models, with and without the KV cache, with penalties (within the context window:
-    past it, a batch slides its window when its longest row fills it, so rows slide together)."""
+    """Each row decodes exactly as its prompt alone, for GPT-2 and Llama-style models, with and
+    without the KV cache, with penalties, and past the context window (each row slides its own)."""
     prompts = [[5, 17, 3, 42, 8, 8, 1], [9], [1, 2, 3, 4]]
     llama = dict(pos_embedding="rope", norm="rmsnorm", mlp="gated", activation="silu", bias=False, n_kv_head=1)
     for arch in ({}, llama):
         torch.manual_seed(0)
         m = GPT(GPTConfig(vocab_size=61, block_size=48, n_layer=2, n_head=2, n_embd=32, dropout=0.0, **arch)).eval()
         for kw in (dict(use_cache=True), dict(use_cache=False), dict(repetition_penalty=1.5, no_repeat_ngram_size=2)):
-            cfg = GenerateConfig(max_new_tokens=41, temperature=0, **kw)  # the longest row fills the window
-            batch = torch.stack([s.tokens for s in generate_ids(m, prompts, cfg)], dim=1).tolist()
-            alone = [torch.stack([s.tokens for s in generate_ids(m, p, cfg)], dim=1).tolist()[0] for p in prompts]
+            cfg = GenerateConfig(max_new_tokens=61, temperature=0, **kw)  # every row slides its window
+            batch = generate_ids(m, prompts, cfg)
+            alone = [generate_ids(m, p, cfg)[0] for p in prompts]
             assert batch == alone, (arch, kw)
 
 
 def test_batch_rows_follow_prompts_times_sequences():
     m = model()
     cfg = GenerateConfig(max_new_tokens=5, temperature=0, num_return_sequences=2)
-    out = torch.stack([s.tokens for s in generate_ids(m, [[1, 2, 3], [4]], cfg)], dim=1).tolist()
+    out = generate_ids(m, [[1, 2, 3], [4]], cfg)
     assert len(out) == 4 and out[0] == out[1] and out[2] == out[3]

@@ -9,7 +9,7 @@ import torch
 import arlm
 from arlm.config import GenerateConfig, GPTConfig
 from arlm.errors import UserError
-from arlm.generate.sampling import PrefixConstraint, constrain_prefix
+from arlm.generate.sampling import PrefixConstraint
 from arlm.generate.stream import TextStream
 from arlm.model.gpt import GPT
 from arlm.tokenizers.base import token_texts
@@ -86,20 +86,15 @@ def test_stop_string_is_searched_after_the_re_spelt_text(code_lm):
     assert text == "        return x"
 
 
-def test_constraint_masks_only_rows_still_spelling():
+def test_constraint_allows_only_tokens_that_spell_the_prefix():
     texts = ["a", "ab", "abc", "b", None]
-    c = PrefixConstraint(texts, ["ab", ""])
-    out = constrain_prefix(torch.zeros(2, 6), torch.empty(2, 0, dtype=torch.long), c)
-    assert torch.isfinite(out[0]).tolist() == [True, True, True, False, False, False]
-    assert torch.isfinite(out[1]).all()
+    c = PrefixConstraint(texts, "ab")
+    assert c.allowed([], 6).tolist() == [True, True, True, False, False, False]  # id 5: past the tokenizer
     # after "a", "b" is left: only tokens spelling "b..." remain
-    out = constrain_prefix(torch.zeros(2, 6), torch.tensor([[0], [3]]), c)
-    assert torch.isfinite(out[0]).tolist() == [False, False, False, True, False, False]
-    assert c.left(0, [1, 3]) == "" and c.left(0, [2]) == ""
-    # once every row has spelt its prefix the constraint is done: later steps pass the logits through
-    logits = torch.zeros(2, 6)
-    assert constrain_prefix(logits, torch.tensor([[1], [3]]), c) is not logits and c.spelt
-    assert constrain_prefix(logits, torch.tensor([[1, 4], [3, 4]]), c) is logits
+    assert c.allowed([0], 6).tolist() == [False, False, False, True, False, False]
+    assert c.left([1, 3]) == "" and c.left([2]) == ""
+    # once the prefix is spelt the constraint is done
+    assert c.allowed([1], 6) is None and c.allowed([0, 3], 6) is None
 
 
 @pytest.mark.parametrize("kw", [dict(num_beams=2), dict(draft_model="x")])

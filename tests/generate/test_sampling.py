@@ -29,7 +29,7 @@ def test_top_p_keeps_smallest_nucleus():
 
 def test_repetition_penalty_ctrl_rule():
     logits = torch.tensor([[2.0, -2.0, 1.0]])
-    out = S.repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    out = S.repetition_penalty(logits, S.context_seen(torch.tensor([[0, 1, 1]]), 3), 2.0)
     assert out.tolist() == [[1.0, -4.0, 1.0]]
 
 
@@ -37,16 +37,30 @@ def test_no_repeat_ngram_bans_completions():
     seq = [1, 2, 3, 1, 2]
     assert S.banned_ngram_tokens(seq, 3) == [3]  # "1 2" was followed by 3 before
     assert sorted(S.banned_ngram_tokens(seq, 1)) == sorted(seq)
-    out = S.no_repeat_ngram(torch.zeros(1, 5), torch.tensor([seq]), 3)
+    out = S.process_logits(torch.zeros(1, 5), torch.tensor([seq]), GenerateConfig(no_repeat_ngram_size=3, temperature=0))
     assert torch.isinf(out[0, 3]) and torch.isfinite(out[0, [0, 1, 2, 4]]).all()
 
 
 def test_temperature_zero_is_greedy_and_sampling_respects_filters():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.9]])
     ctx = torch.zeros(1, 1, dtype=torch.long)
-    greedy = S.sample(S.process_logits(logits, ctx, GenerateConfig(temperature=0)), greedy=True)
+    greedy = S.sample(S.process_logits(logits, ctx, GenerateConfig(temperature=0)), [True], [None])
     assert greedy.tolist() == [1]
     g = torch.Generator().manual_seed(0)
     cfg = GenerateConfig(temperature=1.0, top_k=2)
-    draws = {S.sample(S.process_logits(logits, ctx, cfg), False, g).item() for _ in range(200)}
+    draws = {S.sample(S.process_logits(logits, ctx, cfg), [False], [g]).item() for _ in range(200)}
     assert draws == {1, 3}
+
+
+def test_rows_with_different_controls_equal_each_row_alone():
+    """One batch, a different request per row: each row's distribution is the one it gets alone."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=g) * 3
+    seen = torch.rand(4, 50, generator=g) < 0.2
+    params = [GenerateConfig(temperature=0.7, top_k=5), GenerateConfig(top_p=0.8, repetition_penalty=1.3),
+              GenerateConfig(min_p=0.1, typical_p=0.9), GenerateConfig(temperature=0)]
+    batch = S.process(logits, S.Controls(params, seen=seen))
+    for b, p in enumerate(params):
+        alone = S.process(logits[b:b + 1], S.Controls([p], seen=seen[b:b + 1]))
+        assert torch.equal(batch[b:b + 1], alone)
+    assert torch.isinf(batch[0]).sum() == 45 and torch.isfinite(batch[3]).all()

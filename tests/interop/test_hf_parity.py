@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from arlm.config import GenerateConfig
-from arlm.generate.decode import beam_search, generate_ids
+from arlm.generate.beam import beam_search
+from arlm.generate.engine import generate_ids
 from arlm.interop.load import load_model
 from tests.interop.hf_models import VOCAB, make_hf_model
 
@@ -64,17 +65,17 @@ def test_logits_match_on_a_padded_batch_with_and_without_kv_cache(pair):
     full, _ = ours(ids, key_mask=real, positions=positions)
     assert (full - ref)[real].abs().max().item() <= 1e-4
 
-    # KV cache: prefill 11 positions, then one token at a time
-    T = ids.size(1)
-    ours.setup_cache(ids.size(0), T)
-    try:
-        chunks = [ours(ids[:, :11], pos=0, key_mask=real[:, :11], positions=positions[:, :11])[0]]
-        for t in range(11, T):
-            chunks.append(ours(ids[:, t:t + 1], pos=t, key_mask=real[:, :t + 1], positions=positions[:, t:t + 1])[0])
-    finally:
-        ours.clear_cache()
-    cached = torch.cat(chunks, dim=1)
-    assert (cached - ref)[real].abs().max().item() <= 1e-4
+    # KV cache, each row in its own cache row from position 0 (as the engine runs them): prefill up to
+    # 11 tokens, then one token at a time
+    for b in range(ids.size(0)):
+        row = ids[b][real[b]][None]  # (1, L)
+        L = row.size(1)
+        cache = ours.new_cache(1, L)
+        chunks = [ours(row[:, :11], cache=cache, input_pos=torch.arange(min(11, L))[None], kv_len=min(11, L))[0]]
+        for t in range(11, L):
+            chunks.append(ours(row[:, t:t + 1], cache=cache, input_pos=torch.tensor([[t]]))[0])
+        cached = torch.cat(chunks, dim=1)[0]
+        assert (cached - ref[b][real[b]]).abs().max().item() <= 1e-4
     assert ref[real].abs().max().item() > 0.5  # logits big enough for the comparison to mean something
 
 
@@ -91,7 +92,7 @@ def test_greedy_generation_matches_64_tokens(pair):
     ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=64,
                       min_new_tokens=64, pad_token_id=0)[0, 7:].tolist()
     cfg = GenerateConfig(temperature=0.0, max_new_tokens=64)
-    got = [int(s.tokens) for s in generate_ids(ours, prompt[0].tolist(), cfg)]
+    got = generate_ids(ours, prompt[0].tolist(), cfg)[0]
     assert len(ref) == 64 and got == ref
 
 
@@ -104,7 +105,7 @@ def test_beam_search_matches_sequences_and_scores(pair, controls):
     hf, ours = pair
     prompt = torch.randint(1, VOCAB, (1, 6), generator=torch.Generator().manual_seed(11))
     # End-of-sequence: a token greedy decoding emits early, so hypotheses really finish at different lengths.
-    greedy = [int(s.tokens) for s in generate_ids(ours, prompt[0].tolist(), GenerateConfig(temperature=0.0, max_new_tokens=8))]
+    greedy = generate_ids(ours, prompt[0].tolist(), GenerateConfig(temperature=0.0, max_new_tokens=8))[0]
     eos = greedy[3]
     pad = next(t for t in range(1, VOCAB) if t != eos)
     out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), num_beams=4, num_return_sequences=2,

@@ -57,12 +57,16 @@ def test_kv_cache_equals_full_recompute(arch):
     m = tiny(**ARCHS[arch])
     x = torch.randint(0, 50, (2, 20))
     full, _ = m(x)  # (B, T, V)
-    m.setup_cache(batch_size=2)
+    cache = m.new_cache(2, 24)
+    pos = lambda a, b: torch.arange(a, b)[None].expand(2, -1)  # noqa: E731
+
+    def run(a, b, kv_len=None):
+        return m(x[:, a:b], cache=cache, input_pos=pos(a, b), kv_len=kv_len)[0]
+
     with torch.no_grad():
-        parts = [m(x[:, :7], pos=0)[0]]  # prefill 7 tokens
-        parts += [m(x[:, t:t + 1], pos=t)[0] for t in range(7, 12)]  # 5 single-token steps
-        parts += [m(x[:, 12:20], pos=12)[0]]  # a chunk of 8 on top of the cache
-    m.clear_cache()
+        parts = [run(0, 7, 7)]  # prefill 7 tokens
+        parts += [run(t, t + 1) for t in range(7, 12)]  # 5 single-token steps over the whole cache
+        parts += [run(12, 20, 20)]  # a chunk of 8 on top of the cache
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
 
 

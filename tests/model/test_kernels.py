@@ -152,11 +152,11 @@ def kernels_off(monkeypatch):
 def decode_logits(m, x):
     """Logits of a prefill and of 3 single-token steps through the KV cache (the kernel-sized calls)."""
     with torch.inference_mode():
-        m.setup_cache(x.size(0), 16)
-        out = [m(x, pos=0)[0]]
+        cache = m.new_cache(x.size(0), 16)
+        B, T = x.shape
+        out = [m(x, cache=cache, input_pos=torch.arange(T)[None].expand(B, -1))[0]]
         for i in range(3):
-            out.append(m(x[:, i:i + 1], pos=x.size(1) + i)[0])
-        m.clear_cache()
+            out.append(m(x[:, i:i + 1], cache=cache, input_pos=torch.full((B, 1), T + i))[0])
     return out
 
 

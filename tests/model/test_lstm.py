@@ -10,7 +10,8 @@ import torch
 
 from arlm.config import GenerateConfig, LSTMConfig
 from arlm.errors import UserError
-from arlm.generate.decode import decode_step, generate_ids, prefill
+from arlm.generate.engine import generate_ids
+from arlm.generate.step import decode_step
 from arlm.model import LSTMLM, build_model
 from tests.conftest import tiny_train_config
 
@@ -31,22 +32,22 @@ def test_state_continues_exactly_like_the_full_sequence():
     x = torch.randint(0, 40, (3, 12))
     with torch.no_grad():
         full, _ = m(x)
-        m.setup_cache(3)
-        first = prefill(m, x[:, :5])
-        steps = [decode_step(m, x[:, i:i + 1], i) for i in range(5, 12)]
-    assert torch.allclose(first, full[:, 4], atol=1e-6)
+        cache = m.new_cache(3)
+        pos = lambda a, b: torch.arange(a, b)[None].expand(3, -1)  # noqa: E731
+        first = m(x[:, :5], cache=cache, input_pos=pos(0, 5), last_only=True)[0][:, -1]
+        steps = [decode_step(m, cache, x[:, i:i + 1], pos(i, i + 1)) for i in range(5, 12)]
+        again = m(x[:, :5], cache=cache, input_pos=pos(0, 5), last_only=True)[0][:, -1]  # position 0: a fresh state
+    assert torch.allclose(first, full[:, 4], atol=1e-6) and torch.equal(first, again)
     for i, s in zip(range(5, 12), steps):
         assert torch.allclose(s, full[:, i], atol=1e-6)
-    with pytest.raises(AssertionError):  # an LSTM cannot go back: only the next position continues
-        decode_step(m, x[:, :1], 3)
 
 
 def test_padded_batch_equals_one_by_one():
     m = _random_lstm()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
     gc = GenerateConfig(max_new_tokens=10, temperature=0)
-    alone = [torch.stack([s.tokens for s in generate_ids(m, p, gc)], 1)[0].tolist() for p in prompts]
-    batch = torch.stack([s.tokens for s in generate_ids(m, prompts, gc)], 1).tolist()
+    alone = [generate_ids(m, p, gc)[0] for p in prompts]
+    batch = generate_ids(m, prompts, gc)
     assert batch == alone
     assert len({tuple(a) for a in alone}) == 3 and all(len(set(a)) >= 2 for a in alone)  # not degenerate
 

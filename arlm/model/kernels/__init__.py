@@ -37,6 +37,7 @@ SOURCES = [Path(__file__).with_name(name) for name in ("vec.h", "linear.cpp", "a
 # Up to this many rows (batch x new tokens) the kernel beats torch's matmul (measured on a 2-core CPU):
 MAX_ROWS = 8  # float32 weights
 MAX_ROWS_LOW_PRECISION = 64  # bfloat16/int8 weights (beyond it, widening the matrix once for BLAS wins)
+MAX_DECODE_ROWS = 64  # decode steps take the kernel up to this batch (same bits at any batch size)
 FORMATS = (torch.float32, torch.bfloat16, torch.int8)
 
 _loaded = False

@@ -127,35 +127,40 @@ static void attend_impl(const float *q, const int64_t *qs, const KT *k, const KT
         const int64_t b = u / nkv, h = u % nkv;
         const KT *K = k + b * ks[0] + h * ks[1], *V = v + b * vs[0] + h * vs[1];
         const bool *M = mask ? mask + b * S : nullptr;
+        /* keys past the last visible one (a fixed-size cache longer than this row's sequence) are
+           never read: a decode step costs the row's length, not the cache's */
+        int64_t Sb = S;
+        if (M)
+            while (Sb > 1 && !M[Sb - 1]) Sb--;
         std::vector<float> qh(g * hs), p(g * S);
         for (int64_t j = 0; j < g; j++)
             for (int64_t c = 0; c < hs; c++) qh[j * hs + c] = q[b * qs[0] + (h * g + j) * qs[1] + c] * scale;
         /* scores: one pass over the keys for the g query heads */
         int64_t s = 0;
         if (hs % 8 == 0)
-            for (; s + 8 <= S; s += 8) {
-                for (int i = 0; i < 8; i++) prefetch_row(K + (s + i + PREFETCH) * ks[2], s + i + PREFETCH < S ? hs : 0);
+            for (; s + 8 <= Sb; s += 8) {
+                for (int i = 0; i < 8; i++) prefetch_row(K + (s + i + PREFETCH) * ks[2], s + i + PREFETCH < Sb ? hs : 0);
                 for (int64_t j = 0; j < g; j++) {
                     const f8 sc = dot8(&qh[j * hs], K + s * ks[2], ks[2], hs);
                     memcpy(&p[j * S + s], &sc, sizeof sc);
                 }
             }
-        for (; s < S; s++)
+        for (; s < Sb; s++)
             for (int64_t j = 0; j < g; j++) p[j * S + s] = dot(&qh[j * hs], K + s * ks[2], hs);
         if (M)
-            for (int64_t t = 0; t < S; t++)
+            for (int64_t t = 0; t < Sb; t++)
                 if (!M[t])
                     for (int64_t j = 0; j < g; j++) p[j * S + t] = -std::numeric_limits<float>::infinity();
         /* output: per query head, the values in column blocks of 64 (8 vectors in registers) */
         for (int64_t j = 0; j < g; j++) {
-            const float total = softmax_numerators(&p[j * S], S);
+            const float total = softmax_numerators(&p[j * S], Sb);
             float *out = y + (b * nh + h * g + j) * hs;
             int64_t c = 0;
-            for (; c + 64 <= hs; c += 64) weighted_rows<8>(&p[j * S], V + c, vs[2], S, hs, out + c);
-            for (; c + 8 <= hs; c += 8) weighted_rows<1>(&p[j * S], V + c, vs[2], S, hs, out + c);
+            for (; c + 64 <= hs; c += 64) weighted_rows<8>(&p[j * S], V + c, vs[2], Sb, hs, out + c);
+            for (; c + 8 <= hs; c += 8) weighted_rows<1>(&p[j * S], V + c, vs[2], Sb, hs, out + c);
             for (; c < hs; c++) {
                 float a = 0.0f;
-                for (int64_t t = 0; t < S; t++) a += p[j * S + t] * widen(V[t * vs[2] + c]);
+                for (int64_t t = 0; t < Sb; t++) a += p[j * S + t] * widen(V[t * vs[2] + c]);
                 out[c] = a;
             }
             for (int64_t i = 0; i < hs; i++) out[i] /= total;

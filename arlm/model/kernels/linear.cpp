@@ -29,6 +29,9 @@
 #include "vec.h"
 
 constexpr int MAX_ROWS = 8;  /* rows of x handled in one pass over a row of W */
+/* float32/bfloat16: rows a pass with two banks of accumulators (2 x 4 x 8 lanes in registers; two
+   banks for 8 rows would spill AVX2's 16 registers) */
+constexpr int FLOAT_ROWS = 4;
 
 /* Calls f(std::integral_constant<int, rows>) for rows in 1..MAX_ROWS, so each row count gets its own
    fully unrolled code (the accumulators then live in registers). */
@@ -45,27 +48,12 @@ template <typename F> static inline void with_rows(int rows, F &&f) {
     }
 }
 
-/* One row of x against one row of W: four independent accumulators. */
-template <typename WT> static inline float dot1(const WT *w, const float *x, int64_t K) {
-    f8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    int64_t k = 0;
-    for (; k + 32 <= K; k += 32) {
-        a0 += load(w + k) * load(x + k);
-        a1 += load(w + k + 8) * load(x + k + 8);
-        a2 += load(w + k + 16) * load(x + k + 16);
-        a3 += load(w + k + 24) * load(x + k + 24);
-    }
-    for (; k + 8 <= K; k += 8) a0 += load(w + k) * load(x + k);
-    float s = hsum((a0 + a1) + (a2 + a3));
-    for (; k < K; k++) s += widen(w[k]) * x[k];
-    return s;
-}
-
-/* R (2..MAX_ROWS) rows of x against one row of W: each weight vector is loaded and widened once for
-   all rows. Up to 4 rows, two banks of accumulators (16 weights a step) so that at least 4
-   independent sums are in flight. */
+/* R (1..FLOAT_ROWS) rows of x against one row of W: each weight vector is loaded and widened once for
+   all rows. Two banks of accumulators (16 weights a step), the order of dot_streams below: every
+   row is summed in the same order whatever the number of rows, so a sequence decodes to the same
+   bits alone or beside others in a batch (the engine's batch invariance, tests/model/test_kernels.py). */
 template <int R, typename WT> static inline void dotn(const WT *w, const float *x, int64_t K, float *out) {
-    constexpr int banks = R <= 4 ? 2 : 1;
+    constexpr int banks = 2;
     f8 acc[2][R] = {};
     int64_t k = 0;
     for (; k + 8 * banks <= K; k += 8 * banks)
@@ -153,13 +141,12 @@ template <typename WT> static void float_linear(const float *x, const WT *w, con
         if (sizeof(WT) < 4 && n + 8 < N)  /* short rows: the row 8 ahead, see i8q_linear */
             for (int64_t k = 0; k < K * (int64_t)sizeof(WT); k += 64)
                 __builtin_prefetch((const char *)(w + (n + 8) * K) + k);
-        for (int64_t r0 = 0; r0 < R; r0 += MAX_ROWS) {
-            const int rows = R - r0 < MAX_ROWS ? (int)(R - r0) : MAX_ROWS;
-            float out[MAX_ROWS];
+        for (int64_t r0 = 0; r0 < R; r0 += FLOAT_ROWS) {
+            const int rows = R - r0 < FLOAT_ROWS ? (int)(R - r0) : FLOAT_ROWS;
+            float out[FLOAT_ROWS];
             with_rows(rows, [&](auto rc) {
                 constexpr int RC = decltype(rc)::value;
-                if constexpr (RC == 1) out[0] = dot1(row, x + r0 * K, K);
-                else dotn<RC>(row, x + r0 * K, K, out);
+                if constexpr (RC <= FLOAT_ROWS) dotn<RC>(row, x + r0 * K, K, out);
             });
             for (int r = 0; r < rows; r++) y[(r0 + r) * N + n] = out[r] * s + b;
         }
