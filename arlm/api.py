@@ -24,7 +24,7 @@ from arlm.errors import UserError
 from arlm.eval.perplexity import evaluate_text
 from arlm.eval.tasks import check_examples, check_metric, score
 from arlm.generate.beam import beam_bytes, beam_search
-from arlm.generate.engine import Engine, decode_bytes
+from arlm.generate.engine import Engine, decode_bytes, token_rules
 from arlm.generate.sampling import PrefixConstraint, banned_sequence_tokens
 from arlm.generate.speculative import SpeculativeStats, speculative_ids
 from arlm.generate.step import prompt_logprobs
@@ -155,34 +155,18 @@ class LanguageModel:
                                 f"shorten one of them")
             check_memory(beam_bytes(self.model, cfg.num_beams, len(ids) + cfg.max_new_tokens),
                          f"beam search with num_beams={cfg.num_beams}", "lower num_beams", self.device)
-            return self._beam_texts(ids, cfg)
+            return self._beam_texts(ids, cfg, self._token_rules(cfg))  # checked now, before anything is printed
         return self._stream_ids(ids, cfg)
 
-    def token_rules(self, cfg: GenerateConfig) -> tuple[list[list[int]], torch.Tensor | None]:
-        """The bad words as token ids and the logit bias as a (V,) tensor, checked against the vocabulary
-        (beam search and speculative decoding; the engine does the same for its requests)."""
-        bias = cfg.parsed_logit_bias()
-        V = self.model.config.vocab_size
-        bad = [tid for tid in bias if tid >= V]
-        if bad:
-            raise UserError(f"logit_bias token id {bad[0]} is outside the vocabulary (0..{V - 1})")
-        bad_words = []
+    def _token_rules(self, cfg: GenerateConfig) -> tuple[list[list[int]], torch.Tensor | None]:
+        """Bad words and logit bias as tokens (beam search, speculative decoding; the engine resolves its own)."""
         if cfg.bad_words:
             self._need_tokenizer()
-            for word in cfg.bad_words:
-                ids = self.tokenizer.encode(word)
-                if not ids:
-                    raise UserError(f"bad word {word!r} has no tokens")
-                bad_words.append(ids)
-        dense = None
-        if bias:
-            dense = torch.zeros(V, device=self.device)
-            dense[list(bias)] = torch.tensor(list(bias.values()), device=self.device)
-        return bad_words, dense
+        return token_rules(cfg, self.tokenizer, self.model.config.vocab_size, self.device)
 
-    def _beam_texts(self, ids: list[int], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
+    def _beam_texts(self, ids: list[int], cfg: GenerateConfig, rules) -> Iterator[tuple[int, str]]:
         """Beam search decides a sequence only at the end, so each text arrives whole."""
-        bad_words, bias = self.token_rules(cfg)
+        bad_words, bias = rules
         eos = tuple(self.eos_ids) + tuple(t for t in cfg.stop_token_ids if t not in self.eos_ids)
         for b, hyp in enumerate(beam_search(self.model, ids, cfg, eos, bad_words=bad_words, bias=bias)):
             stream = TextStream(self.tokenizer, cfg.stop)
@@ -300,7 +284,7 @@ class LanguageModel:
             raise UserError(f"speculative decoding needs prompt ({len(ids)} tokens) + max_new_tokens ({cfg.max_new_tokens}) "
                             f"+ num_draft_tokens ({cfg.num_draft_tokens}) <= the smaller context window ({limit}); "
                             f"lower max_new_tokens")
-        bad_words, bias = self.token_rules(cfg)
+        bad_words, bias = self._token_rules(cfg)
         eos = tuple(self.eos_ids) + tuple(cfg.stop_token_ids)
         V = self.model.config.vocab_size
 

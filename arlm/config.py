@@ -495,8 +495,8 @@ class EngineConfig:
     max_len: int = _f(0, "positions each slot's KV cache holds (0: the model's context window); longer sequences slide it")
     prefill_chunk: int = _f(64, "prompts are run in chunks of this many tokens, the unit of prefix caching")
     prefix_cache_mb: int = _f(512, "memory for the keys/values of prompt prefixes seen before (0: no prefix caching)")
-    compile: bool = _f(False, "compile the decode step with torch.compile (slow first call, faster tokens)")
-    use_cache: bool = _f(True, "keep keys/values between steps (off recomputes each window: a test oracle)")
+    compile: bool = _f(GenerateConfig.compile, "compile the decode step with torch.compile (slow first call, faster tokens)")
+    use_cache: bool = _f(GenerateConfig.use_cache, "keep keys/values between steps (off recomputes each window: a test oracle)")
 
     def validate(self) -> None:
         for name in ("max_batch", "prefill_chunk"):

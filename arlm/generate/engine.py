@@ -98,6 +98,30 @@ class Sequence:
         return self.tokens[len(self.request.prompt):]
 
 
+def token_rules(params: SamplingParams, tokenizer, vocab_size: int,
+                device: torch.device) -> tuple[list[list[int]], torch.Tensor | None]:
+    """A request's token-level rules, checked against the vocabulary: its bad words as token ids and
+    its logit bias as a (V,) tensor (None without one); stop token ids are checked too."""
+    bias = params.parsed_logit_bias()
+    for ids, what in ((list(bias), "logit_bias token id"), (params.stop_token_ids, "stop token id")):
+        bad = [t for t in ids if t >= vocab_size]
+        if bad:
+            raise UserError(f"{what} {bad[0]} is outside the vocabulary (0..{vocab_size - 1})")
+    bad_words = []
+    for word in params.bad_words:
+        if tokenizer is None:
+            raise UserError("bad_words need the model's tokenizer files")
+        ids = tokenizer.encode(word)
+        if not ids:
+            raise UserError(f"bad word {word!r} has no tokens")
+        bad_words.append(ids)
+    dense = None
+    if bias:
+        dense = torch.zeros(vocab_size, device=device)
+        dense[list(bias)] = torch.tensor(list(bias.values()), device=device)
+    return bad_words, dense
+
+
 def window_keep(length: int) -> int:
     """Tokens kept when a sequence fills its cache and the window has to slide."""
     return max(1, length - length // 4)
@@ -186,18 +210,10 @@ class Engine:
         if params.num_return_sequences > self.cfg.max_batch:
             raise UserError(f"num_return_sequences ({params.num_return_sequences}) exceeds the engine's max_batch "
                             f"({self.cfg.max_batch}); lower it")
-        bias = params.parsed_logit_bias()
-        for ids, what in ((list(bias), "logit_bias token id"), (params.stop_token_ids, "stop token id")):
-            bad = [t for t in ids if t >= V]
-            if bad:
-                raise UserError(f"{what} {bad[0]} is outside the vocabulary (0..{V - 1})")
-        bad_words = [self._bad_word(w) for w in params.bad_words] + [list(b) for b in bad_words_ids]
+        bad_words, dense = token_rules(params, self.tokenizer, V, self.device)
+        bad_words += [list(b) for b in bad_words_ids]
         if (params.stop or skip_text) and self.tokenizer is None:
             raise UserError("stop strings need the model's tokenizer files")
-        dense = None
-        if bias:
-            dense = torch.zeros(V, device=self.device)
-            dense[list(bias)] = torch.tensor(list(bias.values()), device=self.device)
         rid = request_id or f"req-{next(self._ids)}"
         if rid in self.requests:
             raise UserError(f"request id {rid!r} is already in use")
@@ -206,14 +222,6 @@ class Engine:
         self.requests[rid] = req
         self.waiting.append(req)
         return rid
-
-    def _bad_word(self, word: str) -> list[int]:
-        if self.tokenizer is None:
-            raise UserError("bad_words need the model's tokenizer files")
-        ids = self.tokenizer.encode(word)
-        if not ids:
-            raise UserError(f"bad word {word!r} has no tokens")
-        return ids
 
     def abort(self, request_id: str) -> None:
         """Drop a request, waiting or running; its slots are free for the next step."""
@@ -383,9 +391,9 @@ class Engine:
         tokens = sample(filters(penalised, c), c.greedy, [s.generator for s in seqs], penalised).tolist()
         top = max(s.request.params.top_logprobs for s in seqs)
         want = any(s.request.params.logprobs or s.request.params.top_logprobs for s in seqs)
-        lp = token_logprobs(logits, torch.tensor(tokens, device=self.device), top) if want else None
-        slots = torch.tensor([s.slot for s in seqs], device=self.device)
         chosen = torch.tensor(tokens, device=self.device)
+        lp = token_logprobs(logits, chosen, top) if want else None
+        slots = torch.tensor([s.slot for s in seqs], device=self.device)
         self.seen[slots, chosen] = True
         self.counts[slots, chosen] += 1
         self.generated_tokens += len(seqs)

@@ -6,7 +6,7 @@ between layers; Press & Wolf 2017, tied input and output embeddings), with PyTor
 embedding and hidden width, ``dropout``, ``block_size`` = training window, ``tie_embeddings``) and the
 same interface, so the training loop, checkpoints, evaluation and ``arlm generate`` take it unchanged:
 
-- ``forward(idx, targets=None, pos=None, ...)`` returns (logits, loss) like ``GPT.forward``;
+- ``forward(idx, targets=None, cache=None, input_pos=None, ...)`` returns (logits, loss) like ``GPT.forward``;
 - the "cache" of a decoding run is the recurrent state (h, c) of each row (:class:`LSTMState`): a row
   whose first new token is at position 0 starts from zeros, any other continues from the state after
   the tokens fed so far (an LSTM cannot rewind, so speculative decoding and prefix caching, which do,

@@ -31,6 +31,11 @@ BASE = ["--prompt", "A", "--device", "cpu"]
     (["--frequency-penalty", "1e300"], r"frequency_penalty.*between -2 and 2"),
     (["--logit-bias", "3=1e39"], r"logit_bias.*between -100 and 100"),
     (["--control", "<work=nothing>"], r"control code"),
+    (["--stop-token-ids", "99999"], r"stop token id 99999.*vocabulary"),
+    (["--stop-token-ids", "-3"], r"stop_token_ids"),
+    (["--stop-token-ids", "x"], r"--stop-token-ids"),
+    (["--num-beams", "2", "--max-new-tokens", "4", "--stop-token-ids", "99999"], r"stop token id 99999.*vocabulary"),  # checked before printing
+    (["--num-beams", "2", "--max-new-tokens", "4", "--logit-bias", "99999=1"], r"logit_bias token id 99999"),
 ])
 def test_absurd_generate_flags(capsys, run_dir, tmp_path, flags, pattern):
     flags = [str(run_dir) if f == "SELF" else f for f in flags]
