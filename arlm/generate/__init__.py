@@ -1,1 +1,3 @@
-"""Generation: pure logits processors (sampling.py), the decode loop (decode.py), text streaming (stream.py)."""
+"""Generation: the engine (engine.py: KV-cache slots, continuous batching, prefix caching), the model
+calls and the compiled step (step.py), per-row logits processors (sampling.py), beam search
+(beam.py), speculative decoding (speculative.py), text streaming (stream.py)."""

@@ -29,15 +29,15 @@ def _column(values: Values, logits: torch.Tensor, dtype: torch.dtype | None = No
     return t.reshape(1, 1).expand(logits.size(0), 1) if t.dim() == 0 else t.reshape(-1, 1)
 
 
-def _rows_where(values: Values, off) -> bool:
-    """Whether any row's value is not the 'off' one (``off`` a predicate), decided on the host."""
+def _any_row(values: Values, off) -> bool:
+    """Whether any row's control is on (``off(value)`` is False), decided on the host without a sync."""
     return any(not off(v) for v in (values if isinstance(values, (list, tuple)) else [values]))
 
 
 def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: Values) -> torch.Tensor:
     """CTRL penalty (Keskar et al. 2019): tokens ``seen`` (B, V) in a row's context have positive
     logits divided by the penalty and negative logits multiplied by it, so both become less likely."""
-    if not _rows_where(penalty, lambda p: p == 1.0):
+    if not _any_row(penalty, lambda p: p == 1.0):
         return logits
     p = _column(penalty, logits)
     return torch.where(seen, torch.where(logits < 0, logits * p, logits / p), logits)
@@ -81,35 +81,35 @@ def frequency_presence_penalty(logits: torch.Tensor, counts: torch.Tensor, frequ
     """OpenAI's penalties: subtract ``frequency * count + presence * (count > 0)`` from each token's
     logit, ``counts`` (B, V) being the tokens generated so far (the prompt does not count, as in
     OpenAI's and vLLM's servers)."""
-    if not _rows_where(frequency, lambda v: v == 0) and not _rows_where(presence, lambda v: v == 0):
+    if not _any_row(frequency, lambda v: v == 0) and not _any_row(presence, lambda v: v == 0):
         return logits
     f, p = _column(frequency, logits), _column(presence, logits)
     return logits - f * counts - p * (counts > 0).to(logits.dtype)
 
 
 def temperature(logits: torch.Tensor, t: Values) -> torch.Tensor:
-    if not _rows_where(t, lambda v: v == 1.0):
+    if not _any_row(t, lambda v: v == 1.0):
         return logits
     return logits / _column(t, logits)
 
 
 def top_k(logits: torch.Tensor, k: int | Sequence[int]) -> torch.Tensor:
     """Keep the ``k`` largest logits of each row (ties with the k-th are kept; 0: keep all)."""
-    V = logits.size(-1)
-    ks = [k] if isinstance(k, int) else list(k)
+    B, V = logits.shape
+    ks = [k] * B if isinstance(k, int) else list(k)
     on = [0 < x < V for x in ks]
     if not any(on):
         return logits
     k_max = max(x for x, o in zip(ks, on) if o)
-    col = _column([x if o else 1 for x, o in zip(ks, on)] if len(ks) > 1 else ks[0], logits, torch.long)
-    kth = torch.topk(logits, k_max, dim=-1).values.gather(1, col - 1)  # (B, 1)
-    return logits.masked_fill((logits < kth) & _column(on if len(ks) > 1 else on[0], logits, torch.bool), float("-inf"))
+    index = _column([x - 1 if o else 0 for x, o in zip(ks, on)], logits, torch.long)  # (B, 1)
+    kth = torch.topk(logits, k_max, dim=-1).values.gather(1, index)  # (B, 1)
+    return logits.masked_fill((logits < kth) & _column(on, logits, torch.bool), float("-inf"))
 
 
 def top_p(logits: torch.Tensor, p: Values) -> torch.Tensor:
     """Nucleus filter (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
     probabilities sum to at least ``p``; the most likely token is always kept."""
-    if not _rows_where(p, lambda v: v >= 1.0):
+    if not _any_row(p, lambda v: v >= 1.0):
         return logits
     ps = p if isinstance(p, (list, tuple)) else [p] * logits.size(0)
     sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
@@ -124,7 +124,7 @@ def top_p(logits: torch.Tensor, p: Values) -> torch.Tensor:
 def min_p(logits: torch.Tensor, p: Values) -> torch.Tensor:
     """Min-p filter (Nguyen et al. 2024): keep tokens whose probability is at least ``p`` times the
     most likely token's, so the cut adapts to how confident the model is."""
-    if not _rows_where(p, lambda v: v <= 0.0):
+    if not _any_row(p, lambda v: v <= 0.0):
         return logits
     probs = logits.softmax(dim=-1)
     threshold = _column(p, logits) * probs.amax(dim=-1, keepdim=True)  # (B, 1); 0 where off
@@ -137,7 +137,7 @@ def typical_p(logits: torch.Tensor, mass: Values) -> torch.Tensor:
     """Locally typical sampling (Meister et al. 2023): rank tokens by how far their surprisal
     -log p is from the distribution's entropy H, and keep the closest ones until their probability
     adds up to ``mass``."""
-    if not _rows_where(mass, lambda v: v >= 1.0):
+    if not _any_row(mass, lambda v: v >= 1.0):
         return logits
     masses = mass if isinstance(mass, (list, tuple)) else [mass] * logits.size(0)
     logp = logits.log_softmax(dim=-1)
