@@ -25,6 +25,7 @@ from arlm.eval.perplexity import evaluate_text
 from arlm.eval.tasks import check_examples, check_metric, score
 from arlm.generate.beam import beam_bytes, beam_search
 from arlm.generate.engine import Engine, decode_bytes, token_rules
+from arlm.generate.grammar import GrammarConstraint, grammar_constraint
 from arlm.generate.sampling import PrefixConstraint, banned_sequence_tokens
 from arlm.generate.speculative import SpeculativeStats, speculative_ids
 from arlm.generate.step import prompt_logprobs
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 def generate_config(**controls) -> GenerateConfig:
     """A validated GenerateConfig from keyword controls; unknown names, wrong types, out-of-range values
     and text that is not valid Unicode are a UserError. For convenience a single ``stop`` string or bad
-    word may be given alone, and ``logit_bias`` as OpenAI's {token id: bias}."""
+    word may be given alone, ``logit_bias`` as OpenAI's {token id: bias} and ``json_schema`` as a dict."""
     known = {f.name for f in dataclasses.fields(GenerateConfig)}
     unknown = sorted(set(controls) - known)
     if unknown:
@@ -53,7 +54,9 @@ def generate_config(**controls) -> GenerateConfig:
             controls[key] = [controls[key]]
     if isinstance(controls.get("logit_bias"), dict):
         controls["logit_bias"] = [f"{k}={v}" for k, v in controls["logit_bias"].items()]
-    for key in ("stop", "bad_words", "control"):
+    if isinstance(controls.get("json_schema"), dict):
+        controls["json_schema"] = json.dumps(controls["json_schema"])
+    for key in ("stop", "bad_words", "control", "json_schema", "regex"):
         if key in controls:
             check_strings_of(controls[key], key)
     cfg = from_dict(GenerateConfig, {k: v for k, v in controls.items() if v is not None or k == "seed"}, "generate options")
@@ -155,7 +158,9 @@ class LanguageModel:
                                 f"shorten one of them")
             check_memory(beam_bytes(self.model, cfg.num_beams, len(ids) + cfg.max_new_tokens),
                          f"beam search with num_beams={cfg.num_beams}", "lower num_beams", self.device)
-            return self._beam_texts(ids, cfg, self._token_rules(cfg))  # checked now, before anything is printed
+            eos = tuple(self.eos_ids) + tuple(t for t in cfg.stop_token_ids if t not in self.eos_ids)
+            # checked now, before anything is printed
+            return self._beam_texts(ids, cfg, eos, self._token_rules(cfg), self._grammar(cfg, eos))
         return self._stream_ids(ids, cfg)
 
     def _token_rules(self, cfg: GenerateConfig) -> tuple[list[list[int]], torch.Tensor | None]:
@@ -164,11 +169,17 @@ class LanguageModel:
             self._need_tokenizer()
         return token_rules(cfg, self.tokenizer, self.model.config.vocab_size, self.device)
 
-    def _beam_texts(self, ids: list[int], cfg: GenerateConfig, rules) -> Iterator[tuple[int, str]]:
+    def _grammar(self, cfg: GenerateConfig, eos: tuple[int, ...]) -> GrammarConstraint | None:
+        """The request's structured-output constraint (beam search, speculative decoding; the engine builds its own)."""
+        if (cfg.json_schema or cfg.regex) and cfg.token_healing:
+            raise UserError("structured output (json_schema, regex) cannot be combined with token healing")
+        return grammar_constraint(cfg, self.tokenizer, self.model.config.vocab_size, eos)
+
+    def _beam_texts(self, ids: list[int], cfg: GenerateConfig, eos: tuple[int, ...], rules,
+                    grammar: GrammarConstraint | None) -> Iterator[tuple[int, str]]:
         """Beam search decides a sequence only at the end, so each text arrives whole."""
         bad_words, bias = rules
-        eos = tuple(self.eos_ids) + tuple(t for t in cfg.stop_token_ids if t not in self.eos_ids)
-        for b, hyp in enumerate(beam_search(self.model, ids, cfg, eos, bad_words=bad_words, bias=bias)):
+        for b, hyp in enumerate(beam_search(self.model, ids, cfg, eos, bad_words=bad_words, bias=bias, constraint=grammar)):
             stream = TextStream(self.tokenizer, cfg.stop)
             pieces = []
             for tok in hyp.tokens:
@@ -286,14 +297,22 @@ class LanguageModel:
                             f"lower max_new_tokens")
         bad_words, bias = self._token_rules(cfg)
         eos = tuple(self.eos_ids) + tuple(cfg.stop_token_ids)
+        grammar = self._grammar(cfg, eos)
+        if grammar is not None and not eos:
+            raise UserError("structured output with speculative decoding needs a model with an end-of-text token; "
+                            "drop --draft-model")
         V = self.model.config.vocab_size
 
         def banned(seq: list[int]) -> torch.Tensor | None:
             ids_ = banned_sequence_tokens(seq, bad_words) + (list(eos) if len(seq) - len(ids) < cfg.min_new_tokens else [])
-            if not ids_:
+            if not ids_ and grammar is None:
                 return None
             mask = torch.zeros(V, dtype=torch.bool, device=self.device)
             mask[ids_] = True
+            if grammar is not None:
+                mask |= ~grammar.allowed(seq[len(ids):], V).to(self.device)
+                if bool(mask.all()):  # the grammar is complete (or stuck): the sequence ends here
+                    mask[list(eos)] = False
             return mask
 
         self.last_speculative = stats = SpeculativeStats()

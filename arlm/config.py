@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -383,6 +384,9 @@ class SamplingParams:
     stop_token_ids: list[int] = _f([], "also end a sequence at this token id, besides the model's end-of-text (repeatable)",
                                    metavar="ID")
     seed: int | None = _f(None, "random seed for sampling (default: nondeterministic); sequence i of n uses seed + i")
+    json_schema: str = _f("", "structured output: only JSON valid under this JSON schema, given as its JSON text or a "
+                              "file holding it ('{\"type\": \"object\"}' is any JSON object)", metavar="FILE|JSON")
+    regex: str = _f("", "structured output: only text matching this regular expression (Rust regex syntax)", metavar="RE")
 
     @property
     def greedy(self) -> bool:
@@ -428,6 +432,22 @@ class SamplingParams:
         if not 0 <= self.top_logprobs <= 20:
             raise UserError(f"top_logprobs must be between 0 and 20, got {self.top_logprobs}")
         self.parsed_logit_bias()
+        if self.json_schema and self.regex:
+            raise UserError("give one structured-output constraint: json_schema or regex, not both")
+        self.parsed_json_schema()
+
+    def parsed_json_schema(self) -> dict | None:
+        """``json_schema`` as a JSON object (None without one)."""
+        if not self.json_schema:
+            return None
+        try:
+            schema = json.loads(self.json_schema)
+        except ValueError as e:
+            raise UserError(f"json_schema is not valid JSON ({e}); give a JSON schema such as "
+                            f"'{{\"type\": \"object\"}}'") from None
+        if not isinstance(schema, dict):
+            raise UserError(f"json_schema must be a JSON object (a schema), got {type(schema).__name__}")
+        return schema
 
     def parsed_logit_bias(self) -> dict[int, float]:
         """``logit_bias`` entries "ID=BIAS" as {id: bias}."""
@@ -505,6 +525,39 @@ class EngineConfig:
         for name in ("max_len", "prefix_cache_mb"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class ServeConfig(EngineConfig):
+    """``arlm serve``: the engine's options and the server's own (address, key, limits)."""
+
+    host: str = _f("127.0.0.1", "address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    port: int = _f(8000, "TCP port (0: any free port, printed at start)")
+    api_key: str = _f("", "require 'Authorization: Bearer KEY' on every /v1 route (default: the ARLM_API_KEY "
+                          "environment variable; empty: no key)", metavar="KEY")
+    model_name: str = _f("", "the model's name in /v1/models and responses (default: its folder's name)")
+    max_queue: int = _f(64, "requests waiting for a slot at most; more get 429 Too Many Requests")
+    max_tokens: int = _f(4096, "largest max_tokens a request may ask for")
+    max_n: int = _f(8, "largest n (choices per request) a request may ask for")
+    max_prompt_tokens: int = _f(0, "longest prompt in tokens (0: the model's context window)")
+    max_body_kb: int = _f(1024, "largest request body in KiB")
+    chat_template: str = _f("", "Jinja chat template (text or file) for /v1/chat/completions (default: the model's)",
+                            metavar="TEXT|FILE")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"port must be between 0 and 65535, got {self.port}")
+        for name in ("max_queue", "max_tokens", "max_n", "max_body_kb"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_prompt_tokens < 0:
+            raise UserError(f"max_prompt_tokens must be >= 0 (0: the context window), got {self.max_prompt_tokens}")
+        if self.max_n > self.max_batch:
+            raise UserError(f"max_n ({self.max_n}) cannot exceed max_batch ({self.max_batch}): a request's choices "
+                            f"decode together")
+        if any(c.isspace() for c in self.api_key):
+            raise UserError("api_key must not contain spaces")
 
 
 @dataclass

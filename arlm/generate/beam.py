@@ -13,15 +13,24 @@ from arlm.generate.step import decode_step, prefill
 
 
 def _beam_banned(rows: list[list[int]], generated: int, min_new_tokens: int, eos_ids, bad_words,
-                 shape, device) -> torch.Tensor | None:
-    """(nb, V) bool: bad words completed by each beam, and end-of-text before min_new_tokens."""
-    if not bad_words and not (generated < min_new_tokens and eos_ids):
+                 shape, device, constraint=None, live: list[bool] | None = None) -> torch.Tensor | None:
+    """(nb, V) bool: bad words completed by each beam, end-of-text before min_new_tokens, and what a
+    structured-output ``constraint`` does not allow after each live beam (a beam with nothing
+    allowed may only end)."""
+    if not bad_words and not (generated < min_new_tokens and eos_ids) and constraint is None:
         return None
     banned = torch.zeros(shape, dtype=torch.bool, device=device)
     for b, row in enumerate(rows):
         banned[b, banned_sequence_tokens(row, list(bad_words))] = True
     if generated < min_new_tokens:
         banned[:, list(eos_ids)] = True
+    if constraint is not None:
+        L0 = len(rows[0]) - generated
+        for b, row in enumerate(rows):
+            if live is None or live[b]:  # dead rows (impossible scores) may hold tokens the grammar refused
+                banned[b] |= ~constraint.allowed(row[L0:], shape[-1]).to(device)
+                if bool(banned[b].all()):
+                    banned[b, list(eos_ids)] = False
     return banned
 
 
@@ -34,12 +43,12 @@ class Hypothesis:
 @torch.inference_mode()
 def beam_search(model: torch.nn.Module, prompt: list[int], cfg: GenerateConfig, eos_ids: tuple[int, ...] = (),
                 early_stopping: bool | str | None = None, bad_words: list[list[int]] | tuple = (),
-                bias: torch.Tensor | None = None) -> list[Hypothesis]:
+                bias: torch.Tensor | None = None, constraint=None) -> list[Hypothesis]:
     """Beam search (Graves 2012; as in Hugging Face ``generate``): ``cfg.num_return_sequences`` best
     hypotheses first, using ``cfg.num_beams``, ``max_new_tokens``, ``length_penalty``, ``early_stopping``
     (``early_stopping`` here overrides it, and may also be ``"never"``), and the penalties
     (repetition, no-repeat-ngram, bad words, logit bias, min_new_tokens) applied to the
-    log-probabilities as transformers does.
+    log-probabilities as transformers does, and a structured-output ``constraint`` (arlm/generate/grammar.py).
 
     Each step extends every live beam by every token and keeps the ``num_beams`` best continuations by
     summed log-probability. A continuation that emits EOS, or reaches ``max_new_tokens``, becomes a
@@ -81,7 +90,7 @@ def beam_search(model: torch.nn.Module, prompt: list[int], cfg: GenerateConfig, 
     cur = L0
     while logits is not None:
         banned = _beam_banned(seqs[:, :cur].tolist(), cur - L0, cfg.min_new_tokens, eos_ids, bad_words, logits.shape,
-                              device)
+                              device, constraint, (live_scores > NEG / 2).tolist())
         logp = process_logits(torch.log_softmax(logits.float(), dim=-1), seqs[:, :cur], penalties,
                               banned=banned, bias=bias, generated=seqs[:, L0:cur])  # (nb, V)
         V = logp.size(-1)

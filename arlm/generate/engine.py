@@ -34,6 +34,7 @@ import torch
 
 from arlm.config import EngineConfig, GenerateConfig, SamplingParams
 from arlm.errors import UserError
+from arlm.generate.grammar import grammar_constraint
 from arlm.generate.sampling import (Controls, banned_ngram_tokens, banned_sequence_tokens, filters, penalise, sample,
                                     token_logprobs)
 from arlm.generate.step import CompiledStep, decode_step, prefill
@@ -47,7 +48,11 @@ class Constraint(Protocol):
     """What a request may generate next (token healing's prefix, a structured-output grammar)."""
 
     def allowed(self, generated: list[int], vocab_size: int) -> torch.Tensor | None:
-        """(V,) bool of the tokens allowed after ``generated``, or None when anything is."""
+        """(V,) bool of the tokens allowed after ``generated``, or None when anything is. A mask with
+        nothing allowed ends the sequence there."""
+
+    def fresh(self) -> "Constraint":
+        """The constraint for one more sequence of the same request (its own state, if it has one)."""
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Sequence:
     tokens: list[int]  # prompt + generated
     generator: torch.Generator | None
     stream: TextStream | None
+    constraint: Constraint | None = None
     start: int = 0  # where the cache's position 0 is in ``tokens`` (moves when the window slides)
     finished: bool = False
 
@@ -214,6 +220,10 @@ class Engine:
         bad_words += [list(b) for b in bad_words_ids]
         if (params.stop or skip_text) and self.tokenizer is None:
             raise UserError("stop strings need the model's tokenizer files")
+        grammar = grammar_constraint(params, self.tokenizer, V, frozenset(self.eos_ids) | frozenset(params.stop_token_ids))
+        if grammar is not None and constraint is not None:
+            raise UserError("structured output (json_schema, regex) cannot be combined with token healing")
+        constraint = grammar or constraint
         rid = request_id or f"req-{next(self._ids)}"
         if rid in self.requests:
             raise UserError(f"request id {rid!r} is already in use")
@@ -274,7 +284,8 @@ class Engine:
             else:  # unseeded: drawn from torch's global generator, so torch.manual_seed makes runs repeatable
                 gen = generator(seed + i if seed is not None else int(torch.randint(1 << 62, ())), self.device)
             stream = TextStream(self.tokenizer, req.params.stop, req.skip_text) if self.tokenizer is not None else None
-            seq = Sequence(req, i, slot, list(req.prompt), gen, stream)
+            seq = Sequence(req, i, slot, list(req.prompt), gen, stream,
+                           req.constraint.fresh() if req.constraint is not None else None)
             self.slots[slot] = seq
             req.sequences.append(seq)
             self.seen[slot] = False
@@ -375,7 +386,7 @@ class Engine:
             ids += banned_sequence_tokens(seq.tokens, req.bad_words)
         if len(seq.generated) < p.min_new_tokens:
             ids += sorted(req.eos)
-        allowed = req.constraint.allowed(seq.generated, self.vocab_size) if req.constraint is not None else None
+        allowed = seq.constraint.allowed(seq.generated, self.vocab_size) if seq.constraint is not None else None
         if not ids and allowed is None:
             return None
         banned = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
@@ -387,6 +398,9 @@ class Engine:
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[Output]:
         """Choose each sequence's next token with its own controls, record it, end what ended."""
         c = self._controls(seqs)
+        dead = c.banned.all(dim=-1).tolist() if c.banned is not None else [False] * len(seqs)
+        if any(dead):  # no token allowed (a finished grammar): the row ends; sample it unbanned and drop that
+            c.banned[torch.tensor(dead, device=self.device)] = False
         penalised = penalise(logits, c)
         tokens = sample(filters(penalised, c), c.greedy, [s.generator for s in seqs], penalised).tolist()
         top = max(s.request.params.top_logprobs for s in seqs)
@@ -396,10 +410,13 @@ class Engine:
         slots = torch.tensor([s.slot for s in seqs], device=self.device)
         self.seen[slots, chosen] = True
         self.counts[slots, chosen] += 1
-        self.generated_tokens += len(seqs)
+        self.generated_tokens += len(seqs) - sum(dead)
         outputs = []
         now = time.monotonic()
         for i, (seq, tok) in enumerate(zip(seqs, tokens)):
+            if dead[i]:
+                outputs.append(self._finish(seq, Output(seq.request.id, seq.index, None), "stop"))
+                continue
             out = self._advance(seq, tok, now)
             if lp is not None and not out.eos and (seq.request.params.logprobs or seq.request.params.top_logprobs):
                 out.logprob = float(lp[0][i])

@@ -290,6 +290,9 @@ class PrefixConstraint:
             self._masks[left] = mask
         return self._masks[left]
 
+    def fresh(self) -> "PrefixConstraint":
+        return self  # a function of ``generated`` alone: one object serves every sequence
+
 
 def token_logprobs(logits: torch.Tensor, chosen: torch.Tensor, top: int) -> tuple[torch.Tensor, ...]:
     """log-softmax of the model's raw ``logits`` (B, V) (before temperature, filters and penalties,

@@ -1,0 +1,174 @@
+"""Structured output: a request's JSON schema or regular expression as a token mask per step.
+
+The grammar is compiled and matched by ``llguidance`` (Microsoft's Guidance team's Rust parser; the
+same library vLLM and llama.cpp use for this): at each step it gives the set of tokens that keep the
+output a prefix of some text the grammar accepts, and whether the output may end there. The engine
+bans everything else before sampling (arlm/generate/engine.py), as do beam search and speculative
+decoding, so end-of-text is possible only where the grammar accepts; a sequence with no allowed token
+left (a finished grammar on a model without end-of-text, a vocabulary that cannot spell what comes
+next) ends there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+
+import numpy as np
+import torch
+
+from arlm.config import SamplingParams
+from arlm.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Built once per tokenizer (a large vocabulary takes about a second).
+_LL_TOKENIZERS: "weakref.WeakKeyDictionary[object, tuple]" = weakref.WeakKeyDictionary()
+# Compact JSON (no optional whitespace): a small or random model would otherwise fill the output with it.
+JSON_OPTIONS = {"whitespace_flexible": False}
+
+
+def grammar_text(params: SamplingParams) -> str | None:
+    """The llguidance grammar of a request's ``json_schema`` or ``regex`` (None without either),
+    checked: an invalid schema or expression is a UserError naming the problem."""
+    import llguidance
+
+    if params.json_schema:
+        schema = params.parsed_json_schema()
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_OPTIONS)
+        except ValueError as e:
+            raise UserError(f"json_schema cannot be used: {e}") from None
+        what = "json_schema"
+    elif params.regex:
+        grammar, what = llguidance.LLMatcher.grammar_from_regex(params.regex), "regex"
+    else:
+        return None
+    problem = llguidance.LLMatcher.validate_grammar(grammar)
+    if problem:
+        raise UserError(f"{what} cannot be used: {_one_line(problem)}")
+    return grammar
+
+
+def _one_line(message: str) -> str:
+    """llguidance's multi-line report (source excerpt, caret, error) as its one telling line."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    errors = [ln[len("error:"):].strip() for ln in lines if ln.startswith("error:")]
+    return (errors[0] if errors else lines[0] if lines else "unknown error")[:300]
+
+
+def ll_tokenizer(tokenizer, vocab_size: int):
+    """llguidance's view of an arlm tokenizer: (LLTokenizer, the id it treats as end-of-text)."""
+    import llguidance
+
+    hit = _LL_TOKENIZERS.get(tokenizer)
+    if hit is not None and hit[0].vocab_size == max(vocab_size, tokenizer.vocab_size):
+        return hit
+    n = max(vocab_size, tokenizer.vocab_size)
+    if hasattr(tokenizer, "tok"):  # byte-level BPE or a Hugging Face tokenizer: llguidance reads the same JSON
+        try:
+            ll = llguidance.LLTokenizer(tokenizer.tok.to_str(), n_vocab=n, eos_token=tokenizer.eot_id)
+        except (ValueError, RuntimeError) as e:
+            raise UserError(f"structured output cannot use this tokenizer ({_one_line(str(e))})") from None
+    else:  # a character vocabulary: each id is its character's UTF-8 bytes
+        ll = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_CharWrapper(tokenizer)), n_vocab=n)
+    _LL_TOKENIZERS[tokenizer] = hit = (ll, ll.eos_token)
+    return hit
+
+
+class _CharWrapper:
+    """The attributes llguidance's TokenizerWrapper reads, for a CharTokenizer."""
+
+    def __init__(self, tok):
+        self.eos_token_id = tok.eot_id
+        self.bos_token_id = None
+        self.tokens = [c.encode("utf-8", "surrogatepass") for c in tok.chars] + [b"<|endoftext|>"]
+        self.special_token_ids = [tok.eot_id]
+        self._stoi = tok.stoi
+
+    def __call__(self, text):
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        return [self._stoi[c] for c in text if c in self._stoi]
+
+
+class GrammarConstraint:
+    """A request's grammar as the engine's Constraint: ``allowed(generated)`` is the (V,) mask of the
+    tokens that may come next, with the end ids allowed only where the grammar accepts. The matcher
+    follows whatever ``generated`` it is asked about (rolling back to the common prefix), so beam
+    search and speculative decoding can ask about rows and drafts in any order; ``fresh()`` gives each
+    sequence of a request its own matcher."""
+
+    def __init__(self, grammar: str, tokenizer, vocab_size: int, end_ids: tuple[int, ...] | frozenset[int]):
+        import llguidance
+
+        self.grammar, self.tokenizer, self.vocab_size = grammar, tokenizer, vocab_size
+        self.end_ids = sorted(end_ids)
+        self._end_set = frozenset(end_ids)
+        ll, self.ll_eos = ll_tokenizer(tokenizer, vocab_size)
+        self.matcher = llguidance.LLMatcher(ll, grammar, log_level=0)
+        if self.matcher.is_error():
+            raise UserError(f"the output format cannot be used: {_one_line(self.matcher.get_error())}")
+        self.consumed: list[int] = []
+        first = self.allowed([], vocab_size)
+        first[self.end_ids] = False
+        if not first.any() and not self.matcher.is_accepting():
+            raise UserError("this model's vocabulary cannot write any text the output format accepts "
+                            "(its first character is not a token); use a model whose tokenizer covers it")
+
+    def fresh(self) -> "GrammarConstraint":
+        other = object.__new__(GrammarConstraint)
+        other.__dict__.update(self.__dict__)
+        other.matcher = self.matcher.deep_copy()
+        other.matcher.reset()
+        other.consumed = []
+        return other
+
+    def _follow(self, generated: list[int]) -> bool:
+        """Bring the matcher to ``generated``; False if that holds an end id (speculative decoding
+        asks about drafts past one; only the end may follow it)."""
+        ended = next((i for i, t in enumerate(generated) if t in self._end_set), None)
+        if ended is not None:
+            generated = generated[:ended]
+        common = 0
+        for a, b in zip(self.consumed, generated):
+            if a != b:
+                break
+            common += 1
+        if common < len(self.consumed):
+            self.matcher.rollback(len(self.consumed) - common)
+            del self.consumed[common:]
+        for tok in generated[common:]:
+            if not self.matcher.consume_token(tok):
+                raise AssertionError(f"token {tok} was generated against the grammar: {self.matcher.get_error()}")
+            self.consumed.append(tok)
+        return ended is None
+
+    def allowed(self, generated: list[int], vocab_size: int) -> torch.Tensor:
+        if not self._follow(generated):
+            mask = torch.zeros(vocab_size, dtype=torch.bool)
+            mask[self.end_ids] = True
+            return mask
+        bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        mask = torch.from_numpy(bits[:vocab_size].astype(bool))
+        end = bool(bits[self.ll_eos]) if self.ll_eos is not None else False
+        if self.ll_eos is not None and self.ll_eos < vocab_size:
+            mask[self.ll_eos] = False
+        if self.end_ids:
+            mask[self.end_ids] = end
+        return mask
+
+    def accepting(self, generated: list[int]) -> bool:
+        """Whether ``generated`` is a whole text of the grammar."""
+        return self._follow(generated) and self.matcher.is_accepting()
+
+
+def grammar_constraint(params: SamplingParams, tokenizer, vocab_size: int,
+                       end_ids: tuple[int, ...] | frozenset[int]) -> GrammarConstraint | None:
+    """The constraint of a request's ``json_schema``/``regex`` (None without one)."""
+    grammar = grammar_text(params)
+    if grammar is None:
+        return None
+    if tokenizer is None:
+        raise UserError("structured output (json_schema, regex) needs the model's tokenizer files")
+    return GrammarConstraint(grammar, tokenizer, vocab_size, end_ids)
