@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DATA := runs/data/shakespeare-char
 DEMO_OUT  := runs/shakespeare-char
 
-.PHONY: install demo test test-slow clean
+.PHONY: install system-packages demo test test-slow clean
 
 install: $(STAMP)
 
@@ -27,10 +27,24 @@ demo: $(STAMP)
 	$(BIN)/arlm generate --model $(DEMO_OUT) --prompt "ROMEO." --max-new-tokens 300 \
 		--temperature 0.8 --top-k 40 --seed 1 --num-return-sequences 2
 
-test: $(STAMP)
+# Debian packages features need (chromium: the browser tests of the web page). Installed with apt
+# when missing and running as root; otherwise the tests that need them skip and say why.
+SYSTEM_PACKAGES := chromium
+
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing$$missing with apt"; \
+			(apt-get install -y -q $$missing >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null)) \
+				|| echo "could not install$$missing: the tests that need it will skip"; \
+		else echo "missing$$missing (not root, or no apt): the tests that need it will skip"; fi; \
+	fi
+
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q -m slow
 
 clean:

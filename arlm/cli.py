@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from arlm.config import (CHAT_DEFAULTS, EVAL_TASK_DEFAULTS, EVAL_TASK_OPTIONS, FINETUNE_DEFAULTS, LORA_DEFAULTS,
-                         ConvertConfig, EvalConfig, GenerateConfig, GPTConfig, LoadConfig, PrepareConfig, TrainConfig,
+                         ConvertConfig, EvalConfig, GenerateConfig, GPTConfig, LoadConfig, PrepareConfig, ServeConfig,
+                         TrainConfig,
                          apply_preset, field_types, from_dict, merge, validated)
 from arlm.errors import EnvironmentFailure, UserError
 from arlm.io.atomic import atomic_write_text
-from arlm.io.files import read_toml
+from arlm.io.files import read_text_file, read_toml
 from arlm.io.text import check_strings
 from arlm.version import __version__
 
@@ -229,8 +230,17 @@ def _load(args: argparse.Namespace, controls: dict[str, Any] | None = None):
     return load(opts.model, device=opts.device, precision=opts.precision)
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _decoding_controls(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding flags given; ``--json-schema`` is the schema's JSON text or a file holding it."""
     controls = explicit_values(args, _names(GenerateConfig))
+    schema = controls.get("json_schema")
+    if schema and not schema.lstrip().startswith("{"):
+        controls["json_schema"] = read_text_file(schema, what="JSON schema file")
+    return controls
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    controls = _decoding_controls(args)
     m = _load(args, controls)
     cfg = m.generate_config(**controls)  # the model's own defaults under the flags given
     if cfg.logprobs or cfg.top_logprobs or cfg.echo:
@@ -290,7 +300,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                         "messages into it")
     if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach the text check, whatever the locale
         sys.stdin.reconfigure(errors="surrogateescape")
-    controls = explicit_values(args, _names(GenerateConfig))
+    controls = _decoding_controls(args)
     m = _load(args, controls)
     session = ChatSession(m, system=args.system, template=args.chat_template, **controls)
     print(f"chatting with {m.info.path} ({m.block_size} tokens of context). "
@@ -338,6 +348,39 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if session.dropped:
                 print(f"(context window full: the oldest {session.dropped} message(s) were left out of this reply's "
                       f"context)", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import socket
+
+    import uvicorn
+
+    from arlm.interop.load import model_config
+    from arlm.serve.app import create_app
+
+    opts = _load_options(args)
+    values = explicit_values(args, _names(ServeConfig))
+    values.setdefault("api_key", os.environ.get("ARLM_API_KEY", ""))
+    cfg = validated(ServeConfig, values, "serve options", name_source=False)
+    cfg.validate()
+    model_config(opts.model)  # a missing or broken model folder fails now; the weights load in the background
+    try:
+        sock = socket.create_server((cfg.host, cfg.port), family=socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
+    except OSError as e:
+        raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); choose another --port "
+                        f"(0: any free one)") from None
+    host, port = sock.getsockname()[:2]
+    app = create_app(cfg, model_path=opts.model, load_options=dict(device=opts.device, precision=opts.precision))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+    app.state.server.on_failure = lambda: setattr(server, "should_exit", True)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    print(f"arlm serve: {url}/ (web page), {url}/v1 (OpenAI API), model '{app.state.server.model_name}'"
+          + (", API key required" if cfg.api_key else ""), flush=True)
+    server.run(sockets=[sock])
+    if app.state.server.load_error:
+        raise UserError(app.state.server.load_error)
     return 0
 
 
@@ -536,6 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
                                               "logprobs", "top_logprobs", "echo", "control"),
                     defaults=CHAT_DEFAULTS)
     sp.set_defaults(func=cmd_chat)
+
+    sp = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with a web page, for many users at once",
+                        description="Serve a model over HTTP: /v1/completions, /v1/chat/completions, /v1/models "
+                                    "(the OpenAI API, streamed or not), /health, /metrics (Prometheus), /tokenize, "
+                                    "/detokenize, and a chat page at /. Requests decode together (continuous "
+                                    "batching); binds 127.0.0.1 unless told otherwise.")
+    add_config_args(sp, LoadConfig)
+    add_config_args(sp, ServeConfig)
+    sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("convert", help="Hugging Face checkpoint <-> arlm checkpoint",
                         description="--from-hf DIR: read a Hugging Face GPT-2 / Llama / Mistral / Qwen2 folder into an "
