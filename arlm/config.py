@@ -514,6 +514,8 @@ class EngineConfig:
     max_batch: int = _f(16, "sequences decoded together at most (KV-cache slots); more requests wait for a free slot")
     max_len: int = _f(0, "positions each slot's KV cache holds (0: the model's context window); longer sequences slide it")
     prefill_chunk: int = _f(64, "prompts are run in chunks of this many tokens, the unit of prefix caching")
+    max_prefill_tokens: int = _f(64, "prompt tokens run per step at most (at least one chunk; 0: every waiting "
+                                     "prompt at once), so a long prompt does not stall the streams decoding")
     prefix_cache_mb: int = _f(512, "memory for the keys/values of prompt prefixes seen before (0: no prefix caching)")
     compile: bool = _f(GenerateConfig.compile, "compile the decode step with torch.compile (slow first call, faster tokens)")
     use_cache: bool = _f(GenerateConfig.use_cache, "keep keys/values between steps (off recomputes each window: a test oracle)")
@@ -522,7 +524,7 @@ class EngineConfig:
         for name in ("max_batch", "prefill_chunk"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_len", "prefix_cache_mb"):
+        for name in ("max_len", "prefix_cache_mb", "max_prefill_tokens"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
 

@@ -26,9 +26,10 @@ import collections
 import hashlib
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -98,6 +99,10 @@ class Sequence:
     constraint: Constraint | None = None
     start: int = 0  # where the cache's position 0 is in ``tokens`` (moves when the window slides)
     finished: bool = False
+    ready: bool = False  # its prompt is in the cache: it decodes
+    filled: int = 0  # tokens of the window (from ``start``) in the cache while it is being run
+    keys: list[bytes] = field(default_factory=list)  # prefix-cache keys of the window's whole chunks
+    cached: int = 0  # tokens of the window copied from the prefix cache
 
     @property
     def generated(self) -> list[int]:
@@ -199,6 +204,7 @@ class Engine:
         self.counts = torch.zeros(B, V, device=self.device)  # generated, per slot
         self.slots: list[Sequence | None] = [None] * B
         self.waiting: collections.deque[Request] = collections.deque()
+        self.prefilling: list[Request] = []  # admitted, prompt partly in the cache
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
         self.generated_tokens = 0
@@ -240,6 +246,8 @@ class Engine:
             return
         if req in self.waiting:
             self.waiting.remove(req)
+        if req in self.prefilling:
+            self.prefilling.remove(req)
         for seq in req.sequences:
             self._free(seq)
 
@@ -248,7 +256,8 @@ class Engine:
 
     @property
     def running(self) -> list[Sequence]:
-        return [s for s in self.slots if s is not None]
+        """The sequences decoding (prompt in the cache)."""
+        return [s for s in self.slots if s is not None and s.ready]
 
     def stats(self) -> dict[str, int]:
         return dict(running=sum(s is not None for s in self.slots), waiting=len(self.waiting),
@@ -258,24 +267,41 @@ class Engine:
 
     # -- one step ------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self) -> list[Output]:
-        """Admit what fits, then advance every sequence that was already running by one token."""
+    def step(self, first_tokens: Callable[[list[Output]], None] | None = None) -> list[Output]:
+        """Run prompts into the cache (up to ``max_prefill_tokens`` of them a step), admitting waiting
+        requests into free slots; then advance every sequence that was already decoding by one token.
+        A request's first token comes from the step that finishes its prompt; with ``first_tokens``,
+        those outputs go to it before the decode runs (a server sends them a decode step sooner)
+        and are not returned."""
         running = self.running
         outputs: list[Output] = []
-        while self.waiting and self.slots.count(None) >= self.waiting[0].params.num_return_sequences:
-            self._admit(self.waiting.popleft(), outputs)
+        # Also when nothing decodes: requests that arrive together and start together would end
+        # together and come back together, every wave waiting for the whole wave's prompts.
+        budget = self.cfg.max_prefill_tokens or math.inf
+        for req in list(self.prefilling):
+            if budget <= 0:
+                break
+            budget -= self._prefill(req, budget, outputs)
+        while budget > 0 and self.waiting and self.slots.count(None) >= self.waiting[0].params.num_return_sequences:
+            req = self.waiting.popleft()
+            if self._admit(req, outputs):
+                budget -= self._prefill(req, budget, outputs)
+        if first_tokens is not None and outputs:
+            first_tokens(outputs)
+            outputs = []
         if running:
             logits = self._decode(running)
             outputs += self._sample(running, logits)
         return outputs
 
-    def _admit(self, req: Request, outputs: list[Output]) -> None:
+    def _admit(self, req: Request, outputs: list[Output]) -> bool:
+        """Give a request its slots (False: it has nothing to generate and is done)."""
         req.started = time.monotonic()
         n = req.params.num_return_sequences
         if req.params.max_new_tokens == 0:  # nothing to generate: no slot, no prefill
             outputs += [Output(req.id, i, None, finish_reason="length") for i in range(n)]
             self.requests.pop(req.id, None)
-            return
+            return False
         free = [i for i, s in enumerate(self.slots) if s is None][:n]
         seed = req.params.seed
         for i, slot in enumerate(free):
@@ -291,35 +317,63 @@ class Engine:
             self.seen[slot] = False
             self.seen[slot, req.prompt] = True
             self.counts[slot] = 0
-        first = req.sequences[0]
-        logits = self._window_logits(first)
-        for seq in req.sequences[1:]:
-            if self.cache is not None:
-                self.cache.copy_row(first.slot, seq.slot, len(req.prompt))
-        outputs += self._sample(req.sequences, logits.expand(n, -1))
+        self._start_window(req.sequences[0])
+        self.prefilling.append(req)
+        return True
 
-    def _window_logits(self, seq: Sequence) -> torch.Tensor:
-        """Run a sequence's window (from ``seq.start``) into its slot: next-token logits (1, V). Whole
-        chunks at the start of a prompt come from the prefix cache when it has them, and new ones are
-        stored."""
+    def _prefill(self, req: Request, budget: float, outputs: list[Output]) -> int:
+        """Run up to ``budget`` more prompt tokens of a request (at least one chunk); when its prompt
+        is all in, its other sequences copy the first one's row, and each samples its first token.
+        Returns the tokens computed."""
+        first = req.sequences[0]
+        logits, used = self._run_window(first, budget)
+        if logits is not None:
+            self.prefilling.remove(req)
+            for seq in req.sequences:
+                if seq is not first and self.cache is not None:
+                    self.cache.copy_row(first.slot, seq.slot, len(req.prompt))
+                seq.ready = True
+            outputs += self._sample(req.sequences, logits.expand(len(req.sequences), -1))
+        return used
+
+    def _start_window(self, seq: Sequence) -> None:
+        """Prepare to run a sequence's window (from ``seq.start``) into its slot: whole chunks at the
+        start of a prompt come from the prefix cache when it has them."""
+        seq.filled, seq.cached, seq.keys = 0, 0, []
+        if self.cache is None or self.prefix is None or seq.start != 0:
+            return
+        chunk = self.cfg.prefill_chunk
+        seq.keys = PrefixCache.keys(seq.tokens[:-1], chunk)
+        for block in self.prefix.lookup(seq.keys):
+            self.cache.write(seq.slot, seq.filled, block)
+            seq.filled += chunk
+        seq.cached = seq.filled
+
+    def _run_window(self, seq: Sequence, budget: float = math.inf) -> tuple[torch.Tensor | None, int]:
+        """Run the next chunks of a sequence's window into its slot, at least one, until ``budget``
+        tokens are used: (next-token logits (1, V) once the whole window is in, else None; tokens
+        run). Chunks start at multiples of ``prefill_chunk``, so the keys/values are the same bits
+        however the work was split across steps; new whole prompt chunks go to the prefix cache."""
         tokens = seq.tokens[seq.start:]
         if self.cache is None:
             x = torch.tensor([tokens], device=self.device)
-            return self.model(x, last_only=True)[0][:, -1, :]
-        chunk = self.cfg.prefill_chunk
+            return self.model(x, last_only=True)[0][:, -1, :], len(tokens)
+        chunk, used, logits = self.cfg.prefill_chunk, 0, None
         row = self.cache.view(seq.slot, seq.slot + 1)
-        keys = PrefixCache.keys(tokens[:-1], chunk) if self.prefix is not None and seq.start == 0 else []
-        done = 0
-        for block in self.prefix.lookup(keys) if keys else []:
-            self.cache.write(seq.slot, done, block)
-            done += chunk
-        cached = done
-        while done < len(tokens):
-            end = min(done - done % chunk + chunk, len(tokens))
-            logits = prefill(self.model, row, tokens[done:end], done)
-            done = end
-        for i in range(cached // chunk, len(keys)):
-            self.prefix.store(keys[i], self.cache.read(seq.slot, i * chunk, (i + 1) * chunk))
+        while seq.filled < len(tokens) and used < budget:
+            end = min(seq.filled - seq.filled % chunk + chunk, len(tokens))
+            logits = prefill(self.model, row, tokens[seq.filled:end], seq.filled)
+            used += end - seq.filled
+            seq.filled = end
+            i = end // chunk - 1
+            if end % chunk == 0 and seq.cached // chunk <= i < len(seq.keys):
+                self.prefix.store(seq.keys[i], self.cache.read(seq.slot, i * chunk, end))
+        return (logits if seq.filled == len(tokens) else None), used
+
+    def _window_logits(self, seq: Sequence) -> torch.Tensor:
+        """Run a sequence's whole window into its slot at once: next-token logits (1, V)."""
+        self._start_window(seq)
+        logits, _ = self._run_window(seq)
         return logits
 
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:

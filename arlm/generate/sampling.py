@@ -238,21 +238,27 @@ def sample(logits: torch.Tensor, greedy: list[bool], generators: list[torch.Gene
            penalised: torch.Tensor | None = None) -> torch.Tensor:
     """Next token per row, (B,): the argmax of ``penalised`` (default ``logits``) for greedy rows, a
     draw from softmax(logits) with the row's own generator for the others (so a row's draw does not
-    depend on which other rows share the batch)."""
+    depend on which other rows share the batch).
+
+    A draw is one uniform number per row placed on the row's cumulative distribution (inverse-CDF
+    sampling, summed in float64): torch.multinomial draws an exponential per vocabulary entry, about
+    1 ms a row for GPT-2's 50,257 tokens on one core, which at 16 rows took 15% of a decode step."""
     out = (logits if penalised is None else penalised).argmax(dim=-1)
     sampled = [b for b, g in enumerate(greedy) if not g]
     if not sampled:
         return out
-    probs = torch.softmax(logits[sampled], dim=-1)
-    for i, b in enumerate(sampled):
-        try:
-            out[b] = torch.multinomial(probs[i:i + 1], num_samples=1, generator=generators[b])[0, 0]
-        except RuntimeError:
-            if not bool(torch.isinf(logits[b]).all()):
-                raise
-            # (checked only after the draw fails: no extra work, nor a host sync, on every step)
-            raise UserError("every token is banned at this step (bad_words, logit_bias, min_new_tokens or the "
-                            "output format leave nothing to sample); loosen them") from None
+    probs = torch.softmax(logits[sampled].float(), dim=-1)
+    cdf = probs.double().cumsum(dim=-1)  # (S, V)
+    total = cdf[:, -1]
+    if bool(~torch.isfinite(total).all() | (total <= 0).any()):
+        raise UserError("every token is banned at this step (bad_words, logit_bias, min_new_tokens or the "
+                        "output format leave nothing to sample); loosen them")
+    u = torch.stack([torch.rand((), dtype=torch.float64, generator=generators[b], device=cdf.device) for b in sampled])
+    idx = torch.searchsorted(cdf, (u * total).unsqueeze(-1), right=True).squeeze(-1)  # first entry past the draw
+    # u * total rounded up to total would land past the end: the last token with any probability instead
+    V = probs.size(-1)
+    last = V - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)
+    out[sampled] = torch.minimum(idx, last)
     return out
 
 

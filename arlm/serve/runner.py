@@ -92,7 +92,7 @@ class EngineRunner:
                 self._commands(block=not self.engine.has_unfinished())
                 if self.engine.has_unfinished():
                     t0 = time.perf_counter()
-                    outputs = self.engine.step()
+                    outputs = self.engine.step(first_tokens=self._deliver)
                     self.step_seconds += time.perf_counter() - t0
                     self._deliver(outputs)
                 self.stats = self.engine.stats()

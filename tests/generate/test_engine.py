@@ -102,6 +102,33 @@ def test_prefix_caching_reuses_a_shared_prompt_start_and_changes_nothing():
     assert e.stats()["prefix_hits"] == 12  # the 2nd and 3rd prompts copy the system prompt's 6 chunks
 
 
+def test_long_prompts_run_a_chunk_per_step_while_others_decode():
+    """With max_prefill_tokens, a long prompt is run over several steps; the running sequences get a
+    token in each of them, and every output equals the request run alone."""
+    m = gpt(block_size=128)
+    short = [([1, 2, 3], SamplingParams(max_new_tokens=30, seed=1)), ([4, 5], SamplingParams(max_new_tokens=30, seed=2))]
+    long = (list(range(1, 61)) + [7] * 20, SamplingParams(max_new_tokens=10, seed=3))  # 80 tokens: 10 chunks of 8
+    cfg = dict(prefill_chunk=8, max_prefill_tokens=8)
+    alone = [run(Engine(m, config=EngineConfig(**cfg)), [r])[0] for r in short + [long]]
+    e = Engine(m, config=EngineConfig(max_batch=3, **cfg))
+    ids = [e.add(*r) for r in short]
+    first = e.step()  # both short prompts are in (nothing was decoding: no limit)
+    lid = e.add(*long)
+    out, steps_before_first = {i: [] for i in ids + [lid]}, 0
+    for o in first:
+        out[o.request_id].append(o.token)
+    while e.has_unfinished():
+        got = e.step()
+        if not out[lid]:
+            steps_before_first += 1
+            assert {o.request_id for o in got if o.token is not None} >= set(ids)  # the others kept decoding
+        for o in got:
+            if o.token is not None and not o.eos:
+                out[o.request_id].append(o.token)
+    assert steps_before_first == 10  # one 8-token chunk per step
+    assert [out[i] for i in ids + [lid]] == alone
+
+
 def test_windows_slide_per_row_and_batches_still_equal_one_by_one():
     m = gpt(block_size=24)
     reqs = [(p, SamplingParams(max_new_tokens=70, seed=i, temperature=0.8)) for i, p in enumerate(prompts(5, seed=3))]

@@ -64,3 +64,25 @@ def test_rows_with_different_controls_equal_each_row_alone():
         alone = S.process(logits[b:b + 1], S.Controls([p], seen=seen[b:b + 1]))
         assert torch.equal(batch[b:b + 1], alone)
     assert torch.isinf(batch[0]).sum() == 45 and torch.isfinite(batch[3]).all()
+
+
+def test_sample_draws_follow_the_softmax_distribution():
+    """Inverse-CDF draws: frequencies of 20,000 draws match softmax(logits) (chi-square), tokens with
+    zero probability are never drawn, and a row's draws depend only on its own generator."""
+    from arlm.generate.sampling import sample
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5, -3.0, float("-inf")]])
+    p = torch.softmax(logits, dim=-1)[0]
+    g = torch.Generator().manual_seed(0)
+    n = 20_000
+    draws = torch.stack([sample(logits, [False], [g]) for _ in range(n)]).flatten()
+    counts = torch.bincount(draws, minlength=8).double()
+    assert counts[4] == 0 and counts[7] == 0
+    keep = p > 0
+    expected = p[keep].double() * n
+    chi2 = float(((counts[keep] - expected) ** 2 / expected).sum())
+    assert chi2 < 20.5  # 5 degrees of freedom: p = 0.001
+    rows = torch.cat([logits, torch.randn(3, 8)])
+    alone = sample(logits, [False], [torch.Generator().manual_seed(5)])
+    together = sample(rows, [False] * 4, [torch.Generator().manual_seed(5)] + [torch.Generator().manual_seed(i) for i in range(3)])
+    assert together[0] == alone[0]
