@@ -52,37 +52,38 @@ class Choice:
     last: float = 0.0  # when its last token came (inter-token latency)
 
 
+def guard(server, request: Request, model: str | None) -> None:
+    """The checks every API route makes first: the key, a loaded model, the model's name."""
+    key = server.cfg.api_key
+    if key and request.headers.get("authorization", "") != f"Bearer {key}":
+        raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", "invalid_request_error",
+                       "invalid_api_key")
+    if server.load_error:
+        raise ApiError(500, f"the model could not be loaded: {server.load_error}", "server_error")
+    if not server.ready.is_set():
+        raise ApiError(503, "the model is still loading; retry shortly", "server_error", headers={"Retry-After": "1"})
+    if model is not None and model != server.model_name:
+        raise ApiError(404, f"the model '{model}' does not exist; this server serves '{server.model_name}'",
+                       "invalid_request_error", "model_not_found", "model")
+
+
 def register(app: FastAPI, server) -> None:
     """Add the routes to ``app``; ``server`` is the app's arlm.serve.app.Server."""
 
-    def guard(request: Request, model: str | None) -> None:
-        key = server.cfg.api_key
-        if key and request.headers.get("authorization", "") != f"Bearer {key}":
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", "invalid_request_error",
-                           "invalid_api_key")
-        if server.load_error:
-            raise ApiError(500, f"the model could not be loaded: {server.load_error}", "server_error")
-        if not server.ready.is_set():
-            raise ApiError(503, "the model is still loading; retry shortly", "server_error", headers={"Retry-After": "1"})
-        if model is not None and model != server.model_name:
-            raise ApiError(404, f"the model '{model}' does not exist; this server serves '{server.model_name}'",
-                           "invalid_request_error", "model_not_found", "model")
-
     @app.get("/v1/models")
     async def models(request: Request):
-        guard(request, None)
+        guard(server, request, None)
         return {"object": "list", "data": [{"id": server.model_name, "object": "model", "created": server.started,
                                             "owned_by": "arlm", "max_model_len": server.lm.block_size}]}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        guard(request, body.model)
+        guard(server, request, body.model)
         if body.suffix:
             raise ApiError(400, "suffix is not supported (arlm's models generate left to right only)", param="suffix")
         if body.best_of not in (None, 1, body.n):
             raise ApiError(400, "best_of is not supported; use n", param="best_of")
         prompts = completion_prompts(server, body)
-        limit = max(len(p) for p in prompts)
         params = sampling_params(body, server.cfg, 16 if body.max_tokens is None else body.max_tokens,
                                  body.logprobs or 0, body.logprobs is not None, defaults=server.lm.generation_defaults)
         echo = await echo_prompts(server, prompts, body) if body.echo else None
@@ -95,7 +96,7 @@ def register(app: FastAPI, server) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
-        guard(request, body.model)
+        guard(server, request, body.model)
         if body.top_logprobs and not body.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         ids = chat_prompt(server, body)
@@ -110,9 +111,15 @@ def register(app: FastAPI, server) -> None:
         await gen.finish()
         return chat_body(server, gen, body)
 
+    register_tokenizer(app, server)
+
+
+def register_tokenizer(app: FastAPI, server) -> None:
+    """``POST /tokenize`` and ``POST /detokenize`` (vLLM's routes)."""
+
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest, request: Request):
-        guard(request, body.model)
+        guard(server, request, body.model)
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "give either prompt (text) or messages (a conversation)")
         if body.prompt is not None:
@@ -126,7 +133,7 @@ def register(app: FastAPI, server) -> None:
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest, request: Request):
-        guard(request, body.model)
+        guard(server, request, body.model)
         V = server.lm.model.config.vocab_size
         bad = [t for t in body.tokens if not 0 <= t < V]
         if bad:
