@@ -271,10 +271,17 @@ class Engine:
         """Run prompts into the cache (up to ``max_prefill_tokens`` of them a step), admitting waiting
         requests into free slots; then advance every sequence that was already decoding by one token.
         A request's first token comes from the step that finishes its prompt; with ``first_tokens``,
-        those outputs go to it before the decode runs (a server sends them a decode step sooner)
-        and are not returned."""
+        each request's first outputs go to it as soon as its prompt is in, before the next prompt and
+        the decode run (a server sends them that much sooner), and are not returned."""
         running = self.running
         outputs: list[Output] = []
+
+        def handed_over() -> None:
+            nonlocal outputs
+            if first_tokens is not None and outputs:
+                first_tokens(outputs)
+                outputs = []
+
         # Also when nothing decodes: requests that arrive together and start together would end
         # together and come back together, every wave waiting for the whole wave's prompts.
         budget = self.cfg.max_prefill_tokens or math.inf
@@ -282,13 +289,12 @@ class Engine:
             if budget <= 0:
                 break
             budget -= self._prefill(req, budget, outputs)
+            handed_over()
         while budget > 0 and self.waiting and self.slots.count(None) >= self.waiting[0].params.num_return_sequences:
             req = self.waiting.popleft()
             if self._admit(req, outputs):
                 budget -= self._prefill(req, budget, outputs)
-        if first_tokens is not None and outputs:
-            first_tokens(outputs)
-            outputs = []
+            handed_over()
         if running:
             logits = self._decode(running)
             outputs += self._sample(running, logits)
