@@ -232,6 +232,8 @@ class LanguageModel:
     def _engine_events(engine: Engine, rows: dict[str, int]) -> Iterator[tuple[int, str, Any]]:
         while engine.has_unfinished():
             for out in engine.step():
+                if out.error:
+                    raise UserError(out.error)
                 row = rows[out.request_id] + out.index
                 event = None
                 if out.token is not None and not out.eos and out.logprob is not None:

@@ -71,6 +71,7 @@ class Output:
     logprob: float | None = None
     top: list[tuple[int, float]] = field(default_factory=list)
     finish_reason: str | None = None
+    error: str | None = None  # finish_reason "error": what went wrong with this request (the others go on)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class Sequence:
     ready: bool = False  # its prompt is in the cache: it decodes
     filled: int = 0  # tokens of the window (from ``start``) in the cache while it is being run
     keys: list[bytes] = field(default_factory=list)  # prefix-cache keys of the window's whole chunks
+    error: str | None = None  # its constraint failed (a grammar past llguidance's limits): it ends with this
     cached: int = 0  # tokens of the window copied from the prefix cache
 
     @property
@@ -446,7 +448,11 @@ class Engine:
             ids += banned_sequence_tokens(seq.tokens, req.bad_words)
         if len(seq.generated) < p.min_new_tokens:
             ids += sorted(req.eos)
-        allowed = seq.constraint.allowed(seq.generated, self.vocab_size) if seq.constraint is not None else None
+        try:
+            allowed = seq.constraint.allowed(seq.generated, self.vocab_size) if seq.constraint is not None else None
+        except UserError as e:  # this request's failure, not the batch's: it ends, the others go on
+            seq.error = str(e)
+            return torch.ones(self.vocab_size, dtype=torch.bool, device=self.device)
         if not ids and allowed is None:
             return None
         banned = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
@@ -475,7 +481,8 @@ class Engine:
         now = time.monotonic()
         for i, (seq, tok) in enumerate(zip(seqs, tokens)):
             if dead[i]:
-                outputs.append(self._finish(seq, Output(seq.request.id, seq.index, None), "stop"))
+                out = Output(seq.request.id, seq.index, None, error=seq.error)
+                outputs.append(self._finish(seq, out, "error" if seq.error else "stop"))
                 continue
             out = self._advance(seq, tok, now)
             if lp is not None and not out.eos and (seq.request.params.logprobs or seq.request.params.top_logprobs):

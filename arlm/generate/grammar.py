@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # Built once per tokenizer (a large vocabulary takes about a second).
 _LL_TOKENIZERS: "weakref.WeakKeyDictionary[object, tuple]" = weakref.WeakKeyDictionary()
+# Stop reasons that mean "no token can continue the text" (the vocabulary cannot spell what the
+# grammar needs next), not a failure of the grammar (limits, internal errors).
+NOTHING_MORE = ("NoExtension", "NoExtensionBias", "EndOfSentence")
 # Compact JSON (no optional whitespace): a small or random model would otherwise fill the output with it.
 JSON_OPTIONS = {"whitespace_flexible": False}
 
@@ -140,9 +143,15 @@ class GrammarConstraint:
             del self.consumed[common:]
         for tok in generated[common:]:
             if not self.matcher.consume_token(tok):
-                raise AssertionError(f"token {tok} was generated against the grammar: {self.matcher.get_error()}")
+                self._failed()
             self.consumed.append(tok)
         return ended is None
+
+    def _failed(self):
+        """The matcher is in its error state: a grammar past llguidance's limits on this text (or a
+        token it did not allow, which would be our bug). The request ends with the reason."""
+        raise UserError(f"the output format could not be followed: {_one_line(self.matcher.get_error())}; "
+                        f"simplify the schema or expression")
 
     def allowed(self, generated: list[int], vocab_size: int) -> torch.Tensor:
         if not self._follow(generated):
@@ -150,6 +159,11 @@ class GrammarConstraint:
             mask[self.end_ids] = True
             return mask
         bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        if self.matcher.is_error():
+            reason = (self.matcher.get_error().splitlines() or [""])[0].strip()
+            if self.matcher.stop_reason() not in NOTHING_MORE and reason not in NOTHING_MORE:
+                self._failed()
+            return torch.zeros(vocab_size, dtype=torch.bool)  # nothing this vocabulary can write: it ends
         mask = torch.from_numpy(bits[:vocab_size].astype(bool))
         end = bool(bits[self.ll_eos]) if self.ll_eos is not None else False
         if self.ll_eos is not None and self.ll_eos < vocab_size:

@@ -253,6 +253,7 @@ class Generation:
         self.id = ("chatcmpl-" if route == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.done = False
+        self.error: str | None = None  # a request of it failed while decoding (its output format)
 
     @property
     def prompt_tokens(self) -> int:
@@ -287,11 +288,15 @@ class Generation:
             raise
         self.server.metrics.prompt.inc(self.prompt_tokens)
 
-    def abort(self) -> None:
+    def abort(self, disconnected: bool = True) -> None:
+        """Stop every engine request of this call (a client that left, or one of them failed)."""
         if not self.done:
             for rid in self.rows:
                 self.server.runner.abort(rid)
-            self.server.metrics.aborted.inc()
+            if disconnected:
+                self.server.metrics.aborted.inc()
+            else:
+                self.server.metrics.requests.labels(self.route, "error").inc()
             self.done = True
 
     async def events(self) -> AsyncIterator[list[tuple[int, Output]]]:
@@ -314,7 +319,7 @@ class Generation:
                     raise item
                 yield [self._record(self.rows[o.request_id] + o.index, o) for o in item]
             self.done = True
-            self.server.metrics.requests.labels(self.route, "ok").inc()
+            self.server.metrics.requests.labels(self.route, "error" if self.error else "ok").inc()
         finally:
             self.abort()  # a client gone mid-stream (the task is cancelled here) or an error: free the slots
 
@@ -333,15 +338,24 @@ class Generation:
                 c.logprobs.append(out.logprob)
                 c.top.append(out.top)
         c.text += out.text
+        if out.error:
+            self.error = out.error
         if out.finish_reason:
             c.finish_reason = FINISH.get(out.finish_reason, out.finish_reason)
         return k, out
+
+    def error_chunk(self) -> dict[str, Any]:
+        """How a stream reports a request that failed after it started (then ``[DONE]``)."""
+        return {"error": {"message": self.error, "type": "invalid_request_error", "param": "response_format",
+                          "code": None}}
 
     async def finish(self) -> None:
         async for _ in self.events():
             pass
         if not all(c.finish_reason for c in self.choices):
             raise asyncio.CancelledError  # the client left; nobody reads a response
+        if self.error:
+            raise ApiError(400, self.error, param="response_format")
 
 
 def sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
@@ -396,6 +410,10 @@ async def completion_chunks(server, gen: Generation, body: CompletionRequest, ec
         yield chunk([{"index": k, "text": echo[k // gen.n][1], "logprobs": None, "finish_reason": None}
                      for k in range(len(gen.choices))])
     async for batch in gen.events():
+        if gen.error:
+            yield gen.error_chunk()
+            gen.abort(disconnected=False)
+            return
         choices = []
         for k, out in batch:
             lp = None
@@ -442,6 +460,10 @@ async def chat_chunks(server, gen: Generation, body: ChatRequest) -> AsyncIterat
     yield chunk([{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                  for k in range(len(gen.choices))])
     async for batch in gen.events():
+        if gen.error:
+            yield gen.error_chunk()
+            gen.abort(disconnected=False)
+            return
         choices = []
         for k, out in batch:
             lp = None

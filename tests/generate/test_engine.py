@@ -169,3 +169,34 @@ def test_bad_requests_are_refused_before_they_wait(bad):
     with pytest.raises(UserError):
         e.add(bad.get("prompt", [1, 2]), bad.get("params", SamplingParams()))
     assert not e.has_unfinished()
+
+
+def test_a_failing_constraint_ends_only_its_request():
+    """A request whose constraint fails while decoding (a grammar past llguidance's limits) ends with
+    finish_reason "error" and the reason; the requests beside it decode as they would alone."""
+
+    class Fails:
+        def allowed(self, generated, vocab_size):
+            if len(generated) >= 3:
+                raise UserError("the output format could not be followed: too complex")
+            return None
+
+        def fresh(self):
+            return self
+
+    m = gpt()
+    others = [([1, 2, 3], SamplingParams(max_new_tokens=12, seed=1)), ([4, 5], SamplingParams(max_new_tokens=12, seed=2))]
+    alone = [run(Engine(m), [r])[0] for r in others]
+    e = Engine(m, config=EngineConfig(max_batch=3))
+    ids = [e.add(*r) for r in others]
+    bad = e.add([6, 7], SamplingParams(max_new_tokens=12, seed=3), constraint=Fails())
+    out = {i: [] for i in ids}
+    ended = None
+    for o in e.run():
+        if o.request_id == bad:
+            if o.finish_reason:
+                ended = o
+        elif o.token is not None and not o.eos:
+            out[o.request_id].append(o.token)
+    assert ended.finish_reason == "error" and "too complex" in ended.error
+    assert [out[i] for i in ids] == alone

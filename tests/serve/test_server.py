@@ -202,3 +202,16 @@ def test_a_full_queue_answers_429_with_retry_after(bpe_lm):
             t.join()
         assert sorted(codes) == [200, 200, 200]
         assert post(url, "/v1/completions", {**long, "max_tokens": 2, "min_tokens": 0}).status_code == 200
+
+
+def test_a_grammar_past_the_limits_fails_its_request_not_the_server(server):
+    """A regular expression llguidance gives up on once decoding starts: a 400 for a plain request,
+    an error event in a stream; the server keeps serving."""
+    fmt = {"type": "regex", "regex": "(a{1000}){1000}"}
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 5, "response_format": fmt}
+    assert_error(post(server, "/v1/completions", body), 400, "could not be followed")
+    with httpx.stream("POST", server + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+        events = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]" and "could not be followed" in events[-2]
+    assert httpx.get(server + "/health").json()["status"] == "ok"
+    assert post(server, "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 3}).status_code == 200
