@@ -215,3 +215,29 @@ def test_a_grammar_past_the_limits_fails_its_request_not_the_server(server):
     assert events[-1] == "[DONE]" and "could not be followed" in events[-2]
     assert httpx.get(server + "/health").json()["status"] == "ok"
     assert post(server, "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 3}).status_code == 200
+
+
+FIELDS = ["model", "prompt", "messages", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "presence_penalty",
+          "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "echo", "stream", "stream_options",
+          "response_format", "top_k", "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size", "min_tokens",
+          "bad_words", "stop_token_ids", "max_completion_tokens", "continue_final_message", "user", "best_of", "suffix"]
+HOSTILE = [None, -1, 0, 2 ** 63, 1e308, float("nan"), "x", "", "\u0000", [], [2 ** 40], ["a"], {}, {"1": 1e9}, True,
+           {"type": "json_schema"}, {"type": "regex"}, [{"role": "user", "content": "x"}]]
+
+
+@pytest.mark.parametrize("path, base", [("/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 4}),
+                                        ("/v1/chat/completions", CHAT)])
+def test_every_field_with_hostile_values_gets_a_4xx_or_an_answer(server, path, base):
+    """Each request field set to each of 18 hostile values (wrong types, extremes, NaN, empty, nested):
+    never a 5xx or a trace, errors in OpenAI's shape, and the server healthy after all of them."""
+    import json
+
+    client = httpx.Client(base_url=server, timeout=60)
+    for field in FIELDS:
+        for value in HOSTILE:
+            body = json.dumps({**base, field: value})  # NaN as JSON's common extension, as clients send it
+            r = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert r.status_code < 500 and "Traceback" not in r.text, (field, value, r.status_code, r.text[:200])
+            if r.status_code >= 400:
+                assert set(r.json()["error"]) == {"message", "type", "param", "code"}, (field, value)
+    assert httpx.get(server + "/health").json()["status"] == "ok"
