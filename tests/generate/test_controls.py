@@ -288,6 +288,8 @@ def test_compiled_decode_step_equals_eager(precision):
     from arlm.compress.quantize import quantize
 
     m = quantize(model(vocab=64, n_embd=64, block_size=40), precision)
+    # bfloat16 and int8 models have the same module types, so the other precision's graphs share the key
+    before = {id(fn) for fn in graphs(m)}
     batch = [PROMPT, [3, 1], PROMPT[:4]]  # 6 rows with 2 sequences each
     cases = [(PROMPT, dict(max_new_tokens=24, temperature=0)),
              (PROMPT[:3], dict(max_new_tokens=30, temperature=0)),  # another length: other cache, other positions
@@ -296,7 +298,7 @@ def test_compiled_decode_step_equals_eager(precision):
              ([7], dict(max_new_tokens=20, temperature=0)),
              (PROMPT, dict(max_new_tokens=70, temperature=1.0, seed=3))]  # slides at 40 tokens
     compare_compiled(m, cases)
-    assert len(graphs(m)) == 2
+    assert len([fn for fn in graphs(m) if id(fn) not in before]) == 2
 
 
 def test_compiled_step_equals_eager_on_a_tiny_model():
