@@ -1,9 +1,10 @@
 """The decoding engine: many requests generated at once over a pool of KV-cache slots.
 
 ``Engine.add(prompt_ids, params)`` queues a request (a :class:`arlm.config.SamplingParams` each);
-``step()`` admits waiting requests into free slots (their prompts are prefilled and give their first
-token), then feeds every running sequence's last token through one batched decode step and samples
-each row with its own controls; ``abort(id)`` drops a request. A finished or aborted sequence frees
+``step()`` admits waiting requests into free slots and runs their prompts into the cache, at most
+``max_prefill_tokens`` a step (a prompt that is all in gives its first token), then feeds every
+running sequence's last token through one batched decode step and samples each row with its own
+controls; ``abort(id)`` drops a request. A finished or aborted sequence frees
 its slot at once, so a new request joins the running batch between two steps (continuous batching,
 Yu et al. 2022, "Orca"). ``LanguageModel.generate/stream/complete``, ``arlm generate``, ``chat``,
 ``eval --task`` and the server all decode through it.
