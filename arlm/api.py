@@ -171,8 +171,6 @@ class LanguageModel:
 
     def _grammar(self, cfg: GenerateConfig, eos: tuple[int, ...]) -> GrammarConstraint | None:
         """The request's structured-output constraint (beam search, speculative decoding; the engine builds its own)."""
-        if (cfg.json_schema or cfg.regex) and cfg.token_healing:
-            raise UserError("structured output (json_schema, regex) cannot be combined with token healing")
         return grammar_constraint(cfg, self.tokenizer, self.model.config.vocab_size, eos)
 
     def _beam_texts(self, ids: list[int], cfg: GenerateConfig, eos: tuple[int, ...], rules,

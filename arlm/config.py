@@ -498,6 +498,8 @@ class GenerateConfig(SamplingParams):
             raise UserError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
         if self.token_healing and (self.num_beams > 1 or self.draft_model):
             raise UserError("token_healing works with greedy decoding and sampling: drop num_beams / draft_model")
+        if self.token_healing and (self.json_schema or self.regex):
+            raise UserError("structured output (json_schema, regex) cannot be combined with token_healing; drop one")
         if self.draft_model and (self.num_beams > 1 or self.num_return_sequences > 1):
             raise UserError("speculative decoding (draft_model) produces one sequence: use num_beams=1 and num_return_sequences=1")
 

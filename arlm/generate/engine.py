@@ -229,15 +229,15 @@ class Engine:
         bad_words += [list(b) for b in bad_words_ids]
         if (params.stop or skip_text) and self.tokenizer is None:
             raise UserError("stop strings need the model's tokenizer files")
-        grammar = grammar_constraint(params, self.tokenizer, V, frozenset(self.eos_ids) | frozenset(params.stop_token_ids))
+        eos = frozenset(self.eos_ids) | frozenset(params.stop_token_ids)
+        grammar = grammar_constraint(params, self.tokenizer, V, eos)
         if grammar is not None and constraint is not None:
             raise UserError("structured output (json_schema, regex) cannot be combined with token healing")
         constraint = grammar or constraint
         rid = request_id or f"req-{next(self._ids)}"
         if rid in self.requests:
             raise UserError(f"request id {rid!r} is already in use")
-        req = Request(rid, list(prompt_ids), params, frozenset(self.eos_ids) | frozenset(params.stop_token_ids),
-                      bad_words, dense, skip_text, constraint, time.monotonic())
+        req = Request(rid, list(prompt_ids), params, eos, bad_words, dense, skip_text, constraint, time.monotonic())
         self.requests[rid] = req
         self.waiting.append(req)
         return rid

@@ -11,6 +11,7 @@ next) ends there.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import weakref
@@ -120,8 +121,7 @@ class GrammarConstraint:
                             "(its first character is not a token); use a model whose tokenizer covers it")
 
     def fresh(self) -> "GrammarConstraint":
-        other = object.__new__(GrammarConstraint)
-        other.__dict__.update(self.__dict__)
+        other = copy.copy(self)
         other.matcher = self.matcher.deep_copy()
         other.matcher.reset()
         other.consumed = []
@@ -129,23 +129,23 @@ class GrammarConstraint:
 
     def _follow(self, generated: list[int]) -> bool:
         """Bring the matcher to ``generated``; False if that holds an end id (speculative decoding
-        asks about drafts past one; only the end may follow it)."""
-        ended = next((i for i, t in enumerate(generated) if t in self._end_set), None)
-        if ended is not None:
-            generated = generated[:ended]
-        common = 0
-        for a, b in zip(self.consumed, generated):
-            if a != b:
-                break
-            common += 1
-        if common < len(self.consumed):
-            self.matcher.rollback(len(self.consumed) - common)
+        asks about drafts past one; only the end may follow it). The usual call extends what was
+        consumed by one token, which costs one comparison of lists and one token."""
+        n = len(self.consumed)
+        if generated[:n] == self.consumed:
+            common = n
+        else:  # another beam, or a rejected draft: back to the common prefix
+            common = next((i for i, (a, b) in enumerate(zip(self.consumed, generated)) if a != b),
+                          min(n, len(generated)))
+            self.matcher.rollback(n - common)
             del self.consumed[common:]
-        for tok in generated[common:]:
+        for tok in generated[common:]:  # (what was consumed holds no end id)
+            if tok in self._end_set:
+                return False
             if not self.matcher.consume_token(tok):
                 self._failed()
             self.consumed.append(tok)
-        return ended is None
+        return True
 
     def _failed(self):
         """The matcher is in its error state: a grammar past llguidance's limits on this text (or a
@@ -171,10 +171,6 @@ class GrammarConstraint:
         if self.end_ids:
             mask[self.end_ids] = end
         return mask
-
-    def accepting(self, generated: list[int]) -> bool:
-        """Whether ``generated`` is a whole text of the grammar."""
-        return self._follow(generated) and self.matcher.is_accepting()
 
 
 def grammar_constraint(params: SamplingParams, tokenizer, vocab_size: int,

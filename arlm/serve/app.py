@@ -11,6 +11,7 @@ OpenAI-style JSON body with a 4xx code (5xx only for the server's own failures, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException
 
 from arlm.config import EngineConfig, ServeConfig
 from arlm.errors import UserError
+from arlm.generate.grammar import ll_tokenizer
 from arlm.serve import openai_routes
 from arlm.serve.metrics import Metrics
 from arlm.serve.protocol import ApiError, error_body
@@ -64,6 +66,9 @@ class Server:
 
             engine = Engine(lm.model, lm.tokenizer, lm.eos_ids, engine_cfg)
             self.template = lm.chat_template(self.cfg.chat_template) if lm.tokenizer is not None else None
+            if lm.tokenizer is not None:  # token bytes for logprobs and grammars: built now, not in a request
+                with contextlib.suppress(UserError):
+                    ll_tokenizer(lm.tokenizer, lm.model.config.vocab_size)
             self.runner = EngineRunner(engine, self.cfg.max_queue)
             self.runner.start()
             self._warm_up()

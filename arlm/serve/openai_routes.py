@@ -19,6 +19,7 @@ from arlm.data.sft import encode_text
 from arlm.errors import UserError
 from arlm.generate.engine import Output
 from arlm.generate.step import prompt_logprobs
+from arlm.io.text import check_text
 from arlm.serve.protocol import ApiError, ChatRequest, CompletionRequest, Message, message_text, sampling_params
 from arlm.serve.runner import QueueFull
 
@@ -30,7 +31,7 @@ class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     model: str | None = None
     prompt: str | None = None
-    messages: list[dict[str, Any]] | None = None
+    messages: list[Message] | None = None
     add_generation_prompt: bool = True
 
 
@@ -60,6 +61,8 @@ def guard(server, request: Request, model: str | None) -> None:
                        "invalid_api_key")
     if server.load_error:
         raise ApiError(500, f"the model could not be loaded: {server.load_error}", "server_error")
+    if server.runner is not None and server.runner.error is not None:  # nothing would answer a new request
+        raise ApiError(500, "the engine stopped; see the server's log", "server_error")
     if not server.ready.is_set():
         raise ApiError(503, "the model is still loading; retry shortly", "server_error", headers={"Retry-After": "1"})
     if model is not None and model != server.model_name:
@@ -125,8 +128,9 @@ def register_tokenizer(app: FastAPI, server) -> None:
         if body.prompt is not None:
             ids = encode(server, body.prompt)
         else:
-            msgs = [_message(m) for m in body.messages]
-            text = server.template.render(msgs, add_generation_prompt=body.add_generation_prompt)
+            if server.template is None:
+                raise UserError("messages need the model's tokenizer files")
+            text = server.template.render(chat_messages(body.messages), add_generation_prompt=body.add_generation_prompt)
             ids = encode_text(server.lm.tokenizer, text, server.template.eos_token)
         return {"tokens": ids, "token_strs": [token_text(server, t) for t in ids], "count": len(ids),
                 "max_model_len": server.lm.block_size}
@@ -141,19 +145,17 @@ def register_tokenizer(app: FastAPI, server) -> None:
         return {"prompt": server.lm.tokenizer.decode(body.tokens)}
 
 
-def _message(m: dict[str, Any]) -> dict[str, str]:
-    try:
-        msg = Message(**m)
-    except Exception:
-        raise UserError("messages: each message is {'role': 'system'|'user'|'assistant', 'content': TEXT}") from None
-    return {"role": "system" if msg.role == "developer" else msg.role, "content": message_text(msg)}
+def chat_messages(messages: list[Message]) -> list[dict[str, str]]:
+    """Request messages as the chat template takes them (OpenAI's "developer" is the system role)."""
+    out = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)} for m in messages]
+    for m in out:
+        check_text(m["content"], "a message")
+    return out
 
 
 # -- prompts ----------------------------------------------------------------------------------------------
 def encode(server, text: str) -> list[int]:
     """A prompt's ids, refused (not cut) when longer than the server takes; "" starts a new document."""
-    from arlm.io.text import check_text
-
     check_text(text, "the prompt")
     tok = server.lm.tokenizer
     ids = getattr(tok, "encode_prompt", tok.encode)(text) if text else []
@@ -191,11 +193,7 @@ def completion_prompts(server, body: CompletionRequest) -> list[list[int]]:
 def chat_prompt(server, body: ChatRequest) -> list[int]:
     if server.template is None:
         raise UserError("chat needs the model's tokenizer files")
-    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": message_text(m)} for m in body.messages]
-    from arlm.io.text import check_text
-
-    for m in msgs:
-        check_text(m["content"], "a message")
+    msgs = chat_messages(body.messages)
     tmpl, tok = server.template, server.lm.tokenizer
     if body.continue_final_message:
         if msgs[-1]["role"] != "assistant":
@@ -220,10 +218,14 @@ async def echo_prompts(server, prompts: list[list[int]], body: CompletionRequest
 
 
 def token_bytes(server, tid: int) -> bytes:
-    """A token's own bytes (a byte-level BPE token may hold part of a character)."""
+    """A token's own bytes (a byte-level BPE token may hold part of a character), read by llguidance
+    (built when the model loads); its text's bytes for a tokenizer llguidance cannot read."""
     from arlm.generate.grammar import ll_tokenizer
 
-    ll, _ = ll_tokenizer(server.lm.tokenizer, server.lm.model.config.vocab_size)
+    try:
+        ll, _ = ll_tokenizer(server.lm.tokenizer, server.lm.model.config.vocab_size)
+    except UserError:
+        return server.lm.tokenizer.decode([tid]).encode("utf-8", "surrogatepass")
     return ll.decode_bytes([tid])
 
 
@@ -397,31 +399,43 @@ def completion_body(server, gen: Generation, body: CompletionRequest, echo) -> d
 
 
 async def completion_chunks(server, gen: Generation, body: CompletionRequest, echo) -> AsyncIterator[dict]:
+    def choice(k: int, out: Output) -> dict[str, Any] | None:
+        lp = None
+        if body.logprobs is not None and out.logprob is not None:
+            lp = completion_logprobs(server, [out.token], [out.logprob], [out.top])
+        if not (out.text or lp or out.finish_reason):
+            return None
+        return {"index": k, "text": out.text, "logprobs": lp,
+                "finish_reason": gen.choices[k].finish_reason if out.finish_reason else None}
+
+    first = [{"index": k, "text": echo[k // gen.n][1], "logprobs": None, "finish_reason": None}
+             for k in range(len(gen.choices))] if echo else []
+    async for chunk in stream_chunks(server, gen, body, "text_completion", first, choice):
+        yield chunk
+
+
+async def stream_chunks(server, gen: Generation, body, kind: str, first: list[dict],
+                        choice) -> AsyncIterator[dict]:
+    """A stream's chunks (object ``kind``): ``first`` (choices sent before any token, if any), then a
+    chunk per batch of outputs, ``choice(k, output)`` each (None: nothing to send for it); a request
+    that fails ends the stream with an error event; with ``stream_options.include_usage`` every chunk
+    has ``usage: null`` and a last one, with no choices, the usage."""
     usage = body.stream_options is not None and body.stream_options.include_usage
 
-    def chunk(choices):
-        out = {"id": gen.id, "object": "text_completion", "created": gen.created, "model": server.model_name,
-               "choices": choices}
+    def chunk(choices: list[dict]) -> dict[str, Any]:
+        out = {"id": gen.id, "object": kind, "created": gen.created, "model": server.model_name, "choices": choices}
         if usage:
             out["usage"] = None
         return out
 
-    if echo:
-        yield chunk([{"index": k, "text": echo[k // gen.n][1], "logprobs": None, "finish_reason": None}
-                     for k in range(len(gen.choices))])
+    if first:
+        yield chunk(first)
     async for batch in gen.events():
         if gen.error:
             yield gen.error_chunk()
             gen.abort(disconnected=False)
             return
-        choices = []
-        for k, out in batch:
-            lp = None
-            if body.logprobs is not None and out.logprob is not None:
-                lp = completion_logprobs(server, [out.token], [out.logprob], [out.top])
-            if out.text or lp or out.finish_reason:
-                choices.append({"index": k, "text": out.text, "logprobs": lp,
-                                "finish_reason": gen.choices[k].finish_reason if out.finish_reason else None})
+        choices = [c for c in (choice(k, out) for k, out in batch) if c is not None]
         if choices:
             yield chunk(choices)
     if usage:
@@ -448,31 +462,16 @@ def chat_body(server, gen: Generation, body: ChatRequest) -> dict[str, Any]:
 
 
 async def chat_chunks(server, gen: Generation, body: ChatRequest) -> AsyncIterator[dict]:
-    usage = body.stream_options is not None and body.stream_options.include_usage
+    def choice(k: int, out: Output) -> dict[str, Any] | None:
+        lp = None
+        if body.logprobs and out.logprob is not None:
+            lp = {"content": [chat_logprob_entry(server, out.token, out.logprob, out.top)]}
+        if not (out.text or lp or out.finish_reason):
+            return None
+        return {"index": k, "delta": {"content": out.text} if out.text or lp else {}, "logprobs": lp,
+                "finish_reason": gen.choices[k].finish_reason if out.finish_reason else None}
 
-    def chunk(choices):
-        out = {"id": gen.id, "object": "chat.completion.chunk", "created": gen.created, "model": server.model_name,
-               "choices": choices}
-        if usage:
-            out["usage"] = None
-        return out
-
-    yield chunk([{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-                 for k in range(len(gen.choices))])
-    async for batch in gen.events():
-        if gen.error:
-            yield gen.error_chunk()
-            gen.abort(disconnected=False)
-            return
-        choices = []
-        for k, out in batch:
-            lp = None
-            if body.logprobs and out.logprob is not None:
-                lp = {"content": [chat_logprob_entry(server, out.token, out.logprob, out.top)]}
-            if out.text or lp or out.finish_reason:
-                choices.append({"index": k, "delta": {"content": out.text} if out.text or lp else {}, "logprobs": lp,
-                                "finish_reason": gen.choices[k].finish_reason if out.finish_reason else None})
-        if choices:
-            yield chunk(choices)
-    if usage:
-        yield {**chunk([]), "usage": gen.usage()}
+    first = [{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+             for k in range(len(gen.choices))]
+    async for chunk in stream_chunks(server, gen, body, "chat.completion.chunk", first, choice):
+        yield chunk

@@ -31,9 +31,6 @@ def error_body(message: str, type_: str = "invalid_request_error", code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-# Fields OpenAI clients may send that do not change what is generated.
-IGNORED = ("user", "metadata", "store", "service_tier")
-
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -83,7 +80,7 @@ class Common(BaseModel):
     min_tokens: int = Field(default=0, ge=0)
     bad_words: list[str] = Field(default_factory=list)
     stop_token_ids: list[int] = Field(default_factory=list)
-    # accepted and ignored
+    # accepted and ignored: OpenAI clients send them, they do not change what is generated
     user: str | None = None
     metadata: dict[str, Any] | None = None
     store: bool | None = None

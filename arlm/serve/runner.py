@@ -14,7 +14,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -47,7 +46,6 @@ class EngineRunner:
         self.commands: queue.SimpleQueue = queue.SimpleQueue()
         self.streams: dict[str, Submission] = {}
         self.stats = engine.stats()  # a snapshot taken after each step (read by /metrics and /health)
-        self.step_seconds = 0.0
         self._pending = 0  # submitted, not yet added (counted against max_waiting with the engine's queue)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -91,9 +89,7 @@ class EngineRunner:
             while not self._stop.is_set():
                 self._commands(block=not self.engine.has_unfinished())
                 if self.engine.has_unfinished():
-                    t0 = time.perf_counter()
                     outputs = self.engine.step(first_tokens=self._deliver)
-                    self.step_seconds += time.perf_counter() - t0
                     self._deliver(outputs)
                 self.stats = self.engine.stats()
         except BaseException as e:  # the server reports it (/health 500) instead of hanging every client

@@ -126,6 +126,7 @@ def test_speculative_decoding_follows_the_schema(lm, tmp_path):
     (dict(json_schema='{"type": "wat"}'), "json_schema cannot be used"),
     (dict(regex="(ab"), "regex cannot be used"),
     (dict(regex="a", json_schema='{"type": "object"}'), "not both"),
+    (dict(regex="a+", token_healing=True), "cannot be combined with token_healing"),
 ])
 def test_bad_constraints_are_refused_with_the_reason(lm, controls, message):
     with pytest.raises(UserError, match=re.escape(message)):

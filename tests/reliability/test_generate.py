@@ -36,6 +36,12 @@ BASE = ["--prompt", "A", "--device", "cpu"]
     (["--stop-token-ids", "x"], r"--stop-token-ids"),
     (["--num-beams", "2", "--max-new-tokens", "4", "--stop-token-ids", "99999"], r"stop token id 99999.*vocabulary"),  # checked before printing
     (["--num-beams", "2", "--max-new-tokens", "4", "--logit-bias", "99999=1"], r"logit_bias token id 99999"),
+    (["--json-schema", "/nonexistent/schema.json"], r"JSON schema file not found"),
+    (["--json-schema", "{not json"], r"json_schema is not valid JSON"),
+    (["--json-schema", '{"type": "wat"}'], r"json_schema cannot be used"),
+    (["--regex", "(a"], r"regex cannot be used: unclosed group"),
+    (["--regex", "a", "--json-schema", '{"type": "object"}'], r"not both"),
+    (["--num-beams", "2", "--max-new-tokens", "4", "--regex", "(a"], r"regex cannot be used"),  # checked before printing
 ])
 def test_absurd_generate_flags(capsys, run_dir, tmp_path, flags, pattern):
     flags = [str(run_dir) if f == "SELF" else f for f in flags]

@@ -83,6 +83,10 @@ def test_tokenize_detokenize_round_trip(server):
     chat = post(server, "/tokenize", {"messages": [{"role": "user", "content": "hi"}]}).json()
     assert chat["count"] > 1
     assert_error(post(server, "/detokenize", {"tokens": [-1]}), 400, "outside the vocabulary")
+    assert_error(post(server, "/tokenize", {"messages": [{"role": "robot", "content": "x"}]}), 400, "role")
+    assert_error(post(server, "/tokenize", {"prompt": "x", "messages": [{"role": "user", "content": "x"}]}), 400,
+                 "either prompt")
+    assert_error(post(server, "/tokenize", {"prompt": 5}), 400, "prompt")
 
 
 def test_metrics_report_the_serving_figures(server):
