@@ -197,12 +197,14 @@ async function generate(extra, m, route) {
     $("send").disabled = false; $("stop").disabled = true;
     save();
     render();
+    poll();
   }
 }
 async function readStream(response, m) {
   const reader = response.body.getReader(), decoder = new TextDecoder();
   const el = document.querySelector(`.msg[data-index="${current.messages.indexOf(m)}"]`);
   let buffer = "", reason = null;
+  poll();  // the header's running count, now rather than at the next tick
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
