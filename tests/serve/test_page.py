@@ -27,6 +27,10 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
+    yield from open_page(browser, server)
+
+
+def open_page(browser, server):
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
     errors = []
@@ -78,8 +82,26 @@ def test_a_message_streams_back_token_by_token(page):
     assert page.locator("#status").inner_text() == "stopped at max tokens"
 
 
-def test_stop_cancels_the_request_on_the_server(page, server):
-    settings(page, seed=2, max_tokens=4000, format_kind="regex", format_text="[a-z ]{10000}")
+@pytest.fixture(scope="module")
+def long_server(bpe_lm):
+    """A server that allows a 500,000-token request (~10 minutes of this tiny model): the stop test's generation
+    cannot end on its own before the click, however far the browser lags behind the stream."""
+    from arlm.config import ServeConfig
+    from arlm.serve.app import create_app
+    from tests.serve.conftest import running
+
+    with running(create_app(ServeConfig(model_name="tiny", max_batch=8, max_tokens=500_000), lm=bpe_lm)) as url:
+        yield url
+
+
+@pytest.fixture
+def long_page(browser, long_server):
+    yield from open_page(browser, long_server)
+
+
+def test_stop_cancels_the_request_on_the_server(long_page, long_server):
+    page, server = long_page, long_server
+    settings(page, seed=2, max_tokens=500_000, format_kind="regex", format_text="([a-z ]{100}){10000}")
     send(page, "Speak")
     page.wait_for_function("document.querySelectorAll('.msg.assistant .tok').length > 20")
     assert httpx.get(server + "/health").json()["running"] == 1
@@ -92,9 +114,10 @@ def test_stop_cancels_the_request_on_the_server(page, server):
             break
         time.sleep(0.05)
     assert httpx.get(server + "/health").json()["running"] == 0
+    assert "arlm_requests_aborted_total 1.0" in httpx.get(server + "/metrics").text  # cancelled, not finished
     page.wait_for_function("document.getElementById('running').textContent.startsWith('0 running')")
     kept = reply_tokens(page)
-    assert 20 < kept < 4000
+    assert 20 < kept < 500_000
     time.sleep(0.5)
     assert reply_tokens(page) == kept  # nothing more arrives
 

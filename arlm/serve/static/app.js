@@ -209,26 +209,37 @@ async function readStream(response, m) {
     const { value, done } = await reader.read();
     if (done) break;
     buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+    // Everything that arrived in this read goes into the page at once, and the view scrolls at most once a
+    // frame: appending and scrolling per token lays the growing reply out again each time, and a long, fast
+    // stream then keeps the page too busy to answer the stop button.
+    const spans = document.createDocumentFragment();
+    let cut, finished = false;
+    while (!finished && (cut = buffer.indexOf("\n\n")) >= 0) {
       const line = buffer.slice(0, cut).trim();
       buffer = buffer.slice(cut + 2);
       if (!line.startsWith("data:")) continue;
       const data = line.slice(5).trim();
-      if (data === "[DONE]") return reason;
-      const chunk = JSON.parse(data);
-      for (const choice of chunk.choices || []) {
+      if (data === "[DONE]") { finished = true; break; }
+      for (const choice of JSON.parse(data).choices || []) {
         for (const t of chunkTokens(choice)) {
           m.tokens.push(t);
-          el.append(tokenSpan(t, +el.dataset.index, m.tokens.length - 1));
+          spans.append(tokenSpan(t, +el.dataset.index, m.tokens.length - 1));
         }
         m.content += choice.delta ? (choice.delta.content || "") : (choice.text || "");
         if (choice.finish_reason) reason = choice.finish_reason;
       }
-      $("messages").scrollTop = $("messages").scrollHeight;
     }
+    el.append(spans);
+    scrollToEnd();
+    if (finished) return reason;
   }
   return reason;
+}
+let scrollPending = false;
+function scrollToEnd() {
+  if (scrollPending) return;
+  scrollPending = true;
+  requestAnimationFrame(() => { scrollPending = false; $("messages").scrollTop = $("messages").scrollHeight; });
 }
 function chunkTokens(choice) {
   const lp = choice.logprobs;
