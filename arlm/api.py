@@ -36,7 +36,7 @@ from arlm.io.paths import output_file
 from arlm.io.schema import CheckpointInfo, check_generation_defaults
 from arlm.io.text import check_text
 from arlm.runtime import check_memory, resolve_device
-from arlm.tokenizers.base import same_vocabulary, token_texts
+from arlm.tokenizers.base import require_text, same_vocabulary, token_texts
 
 log = logging.getLogger(__name__)
 
@@ -447,9 +447,11 @@ class LanguageModel:
         return score(metric, predictions, [ex["reference"] for ex in examples]), predictions
 
     def _need_tokenizer(self) -> None:
+        """A text tokenizer: every text verb (generate, chat, eval, serve) needs one."""
         if self.tokenizer is None:
             raise UserError(f"{self.info.path or 'this model'} has no tokenizer files (tokenizer.json, or "
                             f"vocab.json + merges.txt): copy its base model's tokenizer files into the folder")
+        require_text(self.tokenizer)
 
     def evaluate(self, text: str, batch_size: int = 8, stride: int = 0) -> dict[str, Any]:
         """Loss, perplexity, bits per character/byte of ``text``; ``stride`` > 0 slides the window

@@ -215,6 +215,107 @@ class PrepareConfig:
 
 
 # ----------------------------------------------------------------------------------------------
+# images (`arlm image ...`)
+
+
+@dataclass
+class ImagePrepareConfig:
+    """Options of ``arlm image prepare``: images -> pixel tokenizer + token shards of whole-image records."""
+
+    source: str = _f("", "'digits' (scikit-learn's bundled 8x8 handwritten digits), or a folder of PNG/JPEG files "
+                         "(its subfolders, if any, name the classes)", metavar="digits|DIR")
+    out: str = _f("", "output folder for train.bin, val.bin, meta.json and tokenizer.json", metavar="DIR")
+    size: str = _f("", "resize every image to WIDTHxHEIGHT (default: the first image's size; digits: 8x8)",
+                   metavar="WxH")
+    color: str = _f("gray", "grey levels, or RGB colours mapped to a k-means palette", choices=("gray", "rgb"))
+    levels: int = _f(0, "grey levels (default: 17 for digits, whose values are 0..16; 16 for files)")
+    palette: int = _f(16, "colours in the palette for --color rgb (k-means on the training pixels)")
+    labels: bool = _f(True, "open each image with its class (digits: the digit; a folder: the subfolder), for "
+                            "class-conditional sampling")
+    test_fraction: float = _f(0.2, "fraction of images held out (a stratified random split)")
+    seed: int = _f(0, "seed of the split and the palette (digits with seed 0: scikit-learn's "
+                      "train_test_split(test_size=0.2, random_state=0))")
+
+    def validate(self) -> None:
+        if not self.source:
+            raise UserError("no images given: --source digits, or --source DIR (a folder of PNG/JPEG files)")
+        if not self.out:
+            raise UserError("no output folder given: add --out DIR")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise UserError(f"--test-fraction must be between 0 and 1 (exclusive), got {self.test_fraction}")
+        if self.levels and not 2 <= self.levels <= 256:
+            raise UserError(f"--levels must be between 2 and 256, got {self.levels}")
+        if self.color == "rgb" and not 2 <= self.palette <= 4096:
+            raise UserError(f"--palette must be between 2 and 4096 colours, got {self.palette}")
+        if self.size:
+            image_size(self.size)
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (width, height), each 1..4096."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UserError(f"--size must be WIDTHxHEIGHT, e.g. 32x32, got {text!r}")
+    w, h = (int(p) for p in parts)
+    if not (1 <= w <= 4096 and 1 <= h <= 4096):
+        raise UserError(f"--size must be between 1x1 and 4096x4096, got {text!r}")
+    return w, h
+
+
+@dataclass
+class ImageSampleConfig:
+    """Options of ``arlm image sample``: a grid of sampled images (and completions of held-out ones) as a PNG."""
+
+    out: str = _f("", "PNG file for the grid", metavar="FILE.png")
+    label: list[str] = _f([], "sample this class (repeatable; default: every class, a row each, and with "
+                              "--unconditional one row drawn from the model's own choice of class)", metavar="CLASS")
+    per_label: int = _f(8, "images per class (the grid's columns)")
+    unconditional: int = _f(0, "also this many images whose class the model draws itself")
+    complete: str = _f("", "instead: complete the bottom of held-out images from this prepared data folder's "
+                           "test split, given their top rows", metavar="DATA")
+    rows_given: int = _f(0, "with --complete: image rows given (default: the top half)")
+    count: int = _f(8, "with --complete: images to complete")
+    temperature: float = _f(1.0, "divide logits by this (1: the model's own distribution; 0: greedy)")
+    top_k: int = _f(0, "sample only among the k most likely colours (0: off)")
+    seed: int = _f(0, "random seed; the same seed gives the same grid")
+    scale: int = _f(8, "draw each pixel as an NxN square in the PNG")
+
+    def validate(self) -> None:
+        if not self.out:
+            raise UserError("no output file given: add --out FILE.png")
+        if not self.out.lower().endswith(".png"):
+            raise UserError(f"--out must be a .png file, got {self.out}")
+        for name, low, high in (("per_label", 1, 1000), ("unconditional", 0, 10_000), ("count", 1, 10_000),
+                                ("scale", 1, 64), ("rows_given", 0, 4096)):
+            if not low <= getattr(self, name) <= high:
+                raise UserError(f"--{name.replace('_', '-')} must be between {low} and {high}, got {getattr(self, name)}")
+        if self.temperature < 0 or not math.isfinite(self.temperature):
+            raise UserError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
+
+
+@dataclass
+class ImageEvalConfig:
+    """Options of ``arlm image eval``."""
+
+    data: str = _f("", "the folder made by `arlm image prepare` the model was trained on (its test images are scored)",
+                   metavar="DIR")
+    samples: int = _f(0, "also draw this many class-conditional samples (the classes in turn) and report how many an "
+                         "SVC trained on the real training images assigns to their class (0: skip)")
+    temperature: float = _f(1.0, "sampling temperature for --samples")
+    seed: int = _f(0, "random seed for --samples")
+
+    def validate(self) -> None:
+        if not self.data:
+            raise UserError("no data given: add --data DIR (a folder made by `arlm image prepare`)")
+        if not 0 <= self.samples <= 100_000:
+            raise UserError(f"--samples must be between 0 and 100000, got {self.samples}")
+        if self.temperature < 0 or not math.isfinite(self.temperature):
+            raise UserError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+
+
+# ----------------------------------------------------------------------------------------------
 # train
 
 

@@ -70,16 +70,27 @@ class TokenData:
                 raise UserError(f"{self.path / f'{split}.bin'}: token id {int(ids[at])} at position {at} is outside the "
                                 f"vocabulary (0..{self.meta.vocab_size - 1}); the file is damaged: run `arlm prepare` again")
 
-    def sampling(self, block_size: int) -> tuple[int, int]:
-        """(tokens to draw from, window) for the training sampler: windows of the train split."""
-        return len(self.train), block_size
+    def sampling(self, block_size: int) -> tuple[int, int, int]:
+        """(tokens to draw from, window, stride) for the training sampler: windows of the train split,
+        starting anywhere (stride 1) or, for fixed-length records (images), at record boundaries."""
+        return len(self.train), block_size, self.stride
+
+    @property
+    def stride(self) -> int:
+        """Where windows may start: every token (1), or every record's first token."""
+        return self.meta.record_tokens or 1
 
     def rows(self, starts: list[int], block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Training rows (inputs, next-token targets) of the windows starting at ``starts``."""
         return [(self.train[s:s + block_size], self.train[s + 1:s + 1 + block_size]) for s in starts]
 
     def check_block_size(self, block_size: int) -> None:
-        """Both splits must hold at least one full window of ``block_size + 1`` tokens."""
+        """Both splits must hold at least one full window of ``block_size + 1`` tokens; windows of records
+        (images) hold whole records."""
+        R = self.meta.record_tokens
+        if R and block_size % R:
+            raise UserError(f"--block-size {block_size} does not hold whole images: each is a record of {R} tokens "
+                            f"(end-of-text, label, pixels); use --block-size {R} (or a multiple)")
         for split in ("train", "val"):
             n = len(getattr(self, split))
             if n < block_size + 1:
@@ -89,9 +100,18 @@ class TokenData:
                 )
 
 
-def random_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator):
-    """``batch_size`` random windows: inputs x and next-token targets y, each (B, T) int64 (as nanoGPT)."""
-    return windows(data, torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist(), block_size)
+def random_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator, stride: int = 1):
+    """``batch_size`` random windows: inputs x and next-token targets y, each (B, T) int64 (as nanoGPT),
+    starting at multiples of ``stride``."""
+    return windows(data, random_starts(len(data), block_size, stride, batch_size, generator), block_size)
+
+
+def random_starts(n_tokens: int, block_size: int, stride: int, count: int, generator: torch.Generator) -> list[int]:
+    """``count`` window starts, uniformly at random among the multiples of ``stride`` that leave room for a
+    window and its targets (stride 1: any of the ``n_tokens - block_size`` positions, as nanoGPT)."""
+    if stride == 1:
+        return torch.randint(n_tokens - block_size, (count,), generator=generator).tolist()
+    return [stride * i for i in torch.randint((n_tokens - block_size - 1) // stride + 1, (count,), generator=generator).tolist()]
 
 
 def windows(data: np.ndarray, starts: list[int], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,22 +123,28 @@ def windows(data: np.ndarray, starts: list[int], block_size: int) -> tuple[torch
 
 class WindowSampler:
     """Start positions of training windows (``block_size`` inputs + 1 target each) in a split of
-    ``n_tokens`` tokens, in one of two orders:
+    ``n_tokens`` tokens, at multiples of ``stride`` (1: anywhere), in one of two orders:
 
     * ``random``: uniformly at random with replacement, from ``generator`` (nanoGPT's ``get_batch``);
     * ``epoch``: without replacement. Each epoch cuts the split into non-overlapping windows from a
       random offset in [0, block_size) (so window boundaries move between epochs) and visits them in a
-      shuffled order; every target token is seen at most once per epoch. The offset and order of epoch
+      shuffled order; every target token is seen at most once per epoch. With a ``stride`` (fixed-length
+      records, e.g. images), each epoch visits the window at every record boundary once, shuffled. The offset and order of epoch
       e come from ``seed`` and e alone, so the position (epoch, index) is all a checkpoint needs.
     """
 
-    def __init__(self, n_tokens: int, block_size: int, order: str, seed: int, generator: torch.Generator):
+    def __init__(self, n_tokens: int, block_size: int, stride: int, order: str, seed: int, generator: torch.Generator):
         assert order in ("random", "epoch") and n_tokens > block_size
         self.n_tokens, self.block_size, self.order, self.seed, self.generator = n_tokens, block_size, order, seed, generator
+        self.stride = stride
         self.epoch, self.index = 0, 0
         self._perm: list[int] | None = None
 
     def _epoch_starts(self) -> list[int]:
+        if self._perm is None and self.stride > 1:  # records: each record's window once, shuffled
+            g = generator(self.seed * 1_000_003 + self.epoch)
+            count = (self.n_tokens - self.block_size - 1) // self.stride + 1
+            self._perm = [self.stride * int(i) for i in torch.randperm(count, generator=g)]
         if self._perm is None:
             g = generator(self.seed * 1_000_003 + self.epoch)
             offset = int(torch.randint(self.block_size, (1,), generator=g))
@@ -131,7 +157,7 @@ class WindowSampler:
     def next(self, count: int) -> list[int]:
         """The next ``count`` start positions (an epoch boundary may fall inside them)."""
         if self.order == "random":
-            return torch.randint(self.n_tokens - self.block_size, (count,), generator=self.generator).tolist()
+            return random_starts(self.n_tokens, self.block_size, self.stride, count, self.generator)
         out: list[int] = []
         while len(out) < count:
             starts = self._epoch_starts()

@@ -329,12 +329,12 @@ class SFTData:
         """What a checkpoint records about its training data."""
         return self.meta
 
-    def sampling(self, block_size: int) -> tuple[int, int]:
-        """(size, window) for the training sampler: example indices (one example per row), or windows
-        of the packed examples."""
+    def sampling(self, block_size: int) -> tuple[int, int, int]:
+        """(size, window, stride) for the training sampler: example indices (one example per row), or
+        windows of the packed examples."""
         if self.packing:
-            return len(self._packed[0]), block_size
-        return len(self.train) + 1, 1
+            return len(self._packed[0]), block_size, 1
+        return len(self.train) + 1, 1, 1
 
     def rows(self, picks: list[int], block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """(x, y) rows for the sampler's picks (example indices, or packed window starts)."""

@@ -12,6 +12,7 @@ config.json (HF)           transformers                        :class:`HFConfig`
 generation_config.json     transformers                        :class:`HFGenerationConfig`
 tokenizer_config.json      transformers / arlm's export        :class:`HFTokenizerConfig`
 tokenizer.json (char)      arlm's character tokenizer          :class:`CharVocabulary`
+tokenizer.json (pixels)    ``arlm image prepare``              :class:`PixelVocabulary`
 *.index.json               sharded Hugging Face weights        :class:`ShardIndex`
 =========================  ==================================  ==================================
 
@@ -61,8 +62,12 @@ class DataMeta:
     sources: list[str] = _list()
     control: str = ""
     controls: list[str] = _list()
+    modality: str = _choice("text", "text", "image")
+    record_tokens: int = 0  # fixed-length records (an image each): training windows start at their boundaries
 
     def validate(self) -> None:
+        if self.record_tokens < 0:
+            raise UserError(f"record_tokens must be >= 0, got {self.record_tokens}")
         if self.vocab_size <= 0:
             raise UserError(f"vocab_size must be positive, got {self.vocab_size}")
         for name in ("train_tokens", "val_tokens"):
@@ -331,6 +336,35 @@ class CharVocabulary:
             if c in seen:
                 raise UserError(f"the character {c!r} appears twice in 'chars'")
             seen.add(c)
+
+
+@dataclass
+class PixelVocabulary:
+    """arlm's pixel tokenizer file (arlm/tokenizers/image.py): the image size, the colours (grey levels or
+    an RGB palette) and the class labels that may open an image."""
+
+    height: int
+    width: int
+    arlm: str = _choice("pixels", "pixels")
+    version: int = 1
+    levels: int = 0  # grey levels (0: the palette's colours)
+    max_value: int = 255  # the grey value of the brightest level
+    palette: list[int] = _list()  # r, g, b of each colour, flattened
+    classes: list[str] = _list()
+
+    def validate(self) -> None:
+        if not (1 <= self.height <= 4096 and 1 <= self.width <= 4096):
+            raise UserError(f"height and width must be between 1 and 4096, got {self.height}x{self.width}")
+        if (self.levels > 0) == bool(self.palette):
+            raise UserError("give either 'levels' (grey levels) or a 'palette' (RGB colours), not both or neither")
+        if self.levels and not 2 <= self.levels <= self.max_value + 1:
+            raise UserError(f"levels must be between 2 and max_value + 1 = {self.max_value + 1}, got {self.levels}")
+        if not 1 <= self.max_value <= 65535:
+            raise UserError(f"max_value must be between 1 and 65535, got {self.max_value}")
+        if len(self.palette) % 3 or len(self.palette) > 3 * 4096 or any(not 0 <= v <= 255 for v in self.palette):
+            raise UserError("'palette' must hold r, g, b values in 0..255 for at most 4096 colours")
+        if len(set(self.classes)) != len(self.classes) or any(not c for c in self.classes):
+            raise UserError("'classes' must be distinct, non-empty names")
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Tokenizers behind one small protocol: ``encode``, ``decode``, ``vocab_size``, ``eot_id``, ``save``.
 
 Implementations: :class:`CharTokenizer` (one id per Unicode character), :class:`BPETokenizer`
-(byte-level BPE trained by ``arlm prepare`` with Hugging Face ``tokenizers``), and
-:class:`PretrainedTokenizer` (a Hugging Face checkpoint's own tokenizer files). This module is
+(byte-level BPE trained by ``arlm prepare`` with Hugging Face ``tokenizers``),
+:class:`PretrainedTokenizer` (a Hugging Face checkpoint's own tokenizer files), and for images
+:class:`PixelTokenizer` (one id per pixel, written by ``arlm image prepare``). This module is
 the factory: build one from a corpus (:func:`train_tokenizer`) or load one from a folder
 (:func:`load_tokenizer`).
 """
@@ -17,9 +18,11 @@ from arlm.io.files import read_json
 from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE, Tokenizer
 from arlm.tokenizers.bpe import BPETokenizer
 from arlm.tokenizers.char import CharTokenizer
+from arlm.tokenizers.image import PixelTokenizer
 from arlm.tokenizers.pretrained import PretrainedTokenizer
 
-__all__ = ["EOT", "Tokenizer", "CharTokenizer", "BPETokenizer", "PretrainedTokenizer", "load_tokenizer", "train_tokenizer"]
+__all__ = ["EOT", "Tokenizer", "CharTokenizer", "BPETokenizer", "PixelTokenizer", "PretrainedTokenizer", "load_tokenizer",
+           "train_tokenizer"]
 
 KINDS = ("char", "bpe")
 
@@ -46,6 +49,8 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     data = read_json(path, "is this a folder made by `arlm prepare` or `arlm train`? Prepare the data or save the model again")
     if data.get("arlm") == "char":
         return CharTokenizer.from_dict(data, str(path))
+    if data.get("arlm") == "pixels":
+        return PixelTokenizer.from_dict(data, str(path))
     if "model" in data and "arlm" not in data:
         return BPETokenizer.from_file(path)
     raise UserError(f"{path} is not a tokenizer file arlm knows (neither its character vocabulary nor a tokenizers "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from arlm.errors import UserError
 
@@ -14,15 +14,26 @@ TOKENIZER_CONFIG = "tokenizer_config.json"  # Hugging Face's: special tokens, ch
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    kind: str  # "char", "bpe" or "hf" (a Hugging Face checkpoint's own tokenizer)
+    """Domain data <-> token ids. For text (``modality`` "text") the data is a ``str``; other modalities
+    encode their own values (an image's pixels: arlm/tokenizers/image.py) and decode ids back to them."""
+
+    kind: str  # "char", "bpe", "hf" (a Hugging Face checkpoint's own tokenizer), "pixels"
+    modality: str  # "text" or "image": what encode takes and decode returns
     vocab_size: int
     eot_id: int | None  # id that separates documents and ends generation
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, data: Any) -> list[int]: ...
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+    def decode(self, ids: Sequence[int]) -> Any: ...
 
     def save(self, directory: str | Path) -> None: ...
+
+
+def require_text(tok: "Tokenizer | None") -> None:
+    """Refuse a text verb (generate, chat, eval on text, serve) for a model of another modality."""
+    modality = getattr(tok, "modality", "text")
+    if modality != "text":
+        raise UserError(f"this model generates {modality}s, not text; see `arlm {modality} --help` for what it can do")
 
 
 # What the tokenizers library (Rust) raises for a file it cannot read: plain Exception, or pyo3's
@@ -33,8 +44,10 @@ def library_failure(e: BaseException) -> bool:
 
 def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
     """Whether two tokenizers give the same ids the same text (checked on up to ~2,000 ids across the vocabulary)."""
-    if a.vocab_size != b.vocab_size:
+    if a.vocab_size != b.vocab_size or getattr(a, "modality", "text") != getattr(b, "modality", "text"):
         return False
+    if getattr(a, "modality", "text") != "text":  # colours, sizes and classes: the whole saved form
+        return a.to_dict() == b.to_dict()
     sample = range(0, a.vocab_size, max(1, a.vocab_size // 2000))
     return [a.decode([i]) for i in sample] == [b.decode([i]) for i in sample]
 

@@ -18,6 +18,7 @@ from arlm.tokenizers.base import EOT, TOKENIZER_FILE, library_failure
 
 class BPETokenizer:
     kind = "bpe"
+    modality = "text"
 
     def __init__(self, tok: HFTokenizer):
         self.tok = tok

@@ -29,6 +29,7 @@ def _describe(chars: Iterable[str], limit: int = 5) -> str:
 
 class CharTokenizer:
     kind = "char"
+    modality = "text"
 
     def __init__(self, chars: Sequence[str]):
         self.chars = list(chars)

@@ -49,6 +49,7 @@ def gpt2_tokenizer_from_files(vocab: Path, merges: Path) -> HFTokenizer:
 
 class PretrainedTokenizer:
     kind = "hf"
+    modality = "text"
 
     def __init__(self, tok: HFTokenizer, config: dict[str, Any] | None = None,
                  eos_id: int | None = None, bos_id: int | None = None):

@@ -341,7 +341,8 @@ class Trainer:
         eval_gen = generator(torch_seed(cfg.seed) + 1)
         if isinstance(self.data, TokenData):
             self.eval_set = [tuple(t[ctx.rank * B:(ctx.rank + 1) * B]
-                                   for t in random_batch(self.data.val, B * ctx.world_size, cfg.model.block_size, eval_gen))
+                                   for t in random_batch(self.data.val, B * ctx.world_size, cfg.model.block_size, eval_gen,
+                                                         self.data.stride))
                              for _ in range(cfg.eval_batches)]
         else:  # the first held-out examples, the same in every process
             self.eval_set = self.data.val_batches(B, B * cfg.eval_batches)

@@ -10,7 +10,7 @@ from arlm.data.loader import WindowSampler, random_batch, windows
 
 
 def _sampler(order="epoch", n=1000, block=16, seed=3):
-    return WindowSampler(n, block, order, seed, torch.Generator().manual_seed(seed))
+    return WindowSampler(n, block, 1, order, seed, torch.Generator().manual_seed(seed))
 
 
 def test_epoch_visits_disjoint_windows_once_then_reshuffles():

@@ -106,7 +106,7 @@ def test_sft_data_split_padding_and_packing(tmp_path):
     assert (rows[1][0] == stream[5:21]).all()
     labels = np.concatenate([np.where(ex.trained, ex.ids, -1) for ex in packed.train])
     assert (rows[1][1] == labels[6:22]).all()
-    assert packed.sampling(16) == (len(stream), 16)
+    assert packed.sampling(16) == (len(stream), 16, 1)
 
 
 def test_long_examples_are_cut_and_unlearnable_ones_skipped(tmp_path, caplog):

@@ -14,18 +14,16 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
-import re
 import sys
-import typing
 from pathlib import Path
 from typing import Any
 
+from arlm.cli.flags import Parser, add_config_args, emit_json, explicit_values, field_names, flag_name, fmt, typed
 from arlm.config import (CHAT_DEFAULTS, EVAL_TASK_DEFAULTS, EVAL_TASK_OPTIONS, FINETUNE_DEFAULTS, LORA_DEFAULTS,
-                         ConvertConfig, EvalConfig, GenerateConfig, GPTConfig, LoadConfig, PrepareConfig, ServeConfig,
+                         ConvertConfig, EvalConfig, GenerateConfig, LoadConfig, PrepareConfig, ServeConfig,
                          TrainConfig,
-                         apply_preset, field_types, from_dict, merge, validated)
+                         apply_preset, from_dict, merge, validated)
 from arlm.errors import EnvironmentFailure, UserError
 from arlm.io.atomic import atomic_write_text
 from arlm.io.files import read_text_file, read_toml
@@ -35,105 +33,16 @@ from arlm.version import __version__
 log = logging.getLogger("arlm")
 
 # ----------------------------------------------------------------------------------------------
-# flags from dataclasses
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = (),
-                    defaults: dict[str, Any] | None = None, only: tuple[str, ...] | None = None) -> None:
-    """Add one flag per field of config dataclass ``cls`` (nested dataclasses become their own group;
-    the model table takes the GPT's fields, which include every model type's); ``defaults`` replaces the
-    dataclass's in the help text (a verb that applies its own, e.g. finetune); ``only`` limits the fields."""
-    types = field_types(cls)
-    instance = cls()
-    for f in dataclasses.fields(cls):
-        if f.name in skip or (only is not None and f.name not in only):
-            continue
-        tp = types[f.name]
-        if dataclasses.is_dataclass(tp) or f.name == "model" and cls is TrainConfig:
-            group = parser.add_argument_group(f"{f.name} options ([{f.name}] table in a TOML config)")
-            add_config_args(group, GPTConfig if f.name == "model" else tp, prefix=f"{prefix}{f.name}.")
-            continue
-        default = (defaults or {}).get(f.name, getattr(instance, f.name))
-        help_text = f.metadata.get("help", "")
-        if default not in ("", None, []) and not isinstance(default, bool):
-            help_text += f" (default: {default})"
-        kw: dict[str, Any] = dict(dest=prefix + f.name, default=argparse.SUPPRESS, help=help_text)
-        if "choices" in f.metadata:
-            kw["choices"] = [c for c in f.metadata["choices"] if c != ""]
-        origin = typing.get_origin(tp)
-        if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-            kw["help"] = help_text + f" (default: {'on' if default else 'off'})"
-        elif origin is list:
-            kw.update(action="append", metavar="TEXT", type=typing.get_args(tp)[0])
-        else:
-            if origin is not None:  # Optional[X]
-                tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
-            metavar = f.metadata.get("metavar") or {int: "N", float: "X", str: "TEXT"}.get(tp, "VALUE")
-            kw.update(type=_typed(tp, f.name), metavar=None if "choices" in kw else metavar)
-        parser.add_argument(_flag(f.name), **kw)
-
-
-def _typed(tp, name: str):
-    def convert(text: str):
-        try:
-            value = tp(text)
-        except ValueError:
-            kind = {int: "an integer", float: "a number"}.get(tp, tp.__name__)
-            raise argparse.ArgumentTypeError(f"{_flag(name)} must be {kind}, got {text!r}") from None
-        if tp is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{_flag(name)} must be a finite number, got {text!r}")
-        return value
-
-    convert.__name__ = tp.__name__
-    return convert
-
-
-def explicit_values(ns: argparse.Namespace, names: list[str] | None = None) -> dict[str, Any]:
-    """The flags the user gave, as a nested dict ("model.n_layer" -> {"model": {"n_layer": ...}})."""
-    out: dict[str, Any] = {}
-    for key, value in vars(ns).items():
-        if key.startswith("_") or (names is not None and key.split(".")[0] not in names):
-            continue
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
-def _names(cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-# ----------------------------------------------------------------------------------------------
-# output helpers
-
-
-def _emit_json(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj, ensure_ascii=False, default=str))
-
-
-def _fmt(x: float | None, digits: int = 4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-# ----------------------------------------------------------------------------------------------
 # verbs
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from arlm.data.prepare import prepare
 
-    cfg = from_dict(PrepareConfig, explicit_values(args, _names(PrepareConfig)), "prepare options")
+    cfg = from_dict(PrepareConfig, explicit_values(args, field_names(PrepareConfig)), "prepare options")
     meta = prepare(cfg)
     if args.json:
-        _emit_json(meta)
+        emit_json(meta)
     else:
         print(f"prepared {meta['documents']} document(s), {meta['characters']:,} characters -> "
               f"{meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
@@ -146,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from arlm.train.loop import train
 
     config = _read_train_toml(args)
-    overrides = explicit_values(args, _names(TrainConfig))
+    overrides = explicit_values(args, field_names(TrainConfig))
     return _report_training(args, train(config, **overrides))
 
 
@@ -162,7 +71,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from arlm.train.loop import train
 
     config = _read_train_toml(args)
-    overrides = explicit_values(args, _names(TrainConfig))
+    overrides = explicit_values(args, field_names(TrainConfig))
     if not overrides.get("resume"):
         if not args._model:
             raise UserError("no model given: add --model DIR (the model to fine-tune), or --resume OUT to continue a run")
@@ -176,14 +85,14 @@ def _report_training(args: argparse.Namespace, summary: dict[str, Any]) -> int:
     if summary.get("rank", 0):  # under torchrun only the main process reports
         return 0
     if args.json:
-        _emit_json(summary)
+        emit_json(summary)
         return 0
     print(f"{summary['status']}: {summary['step']} steps, {summary['tokens']:,} tokens, "
           f"{summary['train_seconds']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.0%} of "
           f"{summary['peak_flops'] / 1e9:,.0f} GFLOP/s ({summary['device']}, {summary['dtype']})")
     if "val_loss" in summary:
-        print(f"validation (whole split, {summary['val_tokens']:,} tokens): loss {_fmt(summary['val_loss'])} nats/token, "
-              f"perplexity {_fmt(summary['val_ppl'], 2)}")
+        print(f"validation (whole split, {summary['val_tokens']:,} tokens): loss {fmt(summary['val_loss'])} nats/token, "
+              f"perplexity {fmt(summary['val_ppl'], 2)}")
     print(f"checkpoints: {summary['best']} (best), {summary['latest']} (latest)" +
           (f"; curve: {summary['plot']}" if "plot" in summary else ""))
     return 0
@@ -205,19 +114,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     output_dir(args.out)
     rows = sweep(base, args.param, args.out, n_random=args.trials, seed=args.seed, overwrite=args.overwrite)
     if args.json:
-        _emit_json({"results": rows, "csv": str(Path(args.out) / RESULTS)})
+        emit_json({"results": rows, "csv": str(Path(args.out) / RESULTS)})
         return 0
     keys = [k for k in rows[0] if k not in ("trial", "val_loss", "steps", "tokens_per_s", "train_seconds", "status")]
     print(" | ".join(["trial", *keys, "val_loss", "steps", "tokens/s", "status"]))
     for r in rows:
-        print(" | ".join([r["trial"], *(str(r[k]) for k in keys), _fmt(r["val_loss"]), str(r["steps"]),
+        print(" | ".join([r["trial"], *(str(r[k]) for k in keys), fmt(r["val_loss"]), str(r["steps"]),
                           f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-", r["status"]]))
     print(f"results: {Path(args.out) / RESULTS}")
     return 0
 
 
 def _load_options(args: argparse.Namespace) -> LoadConfig:
-    return validated(LoadConfig, explicit_values(args, _names(LoadConfig)), "model options", name_source=False)
+    return validated(LoadConfig, explicit_values(args, field_names(LoadConfig)), "model options", name_source=False)
 
 
 def _load(args: argparse.Namespace, controls: dict[str, Any] | None = None):
@@ -232,7 +141,7 @@ def _load(args: argparse.Namespace, controls: dict[str, Any] | None = None):
 
 def _decoding_controls(args: argparse.Namespace) -> dict[str, Any]:
     """The decoding flags given; ``--json-schema`` is the schema's JSON text or a file holding it."""
-    controls = explicit_values(args, _names(GenerateConfig))
+    controls = explicit_values(args, field_names(GenerateConfig))
     schema = controls.get("json_schema")
     if schema and not schema.lstrip().startswith("{"):
         controls["json_schema"] = read_text_file(schema, what="JSON schema file")
@@ -254,7 +163,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         out = {"prompt": args.prompt, "completions": texts}
         if m.last_speculative is not None:
             out["speculative"] = dataclasses.asdict(m.last_speculative) | {"acceptance_rate": m.last_speculative.acceptance_rate}
-        _emit_json(out)
+        emit_json(out)
         return 0
     # Several sequences are decoded together in one batch; the first is streamed, the others follow it.
     out = sys.stdout
@@ -275,7 +184,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _print_completions(args: argparse.Namespace, completions) -> int:
     """Completions with per-token log-probabilities: JSON, or a table per sequence."""
     if args.json:
-        _emit_json({"prompt": args.prompt, "completions": [dataclasses.asdict(c) for c in completions]})
+        emit_json({"prompt": args.prompt, "completions": [dataclasses.asdict(c) for c in completions]})
         return 0
     for i, c in enumerate(completions):
         if len(completions) > 1:
@@ -357,15 +266,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from arlm.interop.hf import is_hf_dir
     from arlm.interop.load import model_config
+    from arlm.io.checkpoint import open_checkpoint
     from arlm.serve.app import create_app
+    from arlm.tokenizers import load_tokenizer
+    from arlm.tokenizers.base import require_text
 
     opts = _load_options(args)
-    values = explicit_values(args, _names(ServeConfig))
+    values = explicit_values(args, field_names(ServeConfig))
     values.setdefault("api_key", os.environ.get("ARLM_API_KEY", ""))
     cfg = validated(ServeConfig, values, "serve options", name_source=False)
     cfg.validate()
     model_config(opts.model)  # a missing or broken model folder fails now; the weights load in the background
+    if not is_hf_dir(opts.model):  # and a model of images, not text
+        require_text(load_tokenizer(open_checkpoint(opts.model).path))
     try:
         sock = socket.create_server((cfg.host, cfg.port), family=socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
     except OSError as e:
@@ -389,7 +304,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from arlm.api import generate_config
 
-    cfg = validated(EvalConfig, explicit_values(args, _names(EvalConfig)), "eval options", name_source=False)
+    cfg = validated(EvalConfig, explicit_values(args, field_names(EvalConfig)), "eval options", name_source=False)
     _load_options(args)
     generate_config(**{**EVAL_TASK_DEFAULTS, **explicit_values(args, list(EVAL_TASK_OPTIONS))})
     if cfg.task:
@@ -399,7 +314,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = m.evaluate(text, batch_size=cfg.batch_size, stride=cfg.stride)
     result.update(model=m.info.path, data=cfg.data)
     if args.json:
-        _emit_json(result)
+        emit_json(result)
     else:
         print(f"{cfg.data}: {result['tokens']:,} tokens, {result['characters']:,} characters")
         print(f"loss {result['loss']:.4f} nats/token | perplexity {result['perplexity']:.2f} | "
@@ -425,7 +340,7 @@ def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
     result = {"model": m.info.path, "task": cfg.task, "metric": cfg.metric, "examples": len(examples),
               **scores}
     if args.json:
-        _emit_json(result)
+        emit_json(result)
         return 0
     if cfg.metric == "rouge":
         figure = " | ".join(f"{k.upper().replace('ROUGE', 'ROUGE-')} {scores[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL"))
@@ -444,7 +359,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from arlm.interop.load import load_model, save_model
     from arlm.io.paths import check_apart, output_dir
 
-    cfg = validated(ConvertConfig, explicit_values(args, _names(ConvertConfig)), "convert options", name_source=False)
+    cfg = validated(ConvertConfig, explicit_values(args, field_names(ConvertConfig)), "convert options", name_source=False)
     source = cfg.from_hf or cfg.to_hf
     if not Path(source).is_dir():
         raise UserError(f"{source} is not a folder" if Path(source).exists() else f"model folder not found: {source}")
@@ -472,7 +387,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     summary = {"out": cfg.out, "conversion": what, "params": model.num_params(non_embedding=False),
                "n_layer": mc.n_layer, "n_embd": mc.n_embd, "vocab_size": mc.vocab_size}
     if args.json:
-        _emit_json(summary)
+        emit_json(summary)
     else:
         print(f"{what}: {mc.n_layer} layers, {mc.n_embd} wide, {summary['params'] / 1e6:.2f}M parameters -> {cfg.out}")
     return 0
@@ -482,20 +397,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # parser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line, as every other refusal (argparse prints the whole usage), and
-    which reads ``-1e-3`` as a number, not an unknown option (its own test misses exponents)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="arlm",
         description="Autoregressive language models: prepare a corpus, train, fine-tune, evaluate, generate, chat.",
         epilog="Run `arlm VERB --help` for the options of each verb. Errors in your input exit with status 2.",
@@ -504,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity = p.add_mutually_exclusive_group()
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only print errors and results")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print debugging information")
-    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
 
     def json_flag(sp):
         sp.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line of stdout")
@@ -536,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", dest="_model", default=None, metavar="DIR", help="the model to fine-tune (arlm checkpoint, training output "
                                                                   "or Hugging Face folder)")
     sp.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with training keys")
-    sp.add_argument("--dropout", dest="model.dropout", type=_typed(float, "dropout"), default=argparse.SUPPRESS,
+    sp.add_argument("--dropout", dest="model.dropout", type=typed(float, "dropout"), default=argparse.SUPPRESS,
                     metavar="X", help="dropout while fine-tuning (default: the model's own)")
     add_config_args(sp, TrainConfig, skip=("model", "init_from", "preset"), defaults=FINETUNE_DEFAULTS)
     json_flag(sp)
@@ -608,6 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(group, GenerateConfig, only=EVAL_TASK_OPTIONS, defaults=EVAL_TASK_DEFAULTS)
     json_flag(sp)
     sp.set_defaults(func=cmd_eval)
+
+    from arlm.cli import image
+
+    image.add_verbs(sub)
     return p
 
 
@@ -634,7 +541,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     one policy with files and the API (arlm/io/text.py)."""
     for key, value in vars(args).items():
         if isinstance(value, (str, list)) and not key.startswith("_"):
-            check_strings(value, _flag(key.split(".")[-1]))
+            check_strings(value, flag_name(key.split(".")[-1]))
         elif key == "_model" and value is not None:
             check_strings(value, "--model")
 

@@ -1,0 +1,113 @@
+"""The command line's flags, generated from the config dataclasses of arlm/config.py, and its
+argument parser (one-line errors). Shared by every verb group (arlm/cli/__init__.py, arlm/cli/image.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import typing
+from typing import Any
+
+from arlm.config import GPTConfig, TrainConfig, field_types
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = (),
+                    defaults: dict[str, Any] | None = None, only: tuple[str, ...] | None = None) -> None:
+    """Add one flag per field of config dataclass ``cls`` (nested dataclasses become their own group;
+    the model table takes the GPT's fields, which include every model type's); ``defaults`` replaces the
+    dataclass's in the help text (a verb that applies its own, e.g. finetune); ``only`` limits the fields."""
+    types = field_types(cls)
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        if f.name in skip or (only is not None and f.name not in only):
+            continue
+        tp = types[f.name]
+        if dataclasses.is_dataclass(tp) or f.name == "model" and cls is TrainConfig:
+            group = parser.add_argument_group(f"{f.name} options ([{f.name}] table in a TOML config)")
+            add_config_args(group, GPTConfig if f.name == "model" else tp, prefix=f"{prefix}{f.name}.")
+            continue
+        default = (defaults or {}).get(f.name, getattr(instance, f.name))
+        help_text = f.metadata.get("help", "")
+        if default not in ("", None, []) and not isinstance(default, bool):
+            help_text += f" (default: {default})"
+        kw: dict[str, Any] = dict(dest=prefix + f.name, default=argparse.SUPPRESS, help=help_text)
+        if "choices" in f.metadata:
+            kw["choices"] = [c for c in f.metadata["choices"] if c != ""]
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+            kw["help"] = help_text + f" (default: {'on' if default else 'off'})"
+        elif origin is list:
+            kw.update(action="append", metavar="TEXT", type=typing.get_args(tp)[0])
+        else:
+            if origin is not None:  # Optional[X]
+                tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+            metavar = f.metadata.get("metavar") or {int: "N", float: "X", str: "TEXT"}.get(tp, "VALUE")
+            kw.update(type=typed(tp, f.name), metavar=None if "choices" in kw else metavar)
+        parser.add_argument(flag_name(f.name), **kw)
+
+
+def typed(tp, name: str):
+    def convert(text: str):
+        try:
+            value = tp(text)
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}.get(tp, tp.__name__)
+            raise argparse.ArgumentTypeError(f"{flag_name(name)} must be {kind}, got {text!r}") from None
+        if tp is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{flag_name(name)} must be a finite number, got {text!r}")
+        return value
+
+    convert.__name__ = tp.__name__
+    return convert
+
+
+def explicit_values(ns: argparse.Namespace, names: list[str] | None = None) -> dict[str, Any]:
+    """The flags the user gave, as a nested dict ("model.n_layer" -> {"model": {"n_layer": ...}})."""
+    out: dict[str, Any] = {}
+    for key, value in vars(ns).items():
+        if key.startswith("_") or (names is not None and key.split(".")[0] not in names):
+            continue
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+# ----------------------------------------------------------------------------------------------
+# output helpers
+
+
+def emit_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as every other refusal (argparse prints the whole usage), and
+    which reads ``-1e-3`` as a number, not an unknown option (its own test misses exponents)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+

@@ -1,0 +1,56 @@
+"""``arlm image sample``: the grid of samples (a row per class, rows of images whose class the model
+drew) or of completions (originals, their given top rows, the model's bottom rows) as one PNG."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from arlm.config import ImageSampleConfig
+from arlm.data.images import save_grid, split_records
+from arlm.data.loader import TokenData
+from arlm.errors import UserError
+from arlm.image.sampling import complete_images, sample_images
+from arlm.io.paths import output_file
+from arlm.tokenizers.image import PixelTokenizer
+
+
+def _rows(images: list[np.ndarray], per_row: int) -> list[list[np.ndarray]]:
+    return [images[i:i + per_row] for i in range(0, len(images), per_row)]
+
+
+def sample_grid(lm, tok: PixelTokenizer, cfg: ImageSampleConfig) -> tuple[list[list[np.ndarray]], str]:
+    labels = [tok.classes[tok.label_id(c) - tok.n_colors] for c in cfg.label] if cfg.label else list(tok.classes)
+    unconditional = cfg.unconditional or (0 if tok.classes else cfg.per_label)
+    wanted = [c for c in labels for _ in range(cfg.per_label)] + [None] * unconditional
+    drawn = sample_images(lm.model, tok, wanted, cfg.temperature, cfg.top_k, cfg.seed)
+    rows = _rows([img for _, img in drawn[:len(wanted) - unconditional]], cfg.per_label)
+    rows += _rows([img for _, img in drawn[len(wanted) - unconditional:]], cfg.per_label)
+    what = f"{len(labels)} classes x {cfg.per_label}" if labels else ""
+    free = [c for c, _ in drawn[len(wanted) - unconditional:]]
+    if unconditional:
+        chosen = f" (classes drawn: {' '.join(c for c in free if c is not None)})" if tok.classes else ""
+        what += (" + " if what else "") + f"{unconditional} unconditional{chosen}"
+    return rows, f"sampled {what}"
+
+
+def completion_grid(lm, tok: PixelTokenizer, cfg: ImageSampleConfig) -> tuple[list[list[np.ndarray]], str]:
+    data = TokenData.open(cfg.complete)
+    if not isinstance(data.tokenizer, PixelTokenizer) or data.tokenizer.to_dict() != tok.to_dict():
+        raise UserError(f"{cfg.complete} was not prepared with this model's pixel tokenizer; complete images from the "
+                        f"folder the model was trained on")
+    pixels, labels = split_records(data.val, tok)
+    pixels, labels = pixels[:cfg.count], labels[:cfg.count]
+    given = cfg.rows_given or tok.height // 2
+    done = complete_images(lm.model, tok, pixels, labels, given, cfg.temperature, cfg.top_k, cfg.seed)
+    originals = [tok.decode(p.tolist()) for p in pixels]
+    tops = [tok.decode(p[:given * tok.width].tolist()) for p in pixels]  # the rest left black
+    return [originals, tops, done], f"completed {len(done)} test images from their top {given} of {tok.height} rows " \
+                                    f"(rows: originals, given, completions)"
+
+
+def draw(lm, tok: PixelTokenizer, cfg: ImageSampleConfig, model_dir: str):
+    """Sample or complete as ``cfg`` says and write the PNG; (path, what was drawn)."""
+    out = output_file(cfg.out, "--out", input_folders=[("model folder", model_dir)])
+    rows, caption = completion_grid(lm, tok, cfg) if cfg.complete else sample_grid(lm, tok, cfg)
+    save_grid(rows, out, cfg.scale, tok.max_value)
+    return out, caption
