@@ -27,9 +27,9 @@ demo: $(STAMP)
 	$(BIN)/arlm generate --model $(DEMO_OUT) --prompt "ROMEO." --max-new-tokens 300 \
 		--temperature 0.8 --top-k 40 --seed 1 --num-return-sequences 2
 
-# Debian packages features need (chromium: the browser tests of the web page). Installed with apt
+# Debian packages features need (chromium: the browser tests of the web page; espeak-ng: the speech `arlm audio synthesize` makes). Installed with apt
 # when missing and running as root; otherwise the tests that need them skip and say why.
-SYSTEM_PACKAGES := chromium
+SYSTEM_PACKAGES := chromium espeak-ng
 
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \

@@ -316,6 +316,96 @@ class ImageEvalConfig:
 
 
 # ----------------------------------------------------------------------------------------------
+# audio (`arlm audio ...`)
+
+
+@dataclass
+class AudioSynthConfig:
+    """Options of ``arlm audio synthesize``: speech from text lines with Debian's espeak-ng."""
+
+    text: list[str] = _f([], "text files whose lines are spoken (one utterance per line of 4 words or more)",
+                         metavar="FILE")
+    out: str = _f("", "new folder for the WAV files (one per line, voice and speed)", metavar="DIR")
+    voice: list[str] = _f(["en-us", "en-gb", "en-gb-scotland"], "espeak-ng voices (repeatable; `espeak-ng --voices`)")
+    speed: list[int] = _f([140, 175], "speaking rates in words per minute (repeatable)", metavar="WPM")
+    lines: int = _f(40, "lines taken from the text (the first ones of 4 words or more)")
+
+    def validate(self) -> None:
+        if not self.text:
+            raise UserError("no text given: add --text FILE (lines to speak)")
+        if not self.out:
+            raise UserError("no output folder given: add --out DIR")
+        if not 1 <= self.lines <= 100_000:
+            raise UserError(f"--lines must be between 1 and 100000, got {self.lines}")
+        if not self.voice or any(not v or not all(c.isalnum() or c in "-+_" for c in v) for v in self.voice):
+            raise UserError(f"--voice must name espeak-ng voices such as en-us, got {self.voice}")
+        if any(not 80 <= s <= 450 for s in self.speed) or not self.speed:
+            raise UserError(f"--speed must be between 80 and 450 words per minute, got {self.speed}")
+
+
+@dataclass
+class AudioPrepareConfig:
+    """Options of ``arlm audio prepare``: WAV files -> mu-law tokenizer + token shards (utterances split whole)."""
+
+    inputs: list[str] = _f([], "WAV (or FLAC, OGG) files or folders of them")
+    out: str = _f("", "output folder for train.bin, val.bin, meta.json and tokenizer.json", metavar="DIR")
+    sample_rate: int = _f(8000, "resample every file to this rate (Hz)", choices=(8000, 16000))
+    test_fraction: float = _f(0.1, "fraction of the files (utterances, drawn at random) held out whole")
+    seed: int = _f(0, "seed of the held-out draw")
+
+    def validate(self) -> None:
+        if not self.inputs:
+            raise UserError("no input given: name WAV files or folders of them")
+        if not self.out:
+            raise UserError("no output folder given: add --out DIR")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise UserError(f"--test-fraction must be between 0 and 1 (exclusive), got {self.test_fraction}")
+
+
+@dataclass
+class AudioEvalConfig:
+    """Options of ``arlm audio eval``."""
+
+    data: str = _f("", "the folder made by `arlm audio prepare` (its held-out utterances are scored)", metavar="DIR")
+    lpc_order: int = _f(16, "order p of the linear-prediction baseline, AR(p) on the waveform")
+    batch_size: int = _f(16, "windows scored at once")
+
+    def validate(self) -> None:
+        if not self.data:
+            raise UserError("no data given: add --data DIR (a folder made by `arlm audio prepare`)")
+        if not 1 <= self.lpc_order <= 256:
+            raise UserError(f"--lpc-order must be between 1 and 256, got {self.lpc_order}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class AudioGenerateConfig:
+    """Options of ``arlm audio generate``: continue a held-out utterance; WAV plus a waveform/spectrogram PNG."""
+
+    data: str = _f("", "prepared folder whose held-out utterance opens the generation", metavar="DIR")
+    out: str = _f("", "WAV file to write (a PNG of the waveform and spectrogram is written beside it)",
+                  metavar="FILE.wav")
+    utterance: int = _f(0, "which held-out utterance (0: the first)")
+    prompt_seconds: float = _f(0.5, "seconds of the utterance given as the prompt")
+    seconds: float = _f(1.0, "seconds to generate")
+    temperature: float = _f(1.0, "divide logits by this (1: the model's own distribution)")
+    seed: int = _f(0, "random seed")
+
+    def validate(self) -> None:
+        if not self.data:
+            raise UserError("no data given: add --data DIR (a folder made by `arlm audio prepare`)")
+        if not self.out.lower().endswith(".wav"):
+            raise UserError(f"--out must be a .wav file, got {self.out or 'nothing'}")
+        if not 0.0 < self.prompt_seconds <= 60 or not 0.0 < self.seconds <= 60:
+            raise UserError("--prompt-seconds and --seconds must be between 0 and 60")
+        if self.utterance < 0:
+            raise UserError(f"--utterance must be >= 0, got {self.utterance}")
+        if not 0 < self.temperature < 100 or not math.isfinite(self.temperature):
+            raise UserError(f"--temperature must be > 0, got {self.temperature}")
+
+
+# ----------------------------------------------------------------------------------------------
 # train
 
 

@@ -512,9 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.set_defaults(func=cmd_eval)
 
-    from arlm.cli import image
+    from arlm.cli import audio, image
 
     image.add_verbs(sub)
+    audio.add_verbs(sub)
     return p
 
 

@@ -13,6 +13,7 @@ generation_config.json     transformers                        :class:`HFGenerat
 tokenizer_config.json      transformers / arlm's export        :class:`HFTokenizerConfig`
 tokenizer.json (char)      arlm's character tokenizer          :class:`CharVocabulary`
 tokenizer.json (pixels)    ``arlm image prepare``              :class:`PixelVocabulary`
+tokenizer.json (mulaw)     ``arlm audio prepare``              :class:`MuLawSpec`
 *.index.json               sharded Hugging Face weights        :class:`ShardIndex`
 =========================  ==================================  ==================================
 
@@ -62,7 +63,7 @@ class DataMeta:
     sources: list[str] = _list()
     control: str = ""
     controls: list[str] = _list()
-    modality: str = _choice("text", "text", "image")
+    modality: str = _choice("text", "text", "image", "audio")
     record_tokens: int = 0  # fixed-length records (an image each): training windows start at their boundaries
 
     def validate(self) -> None:
@@ -365,6 +366,22 @@ class PixelVocabulary:
             raise UserError("'palette' must hold r, g, b values in 0..255 for at most 4096 colours")
         if len(set(self.classes)) != len(self.classes) or any(not c for c in self.classes):
             raise UserError("'classes' must be distinct, non-empty names")
+
+
+@dataclass
+class MuLawSpec:
+    """arlm's mu-law audio tokenizer file (arlm/tokenizers/audio.py)."""
+
+    sample_rate: int
+    arlm: str = _choice("mulaw", "mulaw")
+    version: int = 1
+    mu: int = 255
+
+    def validate(self) -> None:
+        if not 1000 <= self.sample_rate <= 192_000:
+            raise UserError(f"sample_rate must be between 1000 and 192000 Hz, got {self.sample_rate}")
+        if self.mu != 255:
+            raise UserError(f"mu must be 255 (8-bit mu-law), got {self.mu}")
 
 
 @dataclass

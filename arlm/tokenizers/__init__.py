@@ -3,7 +3,8 @@
 Implementations: :class:`CharTokenizer` (one id per Unicode character), :class:`BPETokenizer`
 (byte-level BPE trained by ``arlm prepare`` with Hugging Face ``tokenizers``),
 :class:`PretrainedTokenizer` (a Hugging Face checkpoint's own tokenizer files), and for images
-:class:`PixelTokenizer` (one id per pixel, written by ``arlm image prepare``). This module is
+:class:`PixelTokenizer` (one id per pixel, written by ``arlm image prepare``) and for audio
+:class:`MuLawTokenizer` (one id per 8-bit mu-law sample, ``arlm audio prepare``). This module is
 the factory: build one from a corpus (:func:`train_tokenizer`) or load one from a folder
 (:func:`load_tokenizer`).
 """
@@ -15,13 +16,14 @@ from typing import Iterable
 
 from arlm.errors import UserError
 from arlm.io.files import read_json
+from arlm.tokenizers.audio import MuLawTokenizer
 from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE, Tokenizer
 from arlm.tokenizers.bpe import BPETokenizer
 from arlm.tokenizers.char import CharTokenizer
 from arlm.tokenizers.image import PixelTokenizer
 from arlm.tokenizers.pretrained import PretrainedTokenizer
 
-__all__ = ["EOT", "Tokenizer", "CharTokenizer", "BPETokenizer", "PixelTokenizer", "PretrainedTokenizer", "load_tokenizer",
+__all__ = ["EOT", "Tokenizer", "CharTokenizer", "BPETokenizer", "MuLawTokenizer", "PixelTokenizer", "PretrainedTokenizer", "load_tokenizer",
            "train_tokenizer"]
 
 KINDS = ("char", "bpe")
@@ -51,6 +53,8 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         return CharTokenizer.from_dict(data, str(path))
     if data.get("arlm") == "pixels":
         return PixelTokenizer.from_dict(data, str(path))
+    if data.get("arlm") == "mulaw":
+        return MuLawTokenizer.from_dict(data, str(path))
     if "model" in data and "arlm" not in data:
         return BPETokenizer.from_file(path)
     raise UserError(f"{path} is not a tokenizer file arlm knows (neither its character vocabulary nor a tokenizers "

@@ -1,0 +1,71 @@
+"""``arlm audio eval`` and ``arlm audio generate``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from arlm.config import AudioEvalConfig, AudioGenerateConfig, SamplingParams
+from arlm.data.audio import utterances, write_wav
+from arlm.data.loader import TokenData
+from arlm.errors import UserError
+from arlm.eval.audio import lpc_bits_per_sample, model_bits_per_sample, unigram_bits_per_sample
+from arlm.generate.engine import generate_ids
+from arlm.io.paths import output_file
+from arlm.tokenizers.audio import MuLawTokenizer
+
+
+def audio_tokenizer(tok) -> MuLawTokenizer:
+    if not isinstance(tok, MuLawTokenizer):
+        kind = getattr(tok, "modality", "text") if tok is not None else "unknown"
+        raise UserError(f"this model was not trained on audio (its tokenizer is {kind}); train one on a folder made "
+                        f"by `arlm audio prepare`")
+    return tok
+
+
+def open_data(lm, path: str) -> tuple[MuLawTokenizer, TokenData]:
+    tok = audio_tokenizer(lm.tokenizer)
+    data = TokenData.open(path)
+    if not isinstance(data.tokenizer, MuLawTokenizer) or data.tokenizer.to_dict() != tok.to_dict():
+        raise UserError(f"{path} was not prepared with this model's mu-law tokenizer (the same sample rate); use the "
+                        f"folder the model was trained on, or prepare one with --sample-rate {tok.sample_rate}")
+    return tok, data
+
+
+def evaluate_audio(lm, cfg: AudioEvalConfig) -> dict:
+    """Bits per sample of the held-out utterances: the model, the unigram and the LPC baselines."""
+    tok, data = open_data(lm, cfg.data)
+    t0 = time.perf_counter()
+    train, test = utterances(data.train, tok.eot_id), utterances(data.val, tok.eot_id)
+    out = {"test_utterances": len(test), "test_samples": int(sum(len(u) for u in test)),
+           "sample_rate": tok.sample_rate, "context_samples": lm.block_size}
+    out["model_bits_per_sample"] = model_bits_per_sample(lm.model, tok, test, lm.device, cfg.batch_size)
+    out["unigram_bits_per_sample"] = unigram_bits_per_sample(train, test, tok.levels)
+    out["lpc_bits_per_sample"] = lpc_bits_per_sample(tok, train, test, cfg.lpc_order)
+    out["lpc_order"] = cfg.lpc_order
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def continue_utterance(lm, cfg: AudioGenerateConfig, model_dir: str) -> dict:
+    """The first ``prompt_seconds`` of a held-out utterance, continued for ``seconds``: WAV + PNG."""
+    tok, data = open_data(lm, cfg.data)
+    out = output_file(cfg.out, "--out", input_folders=[("model folder", model_dir), ("data folder", cfg.data)])
+    test = utterances(data.val, tok.eot_id)
+    if cfg.utterance >= len(test):
+        raise UserError(f"--utterance {cfg.utterance}: the held-out split has {len(test)} utterances (0..{len(test) - 1})")
+    given = test[cfg.utterance][:max(1, int(cfg.prompt_seconds * tok.sample_rate))]
+    prompt = [tok.eot_id] + given.tolist()[-(lm.block_size - 1):]
+    params = SamplingParams(max_new_tokens=int(cfg.seconds * tok.sample_rate), temperature=cfg.temperature,
+                            seed=cfg.seed, logit_bias=[f"{tok.eot_id}=-100"])  # samples only, never end-of-text
+    new = generate_ids(lm.model, prompt, params, ())[0]
+    wave = np.concatenate([tok.decode(given), tok.decode(new)])
+    write_wav(out, wave, tok.sample_rate)
+    png = Path(out).with_suffix(".png")
+    from arlm.viz.audio import waveform_and_spectrogram
+
+    waveform_and_spectrogram(wave, tok.sample_rate, len(given) / tok.sample_rate, png)
+    return {"wav": str(out), "png": str(png), "prompt_seconds": round(len(given) / tok.sample_rate, 3),
+            "generated_seconds": round(len(new) / tok.sample_rate, 3)}
