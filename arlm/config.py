@@ -316,6 +316,60 @@ class ImageEvalConfig:
 
 
 # ----------------------------------------------------------------------------------------------
+# time series (`arlm ts ...`)
+
+
+@dataclass
+class SeriesConfig:
+    """Options of ``arlm ts fit|forecast|backtest``: which series, which models, how far ahead."""
+
+    csv: str = _f("", "CSV file holding the series", metavar="FILE")
+    column: str = _f("", "the CSV column of the series", metavar="NAME")
+    date_column: str = _f("", "a CSV column of dates: rows are sorted by it and must be evenly spaced", metavar="NAME")
+    freq: str = _f("", "pandas frequency of the dates (D, W, MS, QS, YS...; default: inferred); sets the seasonal period",
+                   metavar="F")
+    dataset: list[str] = _f([], "a real series bundled with statsmodels instead of --csv (repeatable; backtest: "
+                                "'all' for every one): sunspots, nile, co2, elnino, elec_equip, macro-COLUMN, "
+                                "interest-R, interest-Dp", metavar="NAME")
+    model: list[str] = _f([], "forecaster (repeatable): seasonal-naive, ar, arima, ets (default: fit/forecast ar; "
+                              "backtest all four)", metavar="NAME")
+    horizon: int = _f(0, "steps to forecast (default: the seasonal period, at least 4)")
+    windows: int = _f(3, "backtest: rolling-origin windows of --horizon steps in the held-out tail")
+    ic: str = _f("aic", "AR(p): the information criterion that chooses p", choices=("aic", "bic"))
+    max_lag: int = _f(0, "AR(p): the largest p tried (0: twice the seasonal period, at least 8)")
+    order: str = _f("", "ARIMA: the order p,d,q (default: chosen by statsforecast's AutoARIMA)", metavar="P,D,Q")
+    out: str = _f("", "forecast: a CSV of the forecast (and FILE.png beside it); backtest: a folder for results.csv "
+                      "and a PNG per series", metavar="PATH")
+
+    def validate(self) -> None:
+        if bool(self.csv) == bool(self.dataset):
+            raise UserError("give the series with --csv FILE --column NAME, or --dataset NAME (not both)")
+        if self.csv and not self.column:
+            raise UserError("--csv needs --column NAME (the series' column)")
+        if not 0 <= self.horizon <= 10_000:
+            raise UserError(f"--horizon must be between 1 and 10000, got {self.horizon}")
+        if not 1 <= self.windows <= 1000:
+            raise UserError(f"--windows must be between 1 and 1000, got {self.windows}")
+        if self.max_lag < 0:
+            raise UserError(f"--max-lag must be >= 0, got {self.max_lag}")
+        for m in self.model:
+            if m not in ("seasonal-naive", "ar", "arima", "ets"):
+                raise UserError(f"unknown --model {m!r}; choose seasonal-naive, ar, arima or ets")
+        if self.order:
+            arima_order(self.order)
+
+
+def arima_order(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise UserError(f"--order must be three integers p,d,q such as 2,1,1, got {text!r}")
+    p, d, q = (int(x) for x in parts)
+    if p > 50 or d > 2 or q > 50:
+        raise UserError(f"--order {text}: p and q must be at most 50 and d at most 2")
+    return p, d, q
+
+
+# ----------------------------------------------------------------------------------------------
 # audio (`arlm audio ...`)
 
 

@@ -512,8 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.set_defaults(func=cmd_eval)
 
-    from arlm.cli import audio, image
+    from arlm.cli import audio, image, ts
 
+    ts.add_verbs(sub)
     image.add_verbs(sub)
     audio.add_verbs(sub)
     return p

@@ -1,0 +1,94 @@
+"""What ``arlm ts fit|forecast|backtest`` do, given a validated :class:`SeriesConfig`."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from arlm.config import SeriesConfig, arima_order
+from arlm.data.series import DATASETS, Series, load_dataset, read_csv_series
+from arlm.errors import UserError
+from arlm.io.atomic import atomic_file, atomic_dir
+from arlm.io.paths import output_dir, output_file
+from arlm.timeseries.backtest import backtest, origins, table, write_csv
+from arlm.timeseries.classical import MODELS, QUANTILES, Forecast, forecast, ljung_box
+from arlm.viz.forecast import plot_forecasts
+
+
+def series_of(cfg: SeriesConfig) -> list[Series]:
+    if cfg.csv:
+        return [read_csv_series(cfg.csv, cfg.column, cfg.date_column, cfg.freq)]
+    names = list(DATASETS) if cfg.dataset == ["all"] else cfg.dataset
+    return [load_dataset(n) for n in names]
+
+
+def horizon_of(cfg: SeriesConfig, s: Series) -> int:
+    return cfg.horizon or max(4, s.period)
+
+
+def fit_one(cfg: SeriesConfig, model: str, y: np.ndarray, h: int, period: int) -> Forecast:
+    return forecast(model, y, h, period, ic=cfg.ic, max_lag=cfg.max_lag,
+                    order=arima_order(cfg.order) if cfg.order else None)
+
+
+def _one_series(cfg: SeriesConfig) -> Series:
+    series = series_of(cfg)
+    if len(series) != 1:
+        raise UserError("fit and forecast take one series: give one --dataset (or --csv)")
+    return series[0]
+
+
+def fit(cfg: SeriesConfig) -> dict:
+    """Fit each model on the whole series: what it chose, and the Ljung-Box test of its residuals."""
+    s = _one_series(cfg)
+    out = {"series": s.name, "values": len(s.values), "period": s.period, "models": {}}
+    for m in cfg.model or ["ar"]:
+        f = fit_one(cfg, m, s.values, 1, s.period)
+        out["models"][m] = {**f.info, "residual_std": float(np.std(f.residuals)), "ljung_box": ljung_box(f.residuals)}
+    return out
+
+
+def run_forecast(cfg: SeriesConfig) -> dict:
+    """Forecast past the end of the series with each model; optionally a CSV (and a PNG beside it)."""
+    s = _one_series(cfg)
+    h = horizon_of(cfg, s)
+    target = output_file(cfg.out, "--out", inputs=[("CSV", cfg.csv)]) if cfg.out else None
+    forecasts = {m: fit_one(cfg, m, s.values, h, s.period) for m in cfg.model or ["ar"]}
+    if target is not None:
+        with atomic_file(target) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["model", "step", "mean"] + [f"q{q:g}" for q in QUANTILES])
+                for m, fc in forecasts.items():
+                    for t in range(h):
+                        w.writerow([m, t + 1, f"{fc.mean[t]:.6g}"] + [f"{fc.quantiles[i, t]:.6g}" for i in range(len(QUANTILES))])
+        plot_forecasts(s.values, len(s.values), forecasts, Path(target).with_suffix(".png"), s.name)
+    return {"series": s.name, "horizon": h, "forecasts": {m: {"mean": f.mean.tolist(), "q0.1": f.quantiles[0].tolist(),
+                                                                "q0.9": f.quantiles[-1].tolist()}
+                                                            for m, f in forecasts.items()},
+            "out": str(target) if target else None}
+
+
+def run_backtest(cfg: SeriesConfig) -> tuple[dict, str]:
+    """Every model on every series' tail; the table, and results.csv + PNGs in --out."""
+    series = series_of(cfg)
+    models = cfg.model or list(MODELS)
+    out = output_dir(cfg.out, "--out", replace_whole=True) if cfg.out else None
+    if out is not None and out.exists() and any(p.name != "results.csv" and p.suffix != ".png" for p in out.iterdir()):
+        raise UserError(f"--out {cfg.out} holds files a backtest did not write; give a new or empty folder")
+    horizons = {horizon_of(cfg, s) for s in series}
+    if len(horizons) > 1:  # one horizon per report, so that the series' scores aggregate
+        raise UserError(f"the series have different seasonal periods (default horizons {sorted(horizons)}); give --horizon")
+    h = horizons.pop()
+    for s in series:
+        origins(len(s.values), h, cfg.windows)  # every series can hold the windows, before any work
+    report = backtest(series, models, h, cfg.windows, lambda m, y, hh, p: fit_one(cfg, m, y, hh, p))
+    if out is not None:
+        with atomic_dir(out) as tmp:
+            write_csv(report, tmp / "results.csv")
+            for s in series:
+                last = {m: report["results"][s.name][m]["last"] for m in models}
+                plot_forecasts(s.values, len(s.values) - h, last, tmp / f"{s.name}.png", s.name)
+    return report, table(report)
