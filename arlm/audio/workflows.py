@@ -67,5 +67,5 @@ def continue_utterance(lm, cfg: AudioGenerateConfig, model_dir: str) -> dict:
     from arlm.viz.audio import waveform_and_spectrogram
 
     waveform_and_spectrogram(wave, tok.sample_rate, len(given) / tok.sample_rate, png)
-    return {"wav": str(out), "png": str(png), "prompt_seconds": round(len(given) / tok.sample_rate, 3),
+    return {"wav": cfg.out, "png": str(Path(cfg.out).with_suffix(".png")), "prompt_seconds": round(len(given) / tok.sample_rate, 3),
             "generated_seconds": round(len(new) / tok.sample_rate, 3)}

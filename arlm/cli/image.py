@@ -43,8 +43,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     cfg = from_dict(ImageSampleConfig, explicit_values(args, field_names(ImageSampleConfig)), "image sample options")
     cfg.validate()
     lm, tok, model_dir = _load(args)
-    path, caption = draw(lm, tok, cfg, model_dir)
-    print(f"{caption} -> {path}")
+    _, caption = draw(lm, tok, cfg, model_dir)
+    print(f"{caption} -> {cfg.out}")
     return 0
 
 

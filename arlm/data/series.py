@@ -154,4 +154,6 @@ DATASETS: dict[str, Callable[[], Series]] = {
 def load_dataset(name: str) -> Series:
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; the bundled series: {', '.join(DATASETS)}")
-    return DATASETS[name]()
+    series = DATASETS[name]()
+    series.name = name  # the name it is asked for by, in tables and file names
+    return series

@@ -68,7 +68,7 @@ def run_forecast(cfg: SeriesConfig) -> dict:
     return {"series": s.name, "horizon": h, "forecasts": {m: {"mean": f.mean.tolist(), "q0.1": f.quantiles[0].tolist(),
                                                                 "q0.9": f.quantiles[-1].tolist()}
                                                             for m, f in forecasts.items()},
-            "out": str(target) if target else None}
+            "out": cfg.out or None}
 
 
 def run_backtest(cfg: SeriesConfig) -> tuple[dict, str]:
