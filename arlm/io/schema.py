@@ -14,6 +14,7 @@ tokenizer_config.json      transformers / arlm's export        :class:`HFTokeniz
 tokenizer.json (char)      arlm's character tokenizer          :class:`CharVocabulary`
 tokenizer.json (pixels)    ``arlm image prepare``              :class:`PixelVocabulary`
 tokenizer.json (mulaw)     ``arlm audio prepare``              :class:`MuLawSpec`
+tokenizer.json (series)    the neural forecaster               :class:`SeriesBins`
 *.index.json               sharded Hugging Face weights        :class:`ShardIndex`
 =========================  ==================================  ==================================
 
@@ -382,6 +383,22 @@ class MuLawSpec:
             raise UserError(f"sample_rate must be between 1000 and 192000 Hz, got {self.sample_rate}")
         if self.mu != 255:
             raise UserError(f"mu must be 255 (8-bit mu-law), got {self.mu}")
+
+
+@dataclass
+class SeriesBins:
+    """arlm's time-series tokenizer file (arlm/tokenizers/series.py): Chronos' uniform bins of mean-scaled values."""
+
+    bins: int = 4094
+    limit: float = 15.0
+    arlm: str = _choice("scaled-bins", "scaled-bins")
+    version: int = 1
+
+    def validate(self) -> None:
+        if not 2 <= self.bins <= 65_534:
+            raise UserError(f"bins must be between 2 and 65534, got {self.bins}")
+        if not 0 < self.limit <= 1e6:
+            raise UserError(f"limit must be positive (the bins span -limit..limit), got {self.limit}")
 
 
 @dataclass

@@ -21,10 +21,11 @@ from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE, Tokenize
 from arlm.tokenizers.bpe import BPETokenizer
 from arlm.tokenizers.char import CharTokenizer
 from arlm.tokenizers.image import PixelTokenizer
+from arlm.tokenizers.series import ScaledBinsTokenizer
 from arlm.tokenizers.pretrained import PretrainedTokenizer
 
-__all__ = ["EOT", "Tokenizer", "CharTokenizer", "BPETokenizer", "MuLawTokenizer", "PixelTokenizer", "PretrainedTokenizer", "load_tokenizer",
-           "train_tokenizer"]
+__all__ = ["EOT", "Tokenizer", "CharTokenizer", "BPETokenizer", "MuLawTokenizer", "PixelTokenizer", "PretrainedTokenizer",
+           "ScaledBinsTokenizer", "load_tokenizer", "train_tokenizer"]
 
 KINDS = ("char", "bpe")
 
@@ -55,6 +56,8 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         return PixelTokenizer.from_dict(data, str(path))
     if data.get("arlm") == "mulaw":
         return MuLawTokenizer.from_dict(data, str(path))
+    if data.get("arlm") == "scaled-bins":
+        return ScaledBinsTokenizer.from_dict(data, str(path))
     if "model" in data and "arlm" not in data:
         return BPETokenizer.from_file(path)
     raise UserError(f"{path} is not a tokenizer file arlm knows (neither its character vocabulary nor a tokenizers "

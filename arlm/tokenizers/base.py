@@ -18,7 +18,7 @@ class Tokenizer(Protocol):
     encode their own values (an image's pixels: arlm/tokenizers/image.py) and decode ids back to them."""
 
     kind: str  # "char", "bpe", "hf" (a Hugging Face checkpoint's own tokenizer), "pixels", "mulaw"
-    modality: str  # "text", "image" or "audio": what encode takes and decode returns
+    modality: str  # "text", "image", "audio" or "series": what encode takes and decode returns
     vocab_size: int
     eot_id: int | None  # id that separates documents and ends generation
 
@@ -33,8 +33,9 @@ def require_text(tok: "Tokenizer | None") -> None:
     """Refuse a text verb (generate, chat, eval on text, serve) for a model of another modality."""
     modality = getattr(tok, "modality", "text")
     if modality != "text":
-        what = {"image": "images"}.get(modality, modality)
-        raise UserError(f"this model generates {what}, not text; see `arlm {modality} --help` for what it can do")
+        what = {"image": "images", "series": "forecasts"}.get(modality, modality)
+        verb = {"series": "ts"}.get(modality, modality)
+        raise UserError(f"this model generates {what}, not text; see `arlm {verb} --help` for what it can do")
 
 
 # What the tokenizers library (Rust) raises for a file it cannot read: plain Exception, or pyo3's

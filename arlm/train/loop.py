@@ -37,7 +37,6 @@ from arlm.model.registry import build_model, empty_model, parameter_count
 from arlm.model.weights import assign_weights, state_to_save
 from arlm.runtime import (autocast, check_memory, generator, resolve_device, resolve_dtype, seed_everything, set_threads,
                           size, torch_seed)
-from arlm.tokenizers import load_tokenizer
 from arlm.tokenizers.base import same_vocabulary
 from arlm.train import distributed
 from arlm.train.optim import lr_at, make_optimizer, plateau_update

@@ -4,12 +4,10 @@ the order it selects, the backtest's windows never see their future, and the CLI
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 
-from arlm.config import SeriesConfig
 from arlm.data.series import DATASETS, Series, load_dataset, read_csv_series
 from arlm.errors import UserError
 from arlm.eval.forecast import geometric_mean_relative, mase, pinball, wql
