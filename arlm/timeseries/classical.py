@@ -55,11 +55,25 @@ def _statsforecast(name: str, y: np.ndarray, h: int, period: int) -> Forecast:
              "arima": lambda: AutoARIMA(season_length=m)}[name]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = model.forecast(y=y, h=h, level=[20, 40, 60, 80], fitted=True)
-    fitted = np.asarray(out.get("fitted", np.full(len(y), np.nan)), dtype=np.float64)
+        model.fit(y)
+        out = model.predict(h=h, level=[20, 40, 60, 80])
+        fitted = np.asarray(model.predict_in_sample()["fitted"], dtype=np.float64)
     residuals = (y - fitted)[np.isfinite(fitted)]
     return Forecast(name, np.asarray(out["mean"], dtype=np.float64), _from_levels(out, h), residuals,
-                    {"season_length": m})
+                    {"season_length": m, **_chosen(model)})
+
+
+def _chosen(model) -> dict:
+    """What statsforecast's automatic models chose: ARIMA(p,d,q)(P,D,Q)[m], or the ETS components."""
+    fitted = getattr(model, "model_", None)
+    if not isinstance(fitted, dict):
+        return {}
+    if fitted.get("arma") is not None:
+        p, q, P, Q, m, d, D = (int(v) for v in fitted["arma"])
+        return {"chosen": f"ARIMA({p},{d},{q})" + (f"({P},{D},{Q})[{m}]" if m > 1 else "")}
+    if fitted.get("method"):
+        return {"chosen": str(fitted["method"])}
+    return {}
 
 
 def _ar(y: np.ndarray, h: int, ic: str, max_lag: int) -> Forecast:

@@ -81,6 +81,8 @@ def test_statsforecast_models_give_ordered_quantiles(model):
     assert (np.diff(f.quantiles, axis=0) >= -1e-9).all()
     if model == "seasonal-naive":
         assert np.allclose(f.mean, s.values[-24:-12])  # last season repeated
+    else:  # what the automatic model chose, e.g. ARIMA(1,0,1)(0,1,1)[12] or ETS(A,A,A)
+        assert f.info["chosen"].startswith("ARIMA(" if model == "arima" else "ETS(")
 
 
 def test_backtest_windows_never_see_their_future():
