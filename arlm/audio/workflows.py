@@ -15,23 +15,17 @@ from arlm.eval.audio import lpc_bits_per_sample, model_bits_per_sample, unigram_
 from arlm.generate.engine import generate_ids
 from arlm.io.paths import output_file
 from arlm.tokenizers.audio import MuLawTokenizer
+from arlm.tokenizers.base import expect_tokenizer
 
 
 def audio_tokenizer(tok) -> MuLawTokenizer:
-    if not isinstance(tok, MuLawTokenizer):
-        kind = getattr(tok, "modality", "text") if tok is not None else "unknown"
-        raise UserError(f"this model was not trained on audio (its tokenizer is {kind}); train one on a folder made "
-                        f"by `arlm audio prepare`")
-    return tok
+    return expect_tokenizer(tok, MuLawTokenizer, "audio", "audio")
 
 
 def open_data(lm, path: str) -> tuple[MuLawTokenizer, TokenData]:
     tok = audio_tokenizer(lm.tokenizer)
-    data = TokenData.open(path)
-    if not isinstance(data.tokenizer, MuLawTokenizer) or data.tokenizer.to_dict() != tok.to_dict():
-        raise UserError(f"{path} was not prepared with this model's mu-law tokenizer (the same sample rate); use the "
-                        f"folder the model was trained on, or prepare one with --sample-rate {tok.sample_rate}")
-    return tok, data
+    fix = f"use the folder the model was trained on, or prepare one with --sample-rate {tok.sample_rate}"
+    return tok, TokenData.open_matching(path, tok, fix)
 
 
 def evaluate_audio(lm, cfg: AudioEvalConfig) -> dict:

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from arlm.cli.flags import Parser, add_config_args, emit_json, explicit_values, field_names, flag_name, fmt, typed
+from arlm.cli.flags import (Parser, add_config_args, emit_json, explicit_values, field_names, flag_name, fmt, json_flag,
+                            load_model, load_options, typed)
 from arlm.config import (CHAT_DEFAULTS, EVAL_TASK_DEFAULTS, EVAL_TASK_OPTIONS, FINETUNE_DEFAULTS, LORA_DEFAULTS,
                          ConvertConfig, EvalConfig, GenerateConfig, LoadConfig, PrepareConfig, ServeConfig,
                          TrainConfig,
@@ -125,20 +126,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_options(args: argparse.Namespace) -> LoadConfig:
-    return validated(LoadConfig, explicit_values(args, field_names(LoadConfig)), "model options", name_source=False)
-
-
-def _load(args: argparse.Namespace, controls: dict[str, Any] | None = None):
-    """The model of ``--model``, once its options and the decoding ``controls`` have been checked."""
-    from arlm.api import generate_config, load
-
-    opts = _load_options(args)
-    if controls is not None:
-        generate_config(**controls)  # bad options fail before the model is loaded
-    return load(opts.model, device=opts.device, precision=opts.precision)
-
-
 def _decoding_controls(args: argparse.Namespace) -> dict[str, Any]:
     """The decoding flags given; ``--json-schema`` is the schema's JSON text or a file holding it."""
     controls = explicit_values(args, field_names(GenerateConfig))
@@ -150,7 +137,7 @@ def _decoding_controls(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     controls = _decoding_controls(args)
-    m = _load(args, controls)
+    m = load_model(args, controls)
     cfg = m.generate_config(**controls)  # the model's own defaults under the flags given
     if cfg.logprobs or cfg.top_logprobs or cfg.echo:
         return _print_completions(args, m.complete(args.prompt, **controls))
@@ -210,7 +197,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach the text check, whatever the locale
         sys.stdin.reconfigure(errors="surrogateescape")
     controls = _decoding_controls(args)
-    m = _load(args, controls)
+    m = load_model(args, controls)
     session = ChatSession(m, system=args.system, template=args.chat_template, **controls)
     print(f"chatting with {m.info.path} ({m.block_size} tokens of context). "
           f"Commands: /reset, /save FILE, /system TEXT, /exit", file=sys.stderr)
@@ -273,7 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from arlm.tokenizers import load_tokenizer
     from arlm.tokenizers.base import require_text
 
-    opts = _load_options(args)
+    opts = load_options(args)
     values = explicit_values(args, field_names(ServeConfig))
     values.setdefault("api_key", os.environ.get("ARLM_API_KEY", ""))
     cfg = validated(ServeConfig, values, "serve options", name_source=False)
@@ -305,12 +292,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from arlm.api import generate_config
 
     cfg = validated(EvalConfig, explicit_values(args, field_names(EvalConfig)), "eval options", name_source=False)
-    _load_options(args)
+    load_options(args)
     generate_config(**{**EVAL_TASK_DEFAULTS, **explicit_values(args, list(EVAL_TASK_OPTIONS))})
     if cfg.task:
         return _eval_task(args, cfg)
     text = read_text_file(cfg.data, cfg.errors)
-    m = _load(args)
+    m = load_model(args)
     result = m.evaluate(text, batch_size=cfg.batch_size, stride=cfg.stride)
     result.update(model=m.info.path, data=cfg.data)
     if args.json:
@@ -329,9 +316,9 @@ def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
     examples = read_task(cfg.task, cfg.errors)
     if cfg.predictions_out:  # checked before anything is generated
         output_file(cfg.predictions_out, "--predictions-out", inputs=[("task file", cfg.task)],
-                    input_folders=[("model folder", _load_options(args).model)])
+                    input_folders=[("model folder", load_options(args).model)])
     controls = {**EVAL_TASK_DEFAULTS, **explicit_values(args, list(EVAL_TASK_OPTIONS))}
-    m = _load(args, controls)
+    m = load_model(args, controls)
     scores, predictions = m.evaluate_task(examples, cfg.metric, cfg.batch_size, cfg.chat, **controls)
     if cfg.predictions_out:
         atomic_write_text(cfg.predictions_out, "".join(
@@ -408,9 +395,6 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only print errors and results")
     verbosity.add_argument("-v", "--verbose", action="store_true", help="print debugging information")
     sub = p.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
-
-    def json_flag(sp):
-        sp.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line of stdout")
 
     sp = sub.add_parser("prepare", help="turn text files, folders or JSONL into a tokenizer and token shards",
                         description="Read a corpus, build a tokenizer (character-level or byte-level BPE), "

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.cli.flags import add_config_args, emit_json, explicit_values, field_names
-from arlm.config import (AudioEvalConfig, AudioGenerateConfig, AudioPrepareConfig, AudioSynthConfig, LoadConfig,
-                         from_dict)
-from arlm.errors import UserError
-
-
-def _config(cls, args: argparse.Namespace, what: str):
-    cfg = from_dict(cls, explicit_values(args, field_names(cls)), what)
-    cfg.validate()
-    return cfg
+from arlm.cli.flags import add_config_args, emit_json, json_flag, load_model, load_options, options, verb_group
+from arlm.config import AudioEvalConfig, AudioGenerateConfig, AudioPrepareConfig, AudioSynthConfig, LoadConfig
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from arlm.data.audio import synthesize
 
-    r = synthesize(_config(AudioSynthConfig, args, "audio synthesize options"))
+    r = synthesize(options(AudioSynthConfig, args, "audio synthesize options"))
     print(f"synthesized {r['files']} utterances ({r['lines']} lines x {len(r['voices'])} voices x {len(r['speeds'])} "
           f"speeds) with espeak-ng -> {r['out']} [{r['seconds']}s]")
     return 0
@@ -28,7 +20,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from arlm.data.audio import prepare_audio
 
-    cfg = _config(AudioPrepareConfig, args, "audio prepare options")
+    cfg = options(AudioPrepareConfig, args, "audio prepare options")
     m = prepare_audio(cfg)
     if args.json:
         emit_json(m)
@@ -38,20 +30,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
-    from arlm.api import load
-
-    opts = from_dict(LoadConfig, explicit_values(args, field_names(LoadConfig)), "load options")
-    if not opts.model:
-        raise UserError("no model given: add --model DIR (trained with `arlm train` on audio)")
-    return load(opts.model, opts.device, opts.precision), opts.model
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from arlm.audio.workflows import evaluate_audio
 
-    cfg = _config(AudioEvalConfig, args, "audio eval options")
-    lm, _ = _load(args)
+    cfg = options(AudioEvalConfig, args, "audio eval options")
+    lm = load_model(args)
     r = evaluate_audio(lm, cfg)
     if args.json:
         emit_json(r)
@@ -67,33 +50,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from arlm.audio.workflows import continue_utterance
 
-    cfg = _config(AudioGenerateConfig, args, "audio generate options")
-    lm, model_dir = _load(args)
-    r = continue_utterance(lm, cfg, model_dir)
+    cfg = options(AudioGenerateConfig, args, "audio generate options")
+    r = continue_utterance(load_model(args), cfg, load_options(args).model)
     print(f"{r['prompt_seconds']} s given + {r['generated_seconds']} s generated -> {r['wav']}, {r['png']}")
     return 0
 
 
 def add_verbs(sub) -> None:
     """The ``audio`` verb and its own verbs, on the top-level subparsers ``sub``."""
-    p = sub.add_parser("audio", help="speech as 8-bit mu-law samples: synthesize, prepare, evaluate, generate "
+    verbs = verb_group(sub, "audio", "speech as 8-bit mu-law samples: synthesize, prepare, evaluate, generate "
                                      "(train with `arlm train`)",
-                       description="WaveNet's mu-law samples as tokens on arlm's GPT. `synthesize` speaks text with "
-                                   "espeak-ng, `prepare` writes a folder `arlm train` trains on, then `eval` and "
-                                   "`generate`.")
-    verbs = p.add_subparsers(dest="audio_verb", metavar="VERB", required=True, parser_class=type(p))
+                       "WaveNet's mu-law samples as tokens on arlm's GPT. `synthesize` speaks text with espeak-ng, "
+                       "`prepare` writes a folder `arlm train` trains on, then `eval` and `generate`.")
     sp = verbs.add_parser("synthesize", help="speech from text lines with espeak-ng (several voices and speeds)")
     add_config_args(sp, AudioSynthConfig)
     sp.set_defaults(func=cmd_synthesize)
     sp = verbs.add_parser("prepare", help="WAV files -> mu-law tokenizer + token shards (whole utterances held out)")
     sp.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders of them")
     add_config_args(sp, AudioPrepareConfig, skip=("inputs",))
-    sp.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    json_flag(sp)
     sp.set_defaults(func=cmd_prepare)
     sp = verbs.add_parser("eval", help="bits per sample on held-out utterances beside the unigram and LPC baselines")
     add_config_args(sp, LoadConfig)
     add_config_args(sp, AudioEvalConfig)
-    sp.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    json_flag(sp)
     sp.set_defaults(func=cmd_eval)
     sp = verbs.add_parser("generate", help="continue a held-out utterance: WAV + waveform/spectrogram PNG")
     add_config_args(sp, LoadConfig)

@@ -1,5 +1,6 @@
-"""The command line's flags, generated from the config dataclasses of arlm/config.py, and its
-argument parser (one-line errors). Shared by every verb group (arlm/cli/__init__.py, arlm/cli/image.py)."""
+"""The command line's flags, generated from the config dataclasses of arlm/config.py, its argument
+parser (one-line errors), and what every verb group does alike (arlm/cli/__init__.py, image.py, audio.py,
+ts.py): read a config from the flags, load the --model, add a group of verbs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import re
 import typing
 from typing import Any
 
-from arlm.config import GPTConfig, TrainConfig, field_types
+from arlm.config import GPTConfig, LoadConfig, TrainConfig, field_types, validated
 
 
 def flag_name(name: str) -> str:
@@ -111,3 +112,32 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+
+
+def options(cls, args: argparse.Namespace, what: str):
+    """Config ``cls`` from the flags the user gave, type-checked and validated (one line on a bad value)."""
+    return validated(cls, explicit_values(args, field_names(cls)), what, name_source=False)
+
+
+def load_options(args: argparse.Namespace) -> LoadConfig:
+    return options(LoadConfig, args, "model options")
+
+
+def load_model(args: argparse.Namespace, controls: dict[str, Any] | None = None):
+    """The model of ``--model``, once its options and the decoding ``controls`` have been checked."""
+    from arlm.api import generate_config, load
+
+    opts = load_options(args)
+    if controls is not None:
+        generate_config(**controls)  # bad options fail before the model is loaded
+    return load(opts.model, device=opts.device, precision=opts.precision)
+
+
+def json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line of stdout")
+
+
+def verb_group(sub, name: str, help: str, description: str):
+    """``arlm NAME VERB ...``: a verb with verbs of its own; returns their subparsers."""
+    p = sub.add_parser(name, help=help, description=description)
+    return p.add_subparsers(dest=f"{name}_verb", metavar="VERB", required=True, parser_class=type(p))

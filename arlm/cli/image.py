@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.cli.flags import add_config_args, emit_json, explicit_values, field_names
-from arlm.errors import UserError
-from arlm.config import ImageEvalConfig, ImagePrepareConfig, ImageSampleConfig, LoadConfig, from_dict
+from arlm.cli.flags import add_config_args, emit_json, json_flag, load_model, load_options, options, verb_group
+from arlm.config import ImageEvalConfig, ImagePrepareConfig, ImageSampleConfig, LoadConfig
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from arlm.data.images import prepare_images
 
-    cfg = from_dict(ImagePrepareConfig, explicit_values(args, field_names(ImagePrepareConfig)), "image prepare options")
+    cfg = options(ImagePrepareConfig, args, "image prepare options")
     meta = prepare_images(cfg)
     if args.json:
         emit_json(meta)
@@ -27,21 +26,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from arlm.api import load
     from arlm.image.sampling import pixel_tokenizer
 
-    opts = from_dict(LoadConfig, explicit_values(args, field_names(LoadConfig)), "load options")
-    if not opts.model:
-        raise UserError("no model given: add --model DIR (trained with `arlm train` on images)")
-    lm = load(opts.model, opts.device, opts.precision)
-    return lm, pixel_tokenizer(lm.tokenizer), opts.model
+    lm = load_model(args)
+    return lm, pixel_tokenizer(lm.tokenizer), load_options(args).model
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from arlm.image.grid import draw
 
-    cfg = from_dict(ImageSampleConfig, explicit_values(args, field_names(ImageSampleConfig)), "image sample options")
-    cfg.validate()
+    cfg = options(ImageSampleConfig, args, "image sample options")
     lm, tok, model_dir = _load(args)
     _, caption = draw(lm, tok, cfg, model_dir)
     print(f"{caption} -> {cfg.out}")
@@ -51,8 +45,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from arlm.image.report import evaluate_images
 
-    cfg = from_dict(ImageEvalConfig, explicit_values(args, field_names(ImageEvalConfig)), "image eval options")
-    cfg.validate()
+    cfg = options(ImageEvalConfig, args, "image eval options")
     lm, _, _ = _load(args)
     r = evaluate_images(lm, cfg.data, cfg.samples, cfg.temperature, cfg.seed)
     if args.json:
@@ -72,15 +65,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_verbs(sub) -> None:
     """The ``image`` verb and its own verbs, on the top-level subparsers ``sub``."""
-    p = sub.add_parser("image", help="images as pixel sequences: prepare, sample, evaluate (train with `arlm train`)",
-                       description="Image GPT's recipe on arlm's GPT: one token per pixel in raster order. "
-                                   "`arlm image prepare` writes a folder `arlm train` trains on (--block-size: the "
-                                   "record length it prints); then `sample` and `eval`.")
-    verbs = p.add_subparsers(dest="image_verb", metavar="VERB", required=True, parser_class=type(p))
+    verbs = verb_group(sub, "image", "images as pixel sequences: prepare, sample, evaluate (train with `arlm train`)",
+                       "Image GPT's recipe on arlm's GPT: one token per pixel in raster order. `arlm image prepare` "
+                       "writes a folder `arlm train` trains on (--block-size: the record length it prints); then "
+                       "`sample` and `eval`.")
 
     sp = verbs.add_parser("prepare", help="images (the bundled digits or a folder) -> pixel tokenizer + token shards")
     add_config_args(sp, ImagePrepareConfig)
-    sp.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    json_flag(sp)
     sp.set_defaults(func=cmd_prepare)
 
     sp = verbs.add_parser("sample", help="a PNG grid of sampled images (a row per class), or completions of test images")
@@ -91,5 +83,5 @@ def add_verbs(sub) -> None:
     sp = verbs.add_parser("eval", help="bits per pixel on the test images against the independent-pixel baseline")
     add_config_args(sp, LoadConfig)
     add_config_args(sp, ImageEvalConfig)
-    sp.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    json_flag(sp)
     sp.set_defaults(func=cmd_eval)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.cli.flags import add_config_args, emit_json, explicit_values, field_names
-from arlm.config import SeriesConfig, from_dict
+from arlm.cli.flags import add_config_args, emit_json, json_flag, options, verb_group
+from arlm.config import SeriesConfig
 
 
 def _config(args: argparse.Namespace) -> SeriesConfig:
-    cfg = from_dict(SeriesConfig, explicit_values(args, field_names(SeriesConfig)), "ts options")
-    cfg.validate()
-    return cfg
+    return options(SeriesConfig, args, "ts options")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -63,15 +61,14 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 
 def add_verbs(sub) -> None:
-    p = sub.add_parser("ts", help="time series: classical forecasters (statsmodels, statsforecast) and backtests",
-                       description="AR(p) with the order chosen by AIC/BIC, ARIMA, seasonal naive and ETS on a CSV "
-                                   "column or a bundled real series; forecasts with 10-90% intervals; rolling-origin "
-                                   "backtests scored with MASE and weighted quantile loss.")
-    verbs = p.add_subparsers(dest="ts_verb", metavar="VERB", required=True, parser_class=type(p))
+    verbs = verb_group(sub, "ts", "time series: classical forecasters (statsmodels, statsforecast) and backtests",
+                       "AR(p) with the order chosen by AIC/BIC, ARIMA, seasonal naive and ETS on a CSV column or a "
+                       "bundled real series; forecasts with 10-90% intervals; rolling-origin backtests scored with "
+                       "MASE and weighted quantile loss.")
     for name, func, text in (("fit", cmd_fit, "fit models to the whole series: chosen orders, Ljung-Box on residuals"),
                              ("forecast", cmd_forecast, "forecast past the end of the series, with intervals"),
                              ("backtest", cmd_backtest, "every model on the same held-out windows: MASE and WQL")):
         sp = verbs.add_parser(name, help=text)
         add_config_args(sp, SeriesConfig)
-        sp.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+        json_flag(sp)
         sp.set_defaults(func=func)

@@ -6,7 +6,6 @@ split is whole utterances drawn at random, so no held-out sample was heard in tr
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from arlm.config import AudioPrepareConfig, AudioSynthConfig
-from arlm.data.prepare import META_FILE, check_output, collect_files, token_dtype
+from arlm.data.prepare import check_output, collect_files, write_prepared
 from arlm.errors import UserError
 from arlm.io.atomic import atomic_dir, atomic_file
 from arlm.io.files import read_text_file
@@ -124,16 +123,9 @@ def prepare_audio(cfg: AudioPrepareConfig) -> dict:
         return np.concatenate(parts + [np.array([tok.eot_id])])
 
     train_ids, val_ids = stream(train), stream(test)
-    dtype = token_dtype(tok.vocab_size)
-    meta = {"format": 1, "modality": "audio", "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
-            "dtype": dtype.name, "train_tokens": int(len(train_ids)), "val_tokens": int(len(val_ids)),
-            "documents": len(files), "val_fraction": cfg.test_fraction, "split": f"files, seed {cfg.seed}",
-            "sources": [str(files[i]) for i in train] + [str(files[i]) for i in test]}
-    with atomic_dir(out) as tmp:
-        train_ids.astype(dtype).tofile(tmp / "train.bin")
-        val_ids.astype(dtype).tofile(tmp / "val.bin")
-        tok.save(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    meta = write_prepared(out, tok, train_ids, val_ids, modality="audio", documents=len(files),
+                          val_fraction=cfg.test_fraction, split=f"files, seed {cfg.seed}",
+                          sources=[str(files[i]) for i in train] + [str(files[i]) for i in test])
     meta.update(seconds=round(time.perf_counter() - t0, 2), train_files=len(train), test_files=len(test),
                 train_seconds_audio=round(sum(len(waves[i]) for i in train) / cfg.sample_rate, 1),
                 test_seconds_audio=round(sum(len(waves[i]) for i in test) / cfg.sample_rate, 1))

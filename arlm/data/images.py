@@ -10,7 +10,6 @@ position in the image.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from arlm.config import ImagePrepareConfig, image_size
-from arlm.data.prepare import META_FILE, check_output, token_dtype
+from arlm.data.prepare import check_output, write_prepared
 from arlm.errors import UserError
-from arlm.io.atomic import atomic_dir, atomic_file
+from arlm.io.atomic import atomic_file
 from arlm.tokenizers.image import PixelTokenizer
 
 log = logging.getLogger(__name__)
@@ -137,18 +136,10 @@ def prepare_images(cfg: ImagePrepareConfig) -> dict:
                              classes=classes, seed=cfg.seed)
     pick = (lambda idx: [labels[i] for i in idx]) if labels else (lambda idx: None)
     train_ids, val_ids = records(tok, data.images[train], pick(train)), records(tok, data.images[test], pick(test))
-    dtype = token_dtype(tok.vocab_size)
-    meta = {
-        "format": 1, "modality": "image", "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
-        "dtype": dtype.name, "train_tokens": int(len(train_ids)), "val_tokens": int(len(val_ids)),
-        "documents": len(data.images), "record_tokens": tok.record_tokens, "val_fraction": cfg.test_fraction,
-        "split": f"train_test_split(test_size={cfg.test_fraction}, random_state={cfg.seed})", "sources": [data.source],
-    }
-    with atomic_dir(out) as tmp:
-        train_ids.astype(dtype).tofile(tmp / "train.bin")
-        val_ids.astype(dtype).tofile(tmp / "val.bin")
-        tok.save(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    meta = write_prepared(out, tok, train_ids, val_ids, modality="image", documents=len(data.images),
+                          record_tokens=tok.record_tokens, val_fraction=cfg.test_fraction,
+                          split=f"train_test_split(test_size={cfg.test_fraction}, random_state={cfg.seed})",
+                          sources=[data.source])
     meta.update(seconds=round(time.perf_counter() - t0, 2), train_images=len(train), test_images=len(test),
                 classes=classes, height=tok.height, width=tok.width, colors=tok.n_colors)
     return meta

@@ -16,6 +16,7 @@ from arlm.io.atomic import recover_dir
 from arlm.io.schema import DataMeta, read_data_meta
 from arlm.runtime import generator
 from arlm.tokenizers import Tokenizer, load_tokenizer
+from arlm.tokenizers.base import same_vocabulary
 
 
 @dataclass
@@ -50,6 +51,16 @@ class TokenData:
             raise UserError(f"{d}: the tokenizer ({tokenizer.vocab_size} tokens) and {META_FILE} (vocab_size "
                             f"{meta.vocab_size}) disagree; run `arlm prepare` again")
         return cls(d, meta, arrays["train"], arrays["val"], tokenizer)
+
+    @classmethod
+    def open_matching(cls, directory: str | Path, tokenizer: Tokenizer, fix: str = "") -> "TokenData":
+        """A prepared folder whose tokenizer is ``tokenizer`` (a model's): anything else is refused, with
+        ``fix`` (default: use the folder the model was trained on)."""
+        data = cls.open(directory)
+        if not same_vocabulary(data.tokenizer, tokenizer):
+            raise UserError(f"{directory} was not prepared with this model's tokenizer; "
+                            f"{fix or 'use the folder the model was trained on'}")
+        return data
 
     @property
     def vocab_size(self) -> int:

@@ -145,6 +145,20 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
 
+def write_prepared(out: Path, tok: Tokenizer, train_ids: np.ndarray, val_ids: np.ndarray, **fields) -> dict:
+    """Write a prepared folder whole and atomically: the two token shards, the tokenizer and meta.json
+    (the shards' format and sizes, then ``fields``); returns the metadata. Every modality's prepare ends here."""
+    dtype = token_dtype(tok.vocab_size)
+    meta = {"format": FORMAT_VERSION, "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
+            "dtype": dtype.name, "train_tokens": int(len(train_ids)), "val_tokens": int(len(val_ids)), **fields}
+    with atomic_dir(out) as tmp:
+        train_ids.astype(dtype).tofile(tmp / "train.bin")
+        val_ids.astype(dtype).tofile(tmp / "val.bin")
+        tok.save(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    return meta
+
+
 def prepare(cfg: PrepareConfig) -> dict:
     """Run the whole preparation; returns the metadata written to ``meta.json``."""
     cfg.validate()
@@ -172,29 +186,9 @@ def prepare(cfg: PrepareConfig) -> dict:
             f"the corpus is too small to split: {len(ids)} tokens with --val-fraction {cfg.val_fraction}; "
             f"add more text or change --val-fraction"
         )
-    dtype = token_dtype(tok.vocab_size)
     train_ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
-    meta = {
-        "format": FORMAT_VERSION,
-        "tokenizer": tok.kind,
-        "vocab_size": tok.vocab_size,
-        "eot_id": tok.eot_id,
-        "dtype": dtype.name,
-        "train_tokens": int(len(train_ids)),
-        "val_tokens": int(len(val_ids)),
-        "documents": len(docs),
-        "characters": n_chars,
-        "val_fraction": cfg.val_fraction,
-        "split": "tail",
-        "sources": [str(f) for f in files],
-    }
-    if cfg.control:
-        meta["control"] = cfg.control
-        meta["controls"] = sorted(controls)[:10_000]
-    with atomic_dir(out) as tmp:
-        train_ids.astype(dtype).tofile(tmp / "train.bin")
-        val_ids.astype(dtype).tofile(tmp / "val.bin")
-        tok.save(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    extra = dict(control=cfg.control, controls=sorted(controls)[:10_000]) if cfg.control else {}
+    meta = write_prepared(out, tok, train_ids, val_ids, documents=len(docs), characters=n_chars,
+                          val_fraction=cfg.val_fraction, split="tail", sources=[str(f) for f in files], **extra)
     meta["seconds"] = round(time.perf_counter() - t0, 2)
     return meta

@@ -8,7 +8,6 @@ import numpy as np
 from arlm.config import ImageSampleConfig
 from arlm.data.images import save_grid, split_records
 from arlm.data.loader import TokenData
-from arlm.errors import UserError
 from arlm.image.sampling import complete_images, sample_images
 from arlm.io.paths import output_file
 from arlm.tokenizers.image import PixelTokenizer
@@ -34,10 +33,7 @@ def sample_grid(lm, tok: PixelTokenizer, cfg: ImageSampleConfig) -> tuple[list[l
 
 
 def completion_grid(lm, tok: PixelTokenizer, cfg: ImageSampleConfig) -> tuple[list[list[np.ndarray]], str]:
-    data = TokenData.open(cfg.complete)
-    if not isinstance(data.tokenizer, PixelTokenizer) or data.tokenizer.to_dict() != tok.to_dict():
-        raise UserError(f"{cfg.complete} was not prepared with this model's pixel tokenizer; complete images from the "
-                        f"folder the model was trained on")
+    data = TokenData.open_matching(cfg.complete, tok, "complete images from the folder the model was trained on")
     pixels, labels = split_records(data.val, tok)
     pixels, labels = pixels[:cfg.count], labels[:cfg.count]
     given = cfg.rows_given or tok.height // 2

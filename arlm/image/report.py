@@ -42,10 +42,8 @@ def classifier_agreement(model, tok: PixelTokenizer, train_pixels: np.ndarray, t
 def evaluate_images(lm, data_dir: str, samples: int = 0, temperature: float = 1.0, seed: int = 0) -> dict:
     """Bits per dimension on the test split of ``data_dir`` (and the classifier check with ``samples``)."""
     tok = pixel_tokenizer(lm.tokenizer)
-    data = TokenData.open(data_dir)
-    if not isinstance(data.tokenizer, PixelTokenizer) or data.tokenizer.to_dict() != tok.to_dict():
-        raise UserError(f"{data_dir} was not prepared with this model's pixel tokenizer (sizes, colours and classes "
-                        f"must match); evaluate on the folder the model was trained on")
+    data = TokenData.open_matching(data_dir, tok, "evaluate on the folder the model was trained on (its image size, "
+                                                 "colours and classes)")
     t0 = time.perf_counter()
     train_pixels, train_labels = split_records(data.train, tok)
     test_pixels, test_labels = split_records(data.val, tok)

@@ -15,6 +15,7 @@ import torch
 from arlm.config import EngineConfig, SamplingParams
 from arlm.errors import UserError
 from arlm.generate.engine import Engine
+from arlm.tokenizers.base import expect_tokenizer
 from arlm.tokenizers.image import PixelTokenizer
 
 MAX_BATCH = 64  # images decoded at once
@@ -39,11 +40,7 @@ class RecordConstraint:
 
 
 def pixel_tokenizer(tok) -> PixelTokenizer:
-    if not isinstance(tok, PixelTokenizer):
-        kind = getattr(tok, "modality", "text") if tok is not None else "unknown"
-        raise UserError(f"this model was not trained on images (its tokenizer is {kind}); train one on a folder "
-                        f"made by `arlm image prepare`")
-    return tok
+    return expect_tokenizer(tok, PixelTokenizer, "images", "image")
 
 
 def generate_records(model: torch.nn.Module, tok: PixelTokenizer, prompts: Sequence[list[int]], label_steps: Sequence[int],

@@ -38,6 +38,16 @@ def require_text(tok: "Tokenizer | None") -> None:
         raise UserError(f"this model generates {what}, not text; see `arlm {verb} --help` for what it can do")
 
 
+def expect_tokenizer(tok: "Tokenizer | None", cls: type, what: str, verb: str):
+    """``tok`` if it is a ``cls`` (a model trained on ``what``), else the one-line refusal naming the
+    ``arlm VERB prepare`` that makes such data."""
+    if not isinstance(tok, cls):
+        kind = getattr(tok, "modality", "text") if tok is not None else "unknown"
+        raise UserError(f"this model was not trained on {what} (its tokenizer is {kind}); train one on a folder made "
+                        f"by `arlm {verb} prepare`")
+    return tok
+
+
 # What the tokenizers library (Rust) raises for a file it cannot read: plain Exception, or pyo3's
 # PanicException, which derives from BaseException, when its Rust code panics on malformed data.
 def library_failure(e: BaseException) -> bool:
