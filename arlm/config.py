@@ -347,7 +347,7 @@ class SeriesConfig:
         if self.csv and not self.column:
             raise UserError("--csv needs --column NAME (the series' column)")
         if not 0 <= self.horizon <= 10_000:
-            raise UserError(f"--horizon must be between 1 and 10000, got {self.horizon}")
+            raise UserError(f"--horizon must be between 1 and 10000 (0: the seasonal period), got {self.horizon}")
         if not 1 <= self.windows <= 1000:
             raise UserError(f"--windows must be between 1 and 1000, got {self.windows}")
         if self.max_lag < 0:

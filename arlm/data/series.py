@@ -44,6 +44,8 @@ def read_csv_series(path: str | Path, column: str, date_column: str = "", freq: 
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--csv {path}: no such file")
+    if freq:
+        check_freq(freq)
     try:
         frame = pd.read_csv(p)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
@@ -66,6 +68,15 @@ def read_csv_series(path: str | Path, column: str, date_column: str = "", freq: 
         _check_regular(dates, freq, path)
         start = str(dates.iloc[0].date())
     return Series(column, values, freq, period_of(freq) if freq else 1, start)
+
+
+def check_freq(freq: str) -> None:
+    from pandas.tseries.frequencies import to_offset
+
+    try:
+        to_offset(freq)
+    except ValueError:
+        raise UserError(f"--freq {freq!r} is not a pandas frequency (e.g. D, W, MS, QS, YS)") from None
 
 
 def _numeric(col, path, column: str) -> np.ndarray:
@@ -101,10 +112,7 @@ def _infer_freq(dates, path) -> str:
 def _check_regular(dates, freq: str, path) -> None:
     import pandas as pd
 
-    try:
-        expected = pd.date_range(dates.iloc[0], periods=len(dates), freq=freq)
-    except ValueError:
-        raise UserError(f"--freq {freq!r} is not a pandas frequency (e.g. D, W, MS, QS, YS)") from None
+    expected = pd.date_range(dates.iloc[0], periods=len(dates), freq=freq)
     differ = np.flatnonzero(expected.to_numpy() != dates.to_numpy())
     if len(differ):
         i = int(differ[0])

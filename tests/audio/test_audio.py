@@ -138,3 +138,8 @@ def test_speech_is_synthesized_with_espeak(tmp_path):
         synthesize(AudioSynthConfig(text=[str(CORPUS / "hamlet.txt")], out=str(tmp_path / "bad"), lines=1,
                                     voice=["xx-nothing"]))
     assert not (tmp_path / "bad").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "take1.wav").write_bytes(b"mine")
+    with pytest.raises(UserError, match="is not empty; synthesize into a new folder"):
+        synthesize(AudioSynthConfig(text=[str(CORPUS / "hamlet.txt")], out=str(tmp_path / "mine"), lines=1))
+    assert (tmp_path / "mine" / "take1.wav").read_bytes() == b"mine"

@@ -124,6 +124,13 @@ def test_refusals_write_nothing(tmp_path, capsys):
     refused(capsys, ["ts", "fit", "--csv", tmp_path / "s.csv", "--column", "v"], "row 4: 'x'", tmp_path)
     refused(capsys, ["ts", "fit", "--dataset", "nile", "--csv", tmp_path / "s.csv"], "not both", tmp_path)
     refused(capsys, ["ts", "fit", "--dataset", "mars"], "unknown dataset 'mars'", tmp_path)
+    (tmp_path / "ok30.csv").write_text("v\n" + "\n".join(str(i % 7) for i in range(30)) + "\n")
+    refused(capsys, ["ts", "fit", "--csv", tmp_path / "ok30.csv", "--column", "v", "--freq", "XYZ"],
+            "--freq 'XYZ' is not a pandas frequency", tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    refused(capsys, ["ts", "backtest", "--dataset", "nile", "--model", "ar", "--horizon", 4, "--windows", 1,
+                     "--out", tmp_path / "mine"], "holds files a backtest did not write", tmp_path)
     refused(capsys, ["ts", "fit", "--dataset", "nile", "--model", "prophet"], "unknown --model 'prophet'", tmp_path)
     refused(capsys, ["ts", "forecast", "--dataset", "nile", "--model", "arima", "--order", "1,1"], "p,d,q", tmp_path)
     refused(capsys, ["ts", "backtest", "--dataset", "nile", "--horizon", 30, "--windows", 4], "cannot hold 4 window",
