@@ -331,8 +331,9 @@ class SeriesConfig:
     dataset: list[str] = _f([], "a real series bundled with statsmodels instead of --csv (repeatable; backtest: "
                                 "'all' for every one): sunspots, nile, co2, elnino, elec_equip, macro-COLUMN, "
                                 "interest-R, interest-Dp", metavar="NAME")
-    model: list[str] = _f([], "forecaster (repeatable): seasonal-naive, ar, arima, ets (default: fit/forecast ar; "
-                              "backtest all four)", metavar="NAME")
+    model: list[str] = _f([], "forecaster (repeatable): seasonal-naive, ar, arima, ets, or the folder of a neural "
+                              "forecaster (`arlm ts train`) (default: fit/forecast ar; backtest the four classical)",
+                          metavar="NAME|DIR")
     horizon: int = _f(0, "steps to forecast (default: the seasonal period, at least 4)")
     windows: int = _f(3, "backtest: rolling-origin windows of --horizon steps in the held-out tail")
     ic: str = _f("aic", "AR(p): the information criterion that chooses p", choices=("aic", "bic"))
@@ -340,8 +341,16 @@ class SeriesConfig:
     order: str = _f("", "ARIMA: the order p,d,q (default: chosen by statsforecast's AutoARIMA)", metavar="P,D,Q")
     out: str = _f("", "forecast: a CSV of the forecast (and FILE.png beside it); backtest: a folder for results.csv "
                       "and a PNG per series", metavar="PATH")
+    samples: int = _f(100, "neural forecaster: sample paths per forecast (quantiles and median are read from them)")
+    temperature: float = _f(1.0, "neural forecaster: sampling temperature of the paths")
+    seed: int = _f(0, "neural forecaster: seed of the first path (path i uses seed + i)")
+    device: str = _f("auto", "neural forecaster: where it runs", choices=("auto", "cpu", "cuda", "mps"))
 
     def validate(self) -> None:
+        if not 1 <= self.samples <= 4096:
+            raise UserError(f"--samples must be between 1 and 4096, got {self.samples}")
+        if not 0 < self.temperature <= 100 or not math.isfinite(self.temperature):
+            raise UserError(f"--temperature must be positive (1: the model's own distribution), got {self.temperature}")
         if bool(self.csv) == bool(self.dataset):
             raise UserError("give the series with --csv FILE --column NAME, or --dataset NAME (not both)")
         if self.csv and not self.column:
@@ -353,10 +362,60 @@ class SeriesConfig:
         if self.max_lag < 0:
             raise UserError(f"--max-lag must be >= 0, got {self.max_lag}")
         for m in self.model:
-            if m not in ("seasonal-naive", "ar", "arima", "ets"):
-                raise UserError(f"unknown --model {m!r}; choose seasonal-naive, ar, arima or ets")
+            if m not in ("seasonal-naive", "ar", "arima", "ets") and not is_model_dir(m):
+                raise UserError(f"unknown --model {m!r}; choose seasonal-naive, ar, arima, ets or the folder of a "
+                                f"neural forecaster (`arlm ts train --out DIR`)")
         if self.order:
             arima_order(self.order)
+
+
+def is_model_dir(name: str) -> bool:
+    """A --model value naming a folder (a neural forecaster) rather than a classical model."""
+    import os
+
+    return name not in ("seasonal-naive", "ar", "arima", "ets") and (os.path.isdir(name) or os.sep in name)
+
+
+@dataclass
+class SeriesPrepareConfig:
+    """Options of ``arlm ts prepare``: series -> Chronos-tokenised training records for a neural forecaster."""
+
+    out: str = _f("", "output folder for train.bin, val.bin, meta.json and tokenizer.json", metavar="DIR")
+    synthetic: int = _f(10_000, "synthetic series to draw (KernelSynth, ARMA, trend + seasonality; 0: none)")
+    synthetic_length: int = _f(256, "values per synthetic series")
+    dataset: list[str] = _f([], "real series to train on (repeatable): a training collection (fertility, danish, "
+                                "air-passengers), a bundled test series (sunspots, co2, macro-COLUMN...) or all of "
+                                "them (all)", metavar="NAME")
+    csv: str = _f("", "also train on a CSV file's column (--column)", metavar="FILE")
+    column: str = _f("", "the CSV column of the series", metavar="NAME")
+    exclude_tail: int = _f(0, "leave out the last N values of every real series (the windows a backtest will score)")
+    context_length: int = _f(64, "values before the forecast in each record: their mean absolute value scales the record")
+    prediction_length: int = _f(16, "values after the context in each record (how far ahead the model learns to forecast)")
+    windows_per_series: int = _f(8, "records cut from each synthetic series, at random positions")
+    real_windows: int = _f(32, "records cut from each real series, at random positions (real data weighs this much)")
+    bins: int = _f(4094, "uniform bins of the scaled values (Chronos: 4094)")
+    limit: float = _f(15.0, "the bins span -limit..limit (scaled values beyond fall in the end bins)")
+    val_fraction: float = _f(0.05, "fraction of the series (whole series) held out for validation")
+    seed: int = _f(0, "seed of the synthetic series and the record positions")
+
+    def validate(self) -> None:
+        if not self.out:
+            raise UserError("no output folder given: add --out DIR")
+        if self.synthetic == 0 and not self.dataset and not self.csv:
+            raise UserError("nothing to train on: give --synthetic N, --dataset NAME or --csv FILE --column NAME")
+        if self.csv and not self.column:
+            raise UserError("--csv needs --column NAME (the series' column)")
+        for name, low in (("synthetic", 0), ("synthetic_length", 16), ("context_length", 1), ("prediction_length", 1),
+                          ("windows_per_series", 1), ("real_windows", 1), ("exclude_tail", 0)):
+            if getattr(self, name) < low:
+                raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        if self.synthetic and self.synthetic_length < self.prediction_length + 8:
+            raise UserError(f"--synthetic-length {self.synthetic_length} leaves too little context before "
+                            f"--prediction-length {self.prediction_length}; make it at least {self.prediction_length + 8}")
+        if self.synthetic_length > 4096 or self.context_length + self.prediction_length > 8192:
+            raise UserError("--synthetic-length must be <= 4096 and context + prediction length <= 8192")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
 
 
 def arima_order(text: str) -> tuple[int, int, int]:

@@ -4,12 +4,66 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.cli.flags import add_config_args, emit_json, json_flag, options, verb_group
-from arlm.config import SeriesConfig
+from arlm.cli.flags import add_config_args, emit_json, explicit_values, field_names, json_flag, options, verb_group
+from arlm.config import SeriesConfig, SeriesPrepareConfig, TrainConfig, is_model_dir
+from arlm.errors import UserError
 
 
 def _config(args: argparse.Namespace) -> SeriesConfig:
     return options(SeriesConfig, args, "ts options")
+
+
+def _neural(cfg: SeriesConfig) -> dict:
+    """The neural forecasters among --model, loaded (a folder that is not one fails here, before any work)."""
+    from arlm.api import load
+    from arlm.timeseries.neural import NeuralForecaster, forecaster_context
+
+    out = {}
+    for m in cfg.model:
+        if is_model_dir(m):
+            lm = load(m, device=cfg.device)
+            out[m] = NeuralForecaster(lm.model, lm.tokenizer, forecaster_context(lm.info.data), cfg.samples,
+                                      cfg.temperature, cfg.seed)
+    return out
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from arlm.timeseries.neural import prepare_series
+
+    meta = prepare_series(options(SeriesPrepareConfig, args, "ts prepare options"))
+    if args.json:
+        emit_json(meta)
+        return 0
+    R = meta["record_tokens"]
+    print(f"{meta['documents']:,} series -> {meta['train_tokens'] // R:,} training and {meta['val_tokens'] // R:,} "
+          f"validation records of {R} tokens (context {meta['context_length']}, prediction {meta['prediction_length']}) "
+          f"-> {args.out}")
+    if meta["val_series"]:
+        names = meta["val_series"]
+        print(f"real series held out whole for validation ({len(names)}): {', '.join(names[:12])}"
+              f"{', ...' if len(names) > 12 else ''} (meta.json val_series)")
+    print(f"next: arlm ts train --data {args.out} --out DIR")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """`arlm train` on series records: the block is one record unless --block-size says otherwise."""
+    from arlm.cli import _read_train_toml, _report_training
+    from arlm.data.loader import TokenData
+    from arlm.train.loop import train
+
+    config = _read_train_toml(args)
+    overrides = explicit_values(args, field_names(TrainConfig))
+    data = overrides.get("data", config.get("data"))
+    if data and not overrides.get("resume"):
+        meta = TokenData.open(data).meta
+        if meta.modality != "series":
+            raise UserError(f"{data} holds {meta.modality} data; `arlm ts train` trains forecasters on folders from "
+                            f"`arlm ts prepare` (use `arlm train` for other data)")
+        model = {**config.get("model", {}), **overrides.get("model", {})}
+        if "block_size" not in model and not overrides.get("init_from", config.get("init_from")):
+            overrides["model"] = {**overrides.get("model", {}), "block_size": meta.record_tokens}
+    return _report_training(args, train(config, **overrides))
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -31,7 +85,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_forecast(args: argparse.Namespace) -> int:
     from arlm.timeseries.commands import run_forecast
 
-    r = run_forecast(_config(args))
+    cfg = _config(args)
+    r = run_forecast(cfg, _neural(cfg))
     if args.json:
         emit_json(r)
         return 0
@@ -47,7 +102,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from arlm.timeseries.commands import run_backtest
 
     cfg = _config(args)
-    report, text = run_backtest(cfg)
+    report, text = run_backtest(cfg, _neural(cfg))
     if args.json:
         emit_json({"results": {s: {m: {k: v for k, v in r.items() if k != "last"} for m, r in row.items()}
                                for s, row in report["results"].items()}, "relative": report["relative"],
@@ -61,10 +116,22 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 
 def add_verbs(sub) -> None:
-    verbs = verb_group(sub, "ts", "time series: classical forecasters (statsmodels, statsforecast) and backtests",
-                       "AR(p) with the order chosen by AIC/BIC, ARIMA, seasonal naive and ETS on a CSV column or a "
-                       "bundled real series; forecasts with 10-90% intervals; rolling-origin backtests scored with "
+    verbs = verb_group(sub, "ts", "time series: classical forecasters, a neural forecaster on the GPT, and backtests",
+                       "AR(p) with the order chosen by AIC/BIC, ARIMA, seasonal naive and ETS (statsmodels, "
+                       "statsforecast) and a neural forecaster (arlm's GPT on Chronos-tokenised series) on a CSV column "
+                       "or a bundled real series; forecasts with 10-90% intervals; rolling-origin backtests scored with "
                        "MASE and weighted quantile loss.")
+    sp = verbs.add_parser("prepare", help="synthetic and real series -> training records for a neural forecaster")
+    add_config_args(sp, SeriesPrepareConfig)
+    json_flag(sp)
+    sp.set_defaults(func=cmd_prepare)
+    sp = verbs.add_parser("train", help="train (or, with --init-from, fine-tune) a neural forecaster",
+                          description="`arlm train` on records from `arlm ts prepare`: the same loop, flags and "
+                                      "outputs; the context window defaults to one record.")
+    sp.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with training keys and a [model] table")
+    add_config_args(sp, TrainConfig)
+    json_flag(sp)
+    sp.set_defaults(func=cmd_train)
     for name, func, text in (("fit", cmd_fit, "fit models to the whole series: chosen orders, Ljung-Box on residuals"),
                              ("forecast", cmd_forecast, "forecast past the end of the series, with intervals"),
                              ("backtest", cmd_backtest, "every model on the same held-out windows: MASE and WQL")):

@@ -100,8 +100,11 @@ class TokenData:
         (images) hold whole records."""
         R = self.meta.record_tokens
         if R and block_size % R:
-            raise UserError(f"--block-size {block_size} does not hold whole images: each is a record of {R} tokens "
-                            f"(end-of-text, label, pixels); use --block-size {R} (or a multiple)")
+            what = {"series": "series records", "image": "images"}.get(self.meta.modality, "records")
+            parts = {"series": "end-of-text padding, context, target",
+                     "image": "end-of-text, label, pixels"}.get(self.meta.modality, "fixed length")
+            raise UserError(f"--block-size {block_size} does not hold whole {what}: each is a record of {R} tokens "
+                            f"({parts}); use --block-size {R} (or a multiple)")
         for split in ("train", "val"):
             n = len(getattr(self, split))
             if n < block_size + 1:

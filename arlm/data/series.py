@@ -165,3 +165,50 @@ def load_dataset(name: str) -> Series:
     series = DATASETS[name]()
     series.name = name  # the name it is asked for by, in tables and file names
     return series
+
+
+# Real series kept for *training* a neural forecaster: none of them is among DATASETS (the series the
+# backtests score), so a forecaster trained on these meets DATASETS zero-shot.
+def _fertility() -> list[Series]:
+    frame = _sm("fertility")  # births per woman, 1960-2015, one row per country (World Bank)
+    years = [c for c in frame.columns if c.isdigit()]
+    out = []
+    for _, row in frame.iterrows():
+        v = row[years].to_numpy(dtype=np.float64)
+        v = v[np.isfinite(v)]  # a few countries start late or stop early (their gaps are at the ends)
+        if len(v) >= 24:
+            out.append(Series(f"fertility-{row['Country Code']}", v, "YS", 1, "1960-01-01"))
+    return out
+
+
+def _danish() -> list[Series]:
+    frame = _sm("danish_data")  # Danish money demand, 1974-1987
+    return [Series(f"danish-{c}", frame[c].to_numpy(dtype=np.float64), "QS", 4, "1974-01-01") for c in frame.columns]
+
+
+def _air_passengers() -> list[Series]:
+    from statsforecast.utils import AirPassengers  # the Box-Jenkins airline series, 1949-1960
+
+    return [Series("air-passengers", np.asarray(AirPassengers, dtype=np.float64), "MS", 12, "1949-01-01")]
+
+
+TRAINING_SETS: dict[str, Callable[[], list[Series]]] = {
+    "fertility": _fertility, "danish": _danish, "air-passengers": _air_passengers,
+}
+
+
+def load_series(names: list[str]) -> list[Series]:
+    """Series by name: a training collection (TRAINING_SETS), a bundled test series (DATASETS), or
+    ``all`` (every bundled test series)."""
+    out = []
+    for name in names:
+        if name in TRAINING_SETS:
+            out += TRAINING_SETS[name]()
+        elif name == "all":
+            out += [load_dataset(n) for n in DATASETS]
+        elif name in DATASETS:
+            out.append(load_dataset(name))
+        else:
+            raise UserError(f"unknown dataset {name!r}; training collections: {', '.join(TRAINING_SETS)}; test series: "
+                            f"{', '.join(DATASETS)} (or all)")
+    return out

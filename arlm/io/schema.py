@@ -64,12 +64,16 @@ class DataMeta:
     sources: list[str] = _list()
     control: str = ""
     controls: list[str] = _list()
-    modality: str = _choice("text", "text", "image", "audio")
+    modality: str = _choice("text", "text", "image", "audio", "series")
     record_tokens: int = 0  # fixed-length records (an image each): training windows start at their boundaries
+    context_length: int = 0  # series: the values before the forecast in each record (they set its scale)
+    prediction_length: int = 0  # series: the values after them
+    val_series: list[str] = _list()  # series: the real series held out whole for validation (never trained on)
 
     def validate(self) -> None:
-        if self.record_tokens < 0:
-            raise UserError(f"record_tokens must be >= 0, got {self.record_tokens}")
+        for name in ("record_tokens", "context_length", "prediction_length"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.vocab_size <= 0:
             raise UserError(f"vocab_size must be positive, got {self.vocab_size}")
         for name in ("train_tokens", "val_tokens"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arlm.config import SeriesConfig, arima_order
+from arlm.config import SeriesConfig, arima_order, is_model_dir
 from arlm.data.series import DATASETS, Series, load_dataset, read_csv_series
 from arlm.errors import UserError
 from arlm.io.atomic import atomic_file, atomic_dir
@@ -28,7 +28,17 @@ def horizon_of(cfg: SeriesConfig, s: Series) -> int:
     return cfg.horizon or max(4, s.period)
 
 
-def fit_one(cfg: SeriesConfig, model: str, y: np.ndarray, h: int, period: int) -> Forecast:
+Neural = dict  # {--model value: a NeuralForecaster} for the model folders among --model
+
+
+def label(model: str) -> str:
+    """A model's name in tables, CSV rows and plots: a classical model's name, a folder's last part."""
+    return Path(model).name if is_model_dir(model) else model
+
+
+def fit_one(cfg: SeriesConfig, model: str, y: np.ndarray, h: int, period: int, neural: Neural | None = None) -> Forecast:
+    if neural and model in neural:
+        return neural[model](y, h, period)
     return forecast(model, y, h, period, ic=cfg.ic, max_lag=cfg.max_lag,
                     order=arima_order(cfg.order) if cfg.order else None)
 
@@ -40,8 +50,19 @@ def _one_series(cfg: SeriesConfig) -> Series:
     return series[0]
 
 
+def _check_neural(neural: Neural | None, h: int) -> None:
+    for m, fc in (neural or {}).items():
+        if h > fc.max_horizon():
+            raise UserError(f"--horizon {h} is beyond what {m} can forecast ({fc.max_horizon()} steps: its context window "
+                            f"holds {fc.block_size} tokens); lower --horizon")
+
+
 def fit(cfg: SeriesConfig) -> dict:
     """Fit each model on the whole series: what it chose, and the Ljung-Box test of its residuals."""
+    for m in cfg.model:
+        if is_model_dir(m):
+            raise UserError(f"fit reports the orders a classical model chooses; {m} is a neural forecaster: use "
+                            f"`arlm ts forecast` or `arlm ts backtest` with it")
     s = _one_series(cfg)
     out = {"series": s.name, "values": len(s.values), "period": s.period, "models": {}}
     for m in cfg.model or ["ar"]:
@@ -50,12 +71,13 @@ def fit(cfg: SeriesConfig) -> dict:
     return out
 
 
-def run_forecast(cfg: SeriesConfig) -> dict:
+def run_forecast(cfg: SeriesConfig, neural: Neural | None = None) -> dict:
     """Forecast past the end of the series with each model; optionally a CSV (and a PNG beside it)."""
     s = _one_series(cfg)
     h = horizon_of(cfg, s)
+    _check_neural(neural, h)
     target = output_file(cfg.out, "--out", inputs=[("CSV", cfg.csv)]) if cfg.out else None
-    forecasts = {m: fit_one(cfg, m, s.values, h, s.period) for m in cfg.model or ["ar"]}
+    forecasts = {label(m): fit_one(cfg, m, s.values, h, s.period, neural) for m in cfg.model or ["ar"]}
     if target is not None:
         with atomic_file(target) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -71,10 +93,13 @@ def run_forecast(cfg: SeriesConfig) -> dict:
             "out": cfg.out or None}
 
 
-def run_backtest(cfg: SeriesConfig) -> tuple[dict, str]:
+def run_backtest(cfg: SeriesConfig, neural: Neural | None = None) -> tuple[dict, str]:
     """Every model on every series' tail; the table, and results.csv + PNGs in --out."""
     series = series_of(cfg)
-    models = cfg.model or list(MODELS)
+    names = {label(m): m for m in cfg.model or MODELS}
+    if len(names) < len(cfg.model or MODELS):
+        raise UserError("two --model values have the same name; give each model once (folders with different names)")
+    models = list(names)
     out = output_dir(cfg.out, "--out", replace_whole=True) if cfg.out else None
     if out is not None and out.exists() and any(p.name != "results.csv" and p.suffix != ".png" for p in out.iterdir()):
         raise UserError(f"--out {cfg.out} holds files a backtest did not write; give a new or empty folder")
@@ -82,9 +107,10 @@ def run_backtest(cfg: SeriesConfig) -> tuple[dict, str]:
     if len(horizons) > 1:  # one horizon per report, so that the series' scores aggregate
         raise UserError(f"the series have different seasonal periods (default horizons {sorted(horizons)}); give --horizon")
     h = horizons.pop()
+    _check_neural(neural, h)
     for s in series:
         origins(len(s.values), h, cfg.windows)  # every series can hold the windows, before any work
-    report = backtest(series, models, h, cfg.windows, lambda m, y, hh, p: fit_one(cfg, m, y, hh, p))
+    report = backtest(series, models, h, cfg.windows, lambda m, y, hh, p: fit_one(cfg, names[m], y, hh, p, neural))
     if out is not None:
         with atomic_dir(out) as tmp:
             write_csv(report, tmp / "results.csv")
