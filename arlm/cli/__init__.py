@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from arlm.cli.flags import (Parser, add_config_args, emit_json, explicit_values, field_names, flag_name, fmt, json_flag,
+from arlm.cli.flags import (Parser, read_train_toml, report_training, add_config_args, emit_json, explicit_values, field_names, flag_name, fmt, json_flag,
                             load_model, load_options, typed)
 from arlm.config import (CHAT_DEFAULTS, EVAL_TASK_DEFAULTS, EVAL_TASK_OPTIONS, FINETUNE_DEFAULTS, LORA_DEFAULTS,
                          ConvertConfig, EvalConfig, GenerateConfig, LoadConfig, PrepareConfig, ServeConfig,
                          TrainConfig,
-                         apply_preset, from_dict, merge, validated)
+                         from_dict, merge, validated)
 from arlm.errors import EnvironmentFailure, UserError
 from arlm.io.atomic import atomic_write_text
 from arlm.io.files import read_text_file, read_toml
@@ -55,23 +55,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from arlm.train.loop import train
 
-    config = _read_train_toml(args)
+    config = read_train_toml(args)
     overrides = explicit_values(args, field_names(TrainConfig))
-    return _report_training(args, train(config, **overrides))
-
-
-def _read_train_toml(args: argparse.Namespace) -> dict[str, Any]:
-    """The --config file's keys, checked on their own first so that an error names the file."""
-    config = read_toml(args.config) if args.config else {}
-    if config:
-        from_dict(TrainConfig, apply_preset(config), args.config)
-    return config
+    return report_training(args, train(config, **overrides))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from arlm.train.loop import train
 
-    config = _read_train_toml(args)
+    config = read_train_toml(args)
     overrides = explicit_values(args, field_names(TrainConfig))
     if not overrides.get("resume"):
         if not args._model:
@@ -79,24 +71,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         overrides["init_from"] = args._model
     lora = overrides.get("lora_rank", config.get("lora_rank", 0))
     defaults = merge(FINETUNE_DEFAULTS, LORA_DEFAULTS) if lora else FINETUNE_DEFAULTS
-    return _report_training(args, train(merge(defaults, config), **overrides))
-
-
-def _report_training(args: argparse.Namespace, summary: dict[str, Any]) -> int:
-    if summary.get("rank", 0):  # under torchrun only the main process reports
-        return 0
-    if args.json:
-        emit_json(summary)
-        return 0
-    print(f"{summary['status']}: {summary['step']} steps, {summary['tokens']:,} tokens, "
-          f"{summary['train_seconds']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.0%} of "
-          f"{summary['peak_flops'] / 1e9:,.0f} GFLOP/s ({summary['device']}, {summary['dtype']})")
-    if "val_loss" in summary:
-        print(f"validation (whole split, {summary['val_tokens']:,} tokens): loss {fmt(summary['val_loss'])} nats/token, "
-              f"perplexity {fmt(summary['val_ppl'], 2)}")
-    print(f"checkpoints: {summary['best']} (best), {summary['latest']} (latest)" +
-          (f"; curve: {summary['plot']}" if "plot" in summary else ""))
-    return 0
+    return report_training(args, train(merge(defaults, config), **overrides))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -12,7 +12,8 @@ import re
 import typing
 from typing import Any
 
-from arlm.config import GPTConfig, LoadConfig, TrainConfig, field_types, validated
+from arlm.config import GPTConfig, LoadConfig, TrainConfig, apply_preset, field_types, from_dict, validated
+from arlm.io.files import read_toml
 
 
 def flag_name(name: str) -> str:
@@ -141,3 +142,28 @@ def verb_group(sub, name: str, help: str, description: str):
     """``arlm NAME VERB ...``: a verb with verbs of its own; returns their subparsers."""
     p = sub.add_parser(name, help=help, description=description)
     return p.add_subparsers(dest=f"{name}_verb", metavar="VERB", required=True, parser_class=type(p))
+
+
+def read_train_toml(args: argparse.Namespace) -> dict[str, Any]:
+    """The --config file's keys, checked on their own first so that an error names the file."""
+    config = read_toml(args.config) if args.config else {}
+    if config:
+        from_dict(TrainConfig, apply_preset(config), args.config)
+    return config
+
+
+def report_training(args: argparse.Namespace, summary: dict[str, Any]) -> int:
+    if summary.get("rank", 0):  # under torchrun only the main process reports
+        return 0
+    if args.json:
+        emit_json(summary)
+        return 0
+    print(f"{summary['status']}: {summary['step']} steps, {summary['tokens']:,} tokens, "
+          f"{summary['train_seconds']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.0%} of "
+          f"{summary['peak_flops'] / 1e9:,.0f} GFLOP/s ({summary['device']}, {summary['dtype']})")
+    if "val_loss" in summary:
+        print(f"validation (whole split, {summary['val_tokens']:,} tokens): loss {fmt(summary['val_loss'])} nats/token, "
+              f"perplexity {fmt(summary['val_ppl'], 2)}")
+    print(f"checkpoints: {summary['best']} (best), {summary['latest']} (latest)" +
+          (f"; curve: {summary['plot']}" if "plot" in summary else ""))
+    return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.cli.flags import add_config_args, emit_json, explicit_values, field_names, json_flag, options, verb_group
+from arlm.cli.flags import (add_config_args, emit_json, explicit_values, field_names, json_flag, options,
+                            read_train_toml, report_training, verb_group)
 from arlm.config import SeriesConfig, SeriesPrepareConfig, TrainConfig, is_model_dir
 from arlm.errors import UserError
 
@@ -48,11 +49,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """`arlm train` on series records: the block is one record unless --block-size says otherwise."""
-    from arlm.cli import _read_train_toml, _report_training
     from arlm.data.loader import TokenData
     from arlm.train.loop import train
 
-    config = _read_train_toml(args)
+    config = read_train_toml(args)
     overrides = explicit_values(args, field_names(TrainConfig))
     data = overrides.get("data", config.get("data"))
     if data and not overrides.get("resume"):
@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = {**config.get("model", {}), **overrides.get("model", {})}
         if "block_size" not in model and not overrides.get("init_from", config.get("init_from")):
             overrides["model"] = {**overrides.get("model", {}), "block_size": meta.record_tokens}
-    return _report_training(args, train(config, **overrides))
+    return report_training(args, train(config, **overrides))
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -6,6 +6,9 @@
 - **ARMA** processes with random stationary, invertible coefficients (statsmodels' ArmaProcess).
 - **Trend + seasonality + noise**: a random linear or damped trend, one or two seasonal sine waves
   with random periods and phases, and Gaussian or Student-t noise.
+- **Growth**: a positive level that grows or shrinks geometrically with correlated noise and an
+  optional multiplicative season (prices, output, population). Of the other kinds, 30% are moved to
+  a level far from zero: mean scaling then leaves small relative movements, as on most real series.
 
 Every generator takes a NumPy ``Generator``, so a seed gives the same series.
 """
@@ -85,7 +88,30 @@ def trend_season(length: int, rng: np.random.Generator) -> np.ndarray:
     return trend + season + noise
 
 
-GENERATORS = {"kernel-synth": kernel_synth, "arma": arma, "trend-season": trend_season}
+def growth(length: int, rng: np.random.Generator) -> np.ndarray:
+    """A positive series far from zero that grows or shrinks geometrically, as economic and physical
+    levels do (GDP, prices, population, CO2): log-increments with a drift, AR(1)-correlated noise and
+    an optional multiplicative season, on a level of 1 to 10,000."""
+    drift = rng.normal(0, 0.01)
+    sigma = np.exp(rng.uniform(np.log(1e-3), np.log(5e-2)))
+    phi = rng.uniform(-0.3, 0.9)
+    e = rng.standard_normal(length) * sigma
+    for t in range(1, length):  # AR(1) increments: momentum in growth rates
+        e[t] += phi * e[t - 1]
+    y = np.exp(np.cumsum(drift + e))
+    if rng.random() < 0.4:
+        p = rng.choice(PERIODS)
+        y *= 1 + rng.uniform(0.005, 0.1) * np.sin(2 * np.pi * np.arange(length) / p + rng.uniform(0, 2 * np.pi))
+    return 10 ** rng.uniform(0, 4) * y
+
+
+def with_level(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The series moved to a level of 0.1 to 100 times its spread (real series rarely hover around zero)."""
+    return y + np.sign(rng.standard_normal()) * np.std(y) * 10 ** rng.uniform(-1, 2)
+
+
+GENERATORS = {"kernel-synth": kernel_synth, "arma": arma, "trend-season": trend_season, "growth": growth}
+LEVEL_SHIFT = 0.3  # the share of the other generators' series moved away from zero
 
 
 def synthetic_series(count: int, length: int, seed: int = 0, mix: dict[str, float] | None = None) -> list[np.ndarray]:
@@ -95,4 +121,8 @@ def synthetic_series(count: int, length: int, seed: int = 0, mix: dict[str, floa
     names = list(mix or GENERATORS)
     weights = np.array([(mix or {}).get(n, 1.0) for n in names], dtype=np.float64)
     picks = rng.choice(names, size=count, p=weights / weights.sum())
-    return [GENERATORS[name](length, rng) for name in picks]
+    out = []
+    for name in picks:
+        y = GENERATORS[name](length, rng)
+        out.append(with_level(y, rng) if name != "growth" and rng.random() < LEVEL_SHIFT else y)
+    return out

@@ -53,3 +53,12 @@ def test_a_periodic_kernel_repeats():
 
     x = synthetic.kernel_synth(120, Fixed())
     assert np.allclose(x[:-12], x[12:], atol=0.05 * np.std(x))
+
+
+def test_growth_series_are_positive_levels_far_from_zero_and_others_are_sometimes_moved():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        y = synthetic.growth(200, rng)
+        assert (y > 0).all() and np.mean(y) > 2 * np.std(np.diff(y))
+    moved = [synthetic.with_level(synthetic.arma(200, rng), rng) for _ in range(20)]
+    assert np.median([abs(np.mean(y)) / np.std(y) for y in moved]) > 1  # 0.1 to 100 spreads away from zero
