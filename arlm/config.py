@@ -233,6 +233,8 @@ class ImagePrepareConfig:
     labels: bool = _f(True, "open each image with its class (digits: the digit; a folder: the subfolder), for "
                             "class-conditional sampling")
     test_fraction: float = _f(0.2, "fraction of images held out (a stratified random split)")
+    shift: int = _f(0, "augment the training images with copies shifted by up to N pixels in each direction "
+                       "((2N+1)^2 images for one; the held-out images are never shifted)")
     seed: int = _f(0, "seed of the split and the palette (digits with seed 0: scikit-learn's "
                       "train_test_split(test_size=0.2, random_state=0))")
 
@@ -249,6 +251,8 @@ class ImagePrepareConfig:
             raise UserError(f"--palette must be between 2 and 4096 colours, got {self.palette}")
         if self.size:
             image_size(self.size)
+        if not 0 <= self.shift <= 8:
+            raise UserError(f"--shift must be between 0 and 8 pixels, got {self.shift}")
 
 
 def image_size(text: str) -> tuple[int, int]:

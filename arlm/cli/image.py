@@ -18,7 +18,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     else:
         kind = f"{meta['colors']} grey levels" if cfg.color == "gray" else f"a {meta['colors']}-colour palette"
         labels = f", {len(meta['classes'])} classes" if meta["classes"] else ", no labels"
-        print(f"prepared {meta['train_images']:,} train + {meta['test_images']:,} test images of {meta['width']}x"
+        copies = f" (each with {meta['shifted_copies']} shifted copies)" if meta["shifted_copies"] else ""
+        print(f"prepared {meta['train_images']:,} train{copies} + {meta['test_images']:,} test images of {meta['width']}x"
               f"{meta['height']} ({kind}{labels}; {meta['record_tokens']} tokens each, vocab {meta['vocab_size']}) in "
               f"{cfg.out} [{meta['seconds']}s]; train with: arlm train --data {cfg.out} --block-size "
               f"{meta['record_tokens']} --out RUN")

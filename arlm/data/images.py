@@ -110,6 +110,28 @@ def records(tok: PixelTokenizer, images: np.ndarray, labels: list[str] | None) -
     return np.concatenate([np.concatenate([head, pixels], axis=1).reshape(-1), [tok.eot_id]])
 
 
+def shifted(images: np.ndarray, n: int) -> np.ndarray:
+    """Each image, then its copies moved by (dy, dx) for every |dy|, |dx| <= n but (0, 0), image by
+    image: (N (2n+1)^2, H, W[, 3]). What moves out is dropped; what comes in takes the image's most
+    common border value (its background)."""
+    out = []
+    for img in images:
+        border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).reshape(-1, *img.shape[2:])
+        values, counts = np.unique(border, axis=0, return_counts=True)
+        background = values[np.argmax(counts)]
+        out.append(img)
+        H, W = img.shape[:2]
+        for dy in range(-n, n + 1):
+            for dx in range(-n, n + 1):
+                if dy or dx:
+                    moved = np.empty_like(img)
+                    moved[...] = background
+                    moved[max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+                        img[max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
+                    out.append(moved)
+    return np.stack(out)
+
+
 def load_images(cfg: ImagePrepareConfig) -> ImageSet:
     if cfg.source == "digits":
         data = digits()
@@ -135,9 +157,12 @@ def prepare_images(cfg: ImagePrepareConfig) -> dict:
                              max_value=data.max_value, palette_size=cfg.palette if cfg.color == "rgb" else 0,
                              classes=classes, seed=cfg.seed)
     pick = (lambda idx: [labels[i] for i in idx]) if labels else (lambda idx: None)
-    train_ids, val_ids = records(tok, data.images[train], pick(train)), records(tok, data.images[test], pick(test))
+    copies = (2 * cfg.shift + 1) ** 2
+    train_images = shifted(data.images[train], cfg.shift) if cfg.shift else data.images[train]
+    train_labels = [c for c in pick(train) for _ in range(copies)] if labels else None
+    train_ids, val_ids = records(tok, train_images, train_labels), records(tok, data.images[test], pick(test))
     meta = write_prepared(out, tok, train_ids, val_ids, modality="image", documents=len(data.images),
-                          record_tokens=tok.record_tokens, val_fraction=cfg.test_fraction,
+                          record_tokens=tok.record_tokens, val_fraction=cfg.test_fraction, shifted_copies=copies - 1,
                           split=f"train_test_split(test_size={cfg.test_fraction}, random_state={cfg.seed})",
                           sources=[data.source])
     meta.update(seconds=round(time.perf_counter() - t0, 2), train_images=len(train), test_images=len(test),
@@ -145,11 +170,12 @@ def prepare_images(cfg: ImagePrepareConfig) -> dict:
     return meta
 
 
-def split_records(ids: np.ndarray, tok: PixelTokenizer) -> tuple[np.ndarray, list[str | None]]:
-    """A prepared split's records back as colour ids (N, H*W) and labels."""
+def split_records(ids: np.ndarray, tok: PixelTokenizer, every: int = 1) -> tuple[np.ndarray, list[str | None]]:
+    """A prepared split's records back as colour ids (N, H*W) and labels (``every``: only each
+    ``every``-th record, e.g. the original images of a training split with shifted copies)."""
     R = tok.record_tokens
     n = (len(ids) - 1) // R
-    rec = np.asarray(ids[:n * R], dtype=np.int64).reshape(n, R)
+    rec = np.asarray(ids[:n * R], dtype=np.int64).reshape(n, R)[::every]
     if n == 0 or (rec[:, 0] != tok.eot_id).any():
         raise UserError("the split does not hold whole image records; run `arlm image prepare` again")
     labels = [tok.label_of(int(t)) for t in rec[:, 1]] if tok.classes else [None] * n

@@ -45,7 +45,7 @@ def evaluate_images(lm, data_dir: str, samples: int = 0, temperature: float = 1.
     data = TokenData.open_matching(data_dir, tok, "evaluate on the folder the model was trained on (its image size, "
                                                  "colours and classes)")
     t0 = time.perf_counter()
-    train_pixels, train_labels = split_records(data.train, tok)
+    train_pixels, train_labels = split_records(data.train, tok, 1 + data.meta.shifted_copies)  # the real digits only
     test_pixels, test_labels = split_records(data.val, tok)
     out = {"test_images": len(test_pixels), "height": tok.height, "width": tok.width, "colors": tok.n_colors}
     out.update(bits_per_dim(lm.model, tok, test_pixels, test_labels, lm.device))

@@ -66,12 +66,13 @@ class DataMeta:
     controls: list[str] = _list()
     modality: str = _choice("text", "text", "image", "audio", "series")
     record_tokens: int = 0  # fixed-length records (an image each): training windows start at their boundaries
+    shifted_copies: int = 0  # images: each training image is followed by this many shifted copies of it
     context_length: int = 0  # series: the values before the forecast in each record (they set its scale)
     prediction_length: int = 0  # series: the values after them
     val_series: list[str] = _list()  # series: the real series held out whole for validation (never trained on)
 
     def validate(self) -> None:
-        for name in ("record_tokens", "context_length", "prediction_length"):
+        for name in ("record_tokens", "shifted_copies", "context_length", "prediction_length"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.vocab_size <= 0:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from arlm.config import ImagePrepareConfig
-from arlm.data.images import prepare_images, split_records
+from arlm.data.images import prepare_images, shifted, split_records
 from arlm.data.loader import TokenData, WindowSampler, random_batch
 from arlm.errors import UserError
 
@@ -94,3 +94,28 @@ def test_digits_refuse_options_that_do_not_apply(tmp_path):
         with pytest.raises(UserError, match=message):
             prepare_images(ImagePrepareConfig(source="digits", out=str(tmp_path / "out"), **options))
     assert not (tmp_path / "out").exists()
+
+
+def test_shifted_copies_move_the_image_and_fill_with_its_background():
+    img = np.zeros((1, 4, 5), dtype=np.int64)
+    img[0, 1, 2] = 9
+    img[0, 3, 4] = 5  # a bright border pixel: the background is still the most common border value (0)
+    out = shifted(img, 1)
+    assert out.shape == (9, 4, 5) and np.array_equal(out[0], img[0])
+    moves = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    for k, (dy, dx) in enumerate(moves, start=1):
+        assert out[k, 1 + dy, 2 + dx] == 9 and (out[k] == 9).sum() == 1
+    assert out[moves.index((1, 1)) + 1].sum() == 9  # the corner pixel moved out of the image
+
+
+def test_prepare_with_shifts_keeps_the_real_images_findable(tmp_path):
+    meta = prepare_images(ImagePrepareConfig(source="digits", out=str(tmp_path / "d"), shift=1))
+    assert meta["shifted_copies"] == 8 and meta["train_tokens"] == 9 * 1437 * 66 + 1
+    data = TokenData.open(tmp_path / "d")
+    tok = data.tokenizer
+    real, labels = split_records(data.train, tok, 9)
+    plain = prepare_images(ImagePrepareConfig(source="digits", out=str(tmp_path / "p")))
+    assert plain["shifted_copies"] == 0
+    base, base_labels = split_records(TokenData.open(tmp_path / "p").train, tok)
+    assert np.array_equal(real, base) and labels == base_labels
+    assert np.array_equal(data.val, TokenData.open(tmp_path / "p").val)  # the test images are never shifted
