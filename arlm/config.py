@@ -397,6 +397,9 @@ class SeriesPrepareConfig:
     prediction_length: int = _f(16, "values after the context in each record (how far ahead the model learns to forecast)")
     windows_per_series: int = _f(8, "records cut from each synthetic series, at random positions")
     real_windows: int = _f(32, "records cut from each real series, at random positions (real data weighs this much)")
+    scaling: str = _f("mean", "how a record is normalised by its context: divided by the mean absolute value "
+                              "(Chronos), or standardised by the mean and standard deviation (keeps small movements "
+                              "of series far from zero)", choices=("mean", "standard"))
     bins: int = _f(4094, "uniform bins of the scaled values (Chronos: 4094)")
     limit: float = _f(15.0, "the bins span -limit..limit (scaled values beyond fall in the end bins)")
     val_fraction: float = _f(0.05, "fraction of the series (whole series) held out for validation")

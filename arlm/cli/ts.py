@@ -92,7 +92,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         return 0
     for m, f in r["forecasts"].items():
         steps = ", ".join(f"{v:.4g} [{lo:.4g}, {hi:.4g}]" for v, lo, hi in zip(f["mean"], f["q0.1"], f["q0.9"]))
-        print(f"{r['series']} {m}, next {r['horizon']} (mean [10%, 90%]): {steps}")
+        print(f"{r['series']} {m}, next {r['horizon']} ({f['point']} [10%, 90%]): {steps}")
     if r["out"]:
         print(f"-> {r['out']} and its .png")
     return 0

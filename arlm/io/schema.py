@@ -392,10 +392,12 @@ class MuLawSpec:
 
 @dataclass
 class SeriesBins:
-    """arlm's time-series tokenizer file (arlm/tokenizers/series.py): Chronos' uniform bins of mean-scaled values."""
+    """arlm's time-series tokenizer file (arlm/tokenizers/series.py): Chronos' uniform bins of mean-scaled
+    (or standardised) values."""
 
     bins: int = 4094
     limit: float = 15.0
+    scaling: str = _choice("mean", "mean", "standard")
     arlm: str = _choice("scaled-bins", "scaled-bins")
     version: int = 1
 

@@ -25,6 +25,7 @@ class Forecast:
     quantiles: np.ndarray  # (len(QUANTILES), h)
     residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))  # in-sample one-step errors
     info: dict = field(default_factory=dict)  # what was chosen (order, information criterion)
+    point: str = "mean"  # what ``mean`` holds: the mean, or (sampled paths) their median
 
 
 def _gaussian(mean: np.ndarray, se: np.ndarray) -> np.ndarray:

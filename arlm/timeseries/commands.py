@@ -82,12 +82,13 @@ def run_forecast(cfg: SeriesConfig, neural: Neural | None = None) -> dict:
         with atomic_file(target) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
-                w.writerow(["model", "step", "mean"] + [f"q{q:g}" for q in QUANTILES])
+                w.writerow(["model", "step", "forecast", "point"] + [f"q{q:g}" for q in QUANTILES])
                 for m, fc in forecasts.items():
                     for t in range(h):
-                        w.writerow([m, t + 1, f"{fc.mean[t]:.6g}"] + [f"{fc.quantiles[i, t]:.6g}" for i in range(len(QUANTILES))])
+                        w.writerow([m, t + 1, f"{fc.mean[t]:.6g}", fc.point] + [f"{fc.quantiles[i, t]:.6g}" for i in range(len(QUANTILES))])
         plot_forecasts(s.values, len(s.values), forecasts, Path(target).with_suffix(".png"), s.name)
-    return {"series": s.name, "horizon": h, "forecasts": {m: {"mean": f.mean.tolist(), "q0.1": f.quantiles[0].tolist(),
+    return {"series": s.name, "horizon": h, "forecasts": {m: {"point": f.point, "mean": f.mean.tolist(),
+                                                                "q0.1": f.quantiles[0].tolist(),
                                                                 "q0.9": f.quantiles[-1].tolist()}
                                                             for m, f in forecasts.items()},
             "out": cfg.out or None}

@@ -5,7 +5,8 @@ loop) trains on it unchanged. Each record is a window of one series cut at a ran
 
     [end-of-text x (1 + C - c), context (c values), target (H values)]      c <= C = context_length
 
-with every value divided by the mean absolute value of the record's context, then binned
+with every value divided by the mean absolute value of the record's context (or, with the tokenizer's
+``scaling="standard"``, standardised by the context's mean and standard deviation), then binned
 (:class:`ScaledBinsTokenizer`). Records have one length, ``C + 1 + H`` tokens, and training windows
 start at their boundaries; a context shorter than C is padded on the left with end-of-text, so
 series shorter than C + H train too, and a short history is forecast the same way.
@@ -29,7 +30,7 @@ from arlm.data.series import Series, load_series, read_csv_series
 from arlm.errors import UserError
 from arlm.generate.engine import generate_ids
 from arlm.tokenizers.base import expect_tokenizer
-from arlm.tokenizers.series import ScaledBinsTokenizer, mean_scale
+from arlm.tokenizers.series import ScaledBinsTokenizer
 from arlm.timeseries.classical import QUANTILES, Forecast
 from arlm.timeseries.synthetic import synthetic_series
 
@@ -42,9 +43,9 @@ def record(tok: ScaledBinsTokenizer, context: np.ndarray, target: np.ndarray, co
     """One training record (or, with an empty ``target``, a forecast's prompt): left padding with
     end-of-text, the context and the target, all scaled by the context's mean absolute value."""
     context = np.asarray(context, dtype=np.float64)[-context_length:]
-    scale = mean_scale(context)
+    affine = tok.affine(context)
     pad = np.full(1 + context_length - len(context), tok.eot_id, dtype=np.int64)
-    return np.concatenate([pad, tok.encode_scaled(context, scale), tok.encode_scaled(target, scale)])
+    return np.concatenate([pad, tok.encode_scaled(context, affine), tok.encode_scaled(target, affine)])
 
 
 def series_records(tok: ScaledBinsTokenizer, values: np.ndarray, count: int, context_length: int,
@@ -73,7 +74,7 @@ def prepare_series(cfg: SeriesPrepareConfig) -> dict:
     Whole series are held out for validation (every ``1 / val_fraction``-th of each kind)."""
     cfg.validate()
     out = check_output(cfg.out)
-    tok = ScaledBinsTokenizer(cfg.bins, cfg.limit)
+    tok = ScaledBinsTokenizer(cfg.bins, cfg.limit, cfg.scaling)
     real = _real_series(cfg)
     usable = [s for s in real if len(s.values) >= cfg.prediction_length + MIN_CONTEXT]
     if len(usable) < len(real):
@@ -128,12 +129,12 @@ class NeuralForecaster:
                                 seed=self.seed, logit_bias=[f"{self.tok.eot_id}=-100"])
         rows = generate_ids(self.model, prompt, params, eos_ids=())
         assert all(len(r) == h for r in rows), "end-of-text is banned: every path has h values"
-        return np.stack([self.tok.decode_values(r, mean_scale(context)) for r in rows])
+        return np.stack([self.tok.decode_values(r, self.tok.affine(context)) for r in rows])
 
     def __call__(self, y: np.ndarray, h: int, period: int = 1) -> Forecast:
         p = self.paths(y, h)
         return Forecast("neural", np.median(p, axis=0), np.quantile(p, QUANTILES, axis=0),
-                        info={"samples": self.samples, "context": min(len(y), self.context_length)})
+                        info={"samples": self.samples, "context": min(len(y), self.context_length)}, point="median")
 
 
 def forecaster_context(data_record: dict) -> int:

@@ -39,7 +39,7 @@ def test_a_record_is_padding_context_and_target_scaled_by_the_context():
     assert len(r) == 1 + 5 + 2
     assert r[:3].tolist() == [tok.eot_id] * 3  # 1 + (5 - 3) end-of-text before the values
     scale = mean_scale(context)
-    assert tok.decode_values(r[3:], scale) == pytest.approx([2.0, -2.0, 4.0, 8.0, 0.0], abs=0.05 * scale)
+    assert tok.decode_values(r[3:], (0.0, scale)) == pytest.approx([2.0, -2.0, 4.0, 8.0, 0.0], abs=0.05 * scale)
     # a context longer than context_length keeps its last values
     assert record(tok, np.arange(1.0, 11.0), np.zeros(0), 4).tolist() == record(tok, np.arange(7.0, 11.0), np.zeros(0), 4).tolist()
 
@@ -167,3 +167,12 @@ def test_ts_train_takes_one_record_as_its_window_and_fine_tunes(sine_model, tmp_
     assert json.loads((tmp_path / "ft" / "latest" / "config.json").read_text())["model"]["n_embd"] == 64
     refused(capsys, ["ts", "train", "--data", data, "--out", tmp_path / "r2", "--block-size", 40, *small],
             "does not hold whole")
+
+
+def test_a_standardised_record_keeps_a_level_far_from_zero():
+    tok = ScaledBinsTokenizer(bins=4094, limit=15.0, scaling="standard")
+    context = 1000 + np.array([1.0, -1.0, 2.0, 0.0])
+    r = record(tok, context, np.array([1003.0]), context_length=4)
+    loc, scale = tok.affine(context)
+    assert loc == pytest.approx(1000.5) and tok.decode_values(r[1:], (loc, scale)) == pytest.approx(
+        [1001, 999, 1002, 1000, 1003], abs=0.01)
