@@ -17,15 +17,10 @@ def _config(args: argparse.Namespace) -> SeriesConfig:
 def _neural(cfg: SeriesConfig) -> dict:
     """The neural forecasters among --model, loaded (a folder that is not one fails here, before any work)."""
     from arlm.api import load
-    from arlm.timeseries.neural import NeuralForecaster, forecaster_context
+    from arlm.timeseries.neural import NeuralForecaster
 
-    out = {}
-    for m in cfg.model:
-        if is_model_dir(m):
-            lm = load(m, device=cfg.device)
-            out[m] = NeuralForecaster(lm.model, lm.tokenizer, forecaster_context(lm.info.data), cfg.samples,
-                                      cfg.temperature, cfg.seed)
-    return out
+    return {m: NeuralForecaster.of(load(m, device=cfg.device), cfg.samples, cfg.temperature, cfg.seed)
+            for m in cfg.model if is_model_dir(m)}
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

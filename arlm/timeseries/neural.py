@@ -114,6 +114,11 @@ class NeuralForecaster:
         self.block_size = model.config.block_size
         self.context_length = min(context_length, self.block_size - 2)
 
+    @classmethod
+    def of(cls, lm, samples: int = 100, temperature: float = 1.0, seed: int = 0) -> "NeuralForecaster":
+        """The forecaster of a loaded model (``arlm.load(DIR)``), with the context length it was trained with."""
+        return cls(lm.model, lm.tokenizer, forecaster_context(lm.info.data), samples, temperature, seed)
+
     def max_horizon(self) -> int:
         return self.block_size - 1 - MIN_CONTEXT
 

@@ -17,7 +17,7 @@ from arlm.errors import UserError
 from arlm.eval.forecast import mase
 from arlm.timeseries.backtest import backtest
 from arlm.timeseries.classical import forecast
-from arlm.timeseries.neural import (MIN_CONTEXT, NeuralForecaster, _real_series, forecaster_context, prepare_series,
+from arlm.timeseries.neural import (MIN_CONTEXT, NeuralForecaster, _real_series, prepare_series,
                                     record, series_records)
 from arlm.tokenizers.series import ScaledBinsTokenizer, mean_scale
 from arlm.train.loop import train
@@ -94,8 +94,7 @@ def sine_model(tmp_path_factory):
 
 
 def test_the_forecaster_learns_a_noiseless_sine_to_near_zero_mase(sine_model):
-    lm = load(sine_model, device="cpu")
-    fc = NeuralForecaster(lm.model, lm.tokenizer, forecaster_context(lm.info.data), samples=20, seed=0)
+    fc = NeuralForecaster.of(load(sine_model, device="cpu"), samples=20, seed=0)
     s = Series("sine", sine(120, 7.0, 1.0))  # an amplitude and phase of its own; period 1: MASE against naive
     report = backtest([s], ["seasonal-naive", "neural"], H, 3,
                       lambda m, y, h, p: fc(y, h, p) if m == "neural" else forecast(m, y, h, p))
