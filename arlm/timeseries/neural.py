@@ -127,6 +127,9 @@ class NeuralForecaster:
         if not 1 <= h <= self.max_horizon():
             raise UserError(f"this forecaster looks at most {self.max_horizon()} steps ahead (its context window holds "
                             f"{self.block_size} tokens); lower --horizon")
+        if len(y) < MIN_CONTEXT:
+            raise UserError(f"the series has {len(y)} values; the neural forecaster needs at least {MIN_CONTEXT} of "
+                            f"history (it pads shorter contexts than {self.context_length}, not fewer than {MIN_CONTEXT})")
         C = min(self.context_length, self.block_size - 1 - h)  # a long horizon leaves less room for the context
         context = np.asarray(y, dtype=np.float64)[-C:]
         prompt = record(self.tok, context, np.zeros(0), C).tolist()

@@ -141,6 +141,10 @@ def test_cli_refusals(sine_model, trained_model, char_data, tmp_path, capsys):
     refused(capsys, ["ts", "backtest", "--dataset", "nile", "--model", sine_model, "--horizon", 40],
             r"--horizon 40 is beyond what .* can forecast \(32 steps")
     refused(capsys, ["ts", "fit", "--dataset", "nile", "--model", sine_model], "neural forecaster: use")
+    short = tmp_path / "short.csv"
+    short.write_text("y\n1\n2\n3\n4\n5\n")
+    refused(capsys, ["ts", "forecast", "--csv", short, "--column", "y", "--model", sine_model, "--horizon", 2],
+            "has 5 values; the neural forecaster needs at least 8")
     refused(capsys, ["ts", "backtest", "--dataset", "nile", "--model", sine_model, "--samples", 0], "--samples")
     refused(capsys, ["ts", "train", "--data", char_data, "--out", tmp_path / "r"], "holds text data")
     refused(capsys, ["ts", "prepare", "--out", tmp_path / "p", "--synthetic", 0], "nothing to train on")
