@@ -41,7 +41,7 @@ MIN_CONTEXT = 8  # values a record's context holds at least
 
 def record(tok: ScaledBinsTokenizer, context: np.ndarray, target: np.ndarray, context_length: int) -> np.ndarray:
     """One training record (or, with an empty ``target``, a forecast's prompt): left padding with
-    end-of-text, the context and the target, all scaled by the context's mean absolute value."""
+    end-of-text, the context and the target, all normalised by the context (the tokenizer's scaling)."""
     context = np.asarray(context, dtype=np.float64)[-context_length:]
     affine = tok.affine(context)
     pad = np.full(1 + context_length - len(context), tok.eot_id, dtype=np.int64)
@@ -71,7 +71,7 @@ def _real_series(cfg: SeriesPrepareConfig) -> list[Series]:
 
 def prepare_series(cfg: SeriesPrepareConfig) -> dict:
     """Synthetic and real series -> records -> a prepared folder (meta.json ``modality: series``).
-    Whole series are held out for validation (every ``1 / val_fraction``-th of each kind)."""
+    Whole series are held out for validation (each with probability about ``val_fraction``)."""
     cfg.validate()
     out = check_output(cfg.out)
     tok = ScaledBinsTokenizer(cfg.bins, cfg.limit, cfg.scaling)
@@ -82,8 +82,8 @@ def prepare_series(cfg: SeriesPrepareConfig) -> dict:
                     len(real) - len(usable), MIN_CONTEXT)
     synth = synthetic_series(cfg.synthetic, cfg.synthetic_length, cfg.seed) if cfg.synthetic else []
     rng = np.random.default_rng(cfg.seed + 1)
-    every = max(2, round(1 / cfg.val_fraction))
     splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    every = max(2, round(1 / cfg.val_fraction))  # a series is held out with probability 1 / every
     held_out = []
     for name, values, count in ([("", v, cfg.windows_per_series) for v in synth] +
                                 [(s.name, s.values, cfg.real_windows) for s in usable]):
@@ -98,10 +98,11 @@ def prepare_series(cfg: SeriesPrepareConfig) -> dict:
     train_ids = np.concatenate([splits["train"][i] for i in order])
     val_ids = np.concatenate(splits["val"])
     R = cfg.context_length + 1 + cfg.prediction_length
+    sources = [f"synthetic x {len(synth)}"] + list(cfg.dataset) + ([f"{cfg.csv}:{cfg.column}"] if cfg.csv else [])
     return write_prepared(out, tok, train_ids, val_ids, modality="series", record_tokens=R,
                           context_length=cfg.context_length, prediction_length=cfg.prediction_length,
                           documents=len(synth) + len(usable), val_series=held_out, val_fraction=cfg.val_fraction,
-                          sources=[f"synthetic x {len(synth)}"] + list(cfg.dataset) + ([f"{cfg.csv}:{cfg.column}"] if cfg.csv else []))
+                          sources=sources)
 
 
 class NeuralForecaster:
