@@ -323,6 +323,9 @@ class ImageEvalConfig:
 # time series (`arlm ts ...`)
 
 
+CLASSICAL_FORECASTERS = ("seasonal-naive", "ar", "arima", "ets")  # arlm/timeseries/classical.py
+
+
 @dataclass
 class SeriesConfig:
     """Options of ``arlm ts fit|forecast|backtest``: which series, which models, how far ahead."""
@@ -366,7 +369,7 @@ class SeriesConfig:
         if self.max_lag < 0:
             raise UserError(f"--max-lag must be >= 0, got {self.max_lag}")
         for m in self.model:
-            if m not in ("seasonal-naive", "ar", "arima", "ets") and not is_model_dir(m):
+            if m not in CLASSICAL_FORECASTERS and not is_model_dir(m):
                 raise UserError(f"unknown --model {m!r}; choose seasonal-naive, ar, arima, ets or the folder of a "
                                 f"neural forecaster (`arlm ts train --out DIR`)")
         if self.order:
@@ -377,7 +380,7 @@ def is_model_dir(name: str) -> bool:
     """A --model value naming a folder (a neural forecaster) rather than a classical model."""
     import os
 
-    return name not in ("seasonal-naive", "ar", "arima", "ets") and (os.path.isdir(name) or os.sep in name)
+    return name not in CLASSICAL_FORECASTERS and (os.path.isdir(name) or os.sep in name)
 
 
 @dataclass
@@ -385,7 +388,7 @@ class SeriesPrepareConfig:
     """Options of ``arlm ts prepare``: series -> Chronos-tokenised training records for a neural forecaster."""
 
     out: str = _f("", "output folder for train.bin, val.bin, meta.json and tokenizer.json", metavar="DIR")
-    synthetic: int = _f(10_000, "synthetic series to draw (KernelSynth, ARMA, trend + seasonality; 0: none)")
+    synthetic: int = _f(10_000, "synthetic series to draw (KernelSynth, ARMA, trend + seasonality, growth; 0: none)")
     synthetic_length: int = _f(256, "values per synthetic series")
     dataset: list[str] = _f([], "real series to train on (repeatable): a training collection (fertility, danish, "
                                 "air-passengers), a bundled test series (sunspots, co2, macro-COLUMN...) or all of "
@@ -393,7 +396,7 @@ class SeriesPrepareConfig:
     csv: str = _f("", "also train on a CSV file's column (--column)", metavar="FILE")
     column: str = _f("", "the CSV column of the series", metavar="NAME")
     exclude_tail: int = _f(0, "leave out the last N values of every real series (the windows a backtest will score)")
-    context_length: int = _f(64, "values before the forecast in each record: their mean absolute value scales the record")
+    context_length: int = _f(64, "values before the forecast in each record: they set the record's scale (--scaling)")
     prediction_length: int = _f(16, "values after the context in each record (how far ahead the model learns to forecast)")
     windows_per_series: int = _f(8, "records cut from each synthetic series, at random positions")
     real_windows: int = _f(32, "records cut from each real series, at random positions (real data weighs this much)")

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from arlm.cli.flags import (Parser, read_train_toml, report_training, add_config_args, emit_json, explicit_values, field_names, flag_name, fmt, json_flag,
-                            load_model, load_options, typed)
+from arlm.cli.flags import (Parser, add_config_args, add_train_args, emit_json, explicit_values, field_names, flag_name,
+                            fmt, json_flag, load_model, load_options, read_train_toml, report_training, typed)
 from arlm.config import (CHAT_DEFAULTS, EVAL_TASK_DEFAULTS, EVAL_TASK_OPTIONS, FINETUNE_DEFAULTS, LORA_DEFAULTS,
                          ConvertConfig, EvalConfig, GenerateConfig, LoadConfig, PrepareConfig, ServeConfig,
                          TrainConfig,
@@ -384,9 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Options come from --config FILE.toml, then from these flags. "
                                     "`arlm train --resume OUT` continues a stopped run; under `torchrun` it trains "
                                     "data-parallel (DDP, or FSDP2 with --fsdp).")
-    sp.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with training keys and a [model] table")
-    add_config_args(sp, TrainConfig)
-    json_flag(sp)
+    add_train_args(sp)
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("finetune", help="fine-tune a model (full or LoRA) on JSONL examples or a prepared corpus",

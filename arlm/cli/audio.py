@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.cli.flags import add_config_args, emit_json, json_flag, load_model, load_options, options, verb_group
+from arlm.cli.flags import add_verb, emit_json, load_model, load_options, options, verb_group
 from arlm.config import AudioEvalConfig, AudioGenerateConfig, AudioPrepareConfig, AudioSynthConfig, LoadConfig
 
 
@@ -62,20 +62,12 @@ def add_verbs(sub) -> None:
                                      "(train with `arlm train`)",
                        "WaveNet's mu-law samples as tokens on arlm's GPT. `synthesize` speaks text with espeak-ng, "
                        "`prepare` writes a folder `arlm train` trains on, then `eval` and `generate`.")
-    sp = verbs.add_parser("synthesize", help="speech from text lines with espeak-ng (several voices and speeds)")
-    add_config_args(sp, AudioSynthConfig)
-    sp.set_defaults(func=cmd_synthesize)
-    sp = verbs.add_parser("prepare", help="WAV files -> mu-law tokenizer + token shards (whole utterances held out)")
+    add_verb(verbs, "synthesize", cmd_synthesize, "speech from text lines with espeak-ng (several voices and speeds)",
+             AudioSynthConfig, json=False)
+    sp = add_verb(verbs, "prepare", cmd_prepare, "WAV files -> mu-law tokenizer + token shards (whole utterances held out)",
+                  AudioPrepareConfig, skip=("inputs",))
     sp.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders of them")
-    add_config_args(sp, AudioPrepareConfig, skip=("inputs",))
-    json_flag(sp)
-    sp.set_defaults(func=cmd_prepare)
-    sp = verbs.add_parser("eval", help="bits per sample on held-out utterances beside the unigram and LPC baselines")
-    add_config_args(sp, LoadConfig)
-    add_config_args(sp, AudioEvalConfig)
-    json_flag(sp)
-    sp.set_defaults(func=cmd_eval)
-    sp = verbs.add_parser("generate", help="continue a held-out utterance: WAV + waveform/spectrogram PNG")
-    add_config_args(sp, LoadConfig)
-    add_config_args(sp, AudioGenerateConfig)
-    sp.set_defaults(func=cmd_generate)
+    add_verb(verbs, "eval", cmd_eval, "bits per sample on held-out utterances beside the unigram and LPC baselines",
+             LoadConfig, AudioEvalConfig)
+    add_verb(verbs, "generate", cmd_generate, "continue a held-out utterance: WAV + waveform/spectrogram PNG",
+             LoadConfig, AudioGenerateConfig, json=False)

@@ -138,6 +138,26 @@ def json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line of stdout")
 
 
+def add_verb(verbs, name: str, func, help: str, *configs, json: bool = True, description: str | None = None,
+             skip: tuple[str, ...] = ()):
+    """One verb: its flags from each config class of ``configs`` in turn, ``--json`` unless told not, and
+    the function it runs. Returns its parser (for arguments of its own)."""
+    sp = verbs.add_parser(name, help=help, description=description)
+    for cls in configs:
+        add_config_args(sp, cls, skip=skip)
+    if json:
+        json_flag(sp)
+    sp.set_defaults(func=func)
+    return sp
+
+
+def add_train_args(sp: argparse.ArgumentParser) -> None:
+    """The flags of ``arlm train`` (and of the verbs that are ``arlm train`` on a modality's data)."""
+    sp.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with training keys and a [model] table")
+    add_config_args(sp, TrainConfig)
+    json_flag(sp)
+
+
 def verb_group(sub, name: str, help: str, description: str):
     """``arlm NAME VERB ...``: a verb with verbs of its own; returns their subparsers."""
     p = sub.add_parser(name, help=help, description=description)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.cli.flags import add_config_args, emit_json, json_flag, load_model, load_options, options, verb_group
+from arlm.cli.flags import add_verb, emit_json, load_model, load_options, options, verb_group
 from arlm.config import ImageEvalConfig, ImagePrepareConfig, ImageSampleConfig, LoadConfig
 
 
@@ -71,18 +71,9 @@ def add_verbs(sub) -> None:
                        "writes a folder `arlm train` trains on (--block-size: the record length it prints); then "
                        "`sample` and `eval`.")
 
-    sp = verbs.add_parser("prepare", help="images (the bundled digits or a folder) -> pixel tokenizer + token shards")
-    add_config_args(sp, ImagePrepareConfig)
-    json_flag(sp)
-    sp.set_defaults(func=cmd_prepare)
-
-    sp = verbs.add_parser("sample", help="a PNG grid of sampled images (a row per class), or completions of test images")
-    add_config_args(sp, LoadConfig)
-    add_config_args(sp, ImageSampleConfig)
-    sp.set_defaults(func=cmd_sample)
-
-    sp = verbs.add_parser("eval", help="bits per pixel on the test images against the independent-pixel baseline")
-    add_config_args(sp, LoadConfig)
-    add_config_args(sp, ImageEvalConfig)
-    json_flag(sp)
-    sp.set_defaults(func=cmd_eval)
+    add_verb(verbs, "prepare", cmd_prepare, "images (the bundled digits or a folder) -> pixel tokenizer + token shards",
+             ImagePrepareConfig)
+    add_verb(verbs, "sample", cmd_sample, "a PNG grid of sampled images (a row per class), or completions of test images",
+             LoadConfig, ImageSampleConfig, json=False)
+    add_verb(verbs, "eval", cmd_eval, "bits per pixel on the test images against the independent-pixel baseline",
+             LoadConfig, ImageEvalConfig)

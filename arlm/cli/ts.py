@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.cli.flags import (add_config_args, emit_json, explicit_values, field_names, json_flag, options,
-                            read_train_toml, report_training, verb_group)
+from arlm.cli.flags import (add_train_args, add_verb, emit_json, explicit_values, field_names, options, read_train_toml,
+                            report_training, verb_group)
 from arlm.config import SeriesConfig, SeriesPrepareConfig, TrainConfig, is_model_dir
 from arlm.errors import UserError
 
@@ -116,21 +116,11 @@ def add_verbs(sub) -> None:
                        "statsforecast) and a neural forecaster (arlm's GPT on Chronos-tokenised series) on a CSV column "
                        "or a bundled real series; forecasts with 10-90% intervals; rolling-origin backtests scored with "
                        "MASE and weighted quantile loss.")
-    sp = verbs.add_parser("prepare", help="synthetic and real series -> training records for a neural forecaster")
-    add_config_args(sp, SeriesPrepareConfig)
-    json_flag(sp)
-    sp.set_defaults(func=cmd_prepare)
-    sp = verbs.add_parser("train", help="train (or, with --init-from, fine-tune) a neural forecaster",
-                          description="`arlm train` on records from `arlm ts prepare`: the same loop, flags and "
-                                      "outputs; the context window defaults to one record.")
-    sp.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with training keys and a [model] table")
-    add_config_args(sp, TrainConfig)
-    json_flag(sp)
-    sp.set_defaults(func=cmd_train)
-    for name, func, text in (("fit", cmd_fit, "fit models to the whole series: chosen orders, Ljung-Box on residuals"),
-                             ("forecast", cmd_forecast, "forecast past the end of the series, with intervals"),
-                             ("backtest", cmd_backtest, "every model on the same held-out windows: MASE and WQL")):
-        sp = verbs.add_parser(name, help=text)
-        add_config_args(sp, SeriesConfig)
-        json_flag(sp)
-        sp.set_defaults(func=func)
+    add_verb(verbs, "prepare", cmd_prepare, "synthetic and real series -> training records for a neural forecaster",
+             SeriesPrepareConfig)
+    add_train_args(add_verb(verbs, "train", cmd_train, "train (or, with --init-from, fine-tune) a neural forecaster",
+                            json=False, description="`arlm train` on records from `arlm ts prepare`: the same loop, "
+                                                    "flags and outputs; the context window defaults to one record."))
+    add_verb(verbs, "fit", cmd_fit, "fit models to the whole series: chosen orders, Ljung-Box on residuals", SeriesConfig)
+    add_verb(verbs, "forecast", cmd_forecast, "forecast past the end of the series, with intervals", SeriesConfig)
+    add_verb(verbs, "backtest", cmd_backtest, "every model on the same held-out windows: MASE and WQL", SeriesConfig)

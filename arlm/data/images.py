@@ -178,7 +178,7 @@ def split_records(ids: np.ndarray, tok: PixelTokenizer, every: int = 1) -> tuple
     rec = np.asarray(ids[:n * R], dtype=np.int64).reshape(n, R)[::every]
     if n == 0 or (rec[:, 0] != tok.eot_id).any():
         raise UserError("the split does not hold whole image records; run `arlm image prepare` again")
-    labels = [tok.label_of(int(t)) for t in rec[:, 1]] if tok.classes else [None] * n
+    labels = [tok.label_of(int(t)) for t in rec[:, 1]] if tok.classes else [None] * len(rec)
     return rec[:, R - tok.pixels:], labels
 
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from arlm.config import CLASSICAL_FORECASTERS
 from arlm.errors import UserError
 
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-MODELS = ("seasonal-naive", "ar", "arima", "ets")
+MODELS = CLASSICAL_FORECASTERS
 
 
 @dataclass

@@ -136,9 +136,9 @@ class NeuralForecaster:
         prompt = record(self.tok, context, np.zeros(0), C).tolist()
         params = SamplingParams(max_new_tokens=h, temperature=self.temperature, num_return_sequences=self.samples,
                                 seed=self.seed, logit_bias=[f"{self.tok.eot_id}=-100"])
-        rows = generate_ids(self.model, prompt, params, eos_ids=())
-        assert all(len(r) == h for r in rows), "end-of-text is banned: every path has h values"
-        return np.stack([self.tok.decode_values(r, self.tok.affine(context)) for r in rows])
+        ids = np.array(generate_ids(self.model, prompt, params, eos_ids=()))  # (samples, h)
+        assert ids.shape == (self.samples, h) and (ids < self.tok.bins).all(), "end-of-text is banned: h values a path"
+        return self.tok.decode_values(ids.ravel(), self.tok.affine(context)).reshape(ids.shape)
 
     def __call__(self, y: np.ndarray, h: int, period: int = 1) -> Forecast:
         p = self.paths(y, h)

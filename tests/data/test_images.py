@@ -119,3 +119,10 @@ def test_prepare_with_shifts_keeps_the_real_images_findable(tmp_path):
     base, base_labels = split_records(TokenData.open(tmp_path / "p").train, tok)
     assert np.array_equal(real, base) and labels == base_labels
     assert np.array_equal(data.val, TokenData.open(tmp_path / "p").val)  # the test images are never shifted
+
+
+def test_the_real_images_of_an_unlabelled_shifted_split(tmp_path):
+    meta = prepare_images(ImagePrepareConfig(source="digits", out=str(tmp_path / "d"), shift=1, labels=False))
+    data = TokenData.open(tmp_path / "d")
+    pixels, labels = split_records(data.train, data.tokenizer, 1 + meta["shifted_copies"])
+    assert len(pixels) == len(labels) == 1437 and labels == [None] * 1437
