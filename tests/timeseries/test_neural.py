@@ -179,3 +179,36 @@ def test_a_standardised_record_keeps_a_level_far_from_zero():
     loc, scale = tok.affine(context)
     assert loc == pytest.approx(1000.5) and tok.decode_values(r[1:], (loc, scale)) == pytest.approx(
         [1001, 999, 1002, 1000, 1003], abs=0.01)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ts", "prepare", "--context-length", 0], "--context-length must be >= 1"),
+    (["ts", "prepare", "--synthetic-length", 10], "--synthetic-length must be >= 16"),
+    (["ts", "prepare", "--synthetic-length", 20], "leaves too little context"),
+    (["ts", "prepare", "--val-fraction", 1], "--val-fraction must be between 0 and 1"),
+    (["ts", "prepare", "--csv", "x.csv"], "--csv needs --column"),
+    (["ts", "prepare", "--bins", 1], "bins must be between 2"),
+    (["ts", "prepare", "--synthetic", 0, "--dataset", "nile", "--exclude-tail", 500], "too few series"),
+    (["image", "prepare", "--source", "digits", "--shift", 9], "--shift must be between 0 and 8"),
+])
+def test_bad_prepare_flags_are_one_line_and_write_nothing(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    refused(capsys, [*argv, "--out", out], message, keep=tmp_path)
+    assert not out.exists()
+
+
+def test_an_unknown_scaling_is_argparses_one_line(tmp_path, capsys):
+    code, out, err = run(capsys, ["ts", "prepare", "--scaling", "log", "--out", tmp_path / "o"])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "invalid choice: 'log'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_forecast_options_and_a_damaged_tokenizer(sine_model, tmp_path, capsys):
+    refused(capsys, ["ts", "backtest", "--dataset", "nile", "--model", sine_model, "--temperature", 0], "--temperature")
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(sine_model, copy)
+    tok = copy / "tokenizer.json"
+    tok.write_text(json.dumps({**json.loads(tok.read_text()), "scaling": "log"}))
+    refused(capsys, ["ts", "backtest", "--dataset", "nile", "--model", copy, "--horizon", 8], "scaling", keep=copy)
