@@ -944,6 +944,46 @@ class ConvertConfig:
             raise UserError("no output folder given: add --out DIR")
 
 
+@dataclass
+class CompressReportConfig:
+    """The original-vs-result table every ``arlm compress`` command ends with."""
+
+    data: str = _f("", "validation text for the perplexity column: a prepared data folder (its val split) or a UTF-8 "
+                       "text file (empty: no perplexity)", metavar="DIR|FILE")
+    eval_tokens: int = _f(65536, "validation tokens scored per model (0: all)")
+    decode_tokens: int = _f(64, "new tokens per decoding measurement, batch 1 and batch 8 (0: skip the speed columns)")
+    baseline: bool = _f(True, "quantize: also a row for PyTorch's dynamic int8 (torch.ao quantize_dynamic), not saved")
+
+    def validate(self) -> None:
+        if self.eval_tokens < 0:
+            raise UserError(f"--eval-tokens must be >= 0 (0: all), got {self.eval_tokens}")
+        if not 0 <= self.decode_tokens <= 4096:
+            raise UserError(f"--decode-tokens must be between 0 and 4096, got {self.decode_tokens}")
+
+
+@dataclass
+class QuantizeConfig:
+    """Options of ``arlm compress quantize``: weight-only int8 or int4, written as a checkpoint every verb loads."""
+
+    model: str = _f("", "float model to quantize: arlm checkpoint, training output or Hugging Face folder", metavar="DIR")
+    out: str = _f("", "folder for the quantized checkpoint", metavar="DIR")
+    method: str = _f("int4", "int8: one scale per output channel; int4: 4-bit codes with a float16 scale per group",
+                     choices=("int8", "int4"))
+    group_size: int = _f(32, "int4: weights per scale along each input row (32 is llama.cpp's Q4_0 block)",
+                         choices=(32, 64, 128))
+    asymmetric: bool = _f(False, "int4: a float16 offset per group besides its scale (min-max codes; default: "
+                                 "symmetric, Q4_0's rule)")
+    overwrite: bool = _f(False, "replace --out if it already exists (it must not be, contain or lie inside --model)")
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UserError("no model given: add --model DIR")
+        if not self.out:
+            raise UserError("no output folder given: add --out DIR")
+        if self.method == "int8" and self.asymmetric:
+            raise UserError("--asymmetric is an int4 option (int8 is symmetric, one scale per output channel)")
+
+
 # `arlm chat`: decoding defaults under the model's own and the flags given. Sampling (not greedy,
 # which loops on small models) with a moderate temperature and nucleus, as chat front-ends do.
 CHAT_DEFAULTS: dict[str, Any] = dict(temperature=0.8, top_p=0.95)

@@ -32,7 +32,7 @@ from arlm.generate.engine import generate_ids
 from arlm.generate.step import prefill
 from arlm.interop.hf import hf_state_from_arlm
 from arlm.model.gpt import GPT
-from arlm.model.layers import QuantizedLinear
+from arlm.compress.int8 import QuantizedLinear
 
 ROOT = Path(__file__).resolve().parents[1]
 

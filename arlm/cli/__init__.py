@@ -469,8 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.set_defaults(func=cmd_eval)
 
-    from arlm.cli import audio, image, ts
+    from arlm.cli import audio, compress, image, ts
 
+    compress.add_verbs(sub)
     ts.add_verbs(sub)
     image.add_verbs(sub)
     audio.add_verbs(sub)
@@ -527,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     _printable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = " ".join(filter(None, (args.verb, getattr(args, f"{args.verb}_verb", None))))  # `ts fit`, as argparse says
     _setup_logging(args.quiet, args.verbose)
     if args.quiet and args.verb == "train" and not hasattr(args, "progress"):
         args.progress = False
@@ -536,23 +538,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a full disk under stdout shows here, not at exit
         return code
     except UserError as e:
-        print(f"arlm {args.verb}: error: {e}", file=sys.stderr)
+        print(f"arlm {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"arlm {args.verb}: interrupted", file=sys.stderr)
+        print(f"arlm {name}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `arlm generate ... | head`: the reader has all it wanted
         _quiet_stdout()
         return 0
     except (EnvironmentFailure, OSError, MemoryError) as e:
-        print(f"arlm {args.verb}: error: {_environment_message(e)}", file=sys.stderr)
+        print(f"arlm {name}: error: {_environment_message(e)}", file=sys.stderr)
         if isinstance(e, OSError) and e.filename is None:
             _quiet_stdout()
         return 1
     except RuntimeError as e:  # the accelerator's out-of-memory error is a RuntimeError subclass
         if type(e).__name__ != "OutOfMemoryError":
             raise
-        print(f"arlm {args.verb}: error: out of GPU memory ({str(e).splitlines()[0][:120]}); lower the batch size or "
+        print(f"arlm {name}: error: out of GPU memory ({str(e).splitlines()[0][:120]}); lower the batch size or "
               f"the model size", file=sys.stderr)
         return 1
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from arlm.compress.quantize import prepare_quantized
 from arlm.config import ModelConfig
 from arlm.errors import UserError
 from arlm.interop.hf import hf_model_config, is_hf_dir, load_hf
@@ -88,6 +89,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
             sd = ckpt.weights()  # the file's own damage first, then whether it fits the config
             check_size(ckpt.info.model, sd, str(ckpt.config_file))
             model = empty_model(ckpt.info.model)
+            if ckpt.info.quantization is not None:
+                prepare_quantized(model, ckpt.info.quantization)  # the stored layers, empty: never re-quantized
             assign_weights(model, sd, str(ckpt.path / WEIGHTS))
         info = ckpt.info
         info.path = str(ckpt.path)

@@ -113,6 +113,22 @@ class LoraInfo:
 
 
 @dataclass
+class QuantInfo:
+    """How a compressed checkpoint's weights are stored (arlm/compress/quantize.py): the method of every
+    linear layer and of the token embedding, its group size and whether offsets are stored."""
+
+    method: str = _choice("int8", "int8", "int4")
+    group_size: int = 0  # int4: weights per scale along the input dimension (int8: one scale per output channel)
+    symmetric: bool = True  # int4: codes centred on zero (no offsets stored)
+
+    def validate(self) -> None:
+        if self.method == "int4" and self.group_size not in (32, 64, 128):
+            raise UserError(f"int4 needs group_size 32, 64 or 128, got {self.group_size}")
+        if self.method == "int8" and (self.group_size != 0 or not self.symmetric):
+            raise UserError("int8 is symmetric with one scale per output channel: group_size 0, symmetric true")
+
+
+@dataclass
 class CheckpointInfo:
     """An arlm checkpoint's config.json: the model config, and what the checkpoint carries beside its
     weights (training config and progress, decoding defaults, end-of-sequence ids, chat template,
@@ -126,6 +142,7 @@ class CheckpointInfo:
     val_loss: float | None = None
     data: dict[str, Any] = field(default_factory=dict)
     lora: LoraInfo | None = None
+    quantization: QuantInfo | None = None
     generation: dict[str, Any] = field(default_factory=dict)
     eos_token_ids: list[int] = _list()
     source: dict[str, Any] = field(default_factory=dict)
@@ -153,7 +170,7 @@ def checkpoint_info(data: Any, source: str) -> CheckpointInfo:
     if data.get("model_type", model.type) != model.type:
         raise UserError(f"config key 'model_type' in {source} must be one of {model.type!r} (the model table's type), "
                         f"got {data.get('model_type')!r}")
-    plain = {k: v for k, v in data.items() if k not in ("model", "train", "lora", "generation")}
+    plain = {k: v for k, v in data.items() if k not in ("model", "train", "lora", "quantization", "generation")}
     info = from_dict(CheckpointInfo, {**plain, "model": {}}, source)  # the other keys' types (model: placeholder)
     info.model = model
     if data.get("train") is not None:
@@ -162,6 +179,10 @@ def checkpoint_info(data: Any, source: str) -> CheckpointInfo:
         info.train = validated(TrainConfig, {**data["train"], "model": data["model"]}, f"{source} [train]")
     if data.get("lora") is not None:
         info.lora = validated(LoraInfo, data["lora"], f"{source} [lora]")
+    if data.get("quantization") is not None:
+        info.quantization = validated(QuantInfo, data["quantization"], f"{source} [quantization]")
+        if info.lora is not None:
+            raise UserError(f"{source}: a checkpoint is either quantized or LoRA adapters, not both")
     info.generation = generation_defaults(data.get("generation") or {}, f"'generation' in {source}")
     info.generation_source = f"{source} ('generation')"
     vocab = model.vocab_size

@@ -196,10 +196,15 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
+    def float_param(self) -> torch.Tensor:
+        """A floating-point parameter: the device and dtype the model computes in (the embedding's, or,
+        where a quantizer replaced the layers from outside, the norms')."""
+        return next(p for p in self.parameters() if p.is_floating_point())
+
     def init_buffers(self) -> None:
         """(Re)compute the non-learned buffers, e.g. after building on the meta device and loading weights."""
         if self.config.pos_embedding == "rope":
-            self.rope_inv_freq = rope_inv_freq(self.config).to(self.transformer.wte.weight.device)
+            self.rope_inv_freq = rope_inv_freq(self.config).to(self.float_param().device)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -222,7 +227,7 @@ class GPT(nn.Module):
         """An empty KV cache of ``rows`` sequences of up to ``max_len`` positions (default: block_size),
         for the caller to pass to :meth:`forward`."""
         cfg = self.config
-        p = self.transformer.wte.weight
+        p = self.float_param()
         return KVCache.empty(cfg.n_layer, rows, cfg.kv_heads, max_len or cfg.block_size, cfg.hs,
                              self.cache_dtype or p.dtype, p.device)
 
@@ -243,7 +248,7 @@ class GPT(nn.Module):
     def cache_bytes(self, batch_size: int, max_len: int) -> int:
         """Memory of a KV cache of ``batch_size`` rows and ``max_len`` positions: keys and values per layer."""
         cfg = self.config
-        dtype = self.cache_dtype or self.transformer.wte.weight.dtype
+        dtype = self.cache_dtype or self.float_param().dtype
         return 2 * cfg.n_layer * batch_size * cfg.kv_heads * max_len * cfg.hs * dtype.itemsize
 
     def attention_flops_per_token(self) -> float:

@@ -1,5 +1,6 @@
-"""Small building blocks shared by the models: linear layers and their weight formats for decoding,
-normalisation, rotary position embeddings, the KV cache."""
+"""Small building blocks shared by the models: the linear layer with its decoding kernel,
+normalisation, rotary position embeddings, the KV cache. (Quantized layers are applied from outside:
+arlm/compress.)"""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from arlm.model import kernels
 #
 # Decoding one token is a matrix-vector product per layer: every weight is read once per token, so
 # its speed is memory bandwidth (bytes of weights / bandwidth). On CPU, a few rows go through the
-# kernels of arlm/model/kernels (float32 at the read bandwidth; bfloat16 and int8 weights read at 2
-# and 1 bytes each); everything else, and every device but the CPU, uses torch's own matrix multiply.
+# kernels of arlm/model/kernels (float32 at the read bandwidth; the quantized layers of arlm/compress
+# read bfloat16, int8 and int4 weights at 2, 1 and about 0.56 bytes each); everything else, and every
+# device but the CPU, uses torch's own matrix multiply.
 
 
 class Linear(nn.Linear):
@@ -35,49 +37,6 @@ class Linear(nn.Linear):
         if (rows <= kernels.MAX_ROWS or decoding) and kernels.usable(x, self.weight, self.bias):
             return kernels.linear(x, self.weight, None, self.bias).to(x.dtype)
         return F.linear(x, self.weight, self.bias)
-
-
-class QuantizedLinear(nn.Module):
-    """A linear layer with bfloat16 weights, or int8 weights and one float scale per output channel
-    (weight-only quantisation: activations stay in float). Built from a float ``nn.Linear`` by
-    :func:`arlm.compress.quantize.quantize`; ``dequantized()`` gives the float weight back."""
-
-    def __init__(self, linear: nn.Linear, fmt: str):
-        super().__init__()
-        assert fmt in ("bfloat16", "int8")
-        w = linear.weight.detach().float()
-        self.fmt, self.out_features, self.in_features = fmt, *w.shape
-        if fmt == "int8":
-            # Symmetric per-output-channel scales (as in LLM.int8's vector-wise quantisation without
-            # outliers, Dettmers et al. 2022, and gpt-fast's int8 weight-only mode): w ~ scale * q, q in [-127, 127].
-            scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,)
-            q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-            self.register_buffer("scale", scale)
-        else:
-            q = w.to(torch.bfloat16)
-            self.register_buffer("scale", None)
-        self.register_buffer("weight", q.contiguous())  # (out, in) int8 or bfloat16
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
-
-    def dequantized(self) -> torch.Tensor:
-        """The float32 weight (out, in) this layer computes with."""
-        w = self.weight.float()
-        return w if self.scale is None else w * self.scale[:, None]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # On CPU, decoding and short prompts take the kernel (each weight read once in its own format);
-        # long prompts widen the matrix once for torch's matmul (faster beyond ~64 rows, measured).
-        if x.numel() <= kernels.MAX_ROWS_LOW_PRECISION * x.size(-1) and kernels.usable(x, self.weight):
-            return kernels.linear(x, self.weight, self.scale, self.bias).to(x.dtype)
-        # Otherwise (long prompts, CUDA, no kernels) widen to the activations' dtype and scale the
-        # outputs (gpt-fast's form, which torch.compile fuses into the matrix multiply on GPUs).
-        y = F.linear(x, self.weight.to(x.dtype))
-        if self.scale is not None:
-            y = y * self.scale.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.fmt}"
 
 
 # -- normalisation ---------------------------------------------------------------------------------

@@ -26,12 +26,18 @@ def check_size(cfg, sd: dict[str, torch.Tensor], where: str) -> None:
                         f"{weight_bytes:,} bytes; the config and the weights do not belong together")
 
 
+def ties_embedding(model: nn.Module) -> bool:
+    """Whether the output layer's weight is the token embedding's tensor (saved once, as the embedding).
+    A quantized model's embedding reads the output layer's quantized matrix instead (arlm/compress)."""
+    return getattr(model.config, "tie_embeddings", False) and isinstance(model.transformer.wte, nn.Embedding)
+
+
 def check_state(model: nn.Module, sd: dict[str, torch.Tensor], where: str, partial: bool = False) -> None:
     """``sd`` fits ``model`` (which may live on the meta device): the same names (a tied output layer
     may be left out; ``partial``: a subset, e.g. adapters only), the same shapes, floating-point values
     that are all finite. A mismatch is a UserError naming the tensor, found and expected."""
     expected = model.state_dict()
-    tied = getattr(model.config, "tie_embeddings", False)
+    tied = ties_embedding(model)
     missing = [] if partial else [k for k in expected if k not in sd and not (tied and k == "lm_head.weight")]
     if missing:
         raise UserError(f"{where}: tensor {missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
@@ -46,6 +52,12 @@ def check_state(model: nn.Module, sd: dict[str, torch.Tensor], where: str, parti
             raise UserError(f"{where}: tensor {name} has shape {_shape(t)}, the config needs {_shape(want)}")
         if want.is_floating_point() and not t.is_floating_point():
             raise UserError(f"{where}: tensor {name} holds {str(t.dtype).replace('torch.', '')} values, not floating-point weights")
+        if not want.is_floating_point() and t.dtype != want.dtype:  # quantized codes
+            raise UserError(f"{where}: tensor {name} holds {str(t.dtype).replace('torch.', '')} values, the config's "
+                            f"quantization stores {str(want.dtype).replace('torch.', '')}")
+        if name.endswith((".scales", ".offsets", ".scale")) and t.dtype != want.dtype:
+            raise UserError(f"{where}: tensor {name} holds {str(t.dtype).replace('torch.', '')} values, the config's "
+                            f"quantization stores {str(want.dtype).replace('torch.', '')}")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise UserError(f"{where}: tensor {name} holds NaN or infinite values (damaged weights)")
 
@@ -55,11 +67,12 @@ def assign_weights(model: nn.Module, sd: dict[str, torch.Tensor], where: str) ->
     copied), then re-tie the embeddings and rebuild the non-learned buffers."""
     check_state(model, sd, where)
     sd = dict(sd)
-    if model.config.tie_embeddings and "transformer.wte.weight" in sd:
+    tie = ties_embedding(model)
+    if tie and "transformer.wte.weight" in sd:
         sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
-    on_meta = model.transformer.wte.weight.is_meta  # else copy into the existing (possibly GPU) tensors
+    on_meta = next(model.parameters()).is_meta  # else copy into the existing (possibly GPU) tensors
     model.load_state_dict(sd, strict=True, assign=on_meta)
-    if model.config.tie_embeddings:
+    if tie:
         model.lm_head.weight = model.transformer.wte.weight
     model.init_buffers()
 
@@ -68,6 +81,6 @@ def state_to_save(model: nn.Module, sd: dict[str, torch.Tensor] | None = None) -
     """Weights to save (``model``'s, or ``sd`` gathered from a sharded model): tied tensors once
     (safetensors refuses shared storage), contiguous, on CPU."""
     sd = dict(model.state_dict() if sd is None else sd)
-    if model.config.tie_embeddings:
+    if ties_embedding(model):
         sd.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}

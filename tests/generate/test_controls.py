@@ -213,7 +213,7 @@ def test_speculative_sampling_follows_the_target_distribution():
 
 def test_packed_layers_match_their_float_weights():
     from arlm.compress.quantize import quantize
-    from arlm.model.layers import QuantizedLinear
+    from arlm.compress.int8 import QuantizedLinear
 
     m = model()
     ref = {n: mod.weight.detach().clone() for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)}

@@ -9,11 +9,12 @@ import logging
 import pytest
 import torch
 
+from arlm.compress.int8 import QuantizedLinear
 from arlm.compress.quantize import quantize
 from arlm.config import GPTConfig
 from arlm.model import kernels
 from arlm.model.gpt import GPT
-from arlm.model.layers import Linear, QuantizedLinear
+from arlm.model.layers import Linear
 
 pytestmark = pytest.mark.skipif(not kernels.library(), reason="no C++ compiler to build the kernels")
 

@@ -62,6 +62,15 @@ def run(capsys, argv) -> tuple[int, str, str]:
     return code, out, err
 
 
+GROUPS = ("ts", "image", "audio", "compress")  # verbs with verbs of their own: errors name both
+
+
+def verb_of(argv) -> str:
+    """How errors name the command of ``argv``: ``generate``, or ``ts fit`` for a verb of a group."""
+    argv = [str(a) for a in argv]
+    return " ".join(argv[:2]) if argv[0] in GROUPS and len(argv) > 1 and not argv[1].startswith("-") else argv[0]
+
+
 def check_refusal(code: int, err: str, verb: str, pattern: str | None, status: int, mid_run: bool = False) -> str:
     """The refusal contract on a command's status and stderr. ``mid_run``: the failure came after work had
     started, whose log lines (progress, model size) may precede the one error line, which must be last."""
@@ -83,7 +92,7 @@ def refused(capsys, argv, pattern: str | None = None, keep: Path | None = None, 
     nothing under it changed. Returns the error line."""
     before = snapshot(keep) if keep is not None else None
     code, out, err = run(capsys, argv)
-    line = check_refusal(code, err, str(argv[0]), pattern, status)
+    line = check_refusal(code, err, verb_of(argv), pattern, status)
     assert out == "", f"printed before the refusal: {out!r}"  # a prompt or header, then the error, is not a refusal
     if keep is not None:
         assert snapshot(keep) == before, "files changed under a refused command"
@@ -139,3 +148,12 @@ def root_only(reason: str = "needs root (a tmpfs mount, or permissions that root
 
 def not_root(reason: str = "root ignores file permissions"):
     return pytest.mark.skipif(os.geteuid() == 0, reason=reason)
+
+
+@pytest.fixture(scope="session")
+def quantized_dir(trained_model, tmp_path_factory) -> Path:
+    """The tiny run quantized to int4 (groups of 32, asymmetric: scales and offsets) by `arlm compress quantize`."""
+    out = tmp_path_factory.mktemp("quantized") / "int4"
+    assert main(["compress", "quantize", "--model", str(trained_model), "--out", str(out), "--asymmetric",
+                 "--decode-tokens", "0", "--no-baseline"]) == 0
+    return out

@@ -44,7 +44,7 @@ def hostile_copies(src, name, tmp_path, values):
             shutil.rmtree(folder)
 
 
-def verbs(run_dir, hf_dir, char_data):
+def verbs(run_dir, hf_dir, char_data, quantized_dir):
     gen = ["--prompt", "A", "--max-new-tokens", "3", "--device", "cpu"]
     step = json.loads((run_dir / "latest" / "config.json").read_text())["step"]  # resume by one step only
     small = ["--max-steps", "1", "--no-progress", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size",
@@ -55,14 +55,15 @@ def verbs(run_dir, hf_dir, char_data):
                                                           "--no-final-eval"]),
         (char_data, "meta.json", lambda m, t: ["train", "--data", m, "--out", t / "o", *small]),
         (hf_dir, "config.json", lambda m, t: ["generate", "--model", m, *gen]),
+        (quantized_dir, "config.json", lambda m, t: ["generate", "--model", m, *gen]),
         (hf_dir, "generation_config.json", lambda m, t: ["generate", "--model", m, "--prompt", "A", "--device", "cpu"]),
         (hf_dir, "tokenizer_config.json", lambda m, t: ["convert", "--from-hf", m, "--out", t / "c"]),
     ]
 
 
-def check_every_key(capsys, run_dir, hf_dir, char_data, tmp_path, values):
+def check_every_key(capsys, dirs, tmp_path, values):
     cases = 0
-    for src, name, argv in verbs(run_dir, hf_dir, char_data):
+    for src, name, argv in verbs(*dirs):
         for label, folder in hostile_copies(src, name, tmp_path, values):
             out = tmp_path / "outputs"
             out.mkdir()
@@ -77,10 +78,10 @@ def check_every_key(capsys, run_dir, hf_dir, char_data, tmp_path, values):
     return cases
 
 
-def test_every_key_of_every_file(capsys, run_dir, hf_dir, char_data, tmp_path):
-    assert check_every_key(capsys, run_dir, hf_dir, char_data, tmp_path, FEW) > 200
+def test_every_key_of_every_file(capsys, run_dir, hf_dir, char_data, quantized_dir, tmp_path):
+    assert check_every_key(capsys, (run_dir, hf_dir, char_data, quantized_dir), tmp_path, FEW) > 200
 
 
 @pytest.mark.slow
-def test_every_key_of_every_file_many_values(capsys, run_dir, hf_dir, char_data, tmp_path):
-    assert check_every_key(capsys, run_dir, hf_dir, char_data, tmp_path, MANY) > 1000
+def test_every_key_of_every_file_many_values(capsys, run_dir, hf_dir, char_data, quantized_dir, tmp_path):
+    assert check_every_key(capsys, (run_dir, hf_dir, char_data, quantized_dir), tmp_path, MANY) > 1000

@@ -33,7 +33,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("vec.h", "linear.cpp", "attention.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("vec.h", "linear.cpp", "int4.cpp", "attention.cpp")]
 # Up to this many rows (batch x new tokens) the kernel beats torch's matmul (measured on a 2-core CPU):
 MAX_ROWS = 8  # float32 weights
 MAX_ROWS_LOW_PRECISION = 64  # bfloat16/int8 weights (beyond it, widening the matrix once for BLAS wins)
@@ -120,6 +120,7 @@ def library() -> bool:
         return False
     torch.library.register_fake("arlm::linear")(_fake_linear)
     torch.library.register_fake("arlm::attend")(_fake_attend)
+    torch.library.register_fake("arlm::linear_int4")(_fake_linear_int4)
     log.debug("CPU decoding kernels ready in %.2fs", time.monotonic() - t)
     _loaded = True
     return True
@@ -128,6 +129,10 @@ def library() -> bool:
 def _fake_linear(x, weight, scale, bias):
     """Output shape and dtype for torch.compile's tracing."""
     return x.new_empty(*x.shape[:-1], weight.size(0), dtype=torch.float32)
+
+
+def _fake_linear_int4(x, codes, scales, offsets, group_size, bias):
+    return x.new_empty(*x.shape[:-1], codes.size(0), dtype=torch.float32)
 
 
 def _fake_attend(q, k, v, mask):
@@ -161,6 +166,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = N
     per output channel, plus ``bias`` (N,) (both float32); float32 (..., N). Call only where
     :func:`usable` said yes."""
     return torch.ops.arlm.linear(x, weight, scale, bias)
+
+
+def int4_usable(x: torch.Tensor, codes: torch.Tensor) -> bool:
+    """Whether :func:`linear_int4` may run (see :func:`_inference_on_cpu`)."""
+    return _inference_on_cpu(x, codes)
+
+
+def linear_int4(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, group_size: int,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) @ W.T (+ ``bias``) for 4-bit weights in the layout of ``int4.cpp``: ``codes`` (N, K/2)
+    uint8, ``scales`` and ``offsets`` (N, K/group_size) float16 (no offsets: symmetric, -8 x scale); float32
+    (..., N). Call only where
+    :func:`int4_usable` said yes."""
+    return torch.ops.arlm.linear_int4(x, codes, scales, offsets, group_size, bias)
 
 
 def attend_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

@@ -1,0 +1,94 @@
+"""The ``arlm compress`` commands as library functions: read a model, compress it, write a checkpoint
+that every verb loads, and measure the original against the result (arlm/compress/report.py)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from arlm.compress.quantize import describe, quant_spec, quantization_of, quantize_model
+from arlm.compress.report import folder_bytes, format_table, measure, saved_bytes, validation_ids
+from arlm.config import CompressReportConfig, QuantizeConfig
+from arlm.errors import UserError
+from arlm.interop.load import load_model, save_model
+from arlm.io.paths import check_apart, output_dir
+from arlm.io.schema import CheckpointInfo
+
+log = logging.getLogger(__name__)
+
+
+def open_output(out: str, source: str, overwrite: bool) -> Path:
+    """--out checked before any work: apart from the source, and empty unless --overwrite."""
+    if not Path(source).exists():
+        raise UserError(f"model folder not found: {source}")
+    check_apart(out, source, what="--model")
+    path = output_dir(out, replace_whole=True)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise UserError(f"{out} already exists; choose another --out or add --overwrite to replace it")
+    return path
+
+
+def derived_info(info: CheckpointInfo, **changes) -> CheckpointInfo:
+    """The config of a model made from ``info``'s: its shape, tokenizer-side settings (decoding defaults,
+    end-of-sequence ids, chat template) and where it came from; no training state."""
+    source = {"derived_from": info.path, **({"original": info.source} if info.source else {})}
+    return CheckpointInfo(model=info.model, model_type=info.model_type, generation=dict(info.generation),
+                          eos_token_ids=list(info.eos_token_ids), chat_template=info.chat_template, source=source,
+                          data=dict(info.data), **changes)
+
+
+def float_model(path: str) -> tuple[nn.Module, object, CheckpointInfo]:
+    """A float GPT to compress, on CPU."""
+    model, tokenizer, info = load_model(path, "cpu")
+    if tokenizer is None:
+        raise UserError(f"{path} has no tokenizer files; a compressed checkpoint needs one")
+    if quantization_of(model) is not None:
+        raise UserError(f"{path} is already quantized ({describe(quantization_of(model))}); compress its float model")
+    return model, tokenizer, info
+
+
+def dynamic_int8(model: nn.Module) -> nn.Module:
+    """PyTorch's dynamic int8 (the tutorials' ``torch.ao.quantization.quantize_dynamic``): int8 weights
+    and activations quantized per call, for every linear layer; a baseline row, not saved."""
+    from torch.ao.quantization import quantize_dynamic
+
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if isinstance(m, nn.Linear):
+            m.__class__ = nn.Linear  # arlm's Linear only adds a decoding kernel; torch.ao accepts nn.Linear alone
+    with warnings.catch_warnings():  # torch.ao announces its own deprecation in favour of torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(plain, {nn.Linear}, dtype=torch.qint8)
+
+
+def report_ids(report: CompressReportConfig, tokenizer) -> np.ndarray | None:
+    return validation_ids(report.data, tokenizer, report.eval_tokens) if report.data else None
+
+
+def quantize_checkpoint(cfg: QuantizeConfig, report: CompressReportConfig) -> dict:
+    """``arlm compress quantize``: write ``cfg.out`` and return the table's rows and text."""
+    spec = quant_spec(cfg.method, cfg.group_size, cfg.asymmetric)
+    out = open_output(cfg.out, cfg.model, cfg.overwrite)
+    model, tokenizer, info = float_model(cfg.model)
+    ids = report_ids(report, tokenizer)  # a bad --data fails before the work
+    quantized = quantize_model(copy.deepcopy(model), spec)
+    save_model(out, quantized, tokenizer, derived_info(info, quantization=spec))
+    del quantized
+    loaded, _, _ = load_model(out, "cpu")  # the table measures the saved checkpoint, as every verb loads it
+    loaded.cache_dtype = torch.bfloat16  # as arlm.load does for quantized models on CPU
+    rows = [measure("float32 (original)", model, folder_bytes(info.path), report, ids)]
+    if report.baseline:
+        dyn = dynamic_int8(model)
+        rows.append(measure("PyTorch dynamic int8 (not saved)", dyn, saved_bytes(dyn), report, ids))
+        del dyn
+    rows.append(measure(describe(spec), loaded, folder_bytes(out), report, ids))
+    return {"out": str(out), "method": dataclasses.asdict(spec), "rows": [r.to_json() for r in rows],
+            "table": format_table(rows), "layers": sum(1 for m in loaded.modules() if hasattr(m, "dequantized"))}
+

@@ -1,0 +1,96 @@
+"""`arlm compress quantize`: the table on success, and every bad input refused by the contract (one line,
+exit 2, nothing written or changed) before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.reliability.conftest import copy, refused, run
+
+
+def test_quantize_writes_a_checkpoint_and_its_table(capsys, run_dir, char_data, tmp_path):
+    code, out, err = run(capsys, ["compress", "quantize", "--model", run_dir, "--out", tmp_path / "q4", "--data",
+                                  char_data, "--eval-tokens", "2000", "--decode-tokens", "8"])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("quantized 9 layers and the embedding (int4, groups of 32, symmetric) ->")
+    assert lines[1].startswith("| model | weights file | parameters | decode tok/s, batch 1 | batch 8 | val loss |")
+    rows = [ln.split("|")[1].strip() for ln in lines[3:]]
+    assert rows == ["float32 (original)", "PyTorch dynamic int8 (not saved)", "int4, groups of 32, symmetric"]
+    code, out, err = run(capsys, ["compress", "quantize", "--model", run_dir, "--out", tmp_path / "q8", "--method", "int8",
+                                  "--data", char_data, "--eval-tokens", "2000", "--decode-tokens", "0", "--no-baseline",
+                                  "--json"])
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    original, q8 = result["rows"]
+    assert result["method"] == {"method": "int8", "group_size": 0, "symmetric": True}
+    assert q8["file_bytes"] < 0.45 * original["file_bytes"]  # a tiny model: norms and positions stay float32
+    assert abs(q8["perplexity"] / original["perplexity"] - 1) < 0.01
+    assert q8["params"] == original["params"] and q8["tokens_per_s_1"] is None
+    # every verb loads the result as it is
+    code, out, err = run(capsys, ["generate", "--model", tmp_path / "q4", "--prompt", "To", "--max-new-tokens", "5",
+                                  "--temperature", "0", "--json"])
+    assert code == 0, err
+    (tmp_path / "t.txt").write_text("To be, or not to be, that is the question.")
+    code, out, err = run(capsys, ["eval", "--model", tmp_path / "q8", "--data", tmp_path / "t.txt", "--json"])
+    assert code == 0, err
+    refused(capsys, ["generate", "--model", tmp_path / "q4", "--prompt", "To", "--precision", "int8"],
+            r"already quantized.*without --precision int8")
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--method", "int3"], r"--method.*invalid choice.*int3"),
+    (["--group-size", "48"], r"--group-size.*invalid choice.*48"),
+    (["--group-size", "64"], r"32 inputs, not a multiple of the int4 group size 64.*--group-size"),
+    (["--method", "int8", "--asymmetric"], r"--asymmetric is an int4 option"),
+    (["--eval-tokens", "-1"], r"--eval-tokens must be >= 0"),
+    (["--decode-tokens", "99999"], r"--decode-tokens must be between 0 and 4096"),
+    (["--data", "NOPE"], r"--data .*nope not found"),
+])
+def test_bad_flags(capsys, run_dir, tmp_path, args, pattern):
+    argv = ["compress", "quantize", "--model", run_dir, "--out", tmp_path / "q", *args]
+    refused(capsys, [a if a != "NOPE" else tmp_path / "nope" for a in argv], pattern, keep=tmp_path)
+    assert not (tmp_path / "q").exists()
+
+
+def test_outputs_checked_before_work(capsys, run_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("arlm.compress.workflows.quantize_model", lambda *a: calls.append(1))
+    model = copy(run_dir / "best", tmp_path / "m")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    refused(capsys, ["compress", "quantize", "--model", model, "--out", tmp_path / "taken"], r"already exists.*--overwrite",
+            keep=tmp_path)
+    refused(capsys, ["compress", "quantize", "--model", model, "--out", model], r"--out", keep=tmp_path)
+    refused(capsys, ["compress", "quantize", "--model", model, "--out", model / "inside"], r"--out", keep=tmp_path)
+    refused(capsys, ["compress", "quantize", "--model", tmp_path / "none", "--out", tmp_path / "o"], r"not found",
+            keep=tmp_path)
+    refused(capsys, ["compress", "quantize", "--model", model], r"no output folder.*--out", keep=tmp_path)
+    assert not calls
+
+
+def test_foreign_data_and_quantized_input(capsys, run_dir, tmp_path, corpus_dir):
+    from arlm.config import PrepareConfig
+    from arlm.data.prepare import prepare
+
+    other = tmp_path / "bpe"
+    prepare(PrepareConfig(inputs=[str(corpus_dir)], out=str(other), tokenizer="bpe", vocab_size=300))
+    refused(capsys, ["compress", "quantize", "--model", run_dir, "--out", tmp_path / "q", "--data", other],
+            r"not prepared with this model's tokenizer", keep=tmp_path)
+    code, _, err = run(capsys, ["compress", "quantize", "--model", run_dir, "--out", tmp_path / "q", "--decode-tokens", "0",
+                                "--no-baseline"])
+    assert code == 0, err
+    refused(capsys, ["compress", "quantize", "--model", tmp_path / "q", "--out", tmp_path / "qq"],
+            r"already quantized \(int4.*float model", keep=tmp_path)
+
+
+def test_lstm_refused(capsys, char_data, tmp_path):
+    from arlm.train.loop import train
+    from tests.conftest import tiny_train_config
+
+    train(tiny_train_config(char_data, tmp_path / "lstm", max_steps=2, model={"type": "lstm"}))
+    capsys.readouterr()  # training's log
+    refused(capsys, ["compress", "quantize", "--model", tmp_path / "lstm", "--out", tmp_path / "q"], r"GPT models.*LSTM",
+            keep=tmp_path)
