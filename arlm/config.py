@@ -597,6 +597,8 @@ class TrainConfig:
                                  "(attention c_attn/c_proj, MLP c_fc/c_proj; repeatable)")
     adapter_only: bool = _f(False, "LoRA: checkpoints hold only the adapter weights and the path of the base model "
                                    "(default: base and adapters; loading merges them either way)")
+    keep_zeros: bool = _f(False, "weights that are exactly zero when training starts stay zero (the recovery "
+                                 "fine-tune of a pruned model: `arlm compress prune --recover-steps`)")
     replay_data: str = _f("", "continual training: a prepared data folder (e.g. the original corpus) mixed into the "
                               "batches to limit forgetting", metavar="DIR")
     replay_fraction: float = _f(0.0, "continual training: fraction of each batch's sequences drawn from --replay-data")
@@ -982,6 +984,41 @@ class QuantizeConfig:
             raise UserError("no output folder given: add --out DIR")
         if self.method == "int8" and self.asymmetric:
             raise UserError("--asymmetric is an int4 option (int8 is symmetric, one scale per output channel)")
+
+
+@dataclass
+class PruneConfig:
+    """Options of ``arlm compress prune`` (its --data, a prepared folder, also gives the calibration and recovery text)."""
+
+    model: str = _f("", "float model to prune: arlm checkpoint, training output or Hugging Face folder", metavar="DIR")
+    out: str = _f("", "folder for the pruned checkpoint", metavar="DIR")
+    method: str = _f("magnitude", "magnitude: zero the smallest weights; wanda: |weight| x input norm (Sun et al. "
+                                  "2023); heads / neurons: remove whole attention heads / MLP units (smaller matrices)",
+                     choices=("magnitude", "wanda", "heads", "neurons"))
+    amount: float = _f(0.3, "fraction to remove: of the blocks' linear weights (magnitude, wanda), of each layer's "
+                            "heads or MLP units (heads, neurons)")
+    calibration_batches: int = _f(16, "wanda, heads, neurons: batches of 8 training windows the importance is measured on")
+    recover_steps: int = _f(0, "then fine-tune this many steps on --data through the training loop (pruned weights "
+                               "stay zero)")
+    recover_lr: float = _f(3e-4, "learning rate of the recovery fine-tune")
+    recover_batch_size: int = _f(8, "batch size of the recovery fine-tune")
+    overwrite: bool = _f(False, "replace --out if it already exists (it must not be, contain or lie inside --model)")
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UserError("no model given: add --model DIR")
+        if not self.out:
+            raise UserError("no output folder given: add --out DIR")
+        if not 0 < self.amount < 1 or not math.isfinite(self.amount):
+            raise UserError(f"--amount must be a fraction between 0 and 1, got {self.amount}")
+        if not 1 <= self.calibration_batches <= 10_000:
+            raise UserError(f"--calibration-batches must be between 1 and 10000, got {self.calibration_batches}")
+        if self.recover_steps < 0:
+            raise UserError(f"--recover-steps must be >= 0, got {self.recover_steps}")
+        if not 0 < self.recover_lr < 1 or not math.isfinite(self.recover_lr):
+            raise UserError(f"--recover-lr must be between 0 and 1, got {self.recover_lr}")
+        if not 1 <= self.recover_batch_size <= 4096:
+            raise UserError(f"--recover-batch-size must be between 1 and 4096, got {self.recover_batch_size}")
 
 
 # `arlm chat`: decoding defaults under the model's own and the flags given. Sampling (not greedy,

@@ -48,10 +48,10 @@ class TorchInt4Linear(nn.Module):
         from arlm.compress.int4 import unpack
 
         q = unpack(layer.codes).to(torch.int32)  # (N, K) codes 0..15
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
         s = layer.scales.float()
         zero = torch.zeros_like(s) if layer.offsets is None else layer.offsets.float() + 8 * s
-        self.scales_zeros = torch.stack([s, zero], dim=-1).transpose(0, 1).contiguous().bfloat16()  # (K/G, N, 2)
+        self.register_buffer("scales_zeros", torch.stack([s, zero], dim=-1).transpose(0, 1).contiguous().bfloat16())  # (K/G, N, 2)
         self.group_size, self.bias, self.out_features = layer.group_size, layer.bias, layer.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +82,8 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
-def run(model: nn.Module, prompts: list[list[int]], new: int) -> tuple[float, list[list[int]]]:
-    cfg = GenerateConfig(max_new_tokens=new, min_new_tokens=new, temperature=0)
+def run(model: nn.Module, prompts: list[list[int]], new: int, compile: bool = False) -> tuple[float, list[list[int]]]:
+    cfg = GenerateConfig(max_new_tokens=new, min_new_tokens=new, temperature=0, compile=compile)
     t = time.perf_counter()
     tokens = generate_ids(model, prompts, cfg)
     return time.perf_counter() - t, tokens
@@ -119,13 +119,18 @@ def speed(a) -> None:
           f"weights, greedy, {a.prompt_tokens}-token prompts; median of {a.repeats}, variants alternated")
     for rows, new in ((1, a.new_tokens), (8, a.batch_new_tokens)):
         prompts = torch.randint(0, cfg.vocab_size, (rows, a.prompt_tokens), generator=gen).tolist()
-        med, outs = alternate({k: (lambda m=m: run(m, prompts, new)) for k, m in models.items()}, a.repeats)
-        ref = med["int8 (arlm)"]
-        print(f"\nbatch {rows}, {new} new tokens each")
-        print(f"{'':30}{'weights MB':>11}{'tokens/s':>10}{'vs float32':>12}{'vs arlm int8':>14}")
+        variants = {k: (lambda m=m: run(m, prompts, new)) for k, m in models.items()}
+        if not a.no_compile:
+            for k in ("float32", "int8 (arlm)", "int4 g32 sym (arlm)"):
+                variants[k + " --compile"] = lambda m=models[k]: run(m, prompts, new, compile=True)
+        med, outs = alternate(variants, a.repeats)
+        print(f"\nbatch {rows}, {new} new tokens each (ratios: eager against eager, compiled against compiled)")
+        print(f"{'':40}{'weights MB':>11}{'tokens/s':>10}{'vs float32':>12}{'vs arlm int8':>14}")
         for k, t in med.items():
-            print(f"{k:30}{weight_bytes(models[k]) / 1e6:11.0f}{rows * new / t:10.1f}{med['float32'] / t:11.2f}x"
-                  f"{ref / t:13.2f}x")
+            tag = " --compile" if k.endswith("--compile") else ""
+            name = k.removesuffix(" --compile")
+            print(f"{k:40}{weight_bytes(models[name]) / 1e6:11.0f}{rows * new / t:10.1f}{med['float32' + tag] / t:11.2f}x"
+                  f"{med['int8 (arlm)' + tag] / t:13.2f}x")
 
 
 def perplexity(a) -> None:
@@ -160,6 +165,7 @@ def main() -> None:
     p.add_argument("--data", default="", help="its prepared data folder (validation split) or a text file")
     p.add_argument("--eval-tokens", type=int, default=0, help="validation tokens scored (0: all)")
     p.add_argument("--skip", default="", help="comma-separated: speed, perplexity")
+    p.add_argument("--no-compile", action="store_true", help="eager decoding only (compiling takes ~1 minute a model)")
     a = p.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     if "speed" not in skip:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from arlm.cli.flags import add_verb, emit_json, options, verb_group
-from arlm.config import CompressReportConfig, QuantizeConfig
+from arlm.config import CompressReportConfig, PruneConfig, QuantizeConfig
 
 
 def _finish(args: argparse.Namespace, result: dict, what: str) -> int:
@@ -29,6 +29,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return _finish(args, result, f"quantized {result['layers']} layers and the embedding ({describe(spec)})")
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from arlm.compress.workflows import prune_checkpoint
+
+    cfg = options(PruneConfig, args, "prune options")
+    report = options(CompressReportConfig, args, "report options")
+    result = prune_checkpoint(cfg, report)
+    p = result["pruning"]
+    return _finish(args, result, f"pruned ({cfg.method}, amount {cfg.amount}); the blocks' linear weights are now "
+                                 f"{p['sparsity']:.1%} zeros")
+
+
 def add_verbs(sub) -> None:
     verbs = verb_group(sub, "compress", "quantize, prune or distill a model into a smaller one every verb loads",
                        "Make a model smaller or faster and measure it against the original: weights file, "
@@ -40,3 +51,10 @@ def add_verbs(sub) -> None:
                          "weights) and write a checkpoint that generate, eval, chat and serve load as it is. Norms, "
                          "biases and position embeddings stay float32. On CPU, int8 and int4 layers run arlm's own "
                          "kernels.")
+    add_verb(verbs, "prune", cmd_prune, "zero weights (magnitude, Wanda) or remove heads / MLP units, then recover",
+             PruneConfig, CompressReportConfig, skip=("baseline",),
+             description="Prune the Transformer blocks of a float model: unstructured (magnitude, or Wanda's "
+                         "|weight| x input norm from calibration batches) or structured (whole attention heads or MLP "
+                         "units removed, so the matrices and the saved file shrink), optionally followed by "
+                         "--recover-steps of fine-tuning through the training loop (pruned weights stay zero). --data "
+                         "(a prepared folder) gives the calibration, recovery and validation text.")

@@ -40,6 +40,7 @@ class Row:
     tokens_per_s_1: float | None = None
     tokens_per_s_8: float | None = None
     loss: float | None = None
+    nonzero: int | None = None  # weights that are not zero (pruning)
 
     @property
     def perplexity(self) -> float | None:
@@ -118,10 +119,15 @@ def decode_rate(model: nn.Module, rows: int, new_tokens: int, vocab: int, seed: 
     return rows * new_tokens / (time.perf_counter() - t)
 
 
+def nonzero_params(model: nn.Module) -> int:
+    """Float parameters that are not exactly zero (tied ones once)."""
+    return sum(int((p != 0).sum()) for p in {id(p): p for p in model.parameters()}.values())
+
+
 def measure(name: str, model: nn.Module, file_bytes: int | None, cfg: CompressReportConfig,
-            ids: np.ndarray | None) -> Row:
-    """A row of the table for ``model`` (in eval mode)."""
-    row = Row(name, file_bytes, logical_params(model))
+            ids: np.ndarray | None, sparse: bool = False) -> Row:
+    """A row of the table for ``model`` (in eval mode); ``sparse``: also count its nonzero weights."""
+    row = Row(name, file_bytes, logical_params(model), nonzero=nonzero_params(model) if sparse else None)
     model.eval()
     if cfg.decode_tokens:
         vocab = model.config.vocab_size
@@ -145,8 +151,10 @@ def _num(x: float | None, digits: int) -> str:
 def format_table(rows: list[Row]) -> str:
     """The rows as a Markdown table, sizes and speeds also relative to the first row (the original)."""
     base = rows[0]
-    lines = ["| model | weights file | parameters | decode tok/s, batch 1 | batch 8 | val loss | perplexity |",
-             "|---|---|---|---|---|---|---|"]
+    sparse = any(r.nonzero is not None for r in rows)
+    lines = ["| model | weights file | parameters |" + (" nonzero |" if sparse else "") +
+             " decode tok/s, batch 1 | batch 8 | val loss | perplexity |",
+             "|---|---|---|---|---|---|---|" + ("---|" if sparse else "")]
     for r in rows:
         rel = "" if r is base or not (r.file_bytes and base.file_bytes) else f" ({r.file_bytes / base.file_bytes:.0%})"
         speed = ""
@@ -155,6 +163,7 @@ def format_table(rows: list[Row]) -> str:
         ppl = _num(r.perplexity, 3)
         if r is not base and r.perplexity and base.perplexity:
             ppl += f" ({r.perplexity / base.perplexity - 1:+.1%})"
-        lines.append(f"| {r.name} | {_size(r.file_bytes)}{rel} | {r.params / 1e6:.2f}M | {_num(r.tokens_per_s_1, 1)}{speed} "
-                     f"| {_num(r.tokens_per_s_8, 1)} | {_num(r.loss, 4)} | {ppl} |")
+        nonzero = (f" {r.nonzero / 1e6:.2f}M ({r.nonzero / r.params:.0%}) |" if r.nonzero is not None else " - |") if sparse else ""
+        lines.append(f"| {r.name} | {_size(r.file_bytes)}{rel} | {r.params / 1e6:.2f}M |{nonzero} "
+                     f"{_num(r.tokens_per_s_1, 1)}{speed} | {_num(r.tokens_per_s_8, 1)} | {_num(r.loss, 4)} | {ppl} |")
     return "\n".join(lines)

@@ -14,8 +14,11 @@ import torch
 from torch import nn
 
 from arlm.compress.quantize import describe, quant_spec, quantization_of, quantize_model
+from arlm.compress.prune import UNSTRUCTURED, calibration_batches, prune_model, sparsity
 from arlm.compress.report import folder_bytes, format_table, measure, saved_bytes, validation_ids
-from arlm.config import CompressReportConfig, QuantizeConfig
+from arlm.config import CompressReportConfig, PruneConfig, QuantizeConfig
+from arlm.data.loader import TokenData
+from arlm.io.atomic import scratch_dir
 from arlm.errors import UserError
 from arlm.interop.load import load_model, save_model
 from arlm.io.paths import check_apart, output_dir
@@ -38,10 +41,11 @@ def open_output(out: str, source: str, overwrite: bool) -> Path:
 def derived_info(info: CheckpointInfo, **changes) -> CheckpointInfo:
     """The config of a model made from ``info``'s: its shape, tokenizer-side settings (decoding defaults,
     end-of-sequence ids, chat template) and where it came from; no training state."""
-    source = {"derived_from": info.path, **({"original": info.source} if info.source else {})}
-    return CheckpointInfo(model=info.model, model_type=info.model_type, generation=dict(info.generation),
-                          eos_token_ids=list(info.eos_token_ids), chat_template=info.chat_template, source=source,
-                          data=dict(info.data), **changes)
+    source = {"derived_from": info.path, **({"original": info.source} if info.source else {}), **changes.pop("source", {})}
+    fields = dict(model=info.model, model_type=info.model_type, generation=dict(info.generation),
+                  eos_token_ids=list(info.eos_token_ids), chat_template=info.chat_template, source=source,
+                  data=dict(info.data))
+    return CheckpointInfo(**{**fields, **changes})
 
 
 def float_model(path: str) -> tuple[nn.Module, object, CheckpointInfo]:
@@ -92,3 +96,64 @@ def quantize_checkpoint(cfg: QuantizeConfig, report: CompressReportConfig) -> di
     return {"out": str(out), "method": dataclasses.asdict(spec), "rows": [r.to_json() for r in rows],
             "table": format_table(rows), "layers": sum(1 for m in loaded.modules() if hasattr(m, "dequantized"))}
 
+
+
+def prepared_data(report: CompressReportConfig, tokenizer, why: str) -> TokenData:
+    """The prepared folder of --data (its train split calibrates and recovers, its val split is scored)."""
+    if not report.data:
+        raise UserError(f"{why}: add --data DIR (a folder made by `arlm prepare` with the model's tokenizer)")
+    if not Path(report.data).is_dir():
+        raise UserError(f"{why} needs a prepared data folder, and --data {report.data} is not a folder; make one with "
+                        f"`arlm prepare`")
+    return TokenData.open_matching(report.data, tokenizer, "give the folder the model was trained on")
+
+
+def recover(model: nn.Module, tokenizer, info: CheckpointInfo, cfg: PruneConfig, data: TokenData, work: Path) -> nn.Module:
+    """``cfg.recover_steps`` of fine-tuning through THE training loop, the pruned zeros kept (unstructured)."""
+    from arlm.train.loop import train
+
+    start = save_model(work / "pruned", model, tokenizer, derived_info(info, model=model.config))
+    train({"init_from": str(start), "data": str(data.path), "out": str(work / "run"), "max_steps": cfg.recover_steps,
+           "lr": cfg.recover_lr, "min_lr": cfg.recover_lr / 10, "warmup_steps": min(20, cfg.recover_steps // 10),
+           "weight_decay": 0.0, "batch_size": cfg.recover_batch_size, "eval_interval": cfg.recover_steps,
+           "eval_batches": 10, "progress": False, "final_eval": False, "keep_zeros": cfg.method in UNSTRUCTURED,
+           "model": {"dropout": 0.0}})
+    recovered, _, _ = load_model(work / "run" / "latest", "cpu")
+    return recovered
+
+
+def prune_checkpoint(cfg: PruneConfig, report: CompressReportConfig) -> dict:
+    """``arlm compress prune``: write ``cfg.out`` and return the table's rows and text."""
+    out = open_output(cfg.out, cfg.model, cfg.overwrite)
+    model, tokenizer, info = float_model(cfg.model)
+    needs_data = cfg.method != "magnitude" or cfg.recover_steps
+    data = prepared_data(report, tokenizer, f"--method {cfg.method}" + (" with --recover-steps" if cfg.recover_steps else "")
+                         ) if needs_data else None
+    ids = report_ids(report, tokenizer)
+    batches = None
+    if cfg.method != "magnitude":
+        data.check_block_size(model.config.block_size)
+        batches = calibration_batches(np.asarray(data.train), model.config.block_size, cfg.calibration_batches)
+    pruned = prune_model(copy.deepcopy(model), cfg.method, cfg.amount, batches)
+    what = _pruned_name(cfg, pruned)
+    sparse = cfg.method in UNSTRUCTURED
+    rows = [measure("float32 (original)", model, folder_bytes(info.path), report, ids, sparse)]
+    if cfg.recover_steps:
+        rows.append(measure(what + ", before recovery", pruned, None, report, ids, sparse))
+        with scratch_dir(out) as work:
+            pruned = recover(pruned, tokenizer, info, cfg, data, work)
+        what += f", + {cfg.recover_steps} recovery steps"
+    record = {"method": cfg.method, "amount": cfg.amount, "recover_steps": cfg.recover_steps,
+              "sparsity": round(sparsity(pruned), 4)}
+    save_model(out, pruned, tokenizer, derived_info(info, model=pruned.config, source={"pruned": record}))
+    rows.append(measure(what, pruned, folder_bytes(out), report, ids, sparse))
+    return {"out": str(out), "pruning": record, "rows": [r.to_json() for r in rows], "table": format_table(rows)}
+
+
+def _pruned_name(cfg: PruneConfig, pruned: nn.Module) -> str:
+    if cfg.method in UNSTRUCTURED:
+        return f"{cfg.method} {cfg.amount:.0%} of the block weights"
+    c = pruned.config
+    if cfg.method == "heads":
+        return f"heads pruned: {c.n_head} a layer left"
+    return f"MLP units pruned: {c.hidden_size} a layer left"

@@ -180,6 +180,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def scratch_dir(path: str | Path) -> Iterator[Path]:
+    """A temporary folder beside ``path`` for intermediate work (removed on exit, and, if this process dies,
+    by the next writer of ``path``: it has the temporary files' name pattern)."""
+    path = resolve(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".scratch.tmp"))
+    except OSError as e:
+        raise environment_failure(e, path) from None
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _full(path: Path) -> bool:
     try:
         st = os.statvfs(path if path.is_dir() else path.parent)

@@ -313,6 +313,13 @@ class Trainer:
             if not model.can_checkpoint_activations:
                 raise UserError(f"--activation-checkpointing applies to GPT models, not {cfg.model.type} ones")
             model.checkpointing = True
+        if cfg.keep_zeros:
+            if cfg.fsdp or cfg.lora_rank:
+                raise UserError("--keep-zeros trains whole, unsharded weights: not with --fsdp or --lora-rank")
+            # 2-D weights' zeros (a pruned model's): re-applied after every optimizer step, as
+            # torch.nn.utils.prune's masks would be, so the sparsity the run starts with is the one it ends with
+            with torch.no_grad():
+                self.zero_masks = [(p, p == 0) for p in model.parameters() if p.dim() == 2 and bool((p == 0).any())]
         self.wrapped = distributed.wrap(model, self.ctx, cfg.fsdp)
         self.sharded = cfg.fsdp and self.ctx.distributed
         self.optimizer = make_optimizer(model, cfg, device)
@@ -506,6 +513,10 @@ class Trainer:
                     torch.compiler.cudagraph_mark_step_begin()
                 loss = optimizer_step(self.compiled, self.model, self.optimizer, self.scaler, self.micro_batches(), lr,
                                       cfg, self.device, self.dtype)
+                if cfg.keep_zeros:
+                    with torch.no_grad():
+                        for param, zero in self.zero_masks:
+                            param.masked_fill_(zero, 0.0)
                 p.step += 1
                 p.tokens_seen += self.step_tokens
                 self.interval_loss += loss

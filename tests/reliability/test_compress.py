@@ -94,3 +94,42 @@ def test_lstm_refused(capsys, char_data, tmp_path):
     capsys.readouterr()  # training's log
     refused(capsys, ["compress", "quantize", "--model", tmp_path / "lstm", "--out", tmp_path / "q"], r"GPT models.*LSTM",
             keep=tmp_path)
+
+
+def test_prune_writes_a_smaller_checkpoint_and_its_table(capsys, run_dir, char_data, tmp_path):
+    code, out, err = run(capsys, ["compress", "prune", "--model", run_dir, "--out", tmp_path / "p", "--method", "heads",
+                                  "--amount", "0.5", "--data", char_data, "--calibration-batches", "2", "--eval-tokens",
+                                  "1000", "--decode-tokens", "4", "--recover-steps", "3", "--json"])
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    original, before, after = result["rows"]
+    assert before["name"].endswith("before recovery") and after["name"].endswith("+ 3 recovery steps")
+    assert after["params"] < original["params"] and after["file_bytes"] < original["file_bytes"]
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["model"]["n_head"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the recovery's scratch folder is gone
+    code, out, err = run(capsys, ["compress", "prune", "--model", run_dir, "--out", tmp_path / "m", "--amount", "0.5",
+                                  "--decode-tokens", "0"])
+    assert code == 0, err
+    assert "50.0% zeros" in out.splitlines()[0] and "| nonzero |" in out
+    code, out, err = run(capsys, ["generate", "--model", tmp_path / "p", "--prompt", "To", "--max-new-tokens", "3"])
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--amount", "0"], r"--amount must be a fraction between 0 and 1"),
+    (["--amount", "1.5"], r"--amount must be a fraction between 0 and 1"),
+    (["--method", "random"], r"--method.*invalid choice"),
+    (["--method", "wanda"], r"--method wanda: add --data DIR"),
+    (["--recover-steps", "5"], r"with --recover-steps: add --data DIR"),
+    (["--method", "heads", "--data", "TEXT"], r"needs a prepared data folder.*not a folder"),
+    (["--method", "heads", "--amount", "0.1", "--data", "DATA"], r"removes no attention head.*at least 0.25"),
+    (["--method", "neurons", "--amount", "0.999", "--data", "DATA"], r"every MLP unit"),
+    (["--recover-lr", "0"], r"--recover-lr must be between 0 and 1"),
+    (["--calibration-batches", "0"], r"--calibration-batches must be between 1 and 10000"),
+])
+def test_prune_bad_flags(capsys, run_dir, char_data, tmp_path, args, pattern):
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be")
+    args = [{"TEXT": text, "DATA": char_data}.get(a, a) for a in args]
+    refused(capsys, ["compress", "prune", "--model", run_dir, "--out", tmp_path / "p", *args], pattern, keep=tmp_path)
+    assert not (tmp_path / "p").exists()
