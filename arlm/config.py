@@ -597,6 +597,10 @@ class TrainConfig:
                                  "(attention c_attn/c_proj, MLP c_fc/c_proj; repeatable)")
     adapter_only: bool = _f(False, "LoRA: checkpoints hold only the adapter weights and the path of the base model "
                                    "(default: base and adapters; loading merges them either way)")
+    teacher: str = _f("", "distillation: a trained model whose next-token distributions the model also learns "
+                          "(arlm/compress/distill.py; `arlm compress distill`)", metavar="DIR")
+    distill_temperature: float = _f(2.0, "distillation: both models' logits are divided by this before the KL term")
+    distill_alpha: float = _f(0.5, "distillation: weight of the KL term (1 - alpha: cross-entropy on the data)")
     keep_zeros: bool = _f(False, "weights that are exactly zero when training starts stay zero (the recovery "
                                  "fine-tune of a pruned model: `arlm compress prune --recover-steps`)")
     replay_data: str = _f("", "continual training: a prepared data folder (e.g. the original corpus) mixed into the "
@@ -641,6 +645,10 @@ class TrainConfig:
             raise UserError("lora_targets is empty: name the linear layers to adapt (e.g. c_attn)")
         if self.adapter_only and not (self.lora_rank and self.init_from):
             raise UserError("adapter_only needs LoRA fine-tuning: give --lora-rank R and a base model (--init-from / --model)")
+        if not 0.0 <= self.distill_alpha <= 1.0 or not math.isfinite(self.distill_alpha):
+            raise UserError(f"distill_alpha must be between 0 and 1, got {self.distill_alpha}")
+        if not 0.0 < self.distill_temperature <= 100.0 or not math.isfinite(self.distill_temperature):
+            raise UserError(f"distill_temperature must be > 0 (and at most 100), got {self.distill_temperature}")
         if not 0.0 <= self.replay_fraction < 1.0:
             raise UserError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         if bool(self.replay_data) != (self.replay_fraction > 0):
@@ -954,13 +962,22 @@ class CompressReportConfig:
                        "text file (empty: no perplexity)", metavar="DIR|FILE")
     eval_tokens: int = _f(65536, "validation tokens scored per model (0: all)")
     decode_tokens: int = _f(64, "new tokens per decoding measurement, batch 1 and batch 8 (0: skip the speed columns)")
-    baseline: bool = _f(True, "quantize: also a row for PyTorch's dynamic int8 (torch.ao quantize_dynamic), not saved")
+    baseline: bool = _f(True, "also a baseline row: quantize: PyTorch's dynamic int8 (torch.ao quantize_dynamic, not "
+                              "saved); distill: the same student trained as long from scratch, without the teacher")
 
     def validate(self) -> None:
         if self.eval_tokens < 0:
             raise UserError(f"--eval-tokens must be >= 0 (0: all), got {self.eval_tokens}")
         if not 0 <= self.decode_tokens <= 4096:
             raise UserError(f"--decode-tokens must be between 0 and 4096, got {self.decode_tokens}")
+
+
+def _need_model_and_out(cfg) -> None:
+    """The two folders every compress command needs."""
+    if not cfg.model:
+        raise UserError("no model given: add --model DIR")
+    if not cfg.out:
+        raise UserError("no output folder given: add --out DIR")
 
 
 @dataclass
@@ -978,10 +995,7 @@ class QuantizeConfig:
     overwrite: bool = _f(False, "replace --out if it already exists (it must not be, contain or lie inside --model)")
 
     def validate(self) -> None:
-        if not self.model:
-            raise UserError("no model given: add --model DIR")
-        if not self.out:
-            raise UserError("no output folder given: add --out DIR")
+        _need_model_and_out(self)
         if self.method == "int8" and self.asymmetric:
             raise UserError("--asymmetric is an int4 option (int8 is symmetric, one scale per output channel)")
 
@@ -1005,10 +1019,7 @@ class PruneConfig:
     overwrite: bool = _f(False, "replace --out if it already exists (it must not be, contain or lie inside --model)")
 
     def validate(self) -> None:
-        if not self.model:
-            raise UserError("no model given: add --model DIR")
-        if not self.out:
-            raise UserError("no output folder given: add --out DIR")
+        _need_model_and_out(self)
         if not 0 < self.amount < 1 or not math.isfinite(self.amount):
             raise UserError(f"--amount must be a fraction between 0 and 1, got {self.amount}")
         if not 1 <= self.calibration_batches <= 10_000:
@@ -1019,6 +1030,24 @@ class PruneConfig:
             raise UserError(f"--recover-lr must be between 0 and 1, got {self.recover_lr}")
         if not 1 <= self.recover_batch_size <= 4096:
             raise UserError(f"--recover-batch-size must be between 1 and 4096, got {self.recover_batch_size}")
+
+
+@dataclass
+class DistillConfig:
+    """Options of ``arlm compress distill`` besides the training ones (the student's shape: the teacher's with
+    half its layers, changed by model flags or the [model] table of --student-config)."""
+
+    teacher: str = _f("", "the trained model to distill (arlm checkpoint, training output or Hugging Face folder)",
+                      metavar="DIR")
+    student_config: str = _f("", "TOML file of training keys whose [model] table shapes the student (default: the "
+                                 "teacher's shape with half its layers)", metavar="FILE.toml")
+    init: str = _f("auto", "student's start: teacher-layers (DistilGPT2's: embeddings, output and every other block "
+                           "copied; needs the teacher's width), random, or auto (teacher-layers where the shapes allow)",
+                   choices=("auto", "teacher-layers", "random"))
+
+    def validate(self) -> None:
+        if not self.teacher:
+            raise UserError("no teacher given: add --teacher DIR")
 
 
 # `arlm chat`: decoding defaults under the model's own and the flags given. Sampling (not greedy,

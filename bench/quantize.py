@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import statistics
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from arlm.compress.workflows import dynamic_int8
 from arlm.config import GenerateConfig, GPTConfig
 from arlm.generate.engine import generate_ids
 from arlm.model.gpt import GPT
+from decode import alternate  # bench/decode.py: variants alternated, medians (run as `python bench/quantize.py`)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,18 +87,6 @@ def run(model: nn.Module, prompts: list[list[int]], new: int, compile: bool = Fa
     t = time.perf_counter()
     tokens = generate_ids(model, prompts, cfg)
     return time.perf_counter() - t, tokens
-
-
-def alternate(variants: dict, repeats: int) -> tuple[dict[str, float], dict]:
-    for fn in variants.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    outputs = {}
-    for _ in range(repeats):
-        for k, fn in variants.items():
-            t, outputs[k] = fn()
-            times[k].append(t)
-    return {k: statistics.median(v) for k, v in times.items()}, outputs
 
 
 def speed(a) -> None:

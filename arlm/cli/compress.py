@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from arlm.cli.flags import add_verb, emit_json, options, verb_group
-from arlm.config import CompressReportConfig, PruneConfig, QuantizeConfig
+from arlm.cli.flags import add_config_args, add_verb, emit_json, explicit_values, field_names, options, verb_group
+from arlm.config import CompressReportConfig, DistillConfig, PruneConfig, QuantizeConfig, TrainConfig
+from arlm.errors import UserError
 
 
 def _finish(args: argparse.Namespace, result: dict, what: str) -> int:
@@ -40,6 +41,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                  f"{p['sparsity']:.1%} zeros")
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from arlm.compress.workflows import distill_checkpoint
+    from arlm.config import from_dict
+    from arlm.io.files import read_toml
+
+    cfg = options(DistillConfig, args, "distill options")
+    report = options(CompressReportConfig, args, "report options")
+    config = read_toml(cfg.student_config) if cfg.student_config else {}
+    if config:
+        from_dict(TrainConfig, config, cfg.student_config)  # its keys' types, named by the file
+        if any(k in config for k in ("teacher", "init_from", "resume")):
+            raise UserError(f"{cfg.student_config}: teacher, init_from and resume are set by `arlm compress distill`; "
+                            f"drop them from the file")
+    result = distill_checkpoint(cfg, config, explicit_values(args, field_names(TrainConfig)), report)
+    return _finish(args, result, f"distilled {cfg.teacher} into a {result['init']}-initialised student, "
+                                 f"{result['steps']} steps (best checkpoint: {result['best']})")
+
+
 def add_verbs(sub) -> None:
     verbs = verb_group(sub, "compress", "quantize, prune or distill a model into a smaller one every verb loads",
                        "Make a model smaller or faster and measure it against the original: weights file, "
@@ -58,3 +77,13 @@ def add_verbs(sub) -> None:
                          "units removed, so the matrices and the saved file shrink), optionally followed by "
                          "--recover-steps of fine-tuning through the training loop (pruned weights stay zero). --data "
                          "(a prepared folder) gives the calibration, recovery and validation text.")
+    sp = add_verb(verbs, "distill", cmd_distill, "train a smaller student on a teacher's distributions (and the data)",
+                  DistillConfig, CompressReportConfig, skip=("data",),
+                  description="Knowledge distillation through the training loop: the student (by default the "
+                              "teacher's shape with half the layers, started from every other teacher block as "
+                              "DistilGPT2) minimises alpha T^2 KL(teacher || student) at temperature T plus (1 - alpha) "
+                              "cross-entropy on --data. The training flags are `arlm train`'s; the output is a training "
+                              "run. --baseline also trains the same student from scratch for the table.")
+    add_config_args(sp, TrainConfig, skip=("teacher", "init_from", "resume", "keep_zeros", "replay_data",
+                                           "replay_fraction", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+                                           "adapter_only", "preset", "val_fraction", "chat_template", "packing"))

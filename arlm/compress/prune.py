@@ -75,16 +75,18 @@ def magnitude(model: nn.Module, amount: float) -> nn.Module:
     return model
 
 
-def input_norms(model: nn.Module, linears: list[tuple[str, nn.Linear]], batches) -> dict[str, torch.Tensor]:
-    """||X_j||_2 over every calibration token, for each input feature j of each of ``linears``."""
-    sums = {name: torch.zeros(lin.in_features, dtype=torch.float64) for name, lin in linears}
+def input_sums(model: nn.Module, modules: dict, stat, batches) -> dict:
+    """For each of ``modules`` (key -> module), ``stat(input)`` (a (features,) tensor for a (..., features) input)
+    summed over every calibration token, in float64; the modules' inputs are not changed."""
+    sums: dict = {}
 
-    def hook(name):
-        def add(module, args):  # (returns None: the input goes on unchanged)
-            sums[name].add_(args[0].detach().double().pow(2).reshape(-1, args[0].size(-1)).sum(0))
+    def hook(key):
+        def add(module, args):  # returns None: the input goes on unchanged
+            x = args[0].detach().double().reshape(-1, args[0].size(-1))
+            sums[key] = sums.get(key, 0) + stat(x)
         return add
 
-    hooks = [lin.register_forward_pre_hook(hook(name)) for name, lin in linears]
+    hooks = [m.register_forward_pre_hook(hook(key)) for key, m in modules.items()]
     try:
         with torch.inference_mode():
             for x, _ in batches:
@@ -92,6 +94,12 @@ def input_norms(model: nn.Module, linears: list[tuple[str, nn.Linear]], batches)
     finally:
         for h in hooks:
             h.remove()
+    return sums
+
+
+def input_norms(model: nn.Module, linears: list[tuple[str, nn.Linear]], batches) -> dict[str, torch.Tensor]:
+    """||X_j||_2 over every calibration token, for each input feature j of each of ``linears``."""
+    sums = input_sums(model, dict(linears), lambda x: x.pow(2).sum(0), batches)
     return {name: s.sqrt().float() for name, s in sums.items()}
 
 
@@ -146,22 +154,9 @@ def head_importance(model: nn.Module, batches) -> torch.Tensor:
 def neuron_importance(model: nn.Module, batches) -> torch.Tensor:
     """(n_layer, hidden): mean |activation| of each MLP unit over the calibration tokens x the norm of its
     column of the output projection (what the unit can add to the residual stream)."""
-    cfg = model.config
-    sums = torch.zeros(cfg.n_layer, cfg.hidden_size, dtype=torch.float64)
-
-    def hook(i):
-        def add(module, args):  # (returns None: the input goes on unchanged)
-            sums[i].add_(args[0].detach().double().abs().reshape(-1, args[0].size(-1)).sum(0))
-        return add
-
-    hooks = [block.mlp.c_proj.register_forward_pre_hook(hook(i)) for i, block in enumerate(model.transformer.h)]
-    try:
-        with torch.inference_mode():
-            for x, _ in batches:
-                model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    blocks = model.transformer.h
+    sums = input_sums(model, {i: block.mlp.c_proj for i, block in enumerate(blocks)}, lambda x: x.abs().sum(0), batches)
+    sums = torch.stack([sums[i] for i in range(len(blocks))])  # (L, H)
     cols = torch.stack([block.mlp.c_proj.weight.detach().norm(dim=0) for block in model.transformer.h])  # (L, H)
     return sums.float() * cols
 

@@ -157,3 +157,69 @@ def _pruned_name(cfg: PruneConfig, pruned: nn.Module) -> str:
     if cfg.method == "heads":
         return f"heads pruned: {c.n_head} a layer left"
     return f"MLP units pruned: {c.hidden_size} a layer left"
+
+
+def student_config(teacher: nn.Module, config: dict, overrides: dict) -> dict:
+    """The student's [model] table: the teacher's shape with half its layers, then the --student-config's
+    table, then model flags."""
+    import dataclasses as dc
+
+    from arlm.config import to_dict
+
+    base = to_dict(dc.replace(teacher.config, n_layer=max(1, teacher.config.n_layer // 2), dropout=0.0))
+    return {**base, **config.get("model", {}), **overrides.get("model", {})}
+
+
+def _initialise(init: str, teacher: nn.Module, model: dict) -> bool:
+    """Whether the student starts from the teacher's layers (``init``, and whether the shapes allow it)."""
+    import dataclasses as dc
+
+    from arlm.config import model_config
+
+    student = model_config(model, "the student's [model] table")
+    same_width = dc.replace(student, n_layer=teacher.config.n_layer, dropout=teacher.config.dropout) == teacher.config
+    fits = same_width and student.n_layer <= teacher.config.n_layer
+    if init == "teacher-layers" and not fits:
+        raise UserError("--init teacher-layers copies the teacher's blocks: the student needs the teacher's shape except "
+                        "for fewer layers (n_layer at most the teacher's, dropout free); use --init random for another shape")
+    return init == "teacher-layers" or (init == "auto" and fits)
+
+
+def distill_checkpoint(dcfg, config: dict, overrides: dict, report: CompressReportConfig) -> dict:
+    """``arlm compress distill``: train the student in ``out`` (a training run, as `arlm train` writes) through
+    THE training loop with the teacher's objective, and return the table (teacher, student, and with
+    ``report.baseline`` the same student trained from scratch without the teacher)."""
+    from arlm.compress.distill import student_from_teacher
+    from arlm.train.loop import train
+
+    teacher, tokenizer, tinfo = float_model(dcfg.teacher)
+    settings = {**config, **{k: v for k, v in overrides.items() if k != "model"}}
+    if not settings.get("data") or not settings.get("out"):
+        raise UserError("add --data DIR (prepared with the teacher's tokenizer) and --out DIR (the student's run)")
+    data = prepared_data(CompressReportConfig(data=settings["data"]), tokenizer, "distillation")
+    model = student_config(teacher, config, overrides)
+    from_teacher = _initialise(dcfg.init, teacher, model)
+    check_apart(settings["out"], dcfg.teacher, what="--teacher")
+    run = {**settings, "teacher": dcfg.teacher, "model": model}
+    with scratch_dir(settings["out"]) as work:
+        if from_teacher:
+            start = student_from_teacher(teacher, model["n_layer"])
+            save_model(work / "student", start, tokenizer, derived_info(tinfo, model=start.config))
+            run = {**run, "init_from": str(work / "student"), "model": {"dropout": model.get("dropout", 0.0)}}
+        summary = train(run)
+        baseline = None
+        if report.baseline:
+            scratch = {**settings, "model": model, "out": str(work / "scratch"), "overwrite": True}
+            baseline = train(scratch)
+            scratch_model, _, _ = load_model(baseline["best"], "cpu")
+        student, _, _ = load_model(summary["best"], "cpu")
+        ids = validation_ids(str(data.path), tokenizer, report.eval_tokens)
+        how = "from the teacher's layers" if from_teacher else "random start"
+        rows = [measure("teacher", teacher, folder_bytes(tinfo.path), report, ids),
+                measure(f"student, distilled ({student.config.n_layer} layers, {how})", student,
+                        folder_bytes(summary["best"]), report, ids)]
+        if baseline is not None:
+            rows.append(measure(f"same student from scratch, no teacher ({summary['step']} steps)", scratch_model, None,
+                                report, ids))
+    return {"out": settings["out"], "best": summary["best"], "init": "teacher-layers" if from_teacher else "random",
+            "steps": summary["step"], "rows": [r.to_json() for r in rows], "table": format_table(rows)}

@@ -148,13 +148,7 @@ def recover_dir(path: str | Path) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder; on success it replaces ``path`` whole, on error it is removed."""
     path = resolve(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        recover_dir(path)
-        clean_stale(path)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp"))
-    except OSError as e:
-        raise environment_failure(e, path) from None
+    tmp = _temp_dir_beside(path, ".tmp", recover=True)
     try:
         yield tmp
         file_mode, dir_mode = 0o666 & ~umask(), 0o777 & ~umask()
@@ -180,17 +174,24 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def _temp_dir_beside(path: Path, suffix: str, recover: bool = False) -> Path:
+    """A new temporary folder next to ``path``, named so that :func:`clean_stale` removes it once this process
+    is gone (after finishing a killed atomic write of ``path`` with ``recover``)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if recover:
+            recover_dir(path)
+        clean_stale(path)
+        return Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=suffix))
+    except OSError as e:
+        raise environment_failure(e, path) from None
+
+
 @contextlib.contextmanager
 def scratch_dir(path: str | Path) -> Iterator[Path]:
     """A temporary folder beside ``path`` for intermediate work (removed on exit, and, if this process dies,
     by the next writer of ``path``: it has the temporary files' name pattern)."""
-    path = resolve(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale(path)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".scratch.tmp"))
-    except OSError as e:
-        raise environment_failure(e, path) from None
+    tmp = _temp_dir_beside(resolve(path), ".scratch.tmp")
     try:
         yield tmp
     finally:

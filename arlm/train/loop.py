@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from arlm.compress.distill import Distiller, check_teacher
 from arlm.config import TrainConfig, apply_preset, from_dict, to_dict
 from arlm.data.loader import TokenData, WindowSampler, collate, random_batch, sequential_batches, windows
 from arlm.data.sft import SFTData
@@ -108,12 +109,21 @@ def _logging_through(bar) -> Iterator[None]:
         yield
 
 
+def cross_entropy(wrapped: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default objective: the model's mean next-token cross-entropy."""
+    return wrapped(x, y)[1]
+
+
+Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def optimizer_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    scaler: torch.amp.GradScaler, micro_batches, lr: float, cfg: TrainConfig, device: torch.device,
-                   dtype: torch.dtype) -> torch.Tensor:
+                   dtype: torch.dtype, objective: Objective = cross_entropy) -> torch.Tensor:
     """One optimizer step over ``cfg.grad_accum_steps`` (x, y) micro-batches; the mean loss (a tensor,
     not synchronised). ``wrapped`` is what runs the forward pass (the model, compiled, or in DDP/FSDP),
-    ``model`` the plain module; ``micro_batches`` yields (x, y) or (x, y, number of targets).
+    ``model`` the plain module; ``micro_batches`` yields (x, y) or (x, y, number of targets);
+    ``objective(wrapped, x, y)`` is the loss (distillation: arlm/compress/distill.py).
     bench/train.py times exactly this."""
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -128,7 +138,7 @@ def optimizer_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer: 
         weight = counts[micro] / total
         with distributed.gradient_sync(wrapped, micro == len(batches) - 1):
             with autocast(device, dtype):
-                _, loss = wrapped(x, y)
+                loss = objective(wrapped, x, y)
             # (DDP/FSDP then average over processes.) A micro-batch without targets has a NaN loss
             # but zero gradients; it still runs so that the last one synchronises the processes.
             scaler.scale(loss * weight).backward()
@@ -254,6 +264,7 @@ class Trainer:
         self.data = _open_data(cfg.data, self.tokenizer, cfg)
         self.tokenizer = self.tokenizer or self.data.tokenizer
         self.replay = _open_data(cfg.replay_data, self.tokenizer, cfg) if cfg.replay_data else None
+        self.teacher = self._open_teacher() if cfg.teacher else None
         if self.replay is not None and not isinstance(self.replay, TokenData):
             raise UserError("--replay-data must be a prepared data folder (`arlm prepare`), not JSONL")
         vocab = self.data.vocab_size
@@ -266,6 +277,16 @@ class Trainer:
             if d is not None:
                 d.check_block_size(cfg.model.block_size)
                 d.check_ids(cfg.model.vocab_size)
+        if self.teacher is not None:
+            check_teacher(self.teacher, cfg.model, cfg.teacher)
+
+    def _open_teacher(self) -> torch.nn.Module:
+        """Distillation's teacher, on the training device, frozen; it must know the data's tokens."""
+        teacher, tokenizer, _ = load_model(self.cfg.teacher, self.device)
+        if tokenizer is None or not same_vocabulary(tokenizer, self.tokenizer):
+            raise UserError(f"the teacher {self.cfg.teacher} does not use the data's tokenizer; distill with data "
+                            f"prepared with the teacher's tokenizer")
+        return teacher
 
     def _check_memory(self) -> None:
         """Refuse a model or batch that cannot fit, before building it (a meta-device model allocates nothing)."""
@@ -278,7 +299,8 @@ class Trainer:
 
     def _claim_output(self) -> None:
         """Check --out, take its lock, finish what a killed run left, and (new runs) clear or refuse an old run."""
-        inputs = [("--data", self.cfg.data), ("--init-from", self.cfg.init_from), ("--replay-data", self.cfg.replay_data)]
+        inputs = [("--data", self.cfg.data), ("--init-from", self.cfg.init_from), ("--replay-data", self.cfg.replay_data),
+                  ("--teacher", self.cfg.teacher)]
         self.out = check_output(self.cfg.out, inputs)
         self.metrics = Metrics(self.out / METRICS)
         self.lock = RunLock(self.out, "another `arlm train` writing this run") if self.ctx.main else None
@@ -320,6 +342,9 @@ class Trainer:
             # torch.nn.utils.prune's masks would be, so the sparsity the run starts with is the one it ends with
             with torch.no_grad():
                 self.zero_masks = [(p, p == 0) for p in model.parameters() if p.dim() == 2 and bool((p == 0).any())]
+        self.objective: Objective = cross_entropy
+        if self.teacher is not None:
+            self.objective = Distiller(self.teacher, cfg.distill_temperature, cfg.distill_alpha)
         self.wrapped = distributed.wrap(model, self.ctx, cfg.fsdp)
         self.sharded = cfg.fsdp and self.ctx.distributed
         self.optimizer = make_optimizer(model, cfg, device)
@@ -512,7 +537,7 @@ class Trainer:
                 if self.cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 loss = optimizer_step(self.compiled, self.model, self.optimizer, self.scaler, self.micro_batches(), lr,
-                                      cfg, self.device, self.dtype)
+                                      cfg, self.device, self.dtype, self.objective)
                 if cfg.keep_zeros:
                     with torch.no_grad():
                         for param, zero in self.zero_masks:

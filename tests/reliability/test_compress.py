@@ -133,3 +133,42 @@ def test_prune_bad_flags(capsys, run_dir, char_data, tmp_path, args, pattern):
     args = [{"TEXT": text, "DATA": char_data}.get(a, a) for a in args]
     refused(capsys, ["compress", "prune", "--model", run_dir, "--out", tmp_path / "p", *args], pattern, keep=tmp_path)
     assert not (tmp_path / "p").exists()
+
+
+def test_distill_trains_a_student_run(capsys, run_dir, char_data, tmp_path):
+    code, out, err = run(capsys, ["compress", "distill", "--teacher", run_dir, "--data", char_data, "--out", tmp_path / "s",
+                                  "--max-steps", "4", "--eval-interval", "2", "--eval-batches", "1", "--batch-size", "2",
+                                  "--decode-tokens", "0", "--eval-tokens", "500", "--no-progress", "--json"])
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    teacher, student, scratch = result["rows"]
+    assert result["init"] == "teacher-layers" and student["params"] < teacher["params"]
+    assert scratch["name"].startswith("same student from scratch")
+    cfg = json.loads((tmp_path / "s" / "best" / "config.json").read_text())
+    assert cfg["model"]["n_layer"] == 1 and cfg["train"]["teacher"] == str(run_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # the scratch baseline and the start are gone
+
+
+@pytest.mark.parametrize("args, pattern", [
+    ([], r"no teacher given: add --teacher"),
+    (["--teacher", "RUN", "--init", "teacher-layers", "--n-embd", "16"], r"teacher-layers copies the teacher's blocks"),
+    (["--teacher", "RUN", "--student-config", "TOML"], r"teacher, init_from and resume are set by"),
+    (["--teacher", "RUN", "--data", "BPE"], r"not prepared with this model's tokenizer"),
+    (["--teacher", "RUN", "--distill-alpha", "2"], r"distill_alpha must be between 0 and 1"),
+    (["--teacher", "RUN", "--block-size", "64"], r"teacher .* reads 32 positions.*--block-size 32"),
+    (["--teacher", "RUN", "--out", "RUN"], r"--out"),
+])
+def test_distill_refusals(capsys, run_dir, char_data, corpus_dir, tmp_path, args, pattern):
+    from arlm.config import PrepareConfig
+    from arlm.data.prepare import prepare
+
+    toml = tmp_path / "student.toml"
+    toml.write_text(f'teacher = "{run_dir}"\n[model]\nn_layer = 1\n')
+    bpe = tmp_path / "bpe"
+    if "BPE" in args:
+        prepare(PrepareConfig(inputs=[str(corpus_dir)], out=str(bpe), tokenizer="bpe", vocab_size=300))
+    argv = ["compress", "distill", "--data", char_data, "--out", tmp_path / "s", "--max-steps", "2", "--no-baseline", *args]
+    swap = {"RUN": run_dir, "TOML": toml, "BPE": bpe}
+    # a later --data / --out replaces the first one
+    refused(capsys, [swap.get(a, a) if isinstance(a, str) else a for a in argv], pattern, keep=tmp_path)
+    assert not (tmp_path / "s").exists()
