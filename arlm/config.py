@@ -1050,6 +1050,22 @@ class DistillConfig:
             raise UserError("no teacher given: add --teacher DIR")
 
 
+@dataclass
+class ExportConfig:
+    """Options of ``arlm export``: a model as a file or folder another engine runs."""
+
+    model: str = _f("", "arlm checkpoint, training output or Hugging Face folder (a float model)", metavar="DIR")
+    out: str = _f("", "output: a .gguf file, or a folder (hf)", metavar="PATH")
+    format: str = _f("gguf", "gguf: one file for llama.cpp (GPT-2 or Llama layout); hf: a transformers folder (as "
+                             "`arlm convert --to-hf`)", choices=("gguf", "hf"))
+    gguf_type: str = _f("f16", "gguf: weight type: f32, f16, or llama.cpp's block formats q8_0 (8-bit) and q4_0 "
+                               "(4-bit), each block of 32 with a float16 scale", choices=("f32", "f16", "q8_0", "q4_0"))
+    overwrite: bool = _f(False, "replace --out if it already exists")
+
+    def validate(self) -> None:
+        _need_model_and_out(self)
+
+
 # `arlm chat`: decoding defaults under the model's own and the flags given. Sampling (not greedy,
 # which loops on small models) with a moderate temperature and nucleus, as chat front-ends do.
 CHAT_DEFAULTS: dict[str, Any] = dict(temperature=0.8, top_p=0.95)

@@ -22,7 +22,7 @@ from typing import Any
 from arlm.cli.flags import (Parser, add_config_args, add_train_args, emit_json, explicit_values, field_names, flag_name,
                             fmt, json_flag, load_model, load_options, read_train_toml, report_training, typed)
 from arlm.config import (CHAT_DEFAULTS, EVAL_TASK_DEFAULTS, EVAL_TASK_OPTIONS, FINETUNE_DEFAULTS, LORA_DEFAULTS,
-                         ConvertConfig, EvalConfig, GenerateConfig, LoadConfig, PrepareConfig, ServeConfig,
+                         ConvertConfig, EvalConfig, ExportConfig, GenerateConfig, LoadConfig, PrepareConfig, ServeConfig,
                          TrainConfig,
                          from_dict, merge, validated)
 from arlm.errors import EnvironmentFailure, UserError
@@ -355,6 +355,38 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from arlm.compress.quantize import describe, quantization_of
+    from arlm.interop.load import load_model
+    from arlm.io.paths import output_file
+
+    cfg = validated(ExportConfig, explicit_values(args, field_names(ExportConfig)), "export options", name_source=False)
+    if not Path(cfg.model).exists():
+        raise UserError(f"model folder not found: {cfg.model}")
+    if cfg.format == "hf":
+        return cmd_convert(argparse.Namespace(**{**vars(args), "to_hf": cfg.model, "from_hf": ""}))
+    from arlm.interop.gguf import export_gguf, gguf_layout
+    from arlm.interop.load import model_config
+
+    target = output_file(cfg.out, "--out", input_folders=[("model", cfg.model)])
+    if target.exists() and not cfg.overwrite:
+        raise UserError(f"{cfg.out} already exists; choose another --out or add --overwrite to replace it")
+    gguf_layout(model_config(cfg.model))  # a shape GGUF cannot hold fails before the weights are read
+    model, tokenizer, info = load_model(cfg.model, "cpu")
+    if quantization_of(model) is not None:
+        raise UserError(f"{cfg.model} is quantized ({describe(quantization_of(model))}); export its float model and "
+                        f"choose the GGUF type with --gguf-type q8_0 or q4_0")
+    if tokenizer is None:
+        raise UserError(f"{cfg.model} has no tokenizer files; a GGUF file carries its tokenizer")
+    summary = export_gguf(model, tokenizer, target, cfg.gguf_type, info.eos_token_ids)
+    if args.json:
+        emit_json(summary)
+    else:
+        print(f"{summary['layout']} layout, {summary['tensors']} tensors, {cfg.gguf_type}: {summary['bytes'] / 1e6:.2f} MB "
+              f"-> {cfg.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # parser
 
@@ -457,6 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(sp, ConvertConfig)
     json_flag(sp)
     sp.set_defaults(func=cmd_convert)
+
+    sp = sub.add_parser("export", help="a model as a GGUF file (llama.cpp) or a Hugging Face folder",
+                        description="Write a float arlm model for another engine: --format gguf writes one file "
+                                    "llama.cpp loads (GPT-2 or Llama layout, tokenizer included; weights f32, f16, "
+                                    "q8_0 or q4_0); --format hf a folder transformers (and vLLM) loads.")
+    add_config_args(sp, ExportConfig)
+    json_flag(sp)
+    sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("eval", help="perplexity on a text file, or BLEU/chrF/ROUGE/exact match on a task",
                         description="--data FILE: score every token of a UTF-8 text file (loss, perplexity, bits per "
