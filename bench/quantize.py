@@ -30,7 +30,7 @@ from torch import nn
 from arlm.compress.int4 import Int4Linear
 from arlm.compress.quantize import describe, quant_spec, quantize_model
 from arlm.compress.report import validation_ids, validation_loss
-from arlm.compress.workflows import dynamic_int8
+from arlm.train.compress import dynamic_int8
 from arlm.config import GenerateConfig, GPTConfig
 from arlm.generate.engine import generate_ids
 from arlm.model.gpt import GPT

@@ -21,7 +21,7 @@ def _finish(args: argparse.Namespace, result: dict, what: str) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from arlm.compress.quantize import describe, quant_spec
-    from arlm.compress.workflows import quantize_checkpoint
+    from arlm.train.compress import quantize_checkpoint
 
     cfg = options(QuantizeConfig, args, "quantize options")
     report = options(CompressReportConfig, args, "report options")
@@ -31,7 +31,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from arlm.compress.workflows import prune_checkpoint
+    from arlm.train.compress import prune_checkpoint
 
     cfg = options(PruneConfig, args, "prune options")
     report = options(CompressReportConfig, args, "report options")
@@ -42,7 +42,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from arlm.compress.workflows import distill_checkpoint
+    from arlm.train.compress import distill_checkpoint
     from arlm.config import from_dict
     from arlm.io.files import read_toml
 

@@ -57,7 +57,7 @@ def test_bad_flags(capsys, run_dir, tmp_path, args, pattern):
 
 def test_outputs_checked_before_work(capsys, run_dir, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("arlm.compress.workflows.quantize_model", lambda *a: calls.append(1))
+    monkeypatch.setattr("arlm.train.compress.quantize_model", lambda *a: calls.append(1))
     model = copy(run_dir / "best", tmp_path / "m")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")

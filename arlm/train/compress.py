@@ -1,11 +1,14 @@
 """The ``arlm compress`` commands as library functions: read a model, compress it, write a checkpoint
-that every verb loads, and measure the original against the result (arlm/compress/report.py)."""
+that every verb loads, and measure the original against the result (arlm/compress/report.py).
+
+They live with the training loop because two of them are training runs of it (pruning's recovery
+fine-tune, distillation), while arlm/compress holds only what they apply (quantizers, pruners, the
+distillation objective) and stays below the loaders and the loop."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import warnings
 from pathlib import Path
 
@@ -13,18 +16,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from arlm.compress.quantize import describe, quant_spec, quantization_of, quantize_model
+from arlm.compress.distill import student_from_teacher
 from arlm.compress.prune import UNSTRUCTURED, calibration_batches, prune_model, sparsity
+from arlm.compress.quantize import describe, quant_spec, quantization_of, quantize_model
 from arlm.compress.report import folder_bytes, format_table, measure, saved_bytes, validation_ids
-from arlm.config import CompressReportConfig, PruneConfig, QuantizeConfig
+from arlm.config import CompressReportConfig, PruneConfig, QuantizeConfig, model_config, to_dict
 from arlm.data.loader import TokenData
-from arlm.io.atomic import scratch_dir
 from arlm.errors import UserError
 from arlm.interop.load import load_model, save_model
+from arlm.io.atomic import scratch_dir
 from arlm.io.paths import check_apart, output_dir
 from arlm.io.schema import CheckpointInfo
+from arlm.train.loop import train
 
-log = logging.getLogger(__name__)
 
 
 def open_output(out: str, source: str, overwrite: bool) -> Path:
@@ -110,8 +114,6 @@ def prepared_data(report: CompressReportConfig, tokenizer, why: str) -> TokenDat
 
 def recover(model: nn.Module, tokenizer, info: CheckpointInfo, cfg: PruneConfig, data: TokenData, work: Path) -> nn.Module:
     """``cfg.recover_steps`` of fine-tuning through THE training loop, the pruned zeros kept (unstructured)."""
-    from arlm.train.loop import train
-
     start = save_model(work / "pruned", model, tokenizer, derived_info(info, model=model.config))
     train({"init_from": str(start), "data": str(data.path), "out": str(work / "run"), "max_steps": cfg.recover_steps,
            "lr": cfg.recover_lr, "min_lr": cfg.recover_lr / 10, "warmup_steps": min(20, cfg.recover_steps // 10),
@@ -162,22 +164,14 @@ def _pruned_name(cfg: PruneConfig, pruned: nn.Module) -> str:
 def student_config(teacher: nn.Module, config: dict, overrides: dict) -> dict:
     """The student's [model] table: the teacher's shape with half its layers, then the --student-config's
     table, then model flags."""
-    import dataclasses as dc
-
-    from arlm.config import to_dict
-
-    base = to_dict(dc.replace(teacher.config, n_layer=max(1, teacher.config.n_layer // 2), dropout=0.0))
+    base = to_dict(dataclasses.replace(teacher.config, n_layer=max(1, teacher.config.n_layer // 2), dropout=0.0))
     return {**base, **config.get("model", {}), **overrides.get("model", {})}
 
 
 def _initialise(init: str, teacher: nn.Module, model: dict) -> bool:
     """Whether the student starts from the teacher's layers (``init``, and whether the shapes allow it)."""
-    import dataclasses as dc
-
-    from arlm.config import model_config
-
     student = model_config(model, "the student's [model] table")
-    same_width = dc.replace(student, n_layer=teacher.config.n_layer, dropout=teacher.config.dropout) == teacher.config
+    same_width = dataclasses.replace(student, n_layer=teacher.config.n_layer, dropout=teacher.config.dropout) == teacher.config
     fits = same_width and student.n_layer <= teacher.config.n_layer
     if init == "teacher-layers" and not fits:
         raise UserError("--init teacher-layers copies the teacher's blocks: the student needs the teacher's shape except "
@@ -189,9 +183,6 @@ def distill_checkpoint(dcfg, config: dict, overrides: dict, report: CompressRepo
     """``arlm compress distill``: train the student in ``out`` (a training run, as `arlm train` writes) through
     THE training loop with the teacher's objective, and return the table (teacher, student, and with
     ``report.baseline`` the same student trained from scratch without the teacher)."""
-    from arlm.compress.distill import student_from_teacher
-    from arlm.train.loop import train
-
     teacher, tokenizer, tinfo = float_model(dcfg.teacher)
     settings = {**config, **{k: v for k, v in overrides.items() if k != "model"}}
     if not settings.get("data") or not settings.get("out"):
