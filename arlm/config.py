@@ -1055,9 +1055,10 @@ class ExportConfig:
     """Options of ``arlm export``: a model as a file or folder another engine runs."""
 
     model: str = _f("", "arlm checkpoint, training output or Hugging Face folder (a float model)", metavar="DIR")
-    out: str = _f("", "output: a .gguf file, or a folder (hf)", metavar="PATH")
-    format: str = _f("gguf", "gguf: one file for llama.cpp (GPT-2 or Llama layout); hf: a transformers folder (as "
-                             "`arlm convert --to-hf`)", choices=("gguf", "hf"))
+    out: str = _f("", "output: a .gguf or .onnx file, or a folder (hf)", metavar="PATH")
+    format: str = _f("gguf", "gguf: one file for llama.cpp (GPT-2 or Llama layout); onnx: the model with its KV cache "
+                             "as inputs and outputs, for ONNX Runtime; hf: a transformers folder (as `arlm convert "
+                             "--to-hf`)", choices=("gguf", "onnx", "hf"))
     gguf_type: str = _f("f16", "gguf: weight type: f32, f16, or llama.cpp's block formats q8_0 (8-bit) and q4_0 "
                                "(4-bit), each block of 32 with a float16 scale", choices=("f32", "f16", "q8_0", "q4_0"))
     overwrite: bool = _f(False, "replace --out if it already exists")

@@ -367,23 +367,31 @@ def cmd_export(args: argparse.Namespace) -> int:
         return cmd_convert(argparse.Namespace(**{**vars(args), "to_hf": cfg.model, "from_hf": ""}))
     from arlm.interop.gguf import export_gguf, gguf_layout
     from arlm.interop.load import model_config
+    from arlm.interop.onnx import export_onnx
 
     target = output_file(cfg.out, "--out", input_folders=[("model", cfg.model)])
     if target.exists() and not cfg.overwrite:
         raise UserError(f"{cfg.out} already exists; choose another --out or add --overwrite to replace it")
-    gguf_layout(model_config(cfg.model))  # a shape GGUF cannot hold fails before the weights are read
+    shape = model_config(cfg.model)
+    if cfg.format == "gguf":
+        gguf_layout(shape)  # a shape GGUF cannot hold fails before the weights are read
     model, tokenizer, info = load_model(cfg.model, "cpu")
     if quantization_of(model) is not None:
-        raise UserError(f"{cfg.model} is quantized ({describe(quantization_of(model))}); export its float model and "
-                        f"choose the GGUF type with --gguf-type q8_0 or q4_0")
-    if tokenizer is None:
-        raise UserError(f"{cfg.model} has no tokenizer files; a GGUF file carries its tokenizer")
-    summary = export_gguf(model, tokenizer, target, cfg.gguf_type, info.eos_token_ids)
+        raise UserError(f"{cfg.model} is quantized ({describe(quantization_of(model))}); export its float model" +
+                        (" and choose the GGUF type with --gguf-type q8_0 or q4_0" if cfg.format == "gguf" else ""))
+    if cfg.format == "onnx":
+        summary = export_onnx(model, target)
+        line = f"ONNX opset {summary['opset']}, KV cache as inputs/outputs: {summary['bytes'] / 1e6:.2f} MB -> {cfg.out}"
+    else:
+        if tokenizer is None:
+            raise UserError(f"{cfg.model} has no tokenizer files; a GGUF file carries its tokenizer")
+        summary = export_gguf(model, tokenizer, target, cfg.gguf_type, info.eos_token_ids)
+        line = (f"{summary['layout']} layout, {summary['tensors']} tensors, {cfg.gguf_type}: {summary['bytes'] / 1e6:.2f} MB "
+                f"-> {cfg.out}")
     if args.json:
         emit_json(summary)
     else:
-        print(f"{summary['layout']} layout, {summary['tensors']} tensors, {cfg.gguf_type}: {summary['bytes'] / 1e6:.2f} MB "
-              f"-> {cfg.out}")
+        print(line)
     return 0
 
 
@@ -490,10 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.set_defaults(func=cmd_convert)
 
-    sp = sub.add_parser("export", help="a model as a GGUF file (llama.cpp) or a Hugging Face folder",
+    sp = sub.add_parser("export", help="a model as a GGUF file (llama.cpp), an ONNX graph or a Hugging Face folder",
                         description="Write a float arlm model for another engine: --format gguf writes one file "
                                     "llama.cpp loads (GPT-2 or Llama layout, tokenizer included; weights f32, f16, "
-                                    "q8_0 or q4_0); --format hf a folder transformers (and vLLM) loads.")
+                                    "q8_0 or q4_0); --format onnx a graph whose KV cache is an input and an output, "
+                                    "for step-by-step decoding in ONNX Runtime; --format hf a folder transformers "
+                                    "(and vLLM) loads.")
     add_config_args(sp, ExportConfig)
     json_flag(sp)
     sp.set_defaults(func=cmd_export)

@@ -22,6 +22,9 @@ def test_export_gguf_and_hf(capsys, run_dir, tmp_path):
     code, out, err = run(capsys, ["export", "--model", run_dir, "--out", tmp_path / "hf", "--format", "hf"])
     assert code == 0, err
     assert (tmp_path / "hf" / "config.json").is_file()
+    code, out, err = run(capsys, ["export", "--model", run_dir, "--out", tmp_path / "m.onnx", "--format", "onnx"])
+    assert code == 0, err
+    assert out.startswith("ONNX opset 17, KV cache as inputs/outputs") and err == ""
 
 
 def test_export_refusals(capsys, run_dir, quantized_dir, char_data, tmp_path):
@@ -37,6 +40,8 @@ def test_export_refusals(capsys, run_dir, quantized_dir, char_data, tmp_path):
     refused(capsys, ["export", "--model", model, "--out", tmp_path], r"is a folder", keep=tmp_path)
     refused(capsys, ["export", "--model", quantized_dir, "--out", tmp_path / "q.gguf"], r"quantized.*--gguf-type",
             keep=tmp_path)
+    refused(capsys, ["export", "--model", quantized_dir, "--out", tmp_path / "q.onnx", "--format", "onnx"],
+            r"quantized.*export its float model$", keep=tmp_path)
     refused(capsys, ["export", "--model", model, "--out", tmp_path / "x.gguf", "--gguf-type", "q2_k"],
             r"--gguf-type.*invalid choice", keep=tmp_path)
     refused(capsys, ["export", "--model", tmp_path / "none", "--out", tmp_path / "x.gguf"], r"not found", keep=tmp_path)

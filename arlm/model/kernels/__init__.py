@@ -150,6 +150,8 @@ def _inference_on_cpu(*tensors: torch.Tensor | None) -> bool:
     present = [t for t in tensors if t is not None]
     if any(t.device.type != "cpu" for t in present):
         return False
+    if torch.jit.is_tracing():  # an ONNX export records torch's own operators, not arlm's
+        return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in present):
         return False
     return _loaded or (not torch.compiler.is_compiling() and library())
