@@ -1067,6 +1067,30 @@ class ExportConfig:
         _need_model_and_out(self)
 
 
+@dataclass
+class InspectConfig:
+    """Options of ``arlm inspect attention|tokens|lens|heads`` (beside the model's LoadConfig)."""
+
+    text: str = _f("", "attention, tokens, lens: the text to look at (at most the model's context)")
+    data: str = _f("", "heads: a UTF-8 text file the loss is measured on", metavar="FILE")
+    out: str = _f("", "attention, heads: the PNG to write", metavar="FILE.png")
+    layer: int = _f(-1, "attention: only this layer (-1: all)")
+    head: int = _f(-1, "attention: only this head (-1: all)")
+    top: int = _f(5, "tokens, lens: alternatives shown per position")
+    threshold: float = _f(0.01, "tokens: flag a token as surprising when the model gave it less than this probability")
+    max_tokens: int = _f(8192, "heads: tokens of --data used (0: all)")
+
+    def validate(self) -> None:
+        if not 1 <= self.top <= 100:
+            raise UserError(f"--top must be between 1 and 100, got {self.top}")
+        if not 0 <= self.threshold <= 1 or not math.isfinite(self.threshold):
+            raise UserError(f"--threshold must be a probability between 0 and 1, got {self.threshold}")
+        if self.layer < -1 or self.head < -1:
+            raise UserError("--layer and --head are indices from 0 (-1: all)")
+        if self.max_tokens < 0:
+            raise UserError(f"--max-tokens must be >= 0 (0: all), got {self.max_tokens}")
+
+
 # `arlm chat`: decoding defaults under the model's own and the flags given. Sampling (not greedy,
 # which loops on small models) with a moderate temperature and nucleus, as chat front-ends do.
 CHAT_DEFAULTS: dict[str, Any] = dict(temperature=0.8, top_p=0.95)

@@ -519,9 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.set_defaults(func=cmd_eval)
 
-    from arlm.cli import audio, compress, image, ts
+    from arlm.cli import audio, compress, image, inspect, ts
 
     compress.add_verbs(sub)
+    inspect.add_verbs(sub)
     ts.add_verbs(sub)
     image.add_verbs(sub)
     audio.add_verbs(sub)

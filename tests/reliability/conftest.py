@@ -62,7 +62,7 @@ def run(capsys, argv) -> tuple[int, str, str]:
     return code, out, err
 
 
-GROUPS = ("ts", "image", "audio", "compress")  # verbs with verbs of their own: errors name both
+GROUPS = ("ts", "image", "audio", "compress", "inspect")  # verbs with verbs of their own: errors name both
 
 
 def verb_of(argv) -> str:
