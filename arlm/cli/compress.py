@@ -36,9 +36,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg = options(PruneConfig, args, "prune options")
     report = options(CompressReportConfig, args, "report options")
     result = prune_checkpoint(cfg, report)
-    p = result["pruning"]
-    return _finish(args, result, f"pruned ({cfg.method}, amount {cfg.amount}); the blocks' linear weights are now "
-                                 f"{p['sparsity']:.1%} zeros")
+    p, rows = result["pruning"], result["rows"]
+    if cfg.method in ("magnitude", "wanda"):
+        what = f"the blocks' linear weights are now {p['sparsity']:.1%} zeros"
+    else:
+        what = f"parameters {rows[0]['params'] / 1e6:.2f}M -> {rows[-1]['params'] / 1e6:.2f}M"
+    return _finish(args, result, f"pruned ({cfg.method}, amount {cfg.amount}); {what}")
 
 
 def cmd_distill(args: argparse.Namespace) -> int:

@@ -137,7 +137,7 @@ def prune_checkpoint(cfg: PruneConfig, report: CompressReportConfig) -> dict:
         data.check_block_size(model.config.block_size)
         batches = calibration_batches(np.asarray(data.train), model.config.block_size, cfg.calibration_batches)
     pruned = prune_model(copy.deepcopy(model), cfg.method, cfg.amount, batches)
-    what = _pruned_name(cfg, pruned)
+    what = _pruned_name(cfg, model, pruned)
     sparse = cfg.method in UNSTRUCTURED
     rows = [measure("float32 (original)", model, folder_bytes(info.path), report, ids, sparse)]
     if cfg.recover_steps:
@@ -152,13 +152,13 @@ def prune_checkpoint(cfg: PruneConfig, report: CompressReportConfig) -> dict:
     return {"out": str(out), "pruning": record, "rows": [r.to_json() for r in rows], "table": format_table(rows)}
 
 
-def _pruned_name(cfg: PruneConfig, pruned: nn.Module) -> str:
+def _pruned_name(cfg: PruneConfig, original: nn.Module, pruned: nn.Module) -> str:
     if cfg.method in UNSTRUCTURED:
         return f"{cfg.method} {cfg.amount:.0%} of the block weights"
-    c = pruned.config
+    a, b = original.config, pruned.config
     if cfg.method == "heads":
-        return f"heads pruned: {c.n_head} a layer left"
-    return f"MLP units pruned: {c.hidden_size} a layer left"
+        return f"heads pruned: {b.n_head} of {a.n_head} a layer left"
+    return f"MLP units pruned: {b.hidden_size} of {a.hidden_size} a layer left"
 
 
 def student_config(teacher: nn.Module, config: dict, overrides: dict) -> dict:

@@ -166,6 +166,12 @@ def test_llama_cpp_continues_as_arlm(trained_model, char_data, tmp_path, arch):
     prompt = lm.tokenizer.encode("ROMEO.\nWhat")
     ours = generate_ids(lm.model, prompt, GenerateConfig(max_new_tokens=20, min_new_tokens=20, temperature=0))[0]
     assert llama_cpp_greedy(tmp_path / "m.gguf", prompt, 20) == ours
+    from llama_cpp import Llama  # and llama.cpp reads the text into the same tokens, and back
+
+    llm = Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_threads=2, verbose=False)
+    text = "ROMEO.\nWhat light, through yonder window?"
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == lm.tokenizer.encode(text)
+    assert llm.detokenize(ours).decode() == lm.tokenizer.decode(ours)
 
 
 def llama_cpp_greedy(path, prompt: list[int], n: int) -> list[int]:
