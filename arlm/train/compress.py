@@ -184,7 +184,8 @@ def distill_checkpoint(dcfg, config: dict, overrides: dict, report: CompressRepo
     THE training loop with the teacher's objective, and return the table (teacher, student, and with
     ``report.baseline`` the same student trained from scratch without the teacher)."""
     teacher, tokenizer, tinfo = float_model(dcfg.teacher)
-    settings = {**config, **{k: v for k, v in overrides.items() if k != "model"}}
+    # training keys only: --teacher is the distill option of the same name, not a key to carry into the baseline
+    settings = {**config, **{k: v for k, v in overrides.items() if k not in ("model", "teacher")}}
     if not settings.get("data") or not settings.get("out"):
         raise UserError("add --data DIR (prepared with the teacher's tokenizer) and --out DIR (the student's run)")
     data = prepared_data(CompressReportConfig(data=settings["data"]), tokenizer, "distillation")

@@ -149,6 +149,21 @@ def test_distill_trains_a_student_run(capsys, run_dir, char_data, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # the scratch baseline and the start are gone
 
 
+def test_distill_baseline_trains_without_the_teacher(capsys, run_dir, char_data, tmp_path, monkeypatch):
+    import arlm.train.compress as workflows
+
+    runs = []
+    real = workflows.train
+    monkeypatch.setattr(workflows, "train", lambda cfg: runs.append(dict(cfg)) or real(cfg))
+    code, _, err = run(capsys, ["compress", "distill", "--teacher", run_dir, "--data", char_data, "--out", tmp_path / "s",
+                                "--max-steps", "2", "--eval-interval", "2", "--eval-batches", "1", "--batch-size", "2",
+                                "--decode-tokens", "0", "--eval-tokens", "200", "--no-progress"])
+    assert code == 0, err
+    student, scratch = runs
+    assert student["teacher"] == str(run_dir) and "init_from" in student
+    assert "teacher" not in scratch and "init_from" not in scratch and scratch["max_steps"] == 2
+
+
 @pytest.mark.parametrize("args, pattern", [
     ([], r"no teacher given: add --teacher"),
     (["--teacher", "RUN", "--init", "teacher-layers", "--n-embd", "16"], r"teacher-layers copies the teacher's blocks"),
