@@ -645,6 +645,8 @@ class TrainConfig:
             raise UserError("lora_targets is empty: name the linear layers to adapt (e.g. c_attn)")
         if self.adapter_only and not (self.lora_rank and self.init_from):
             raise UserError("adapter_only needs LoRA fine-tuning: give --lora-rank R and a base model (--init-from / --model)")
+        if self.keep_zeros and (self.fsdp or self.lora_rank):
+            raise UserError("--keep-zeros trains whole, unsharded weights: not with --fsdp or --lora-rank")
         if not 0.0 <= self.distill_alpha <= 1.0 or not math.isfinite(self.distill_alpha):
             raise UserError(f"distill_alpha must be between 0 and 1, got {self.distill_alpha}")
         if not 0.0 < self.distill_temperature <= 100.0 or not math.isfinite(self.distill_temperature):

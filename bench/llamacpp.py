@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from arlm.compress.quantize import quant_spec, quantize_model
-from arlm.config import GenerateConfig, GPTConfig
-from arlm.generate.engine import generate_ids
+from arlm.config import GPTConfig
 from arlm.interop.gguf import export_gguf
 from arlm.model.gpt import GPT
 from arlm.tokenizers.char import CharTokenizer
 from decode import alternate  # bench/decode.py (run as `python bench/llamacpp.py`)
+from quantize import run  # bench/quantize.py: greedy decoding of exactly `new` tokens, timed
 
 
 def llama_cpp_runner(path: Path, prompt: list[int], new: int, threads: int):
@@ -47,14 +47,7 @@ def llama_cpp_runner(path: Path, prompt: list[int], new: int, threads: int):
 
 
 def arlm_runner(model, prompt: list[int], new: int, compile: bool):
-    cfg = GenerateConfig(max_new_tokens=new, min_new_tokens=new, temperature=0, compile=compile)
-
-    def run():
-        t = time.perf_counter()
-        out = generate_ids(model, [prompt], cfg)[0]
-        return time.perf_counter() - t, out
-
-    return run
+    return lambda: (lambda t, out: (t, out[0]))(*run(model, [prompt], new, compile))
 
 
 def main() -> None:

@@ -336,8 +336,6 @@ class Trainer:
                 raise UserError(f"--activation-checkpointing applies to GPT models, not {cfg.model.type} ones")
             model.checkpointing = True
         if cfg.keep_zeros:
-            if cfg.fsdp or cfg.lora_rank:
-                raise UserError("--keep-zeros trains whole, unsharded weights: not with --fsdp or --lora-rank")
             # 2-D weights' zeros (a pruned model's): re-applied after every optimizer step, as
             # torch.nn.utils.prune's masks would be, so the sparsity the run starts with is the one it ends with
             with torch.no_grad():

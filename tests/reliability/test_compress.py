@@ -187,3 +187,16 @@ def test_distill_refusals(capsys, run_dir, char_data, corpus_dir, tmp_path, args
     # a later --data / --out replaces the first one
     refused(capsys, [swap.get(a, a) if isinstance(a, str) else a for a in argv], pattern, keep=tmp_path)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--teacher", "NONE"], r"not found"),
+    (["--keep-zeros", "--lora-rank", "2", "--init-from", "RUN"], r"--keep-zeros .*not with --fsdp or --lora-rank"),
+    (["--teacher", "RUN", "--block-size", "64"], r"teacher .* reads 32 positions"),
+])
+def test_train_flags_of_compression_refused(capsys, run_dir, char_data, tmp_path, args, pattern):
+    swap = {"NONE": tmp_path / "none", "RUN": run_dir}
+    argv = ["train", "--data", char_data, "--out", tmp_path / "o", "--max-steps", "1", "--no-progress",
+            *[swap.get(a, a) for a in args]]
+    refused(capsys, argv, pattern, keep=tmp_path)
+    assert not (tmp_path / "o").exists()
