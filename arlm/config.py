@@ -566,6 +566,8 @@ class TrainConfig:
     final_eval: bool = _f(True, "evaluate the best checkpoint on the whole validation split at the end")
     patience: int = _f(0, "stop after this many evaluations without improvement (0: never stop early)")
     min_delta: float = _f(0.0, "smallest drop in validation loss that counts as an improvement")
+    target_loss: float = _f(0.0, "stop at the first periodic evaluation whose validation loss is at or below this "
+                                 "(time to quality; the whole split is then scored as usual; 0: off)")
     log_interval: int = _f(10, "record training loss every this many steps")
     seed: int = _f(1337, "random seed for initialisation, data order and dropout")
     device: str = _f(DEFAULT_DEVICE, DEVICE_HELP)
@@ -617,7 +619,7 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "min_delta"):
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "min_delta", "target_loss"):
             v = getattr(self, name)
             if v < 0 or not math.isfinite(v):
                 raise UserError(f"{name} must be a finite number >= 0, got {v}")

@@ -480,8 +480,8 @@ class Trainer:
                      "mfu": float(f"{mfu:.4g}"),  # significant digits: a tiny model on a GPU is ~1e-5
                      "elapsed_s": round(p.elapsed_s + now - self.t_start, 3)})
 
-    def _evaluate_and_save(self) -> bool:
-        """Periodic evaluation: best/ when it improved, latest/ always; returns True to stop early."""
+    def _evaluate_and_save(self) -> str | None:
+        """Periodic evaluation: best/ when it improved, latest/ always; returns why to stop, if it should."""
         cfg, p = self.cfg, self.state.progress
         self.last_val = self.evaluate()
         replay_val = loss_over_batches(self.compiled, self.replay_eval, self.device, self.dtype) if self.replay_eval else None
@@ -499,10 +499,13 @@ class Trainer:
                  " *best*" if improved else "")
         self.record({"step": p.step, "val_loss": self.last_val, "val_ppl": math.exp(self.last_val)}
                     | ({"replay_val_loss": replay_val} if replay_val is not None else {}))
+        if cfg.target_loss and self.last_val <= cfg.target_loss:
+            log.info("target reached: validation loss %.4f <= %g at step %d", self.last_val, cfg.target_loss, p.step)
+            return "target_reached"
         if cfg.patience and p.bad_evals >= cfg.patience:
             log.info("early stopping: no improvement in %d evaluations", p.bad_evals)
-            return True
-        return False
+            return "early_stopped"
+        return None
 
     def _prepare_loop(self) -> None:
         cfg, model, ctx = self.cfg, self.model, self.ctx
@@ -547,8 +550,8 @@ class Trainer:
                 self.bar.update(1)
                 if p.step % cfg.log_interval == 0 or p.step == cfg.max_steps:
                     self._log(lr)
-                if (p.step % cfg.eval_interval == 0 or p.step == cfg.max_steps) and self._evaluate_and_save():
-                    status = "early_stopped"
+                if (p.step % cfg.eval_interval == 0 or p.step == cfg.max_steps) and (stop := self._evaluate_and_save()):
+                    status = stop
                     break
                 if cfg.max_minutes and (time.perf_counter() - self.t_start) / 60 >= cfg.max_minutes:
                     self.stop_flag["stop"] = "time_limit"
@@ -602,7 +605,7 @@ class Trainer:
             self.setup()
             status = self.loop()
             summary = self.summary(status)
-            if self.ctx.main and self.cfg.final_eval and status in ("completed", "early_stopped", "time_limit") \
+            if self.ctx.main and self.cfg.final_eval and status in ("completed", "early_stopped", "target_reached", "time_limit") \
                     and (self.out / BEST).exists():
                 self.final_evaluation(summary)
             if self.ctx.main:

@@ -88,6 +88,19 @@ def test_early_stopping(char_data, tmp_path):
     assert s["status"] == "early_stopped" and s["step"] == 6  # best at 2, no gain at 4 and 6
 
 
+def test_target_loss_stops_at_the_first_evaluation_reaching_it(char_data, tmp_path):
+    # An untrained model's loss is about ln(vocab): a target above it is reached at the first evaluation,
+    # one far below it never; either way the whole split is scored at the end.
+    s = train(tiny_train_config(char_data, tmp_path / "hit", max_steps=50, eval_interval=4, target_loss=50.0,
+                                  final_eval=True))
+    assert s["status"] == "target_reached" and s["step"] == 4 and s["val_loss"] > 0
+    evals = _records(tmp_path / "hit", "val_loss")
+    assert [step for step, _ in evals] == [4] and evals[0][1] <= 50.0
+    s = train(tiny_train_config(char_data, tmp_path / "miss", max_steps=8, eval_interval=4, target_loss=0.01,
+                                  final_eval=True))
+    assert s["status"] == "completed" and s["step"] == 8 and "val_loss" in s
+
+
 def test_max_steps_reached_cannot_resume_without_more_steps(trained_model):
     with pytest.raises(UserError, match="already reached step 60; pass a larger --max-steps"):
         train({"resume": str(trained_model)})
