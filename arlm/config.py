@@ -560,6 +560,12 @@ class TrainConfig:
     weight_decay: float = _f(0.1, "AdamW weight decay (applied to matrices only, not biases/norms)")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.99, "AdamW beta2")
+    optimizer: str = _f("adamw", "adamw for every weight, or muon: Muon (Jordan et al. 2024) for the matrices inside the "
+                                 "Transformer blocks and AdamW (--lr) for embeddings, norms, biases and the output layer",
+                        choices=("adamw", "muon"))
+    muon_lr: float = _f(0.02, "Muon: peak learning rate of the block matrices (follows the same schedule as --lr)")
+    muon_momentum: float = _f(0.95, "Muon: Nesterov momentum")
+    muon_weight_decay: float = _f(0.0, "Muon: decoupled weight decay of the block matrices (times the learning rate)")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this value (0: no clipping)")
     eval_interval: int = _f(250, "evaluate, log and checkpoint every this many steps")
     eval_batches: int = _f(20, "batches of validation data per periodic evaluation")
@@ -571,7 +577,8 @@ class TrainConfig:
     log_interval: int = _f(10, "record training loss every this many steps")
     seed: int = _f(1337, "random seed for initialisation, data order and dropout")
     device: str = _f(DEFAULT_DEVICE, DEVICE_HELP)
-    dtype: str = _f("auto", "compute precision; auto = bfloat16 autocast on capable GPUs, float32 on CPU",
+    dtype: str = _f("auto", "compute precision; auto = bfloat16 autocast on capable GPUs, float32 on CPU; bfloat16 on "
+                            "a CPU without bfloat16 instructions (AVX512-BF16, AMX) warns and runs float32",
                     choices=("auto", "float32", "bfloat16", "float16"))
     compile: bool = _f(False, "compile the model with torch.compile (faster steps after a slow first one)")
     compile_mode: str = _f("default", "torch.compile mode with --compile: reduce-overhead replays each step's GPU "
@@ -619,7 +626,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "min_delta", "target_loss"):
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "min_delta", "target_loss",
+                     "muon_lr", "muon_weight_decay"):
             v = getattr(self, name)
             if v < 0 or not math.isfinite(v):
                 raise UserError(f"{name} must be a finite number >= 0, got {v}")
@@ -647,6 +655,8 @@ class TrainConfig:
             raise UserError("lora_targets is empty: name the linear layers to adapt (e.g. c_attn)")
         if self.adapter_only and not (self.lora_rank and self.init_from):
             raise UserError("adapter_only needs LoRA fine-tuning: give --lora-rank R and a base model (--init-from / --model)")
+        if self.optimizer == "muon":
+            self._check_muon()
         if self.keep_zeros and (self.fsdp or self.lora_rank):
             raise UserError("--keep-zeros trains whole, unsharded weights: not with --fsdp or --lora-rank")
         if not 0.0 <= self.distill_alpha <= 1.0 or not math.isfinite(self.distill_alpha):
@@ -658,6 +668,16 @@ class TrainConfig:
         if bool(self.replay_data) != (self.replay_fraction > 0):
             raise UserError("replay needs both --replay-data DIR and --replay-fraction F (0 < F < 1)")
         self.model.validate()
+
+    def _check_muon(self) -> None:
+        if self.muon_lr == 0 or not 0.0 <= self.muon_momentum < 1.0:
+            raise UserError(f"muon_lr must be > 0 and muon_momentum in [0, 1), got {self.muon_lr} and {self.muon_momentum}")
+        if self.model.type != "gpt":
+            raise UserError(f"--optimizer muon trains the matrices of Transformer blocks; a {self.model.type} model has "
+                            f"none: use --optimizer adamw")
+        if self.fsdp or self.lora_rank:
+            raise UserError("--optimizer muon orthogonalises whole weight matrices: not with --fsdp (sharded matrices) "
+                            "or --lora-rank (adapters train with adamw)")
 
 
 # `arlm finetune`: TrainConfig with these defaults (explicit flags and --config win). Fine-tuning

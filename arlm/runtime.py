@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
+import platform
 import random
 from pathlib import Path
 
@@ -11,7 +14,42 @@ import torch
 
 from arlm.errors import UserError
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# CPU features that multiply bfloat16 natively: x86's AVX512-BF16 (vdpbf16ps) and AMX tiles, Arm's
+# BF16 extension (Armv8.6). Without them oneDNN emulates bfloat16 products in float32 arithmetic plus
+# conversions, slower than float32 itself.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cache_root() -> Path:
+    """Where arlm keeps what it measures or builds once per machine: ``$ARLM_CACHE``, else ~/.cache/arlm."""
+    return Path(os.environ.get("ARLM_CACHE") or Path.home() / ".cache" / "arlm")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(model name, feature flags) of this machine's CPU, read from /proc/cpuinfo (Linux: ``flags`` on
+    x86, ``Features`` on Arm); elsewhere the platform's processor name and no flags."""
+    name, flags = "", frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model", "CPU part") and not name:
+                    name = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = frozenset(value.split())
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine(), flags
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (see BF16_FLAGS)."""
+    return any(flag in cpu_info()[1] for flag in BF16_FLAGS)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,6 +85,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise UserError(f"unknown dtype '{name}'; use auto, float32, bfloat16 or float16")
     if name == "float16" and device.type != "cuda":
         raise UserError("float16 training needs a CUDA GPU (loss scaling); use --dtype bfloat16 or float32 on CPU")
+    if name == "bfloat16" and device.type == "cpu" and not cpu_has_bf16():
+        log.warning("this CPU (%s) has no bfloat16 instructions (AVX512-BF16, AMX or Arm BF16): bfloat16 would be "
+                    "emulated, slower than float32, so training runs in float32", cpu_info()[0])
+        return torch.float32
     return DTYPES[name]
 
 

@@ -48,6 +48,8 @@ from arlm.viz.curves import plot_loss_curve
 
 log = logging.getLogger(__name__)
 
+FINAL_EVAL_TOKENS = 4096  # the final whole-split evaluation's batches hold at least this many tokens
+
 # A callback receives each metrics record (training or evaluation) and may return True to stop
 # the run after the current step, with a checkpoint written as for Ctrl-C.
 Callback = Callable[[dict[str, Any]], Any]
@@ -126,7 +128,7 @@ def optimizer_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer: 
     ``objective(wrapped, x, y)`` is the loss (distillation: arlm/compress/distill.py).
     bench/train.py times exactly this."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # (Muon's matrices follow the schedule at their own scale)
     batches = list(micro_batches)
     # A micro-batch may come as (x, y, n) with n its number of targets that are not -1 (fine-tuning data
     # masks prompts and padding): its loss, a mean over its own targets, then counts in proportion to
@@ -576,7 +578,9 @@ class Trainer:
         else:
             assign_weights(best, sd, str(self.out / BEST))
         if isinstance(self.data, TokenData):
-            batches, n_val = sequential_batches(self.data.val, cfg.model.block_size, cfg.batch_size), int(len(self.data.val))
+            # rows of at least FINAL_EVAL_TOKENS tokens: small models' products are faster in bigger batches
+            rows = max(cfg.batch_size, FINAL_EVAL_TOKENS // cfg.model.block_size)
+            batches, n_val = sequential_batches(self.data.val, cfg.model.block_size, rows), int(len(self.data.val))
         else:  # every held-out example; the tokens scored are its completion tokens
             batches = self.data.val_batches(cfg.batch_size)
             n_val = sum(int((y != -1).sum()) for _, y in batches)

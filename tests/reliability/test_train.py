@@ -124,6 +124,12 @@ BAD_TOML = [
     ('preset = "gpt5"', has(r"preset", r"'gpt5'")),
     ("max_steps = 0", has(r"max_steps", r"positive")),
     ("[model]\ntype = \"lstm\"\nn_head = 4", has(r"n_head", r"lstm")),
+    ('optimizer = "sgd"', has(r"optimizer", r"'sgd'", r"muon")),
+    ('optimizer = "muon"\n[model]\ntype = "lstm"', has(r"optimizer muon", r"lstm", r"adamw")),
+    ('optimizer = "muon"\nmuon_momentum = 1.0', has(r"muon_momentum", r"\[0, 1\)")),
+    ('optimizer = "muon"\nmuon_lr = 0', has(r"muon_lr", r"> 0")),
+    ("muon_weight_decay = -1", has(r"muon_weight_decay", r">= 0")),
+    ("target_loss = -1.5", has(r"target_loss", r">= 0")),
 ]
 
 
@@ -147,6 +153,8 @@ def test_bad_toml_values(capsys, char_data, tmp_path, toml, pattern):
     (["--max-steps", "-1"], has(r"max_steps", r"positive")),
     (["--threads", "-2"], r"threads"),
     (["--seed", "12x"], has(r"--seed", r"integer")),
+    (["--optimizer", "muon", "--fsdp"], has(r"optimizer muon", r"--fsdp")),
+    (["--target-loss", "nan"], has(r"--target-loss", r"finite")),
 ])
 def test_absurd_flags(capsys, char_data, tmp_path, flags, pattern):
     refused(capsys, ["train", "--data", char_data, "--out", tmp_path / "o", *FAST, *flags], pattern, keep=tmp_path)

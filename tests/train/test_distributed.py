@@ -39,19 +39,21 @@ def _close(a: dict, b: dict, tol: float = 1e-5) -> bool:
     return a.keys() == b.keys() and all(abs(a[k] - b[k]) <= tol for k in a)
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", "ddp-muon"])
 def test_two_processes_equal_one_with_the_same_global_batch(engine, char_data, tmp_path):
     """Global batch 8 as 2 processes x 2 sequences x 2 accumulation steps, and as 1 process x 4 x 2:
     equal training and validation losses (float32, within 1e-5). Then each run continues from the
     other's kind of checkpoint (one process from the distributed one, two processes from the single
-    one) and the two continuations agree too."""
-    extra = ["--fsdp"] if engine == "fsdp" else []
+    one) and the two continuations agree too. Muon orthogonalises its update in bfloat16 (torch.optim.Muon, as
+    Jordan et al.), which turns the all-reduce's ~1e-7 differences of summation order into ~1e-5 in the loss."""
+    tol = 3e-4 if "muon" in engine else 1e-5
+    extra = {"ddp": [], "fsdp": ["--fsdp"], "ddp-muon": ["--optimizer", "muon"]}[engine]
     single, multi = tmp_path / "single", tmp_path / "multi"
-    _train(_flags(char_data, single, max_steps=8, batch_size=4, grad_accum_steps=2))
+    _train(_flags(char_data, single, max_steps=8, batch_size=4, grad_accum_steps=2) + (extra if "muon" in engine else []))
     _train(_flags(char_data, multi, max_steps=8, batch_size=2, grad_accum_steps=2) + extra, processes=2)
     assert len(_curve(single)) == 8
-    assert _close(_curve(multi), _curve(single))
-    assert _close(_curve(multi, "val_loss"), _curve(single, "val_loss"))
+    assert _close(_curve(multi), _curve(single), tol)
+    assert _close(_curve(multi, "val_loss"), _curve(single, "val_loss"), tol)
     lines = lambda out: (out / "metrics.jsonl").read_text().splitlines()  # noqa: E731
     assert len(lines(multi)) == len(lines(single))  # one process wrote them, once
 
@@ -60,7 +62,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(engine, char_data, t
     _train(["--resume", str(single), "--max-steps", "12", "--batch-size", "2", *extra], processes=2)
     later = {s: v for s, v in _curve(single).items() if s > 8}
     assert len(later) == 4
-    assert _close({s: v for s, v in _curve(multi).items() if s > 8}, later)
+    assert _close({s: v for s, v in _curve(multi).items() if s > 8}, later, tol)
 
 
 def test_accumulation_averages_gradients_only_on_the_last_micro_batch(tmp_path):

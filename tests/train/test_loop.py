@@ -22,11 +22,13 @@ def _records(out, key):
     return [(r["step"], r[key]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if key in r]
 
 
-@pytest.mark.parametrize("sampling", ["random", "epoch"])
-def test_resume_equals_uninterrupted(sampling, char_data, tmp_path):
+@pytest.mark.parametrize("sampling, optimizer", [("random", "adamw"), ("epoch", "adamw"), ("random", "muon")])
+def test_resume_equals_uninterrupted(sampling, optimizer, char_data, tmp_path):
     """Stop at step 7 (between evaluations), resume, and get exactly the losses of one straight run
-    (with epoch sampling the order continues from the saved position)."""
-    kw = dict(max_steps=16, eval_interval=5, grad_accum_steps=2, sampling=sampling, model=dict(dropout=0.1))
+    (with epoch sampling the order continues from the saved position; with Muon its momentum and
+    AdamW's moments both come back)."""
+    kw = dict(max_steps=16, eval_interval=5, grad_accum_steps=2, sampling=sampling, optimizer=optimizer,
+              model=dict(dropout=0.1))
     straight = tmp_path / "straight"
     train(tiny_train_config(char_data, straight, **kw))
 

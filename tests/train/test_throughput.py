@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from arlm.config import GPTConfig, LSTMConfig
 from arlm.model import build_model
 from arlm.train.loop import train
-from arlm.train.throughput import flops_per_token, matmul_peak
+from arlm.train import throughput
+from arlm.train.throughput import flops_per_token, matmul_peak, peak_key
 from tests.conftest import tiny_train_config
 
 
@@ -24,12 +26,46 @@ def test_flops_per_token_is_palms_count():
     assert flops_per_token(build_model(lstm)) == 6 * (2 * 4 * 2 * C * C + V * C)
 
 
-def test_matmul_peak_is_measured_once_and_leaves_the_rng_alone():
+def test_matmul_peak_is_measured_once_per_machine_and_leaves_the_rng_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(throughput, "_PEAKS", {})  # as in a new process
+    cpu = torch.device("cpu")
     state = torch.get_rng_state()
-    first = matmul_peak(torch.device("cpu"), torch.float64, seconds=0.05)  # (a dtype no other test measured)
+    first = matmul_peak(cpu, torch.float64, seconds=0.05)
     assert torch.equal(torch.get_rng_state(), state)  # a run's dropout must not depend on it
     assert 1e8 < first < 1e14
-    assert matmul_peak(torch.device("cpu"), torch.float64) == first  # cached for the process
+    assert json.loads((tmp_path / throughput.PEAKS_FILE).read_text()) == {peak_key(cpu, torch.float64): first}
+    # the next process reads the figure instead of timing products again
+    monkeypatch.setattr(throughput, "_PEAKS", {})
+    monkeypatch.setattr(throughput, "_measure_peak", lambda *a: pytest.fail("measured again"))
+    assert matmul_peak(cpu, torch.float64) == first
+    threads = torch.get_num_threads()
+    try:  # another thread count, dtype or torch version is another machine
+        torch.set_num_threads(1 if threads > 1 else 2)
+        assert peak_key(cpu, torch.float64) != peak_key(cpu, torch.float32)
+        assert peak_key(cpu, torch.float64) not in json.loads((tmp_path / throughput.PEAKS_FILE).read_text())
+    finally:
+        torch.set_num_threads(threads)
+    assert "torch " + torch.__version__ in peak_key(cpu, torch.float64)
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", '{"cpu: x": "fast"}', ""])
+def test_a_damaged_peak_cache_is_measured_again_and_repaired(damage, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(throughput, "_PEAKS", {})
+    (tmp_path / throughput.PEAKS_FILE).write_text(damage)
+    peak = matmul_peak(torch.device("cpu"), torch.float64, seconds=0.02)
+    assert peak > 1e8
+    assert json.loads((tmp_path / throughput.PEAKS_FILE).read_text()) == {peak_key(torch.device("cpu"), torch.float64): peak}
+
+
+def test_an_unwritable_peak_cache_still_gives_a_peak(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ARLM_CACHE", str(blocker / "arlm"))  # its parent is a file: nothing can be written
+    monkeypatch.setattr(throughput, "_PEAKS", {})
+    assert matmul_peak(torch.device("cpu"), torch.float64, seconds=0.02) > 1e8
+    assert blocker.read_text() == "not a folder"
 
 
 def test_training_logs_mfu(char_data, tmp_path):

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from arlm.runtime import cpu_info
+
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).with_name(name) for name in ("vec.h", "linear.cpp", "int4.cpp", "attention.cpp")]
@@ -54,11 +56,8 @@ def _compiler() -> str | None:
 
 def _cpu_id() -> str:
     """What the compiled code depends on: ``-march=native`` emits this CPU's instructions."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return platform.processor()
+    name, flags = cpu_info()
+    return " ".join([name, *sorted(flags)])
 
 
 def _build(cxx: str) -> Path:
