@@ -2,6 +2,7 @@
 
     python bench/train.py [--n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 --steps 20 --rounds 5]
     python bench/train.py --device cuda --dtype bfloat16 --n-layer 6 --n-head 6 --n-embd 384 --block-size 256 --batch-size 64
+    python bench/train.py --vs-nanogpt ~/nanoGPT [--data runs/data/shakespeare-char --rounds 3]
 
 The default shape is nanoGPT's CPU recipe for Shakespeare characters (4 layers, 4 heads, 128 wide,
 context 64, batch 12, vocabulary 65, no dropout, no biases, exact GELU as nanoGPT's model.py;
@@ -20,8 +21,16 @@ same dtype on the same device).
 from __future__ import annotations
 
 import argparse
+import os
+import pickle
+import re
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,6 +41,117 @@ from arlm.runtime import DTYPES, autocast
 from arlm.train.loop import optimizer_step
 from arlm.train.optim import make_optimizer
 from arlm.train.throughput import flops_per_token, matmul_peak
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# nanoGPT's README recipe for a CPU; configs/nanogpt_cpu.toml is the same run in arlm's keys
+NANOGPT_CPU = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+               "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]
+
+
+def nanogpt_data(data: Path, work: Path) -> str:
+    """nanoGPT's data folder (data/<name>/{train,val}.bin, meta.pkl) under ``work`` holding the very
+    tokens of an arlm character-level folder (uint16 ids, the same split); returns <name>."""
+    import json
+
+    meta = json.loads((data / "meta.json").read_text())
+    if meta.get("dtype") != "uint16":
+        raise SystemExit(f"{data}: nanoGPT reads uint16 token files; prepare a character-level folder")
+    folder = work / "data" / "arlm"
+    folder.mkdir(parents=True)
+    for split in ("train", "val"):
+        shutil.copyfile(data / f"{split}.bin", folder / f"{split}.bin")
+    with open(folder / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": meta["vocab_size"]}, f)
+    return "arlm"
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
+    """Wall seconds of a whole process, and its standard output."""
+    t = time.perf_counter()
+    run = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if run.returncode:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
+    return wall, run.stdout
+
+
+def run_nanogpt(nanogpt: Path, work: Path, steps: int) -> tuple[float, float]:
+    """nanoGPT's CPU recipe for ``steps`` iterations: (wall seconds, its last validation estimate)."""
+    cmd = [sys.executable, str(nanogpt / "train.py"), str(nanogpt / "config" / "train_shakespeare_char.py"),
+           *NANOGPT_CPU, f"--max_iters={steps}", f"--lr_decay_iters={steps}", "--dataset=arlm",
+           f"--out_dir={work / 'out'}"]
+    wall, out = timed(cmd, work)
+    vals = re.findall(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", out)
+    return wall, float(vals[-1])
+
+
+def run_arlm(config: str, data: Path, out: Path, flags: list[str]) -> tuple[float, dict]:
+    """``arlm train`` as a user runs it: (wall seconds, the summary it printed as JSON)."""
+    import json
+
+    cmd = [sys.executable, "-m", "arlm", "train", "--config", config, "--data", str(data), "--out", str(out),
+           "--overwrite", "--no-progress", "--json", *flags]
+    wall, text = timed(cmd, ROOT)
+    return wall, json.loads(text.strip().splitlines()[-1])
+
+
+def vs_nanogpt(args) -> None:
+    """nanoGPT (a checkout at --vs-nanogpt) and arlm alternately on the same tokens: the 300-step speed of
+    nanoGPT's recipe, then the time arlm's fast recipe takes to nanoGPT's 2,000-iteration validation loss."""
+    nanogpt, data = Path(args.vs_nanogpt).expanduser(), Path(args.data)
+    if not (nanogpt / "train.py").is_file() or not (nanogpt / "configurator.py").is_file():
+        raise SystemExit(f"{nanogpt} is not a nanoGPT checkout (no train.py / configurator.py)")
+    from arlm.runtime import cpu_has_bf16, cpu_info
+
+    print(f"CPU: {cpu_info()[0]} ({os.cpu_count()} cores; bfloat16 instructions: {'yes' if cpu_has_bf16() else 'no'}); "
+          f"torch {torch.__version__}; data {data}; {args.rounds} alternating rounds")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "configurator.py").symlink_to(nanogpt / "configurator.py")  # nanoGPT reads it from its working folder
+        nanogpt_data(data, work)
+        speed_rounds(args, nanogpt, data, work)
+        if args.quality_rounds:
+            quality_rounds(args, nanogpt, data, work)
+
+
+def speed_rounds(args, nanogpt: Path, data: Path, work: Path) -> None:
+    from arlm.runtime import cpu_has_bf16
+
+    n = args.vs_steps
+    same = ["--max-steps", str(n), "--no-final-eval"]
+    variants = {"nanoGPT": lambda: run_nanogpt(nanogpt, work, n)[0],
+                "arlm float32": lambda: run_arlm("configs/nanogpt_cpu.toml", data, work / "a", same)[0],
+                "arlm float32 + whole-split evaluation": lambda: run_arlm("configs/nanogpt_cpu.toml", data, work / "a",
+                                                                          same[:2])[0]}
+    if cpu_has_bf16():
+        variants["arlm bfloat16"] = lambda: run_arlm("configs/nanogpt_cpu.toml", data, work / "a",
+                                                     same + ["--dtype", "bfloat16"])[0]
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(args.rounds):
+        for k, fn in variants.items():
+            times[k].append(fn())
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+    base = statistics.median(times["nanoGPT"])
+    print(f"\nnanoGPT's CPU recipe, {n} steps, whole process (median of {args.rounds}; arlm: configs/nanogpt_cpu.toml, "
+          f"the same evaluations as nanoGPT's unless said)")
+    for k, v in times.items():
+        print(f"  {k:42s} {statistics.median(v):6.1f} s   speed {base / statistics.median(v):5.2f}x nanoGPT's")
+
+
+def quality_rounds(args, nanogpt: Path, data: Path, work: Path) -> None:
+    print(f"\ntime to quality: nanoGPT's recipe for {args.quality_steps} iterations, then arlm {args.fast_config} "
+          f"--target-loss <nanoGPT's final estimate> (arlm's loss: the whole validation split)")
+    rows = []
+    for r in range(args.quality_rounds):
+        wall_n, target = run_nanogpt(nanogpt, work, args.quality_steps)
+        wall_a, summary = run_arlm(args.fast_config, data, work / "fast", ["--target-loss", str(target)])
+        rows.append((wall_n, target, wall_a, summary["val_loss"], summary["step"]))
+        print(f"  round {r + 1}: nanoGPT {wall_n:.1f} s to val {target:.4f}; arlm {wall_a:.1f} s "
+              f"({summary['step']} steps) to {summary['val_loss']:.4f} on the whole split: {wall_a / wall_n:.2f}x "
+              f"the time{'' if summary['val_loss'] <= target else ' (target NOT reached)'}", flush=True)
+    ratio = statistics.median(a / n for n, _, a, _, _ in rows)
+    print(f"  median time ratio arlm / nanoGPT: {ratio:.2f}")
 
 
 def main() -> None:
@@ -50,7 +170,16 @@ def main() -> None:
                     "(reduce-overhead: CUDA graphs, as `arlm train --compile-mode reduce-overhead`)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=list(DTYPES), help="autocast dtype (float16: CUDA only)")
+    ap.add_argument("--vs-nanogpt", metavar="DIR", help="a nanoGPT checkout: run its CPU recipe and arlm's side by side")
+    ap.add_argument("--data", default="runs/data/shakespeare-char", help="--vs-nanogpt: an arlm character-level data folder")
+    ap.add_argument("--vs-steps", type=int, default=300, help="--vs-nanogpt: steps of the speed comparison")
+    ap.add_argument("--quality-steps", type=int, default=2000, help="--vs-nanogpt: nanoGPT's iterations to the target loss")
+    ap.add_argument("--quality-rounds", type=int, default=3, help="--vs-nanogpt: rounds of the time-to-quality comparison (0: skip)")
+    ap.add_argument("--fast-config", default="configs/shakespeare_char_fast.toml", help="--vs-nanogpt: arlm's recipe to the target")
     args = ap.parse_args()
+    if args.vs_nanogpt:
+        args.rounds = min(args.rounds, 3) if args.rounds == 6 else args.rounds  # the default of 6 is for step timing
+        return vs_nanogpt(args)
 
     from transformers import GPT2Config, GPT2LMHeadModel
 

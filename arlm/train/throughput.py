@@ -62,9 +62,10 @@ def _read_peaks(path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and v > 0}
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
-    """FLOP/s of a square matrix product in ``dtype`` on ``device`` (the best of a few, after warm-up),
-    measured once per machine (see the module's docstring)."""
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """FLOP/s of a square matrix product in ``dtype`` on ``device`` (the best of those in ``seconds``, after
+    warm-up), measured once per machine (see the module's docstring): a second of products, so that a
+    busy moment of a shared machine is less likely to be what every later run divides by."""
     key = peak_key(device, dtype)
     if key in _PEAKS:
         return _PEAKS[key]
