@@ -106,8 +106,13 @@ class GPTConfig(ModelConfig):
     norm_eps: float = _f(1e-5, "epsilon of the normalisation layers")
     mlp: str = _f("standard", "standard: fc -> act -> proj (GPT-2); gated: proj(act(gate) * up), SwiGLU with silu (Shazeer 2020)",
                   choices=("standard", "gated"))
-    activation: str = _f("gelu_tanh", "MLP activation (gelu_tanh is GPT-2's 'gelu_new')",
-                         choices=("gelu_tanh", "gelu", "silu", "relu"))
+    activation: str = _f("gelu_tanh", "MLP activation (gelu_tanh is GPT-2's 'gelu_new'; relu2 = relu(x)^2, So et al. 2021)",
+                         choices=("gelu_tanh", "gelu", "silu", "relu", "relu2"))
+    qk_norm: bool = _f(False, "normalise each head's queries and keys (RMS, no weights) before attention "
+                              "(Dehghani et al. 2023; the modded-nanogpt speedrun)")
+    logit_softcap: float = _f(0.0, "squash the output logits into (-c, c) with c * tanh(logits / c) (Gemma 2; 0: off)")
+    zero_init_proj: bool = _f(False, "start the attention and MLP output projections at zero, so each block starts as "
+                                     "the identity (the modded-nanogpt speedrun)")
     sliding_window: int = _f(0, "each position attends to at most this many positions, itself included (Mistral); 0: the whole context")
 
     @property
@@ -144,6 +149,8 @@ class GPTConfig(ModelConfig):
             raise UserError(f"model.n_head ({self.n_head}) must be a multiple of model.n_kv_head ({self.n_kv_head})")
         if self.pos_embedding == "rope" and self.hs % 2:
             raise UserError(f"rotary embeddings need an even head width, got {self.hs}")
+        if self.logit_softcap < 0 or not math.isfinite(self.logit_softcap):
+            raise UserError(f"model.logit_softcap must be a finite number >= 0 (0: off), got {self.logit_softcap}")
         for name in ("rope_theta", "rope_factor", "norm_eps"):
             if getattr(self, name) <= 0:
                 raise UserError(f"model.{name} must be > 0, got {getattr(self, name)}")
@@ -550,8 +557,12 @@ class TrainConfig:
                                  "(shuffled non-overlapping windows, each token once per epoch)", choices=("random", "epoch"))
     lr: float = _f(1e-3, "peak learning rate")
     min_lr: float = _f(1e-4, "learning rate at the end of the cosine/linear decay")
-    lr_schedule: str = _f("cosine", "learning-rate schedule after warmup (docs/training.md has a plot of each)",
-                          choices=("cosine", "linear", "constant", "step", "cyclic", "plateau"))
+    lr_schedule: str = _f("cosine", "learning-rate schedule after warmup (docs/training.md has a plot of each); wsd: "
+                                    "constant, then linear to min_lr over the last lr_decay_fraction of the steps",
+                          choices=("cosine", "linear", "constant", "step", "cyclic", "plateau", "wsd"))
+    lr_decay_fraction: float = _f(0.2, "wsd schedule: the final fraction of max_steps in which the rate decays")
+    embedding_lr: float = _f(0.0, "peak learning rate of the token and position embeddings (0: --lr)")
+    head_lr: float = _f(0.0, "peak learning rate of an untied output layer (0: --lr; model.tie_embeddings = false)")
     lr_decay_factor: float = _f(0.1, "step and plateau schedules: multiply the learning rate by this at each drop")
     lr_step_size: int = _f(0, "step schedule: drop the learning rate every this many steps after warmup (0: a third of the rest)")
     lr_cycle_steps: int = _f(0, "cyclic schedule: steps from min_lr up to lr; a cycle is twice this (0: an eighth of the rest)")
@@ -627,7 +638,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "min_delta", "target_loss",
-                     "muon_lr", "muon_weight_decay"):
+                     "muon_lr", "muon_weight_decay", "embedding_lr", "head_lr"):
             v = getattr(self, name)
             if v < 0 or not math.isfinite(v):
                 raise UserError(f"{name} must be a finite number >= 0, got {v}")
@@ -639,6 +650,11 @@ class TrainConfig:
             raise UserError("warmup_steps, patience and threads must be >= 0")
         if self.lr_step_size < 0 or self.lr_cycle_steps < 0 or self.plateau_patience < 1:
             raise UserError("lr_step_size and lr_cycle_steps must be >= 0 (0: default) and plateau_patience >= 1")
+        if not 0.0 < self.lr_decay_fraction <= 1.0:
+            raise UserError(f"lr_decay_fraction must be in (0, 1], got {self.lr_decay_fraction}")
+        if self.head_lr and self.model.tie_embeddings:
+            raise UserError("head_lr sets the rate of an untied output layer; this model ties it to the embedding "
+                            "(set model.tie_embeddings = false, or use embedding_lr)")
         if not 0.0 < self.lr_decay_factor <= 1.0:
             raise UserError(f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}")
         for name in ("beta1", "beta2"):

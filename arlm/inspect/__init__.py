@@ -98,7 +98,7 @@ def logit_lens(model, ids: list[int]) -> np.ndarray:
     x = _check(model, ids)
     streams, logits = _block_inputs(model, x, lambda b: b)  # the input of block i = the stream after i - 1
     with torch.inference_mode():
-        rows = [model.lm_head(model.transformer.ln_f(s))[0] for s in streams] + [logits[0]]
+        rows = [model.head(model.transformer.ln_f(s))[0] for s in streams] + [logits[0]]
         return torch.log_softmax(torch.stack(rows).float(), dim=-1).cpu().numpy()
 
 

@@ -50,8 +50,8 @@ CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 SUPPORTED = ("gpt2", "llama", "mistral", "qwen2")
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
-                    "relu": "relu", "silu": "silu", "swish": "silu"}
-HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+                    "relu": "relu", "silu": "silu", "swish": "silu", "relu2": "relu2"}
+HF_ACTIVATION = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu", "relu2": "relu2"}
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -363,6 +363,10 @@ def hf_layout(cfg: GPTConfig) -> str:
     """
     if not isinstance(cfg, GPTConfig):  # the layouts below are a GPT's weights
         raise UserError(f"only GPT models export to Hugging Face format; this is an {cfg.type.upper()} model")
+    if cfg.qk_norm or cfg.logit_softcap:
+        raise UserError("GPT-2 and Llama have no " + " or ".join(what for on, what in (
+            (cfg.qk_norm, "query/key normalisation (model.qk_norm)"), (cfg.logit_softcap, "logit soft-capping "
+            "(model.logit_softcap)")) if on) + ": this model cannot be written in their layout; export it with --format onnx")
     if cfg.pos_embedding == "learned":
         problems = [what for bad, what in (
             (cfg.norm != "layernorm", "norm must be layernorm"),

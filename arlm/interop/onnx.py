@@ -36,8 +36,13 @@ def norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     which the TorchScript exporter has no ONNX translation for at opset 17."""
     if isinstance(module, nn.RMSNorm):
         eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * module.weight
+        return rms(x, eps) * module.weight
     return module(x)
+
+
+def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) over the last dimension, in operators opset 17 has."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
 class DecoderStep(nn.Module):
@@ -55,6 +60,8 @@ class DecoderStep(nn.Module):
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)
+        if attn.qk_norm:
+            q, k = rms(q, attn.norm_eps), rms(k, attn.norm_eps)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         k = torch.cat([past_k, k], dim=2)  # (B, nkv, P + T, hs)
@@ -86,7 +93,7 @@ class DecoderStep(nn.Module):
             x = x + block.mlp(norm(block.ln_2, x))
             present_k.append(k)
             present_v.append(v)
-        logits = m.lm_head(norm(m.transformer.ln_f, x))  # (B, T, V)
+        logits = m.head(norm(m.transformer.ln_f, x))  # (B, T, V), soft-capped if the model is
         return logits, torch.stack(present_k), torch.stack(present_v)
 
 

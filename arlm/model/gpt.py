@@ -25,11 +25,19 @@ from arlm.config import GPTConfig
 from arlm.model import kernels
 from arlm.model.layers import KVCache, Linear, apply_rope, cache_mask, make_norm, rope_cos_sin, rope_inv_freq
 
+class ReLU2(nn.Module):
+    """relu(x)^2 (So et al. 2021, Primer): cheaper than GELU, and better on small GPTs (modded-nanogpt)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 ACTIVATIONS = {
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new" (Hendrycks & Gimpel 2016)
     "gelu": nn.GELU,
     "silu": nn.SiLU,
     "relu": nn.ReLU,
+    "relu2": ReLU2,
 }
 
 
@@ -58,6 +66,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.hs = cfg.n_head, cfg.kv_heads, cfg.hs
+        self.qk_norm, self.norm_eps = cfg.qk_norm, cfg.norm_eps
         qkv_bias = cfg.bias or cfg.qkv_bias or cfg.attn_bias
         self.c_attn = Linear(cfg.n_embd, (cfg.n_head + 2 * self.n_kv_head) * self.hs, bias=qkv_bias)
         self.c_proj = Linear(cfg.n_head * self.hs, cfg.n_embd, bias=cfg.bias or cfg.attn_bias)
@@ -73,6 +82,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.qk_norm:  # unit RMS per head: the attention logits stay bounded whatever the weights grow to
+            q, k = F.rms_norm(q, (hs,), eps=self.norm_eps), F.rms_norm(k, (hs,), eps=self.norm_eps)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv is not None:
@@ -203,7 +214,10 @@ class GPT(nn.Module):
         # variance does not grow with depth (Radford et al. 2019, section 2.3).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                if cfg.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     def float_param(self) -> torch.Tensor:
         """A floating-point parameter: the device and dtype the model computes in (the embedding's, or,
@@ -267,6 +281,12 @@ class GPT(nn.Module):
         return 12.0 * cfg.n_layer * cfg.block_size * cfg.n_head * cfg.hs
 
     # -- forward -------------------------------------------------------------------------------
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the final hidden states, soft-capped when configured: c tanh(z / c) (Gemma 2)."""
+        logits = self.lm_head(x)
+        c = self.config.logit_softcap
+        return c * torch.tanh(logits / c) if c else logits
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 input_pos: torch.Tensor | None = None, kv_len: int | None = None, last_only: bool = False,
                 key_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None):
@@ -310,7 +330,7 @@ class GPT(nn.Module):
         if targets is None:
             if last_only:
                 x = x[:, -1:, :]  # (B, 1, C)
-            return self.lm_head(x), None  # (B, T, V)
-        logits = self.lm_head(x)  # (B, T, V)
+            return self.head(x), None  # (B, T, V)
+        logits = self.head(x)  # (B, T, V)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss

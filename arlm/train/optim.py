@@ -12,18 +12,25 @@ from torch import nn
 from arlm.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float, skip: frozenset[int] = frozenset()) -> list[dict]:
-    """Decay 2-D parameters (Linear weights, embeddings); never biases or norm gains. Parameters whose
-    id is in ``skip`` belong to another optimizer.
+def param_groups(model: nn.Module, cfg: TrainConfig, skip: frozenset[int] = frozenset()) -> list[dict]:
+    """AdamW's groups: weight decay on 2-D parameters (Linear weights, embeddings), never on biases or
+    norm gains; the embeddings and an untied output layer at their own rates when ``embedding_lr`` /
+    ``head_lr`` are set (``lr_scale``: the multiple of the scheduled rate). Parameters whose id is in
+    ``skip`` belong to another optimizer.
 
     Decaying gains and biases only pulls them towards 0 without regularising the function much
     (the split used by GPT-2 reproductions such as nanoGPT and minGPT).
     """
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in skip:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: dict[tuple[str, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in skip:
+            continue
+        kind = "embedding" if name.startswith(("transformer.wte.", "transformer.wpe.")) else \
+            "head" if name.startswith("lm_head.") else "other"
+        groups.setdefault((kind, p.dim() >= 2), []).append(p)
+    rate = {"embedding": cfg.embedding_lr, "head": cfg.head_lr, "other": 0.0}
+    return [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
+             "lr_scale": (rate[kind] or cfg.lr) / cfg.lr} for (kind, decay), params in groups.items()]
 
 
 def block_matrices(model: nn.Module) -> list[nn.Parameter]:
@@ -77,14 +84,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     if device.type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
         kwargs["fused"] = True  # one fused kernel for the whole update (about 10% faster steps on a 2-core CPU)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kwargs)
+        return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kwargs)
     hidden = block_matrices(model)
     # Muon (torch.optim.Muon): SGD momentum whose update is orthogonalised by 5 Newton-Schulz iterations,
     # scaled by sqrt(max(1, rows / cols)) ("original", Keller Jordan's rule)
     muon = torch.optim.Muon([{"params": hidden, "lr_scale": cfg.muon_lr / cfg.lr}], lr=cfg.muon_lr,
                             weight_decay=cfg.muon_weight_decay, momentum=cfg.muon_momentum, nesterov=True,
                             adjust_lr_fn="original")
-    rest = param_groups(model, cfg.weight_decay, skip=frozenset(map(id, hidden)))
+    rest = param_groups(model, cfg, skip=frozenset(map(id, hidden)))
     return Optimizers(muon, torch.optim.AdamW(rest, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kwargs))
 
 
@@ -100,6 +107,8 @@ def lr_at(step: int, cfg: TrainConfig, plateau_scale: float = 1.0) -> float:
                Smith 2017), starting at lr
       plateau  lr * plateau_scale, not below min_lr; the training loop lowers ``plateau_scale`` by
                lr_decay_factor when validation loss stops improving (as ReduceLROnPlateau)
+      wsd      warmup-stable-decay (trapezoidal): lr until the last lr_decay_fraction of max_steps, then
+               a straight line to min_lr at max_steps (Zhai et al. 2022; Hägele et al. 2024)
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
@@ -117,6 +126,10 @@ def lr_at(step: int, cfg: TrainConfig, plateau_scale: float = 1.0) -> float:
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * abs(1.0 - phase)  # lr at 0, min_lr at 1, lr at 2
     if schedule == "plateau":
         return max(cfg.min_lr, cfg.lr * plateau_scale)
+    if schedule == "wsd":
+        decay = max(1, round(cfg.lr_decay_fraction * cfg.max_steps))
+        progress = min(1.0, max(0.0, (step - (cfg.max_steps - decay)) / decay))
+        return cfg.lr + (cfg.min_lr - cfg.lr) * progress
     progress = min(1.0, t / span)
     if schedule == "linear":
         return cfg.lr + (cfg.min_lr - cfg.lr) * progress

@@ -26,6 +26,7 @@ ARCHS = {
     "llama-geglu": dict(ROPE, activation="gelu_tanh"),
     "qwen2": dict(ROPE, qkv_bias=True, n_kv_head=2),
     "mistral-sliding-window": dict(ROPE, n_kv_head=2, sliding_window=12, tie_embeddings=False),
+    "gpt2-relu2-zero-init": dict(activation="relu2", zero_init_proj=True),
 }
 
 
@@ -84,7 +85,9 @@ def test_literal_end_of_text_stays_text_in_transformers(tokenizers_, tmp_path):
 def test_architectures_transformers_cannot_express_are_refused(tokenizers_, tmp_path):
     tokenizer = tokenizers_["char"]
     for arch, message in ((dict(pos_embedding="rope"), "cannot be written as Llama"),
-                          (dict(n_kv_head=2), "cannot be written as GPT-2")):
+                          (dict(n_kv_head=2), "cannot be written as GPT-2"),
+                          (dict(qk_norm=True), r"no query/key normalisation \(model.qk_norm\).*--format onnx"),
+                          (dict(logit_softcap=30.0), r"no logit soft-capping")):
         with pytest.raises(UserError, match=message):
             export_hf(random_model(tokenizer.vocab_size, 0, **arch), tokenizer, tmp_path / "x")
         assert not (tmp_path / "x").exists()

@@ -23,7 +23,8 @@ def gpt(**kw) -> GPT:
     return GPT(GPTConfig(**{**dict(vocab_size=60, n_layer=2, n_head=4, n_embd=32, block_size=32, dropout=0.0), **kw})).eval()
 
 
-@pytest.mark.parametrize("arch", [{}, LLAMA, dict(LLAMA, n_kv_head=1, head_dim=16)])
+@pytest.mark.parametrize("arch", [{}, LLAMA, dict(LLAMA, n_kv_head=1, head_dim=16),
+                                  dict(activation="relu2", qk_norm=True, logit_softcap=4.0, bias=False)])
 def test_prefill_and_decode_steps_match_pytorch(tmp_path, arch):
     m = gpt(**arch)
     summary = export_onnx(m, tmp_path / "m.onnx")

@@ -49,7 +49,9 @@ LLAMA = dict(pos_embedding="rope", norm="rmsnorm", mlp="gated", activation="silu
              tie_embeddings=False)
 ARCHS = {"gpt2": {}, "gpt2-nobias": dict(bias=False), "llama-gqa": LLAMA,
          "llama-mqa-qkvbias-llama3": dict(LLAMA, n_kv_head=1, qkv_bias=True, head_dim=16, rope_scaling="llama3",
-                                          rope_factor=4.0, rope_original_block_size=8)}
+                                          rope_factor=4.0, rope_original_block_size=8),
+         "speedrun-options": dict(bias=False, activation="relu2", qk_norm=True, logit_softcap=3.0),
+         "speedrun-options-rope": dict(LLAMA, qk_norm=True, logit_softcap=15.0)}
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -114,6 +116,33 @@ def test_residual_projection_init_is_scaled():
     m = tiny(n_layer=8, n_embd=64)
     std = m.transformer.h[0].mlp.c_proj.weight.std().item()
     assert abs(std - 0.02 / (2 * 8) ** 0.5) < 0.002
+
+
+def test_recipe_options():
+    """relu2 is relu(x)^2; soft-capped logits stay inside (-c, c) and equal c tanh(z / c) of the uncapped
+    ones; zero-initialised projections make every block the identity at the start; qk_norm changes the
+    function (the queries and keys are normalised) but not the parameters."""
+    from arlm.model.gpt import ReLU2
+
+    x = torch.linspace(-3, 3, 13)
+    assert torch.equal(ReLU2()(x), torch.clamp(x, min=0) ** 2)
+    plain, capped = tiny(), tiny(logit_softcap=2.0)
+    idx = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain.lm_head.weight.mul_(300.0)  # logits far beyond the cap (the embedding is tied: scale both alike)
+        capped.load_state_dict(plain.state_dict())
+        z, c = plain(idx)[0], capped(idx)[0]
+    assert z.abs().max() > 20.0 and c.abs().max() <= 2.0
+    assert torch.allclose(c, 2.0 * torch.tanh(z / 2.0), atol=1e-6)
+    m = tiny(zero_init_proj=True)
+    assert all(not b.attn.c_proj.weight.any() and not b.mlp.c_proj.weight.any() for b in m.transformer.h)
+    with torch.no_grad():
+        emb = m.transformer.wte(idx) + m.transformer.wpe(torch.arange(10))
+        assert torch.allclose(m(idx)[0], m.head(m.transformer.ln_f(emb)), atol=1e-6)
+    a, b = tiny(), tiny(qk_norm=True)
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    with torch.no_grad():
+        assert not torch.allclose(a(idx)[0], b(idx)[0])
 
 
 def test_one_query_attention_equals_sdpa_with_grouped_heads():

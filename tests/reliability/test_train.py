@@ -130,6 +130,11 @@ BAD_TOML = [
     ('optimizer = "muon"\nmuon_lr = 0', has(r"muon_lr", r"> 0")),
     ("muon_weight_decay = -1", has(r"muon_weight_decay", r">= 0")),
     ("target_loss = -1.5", has(r"target_loss", r">= 0")),
+    ("head_lr = 0.01", has(r"head_lr", r"tie_embeddings = false")),
+    ('lr_schedule = "wsd"\nlr_decay_fraction = 0', has(r"lr_decay_fraction", r"\(0, 1\]")),
+    ("embedding_lr = -0.1", has(r"embedding_lr", r">= 0")),
+    ("[model]\nlogit_softcap = -5", has(r"logit_softcap", r">= 0")),
+    ('[model]\nactivation = "relu3"', has(r"activation", r"'relu3'", r"relu2")),
 ]
 
 

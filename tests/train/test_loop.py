@@ -245,9 +245,29 @@ def test_weight_decay_only_on_matrices():
     from arlm.model.gpt import GPT
 
     m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8))
-    decay, no_decay = param_groups(m, 0.1)
-    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
-    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
+    groups = param_groups(m, TrainConfig(weight_decay=0.1))
+    for g in groups:
+        assert g["weight_decay"] == (0.1 if g["params"][0].dim() == 2 else 0.0) and g["lr_scale"] == 1.0
+        assert len({p.dim() for p in g["params"]}) == 1
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+
+
+def test_embedding_and_head_rates_and_wsd_schedule():
+    """embedding_lr / head_lr put those weights in groups whose rate is that multiple of the schedule's;
+    wsd holds lr, then falls linearly to min_lr over the last lr_decay_fraction of the steps."""
+    from arlm.config import GPTConfig
+    from arlm.model.gpt import GPT
+
+    m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8, tie_embeddings=False))
+    cfg = TrainConfig(lr=1e-3, embedding_lr=0.05, head_lr=2e-3)
+    scale = {id(p): g["lr_scale"] for g in param_groups(m, cfg) for p in g["params"]}
+    assert scale[id(m.transformer.wte.weight)] == scale[id(m.transformer.wpe.weight)] == pytest.approx(50.0)
+    assert scale[id(m.lm_head.weight)] == pytest.approx(2.0) and scale[id(m.transformer.h[0].attn.c_attn.weight)] == 1.0
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110, lr_schedule="wsd", lr_decay_fraction=0.2)
+    lrs = [lr_at(s, cfg) for s in range(110)]
+    assert lrs[9] == pytest.approx(10 / 11) and lrs[10:88] == [1.0] * 78
+    assert lrs[99] == pytest.approx(1.0 - 0.9 * 11 / 22) and lrs[109] == pytest.approx(1.0 - 0.9 * 21 / 22)
+    assert lr_at(110, cfg) == pytest.approx(0.1) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
 def test_outputs_have_ordinary_permissions(trained_model):
