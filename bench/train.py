@@ -170,6 +170,8 @@ def main() -> None:
                     "(reduce-overhead: CUDA graphs, as `arlm train --compile-mode reduce-overhead`)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=list(DTYPES), help="autocast dtype (float16: CUDA only)")
+    ap.add_argument("--also-bfloat16", action="store_true", help="add arlm's step under bfloat16 autocast (per-step ratio)")
+    ap.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"), help="arlm's optimizer")
     ap.add_argument("--vs-nanogpt", metavar="DIR", help="a nanoGPT checkout: run its CPU recipe and arlm's side by side")
     ap.add_argument("--data", default="runs/data/shakespeare-char", help="--vs-nanogpt: an arlm character-level data folder")
     ap.add_argument("--vs-steps", type=int, default=300, help="--vs-nanogpt: steps of the speed comparison")
@@ -187,7 +189,7 @@ def main() -> None:
     mcfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                      n_embd=args.n_embd, dropout=0.0, bias=False, activation=args.activation)
     tcfg = TrainConfig(data="-", out="-", batch_size=args.batch_size, lr=1e-3, weight_decay=0.1, beta2=0.99,
-                       grad_clip=1.0, model=mcfg)
+                       grad_clip=1.0, optimizer=args.optimizer, model=mcfg)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     ours = build_model(mcfg)
@@ -210,13 +212,13 @@ def main() -> None:
     batches = [torch.randint(0, args.vocab_size, (args.batch_size, args.block_size + 1), generator=g).to(device)
                for _ in range(args.steps)]
 
-    def arlm_steps(model, fn, opt):
+    def arlm_steps(model, fn, opt, step_dtype=dtype):
         def run():
             model.train()
             for b in batches:
                 if graphs and fn is compiled_fn:
                     torch.compiler.cudagraph_mark_step_begin()  # as the training loop does
-                optimizer_step(fn, model, opt, scaler, [(b[:, :-1], b[:, 1:])], 1e-3, tcfg, device, dtype)
+                optimizer_step(fn, model, opt, scaler, [(b[:, :-1], b[:, 1:])], 1e-3, tcfg, device, step_dtype)
             sync()
         return run
 
@@ -237,6 +239,11 @@ def main() -> None:
     variants = {"transformers GPT2LMHeadModel + AdamW": hf_steps, "arlm": arlm_steps(ours, ours, ours_opt)}
     if not args.no_compile:
         variants["arlm --compile" + ("" if args.compile_mode == "default" else f" ({args.compile_mode})")] = arlm_steps(compiled, compiled_fn, compiled_opt)
+    if args.also_bfloat16 and dtype != torch.bfloat16:  # the same steps under bfloat16 autocast, for the per-step ratio
+        bf = build_model(mcfg)
+        bf.load_state_dict(ours.state_dict())
+        bf = bf.to(device)
+        variants["arlm --dtype bfloat16"] = arlm_steps(bf, bf, make_optimizer(bf, tcfg, device), torch.bfloat16)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(args.rounds):
         for name, fn in variants.items():
@@ -256,8 +263,9 @@ def main() -> None:
     flops = flops_per_token(ours)
     for name, ts in times.items():
         t = statistics.median(ts)
+        own = matmul_peak(device, torch.bfloat16) if name.endswith("bfloat16") else peak  # MFU against its own dtype's peak
         print(f"  {name:40s} {t * 1e3:7.1f} ms/step  {tokens / t:11,.0f} tokens/s  {base / t:5.2f}x  "
-              f"MFU {tokens / t * flops / peak:6.1%}")
+              f"MFU {tokens / t * flops / own:6.1%}")
 
 
 if __name__ == "__main__":

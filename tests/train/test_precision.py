@@ -35,13 +35,28 @@ def test_compiled_training_matches_eager(char_data, tmp_path):
     assert compiled["best_val_loss"] == pytest.approx(eager["best_val_loss"], abs=1e-3)
 
 
-@pytest.mark.slow
-def test_demo_recipe_reaches_its_quality_bar(tmp_path):
-    """The `make demo` recipe on the bundled corpus: whole-split validation loss <= 1.80 nats/char."""
+@pytest.fixture(scope="module")
+def shakespeare(tmp_path_factory):
     from arlm.config import PrepareConfig
     from arlm.data.prepare import prepare
 
-    data = tmp_path / "data"
+    data = tmp_path_factory.mktemp("shakespeare") / "data"
     prepare(PrepareConfig(inputs=[str(ROOT / "data" / "shakespeare")], out=str(data)))
-    s = train(str(ROOT / "configs" / "shakespeare_char.toml"), data=str(data), out=str(tmp_path / "run"), progress=False)
-    assert s["val_loss"] <= 1.80, json.dumps(s)
+    return data
+
+
+@pytest.mark.slow
+def test_demo_recipe_reaches_its_quality_bar(shakespeare, tmp_path):
+    """The `make demo` recipe on the bundled corpus: whole-split validation loss <= 1.70 nats/char (1.57 here)."""
+    s = train(str(ROOT / "configs" / "shakespeare_char.toml"), data=str(shakespeare), out=str(tmp_path / "run"),
+              progress=False)
+    assert s["val_loss"] <= 1.70, json.dumps(s)
+
+
+@pytest.mark.slow
+def test_fast_recipe_reaches_nanogpts_loss(shakespeare, tmp_path):
+    """configs/shakespeare_char_fast.toml with --target-loss 1.885 (nanoGPT's CPU recipe after 2,000 iterations):
+    it stops early, at the target, and the whole split scores close to it (1.860 here)."""
+    s = train(str(ROOT / "configs" / "shakespeare_char_fast.toml"), data=str(shakespeare), out=str(tmp_path / "run"),
+              progress=False, target_loss=1.885)
+    assert s["status"] == "target_reached" and s["step"] < 300 and s["val_loss"] <= 1.90, json.dumps(s)
