@@ -189,6 +189,27 @@ def test_resume_on_the_gpu_equals_uninterrupted(char_data, tmp_path):
     assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-5)
 
 
+@pytest.mark.parametrize("compile", [False, True])
+def test_muon_and_the_recipe_options_on_the_gpu(char_data, tmp_path, compile):
+    """Muon (torch.optim.Muon) beside fused AdamW under bfloat16 autocast, with the speedrun options
+    (qk_norm, soft-capped logits, relu2, wsd), eager and compiled: the loss falls; eager, a stopped and
+    resumed run continues the straight one (Muon's momentum is in the checkpoint)."""
+    kw = dict(device="cuda", dtype="bfloat16", optimizer="muon", max_steps=30, eval_interval=10, lr=1e-2,
+              lr_schedule="wsd", compile=compile, model=dict(qk_norm=True, logit_softcap=15.0, activation="relu2"))
+    s = train(tiny_train_config(char_data, tmp_path / "straight", **kw))
+    records = lambda out: [(r["step"], r["loss"]) for r in  # noqa: E731
+                           map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    losses = [v for _, v in records(tmp_path / "straight")]
+    assert s["status"] == "completed" and losses[-1] < losses[0] - 0.5
+    if compile:
+        return
+    train(tiny_train_config(char_data, tmp_path / "split", **kw), callbacks=[lambda rec: rec["step"] == 13])
+    train({"resume": str(tmp_path / "split")})
+    got, want = records(tmp_path / "split"), records(tmp_path / "straight")
+    assert [st for st, _ in got] == [st for st, _ in want]
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-4)
+
+
 def test_lora_finetune_and_evaluation(trained_model, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"say {w}:", "completion": f" {w} {w}."}) + "\n"

@@ -36,6 +36,8 @@ JSON_OPTIONS = {"whitespace_flexible": False}
 def grammar_text(params: SamplingParams) -> str | None:
     """The llguidance grammar of a request's ``json_schema`` or ``regex`` (None without either),
     checked: an invalid schema or expression is a UserError naming the problem."""
+    if not (params.json_schema or params.regex):
+        return None  # (before importing llguidance: plain decoding does not need it)
     import llguidance
 
     if params.json_schema:
@@ -45,10 +47,8 @@ def grammar_text(params: SamplingParams) -> str | None:
         except ValueError as e:
             raise UserError(f"json_schema cannot be used: {e}") from None
         what = "json_schema"
-    elif params.regex:
-        grammar, what = llguidance.LLMatcher.grammar_from_regex(params.regex), "regex"
     else:
-        return None
+        grammar, what = llguidance.LLMatcher.grammar_from_regex(params.regex), "regex"
     problem = llguidance.LLMatcher.validate_grammar(grammar)
     if problem:
         raise UserError(f"{what} cannot be used: {_one_line(problem)}")

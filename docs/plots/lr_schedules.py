@@ -24,11 +24,11 @@ OUT = Path(__file__).resolve().parents[1] / "img" / "lr-schedules.png"
 def main() -> None:
     base = dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, max_steps=2000)
     steps = range(base["max_steps"])
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6), sharex=True, sharey=True)
+    fig, axes = plt.subplots(2, 4, figsize=(15, 6), sharex=True, sharey=True)
     for ax, (name, extra) in zip(axes.flat, [
         ("cosine", {}), ("linear", {}), ("constant", {}),
         ("step", dict(lr_step_size=500, lr_decay_factor=0.3)), ("cyclic", dict(lr_cycle_steps=200)),
-        ("plateau", dict(plateau_patience=2, lr_decay_factor=0.3)),
+        ("plateau", dict(plateau_patience=2, lr_decay_factor=0.3)), ("wsd", dict(lr_decay_fraction=0.2)),
     ]):
         cfg = TrainConfig(lr_schedule=name, **base, **extra)
         if name == "plateau":  # evaluations every 100 steps on a validation loss that levels off at step ~800
@@ -46,6 +46,7 @@ def main() -> None:
         label = ", ".join(f"{k}={v}" for k, v in extra.items())
         ax.set_title(f"lr_schedule = \"{name}\"" + (f"\n{label}" if label else ""), fontsize=9)
         ax.grid(alpha=0.3)
+    axes.flat[-1].set_visible(False)  # seven schedules, eight places
     for ax in axes[-1]:
         ax.set_xlabel("step")
     for ax in axes[:, 0]:

@@ -79,6 +79,17 @@ def test_without_the_constraint_the_model_writes_no_json(lm):
             json.loads(text)
 
 
+def test_plain_decoding_does_not_need_llguidance(lm, monkeypatch):
+    """Only structured output imports llguidance: without it installed, plain requests still decode."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llguidance", None)  # `import llguidance` now raises ImportError
+    texts = engine_texts(lm, "The answer: ", [SamplingParams(max_new_tokens=8, seed=1)])
+    assert len(texts) == 1 and texts[0][0]
+    with pytest.raises(ImportError):
+        engine_texts(lm, "The answer: ", [SamplingParams(max_new_tokens=8, regex="[a-z]+")])
+
+
 def test_regex_outputs_match(lm):
     pattern = r"[A-Z][a-z]{2,6} [0-9]{3}(-[a-z]{1,3})?"
     outs = engine_texts(lm, "Code: ", [SamplingParams(max_new_tokens=40, seed=i, regex=pattern) for i in range(30)])
