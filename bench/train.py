@@ -154,7 +154,7 @@ def quality_rounds(args, nanogpt: Path, data: Path, work: Path) -> None:
     print(f"  median time ratio arlm / nanoGPT: {ratio:.2f}")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--n-head", type=int, default=4)
@@ -178,11 +178,19 @@ def main() -> None:
     ap.add_argument("--quality-steps", type=int, default=2000, help="--vs-nanogpt: nanoGPT's iterations to the target loss")
     ap.add_argument("--quality-rounds", type=int, default=3, help="--vs-nanogpt: rounds of the time-to-quality comparison (0: skip)")
     ap.add_argument("--fast-config", default="configs/shakespeare_char_fast.toml", help="--vs-nanogpt: arlm's recipe to the target")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.vs_nanogpt:
         args.rounds = min(args.rounds, 3) if args.rounds == 6 else args.rounds  # the default of 6 is for step timing
         return vs_nanogpt(args)
+    compare_steps(args)
 
+
+def compare_steps(args) -> None:
+    """arlm's optimizer step against transformers' usual loop on the same weights and batches."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -251,7 +259,11 @@ def main() -> None:
             fn()
             if r:  # the first round warms up (and compiles)
                 times[name].append((time.perf_counter() - t) / args.steps)
-    n = sum(p.numel() for p in ours.parameters())
+    report(args, times, ours, device, dtype)
+
+
+def report(args, times: dict[str, list[float]], model, device: torch.device, dtype: torch.dtype) -> None:
+    n = sum(p.numel() for p in model.parameters())
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     peak = matmul_peak(device, dtype)
     print(f"torch {torch.__version__}, {where}; {n / 1e6:.2f}M parameters "
@@ -260,7 +272,7 @@ def main() -> None:
           f"measured {args.dtype} matmul peak {peak / 1e12:.2f} TFLOP/s")
     base = statistics.median(times["transformers GPT2LMHeadModel + AdamW"])
     tokens = args.batch_size * args.block_size
-    flops = flops_per_token(ours)
+    flops = flops_per_token(model)
     for name, ts in times.items():
         t = statistics.median(ts)
         own = matmul_peak(device, torch.bfloat16) if name.endswith("bfloat16") else peak  # MFU against its own dtype's peak

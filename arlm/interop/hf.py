@@ -363,10 +363,11 @@ def hf_layout(cfg: GPTConfig) -> str:
     """
     if not isinstance(cfg, GPTConfig):  # the layouts below are a GPT's weights
         raise UserError(f"only GPT models export to Hugging Face format; this is an {cfg.type.upper()} model")
-    if cfg.qk_norm or cfg.logit_softcap:
-        raise UserError("GPT-2 and Llama have no " + " or ".join(what for on, what in (
-            (cfg.qk_norm, "query/key normalisation (model.qk_norm)"), (cfg.logit_softcap, "logit soft-capping "
-            "(model.logit_softcap)")) if on) + ": this model cannot be written in their layout; export it with --format onnx")
+    missing = [what for on, what in ((cfg.qk_norm, "query/key normalisation (model.qk_norm)"),
+                                     (cfg.logit_softcap, "logit soft-capping (model.logit_softcap)")) if on]
+    if missing:
+        raise UserError(f"GPT-2 and Llama have no {' or '.join(missing)}: this model cannot be written in their "
+                        f"layout; export it with --format onnx")
     if cfg.pos_embedding == "learned":
         problems = [what for bad, what in (
             (cfg.norm != "layernorm", "norm must be layernorm"),
