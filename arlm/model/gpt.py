@@ -25,6 +25,7 @@ from arlm.config import GPTConfig
 from arlm.model import kernels
 from arlm.model.layers import KVCache, Linear, apply_rope, cache_mask, make_norm, rope_cos_sin, rope_inv_freq
 
+
 class ReLU2(nn.Module):
     """relu(x)^2 (So et al. 2021, Primer): cheaper than GELU, and better on small GPTs (modded-nanogpt)."""
 
@@ -105,7 +106,6 @@ class CausalSelfAttention(nn.Module):
             y = self.attend(q, k, v, mask, T)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # re-assemble heads: (B, T, nh*hs)
         return self.resid_dropout(self.c_proj(y))
-
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, T: int) -> torch.Tensor:
         """PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels where

@@ -145,6 +145,10 @@ def resume_config(path: str | Path, overrides: dict[str, Any]) -> tuple[Path, Tr
         if key in overrides and overrides[key] and overrides[key] != base.get(key):
             raise UserError(f"cannot resume with a different {key} ({overrides[key]!r} vs {base.get(key)!r} in {ckpt.path}); "
                             f"start a new run instead")
+    saved_optimizer = base.get("optimizer", "adamw")  # (runs from before the key trained with AdamW)
+    if overrides.get("optimizer", saved_optimizer) != saved_optimizer:
+        raise UserError(f"cannot resume with a different optimizer ({overrides['optimizer']!r} vs {saved_optimizer!r} in "
+                        f"{ckpt.path}): its saved state belongs to {saved_optimizer}; drop --optimizer, or start a new run")
     if overrides.get("out") and Path(overrides["out"]).resolve() != out.resolve():
         raise UserError(f"--out cannot move a resumed run: it continues in {out}; copy that folder to "
                         f"{overrides['out']} and resume the copy instead")

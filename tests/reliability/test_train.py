@@ -182,6 +182,14 @@ def test_resume_with_a_hand_edited_config(capsys, run_dir, tmp_path):
             has(r"latest", r"config\.json", r"lr", r"number"), keep=tmp_path)
 
 
+def test_resume_with_another_optimizer(capsys, run_dir, tmp_path):
+    """The saved optimizer state belongs to the run's optimizer: switching on resume is refused by name
+    (it used to fail later, on a key of the state dict), and nothing of the run changes."""
+    run_copy = copy(run_dir, tmp_path / "run")
+    refused(capsys, ["train", "--resume", run_copy, "--max-steps", "100", "--optimizer", "muon", "--no-progress"],
+            has(r"different optimizer", r"'muon' vs 'adamw'", r"drop --optimizer"), keep=tmp_path)
+
+
 def test_resume_with_damaged_metrics(capsys, char_data, tmp_path):
     out = tmp_path / "run"
     train_ok(capsys, "--data", char_data, "--out", out, *FAST)
