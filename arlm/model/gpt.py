@@ -33,8 +33,20 @@ class ReLU2(nn.Module):
         return F.relu(x).square()
 
 
+class GELUTanh(nn.GELU):
+    """GPT-2's "gelu_new" (Hendrycks & Gimpel 2016): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). On CPU
+    it runs arlm's kernel (arlm/model/kernels/activation.cpp: PyTorch's costs as much as the matrix product
+    before it); elsewhere, and inside torch.compile, PyTorch's."""
+
+    def __init__(self):
+        super().__init__(approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.gelu_tanh(x) if kernels.gelu_usable(x) else super().forward(x)
+
+
 ACTIVATIONS = {
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # GPT-2's "gelu_new" (Hendrycks & Gimpel 2016)
+    "gelu_tanh": GELUTanh,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
     "relu": nn.ReLU,

@@ -1,6 +1,7 @@
-"""The CPU decoding kernels (arlm/model/kernels): same products as a float64 reference for every
-weight format, row count and size (including sizes that are not multiples of the vector width),
-the layers' fallback when the kernels are off, and how they are chosen."""
+"""The CPU kernels (arlm/model/kernels): same products as a float64 reference for every weight format,
+row count and size (including sizes that are not multiples of the vector width), the same one-query
+attention and tanh GELU (forward and backward) as float64, the layers' fallback when the kernels are off,
+and how they are chosen."""
 
 from __future__ import annotations
 
@@ -205,3 +206,95 @@ def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="bad.cpp"):
         kernels._build(cxx)
     assert [p for p in tmp_path.rglob("*") if p.name != "bad.cpp"] == []  # no library, no objects left
+
+
+def gelu_tanh_reference(x, grad):
+    """PyTorch's tanh GELU and its gradient in float64."""
+    x64 = x.double().requires_grad_()
+    y = torch.nn.functional.gelu(x64, approximate="tanh")
+    (g,) = torch.autograd.grad(y, x64, grad.double())
+    return y.detach(), g
+
+
+def max_error(got, want):
+    return (got.double() - want).abs().max().item() if got.numel() else 0.0
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 63, 16385, 100_003])
+def test_gelu_tanh_matches_float64_forward_and_backward(n):
+    """Sizes below, at and past the vector width and the threads' block, values over the whole useful
+    range and past it (the tails where 1 + tanh cancels: as close as float32 allows, absolutely)."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.cat([torch.linspace(-12, 12, n // 2), 3 * torch.randn(n - n // 2, generator=g)])
+    grad = torch.randn(n, generator=g)
+    ref, ref_grad = gelu_tanh_reference(x, grad)
+    xg = x.clone().requires_grad_()
+    y = kernels.gelu_tanh(xg)
+    y.backward(grad)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    torch_err = max_error(torch.nn.functional.gelu(x, approximate="tanh"), ref)
+    assert max_error(y, ref) <= max(2 * torch_err, 1e-6)
+    assert ((xg.grad.double() - ref_grad).abs() <= 1e-6 * (1 + grad.double().abs())).all()
+
+
+def test_gelu_tanh_bfloat16_rounds_like_torch():
+    """bfloat16 in, bfloat16 out, computed in float32: within one bfloat16 rounding of PyTorch's."""
+    x = (4 * torch.randn(4, 1000)).bfloat16()
+    grad = torch.randn(4, 1000).bfloat16()
+    got = kernels.gelu_tanh(x)
+    want = torch.nn.functional.gelu(x, approximate="tanh")
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), want.float(), rtol=2 ** -7, atol=1e-3)
+    got_grad = torch.ops.arlm.gelu_tanh_backward(grad, x)
+    want_grad = torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+    assert got_grad.dtype == torch.bfloat16
+    assert torch.allclose(got_grad.float(), want_grad.float(), rtol=2 ** -7, atol=1e-3)
+
+
+def test_gelu_tanh_special_values_and_strides():
+    x = torch.tensor([0.0, -0.0, float("nan"), 1e30, -1e30, 88.0, -88.0, 1e-40])
+    y = kernels.gelu_tanh(x)
+    assert y[0] == 0 and torch.isnan(y[2]) and y[3] == 1e30 and y[5] == 88.0
+    assert y[4] == 0 and y[6] == 0 and torch.isfinite(y[[0, 1, 3, 4, 5, 6, 7]]).all()
+    grad = torch.ops.arlm.gelu_tanh_backward(torch.ones_like(x), x)
+    assert grad[0] == 0.5 and grad[3] == 1 and grad[4] == 0 and grad[6] == 0 and torch.isnan(grad[2])
+    wide = torch.randn(6, 10)
+    view = wide.t()[:, 1:5]  # not contiguous: the kernel reads a contiguous copy and returns that shape
+    assert torch.allclose(kernels.gelu_tanh(view), torch.nn.functional.gelu(view, approximate="tanh"), atol=1e-6)
+
+
+def test_gelu_kernel_only_on_cpu_outside_compile_and_tracing(monkeypatch):
+    x = torch.randn(3, 8)
+    assert kernels.gelu_usable(x) and kernels.gelu_usable(x.bfloat16()) and kernels.gelu_usable(x.requires_grad_())
+    assert not kernels.gelu_usable(x.double()) and not kernels.gelu_usable(x.half())
+    assert not kernels.gelu_usable(torch.empty(3, 8, device="meta"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not kernels.gelu_usable(torch.randn(3, 8))
+
+
+def test_training_agrees_with_and_without_the_gelu_kernel(monkeypatch):
+    """A GPT with the default activation: the same loss and gradients with the kernel and with PyTorch's
+    GELU (float32), and the kernel is what ran."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
+    m = GPT(cfg)
+    x = torch.randint(0, 50, (3, 16))
+
+    def loss_and_grads():
+        m.zero_grad()
+        _, loss = m(x, targets=x)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in m.parameters()]
+
+    calls = []
+    real = kernels.gelu_tanh
+    monkeypatch.setattr(kernels, "gelu_tanh", lambda t: calls.append(t.shape) or real(t))
+    loss, grads = loss_and_grads()
+    assert len(calls) == cfg.n_layer
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setattr(kernels, "_tried", True)
+    loss_torch, grads_torch = loss_and_grads()
+    assert len(calls) == cfg.n_layer  # the fallback ran PyTorch's
+    assert torch.allclose(loss, loss_torch, atol=1e-6)
+    for a, b in zip(grads, grads_torch):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)

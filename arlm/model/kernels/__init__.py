@@ -1,5 +1,7 @@
-"""CPU kernels for decoding, compiled on first use: the linear layers (``linear.cpp``, the operator
-``arlm::linear``) and one-query attention over the KV cache (``attention.cpp``, ``arlm::attend``).
+"""CPU kernels, compiled on first use: for decoding, the linear layers (``linear.cpp``, the operator
+``arlm::linear``) and one-query attention over the KV cache (``attention.cpp``, ``arlm::attend``); for
+training and prefill too, the tanh-approximated GELU, forward and backward (``activation.cpp``,
+``arlm::gelu_tanh``: PyTorch's is as slow as the matrix product before it, see that file).
 
 Decoding a token multiplies a few rows of activations by every weight matrix, so its speed is how
 fast the weights stream from memory. On CPU, PyTorch's BLAS path (MKL's sgemv) reaches about half of
@@ -8,6 +10,7 @@ per output (about 80%); ``linear.cpp`` streams float32 weights at the bandwidth,
 weights in registers and multiplies int8 weights with int16-rounded activations (bench/decode.py
 measures all of these). A decoding step's attention reads the whole cache once per layer;
 ``attention.cpp`` does it in one pass over the keys and one over the values (see its header).
+Under ``torch.compile`` the layers use PyTorch's own operators, which inductor fuses.
 
 The sources are compiled against the installed torch with the system C++ compiler (``$CXX``, else
 ``c++``/``g++``/``clang++``) for the machine it runs on, once (about 15 s), into
@@ -35,7 +38,7 @@ from arlm.runtime import cpu_info
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("vec.h", "linear.cpp", "int4.cpp", "attention.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("vec.h", "linear.cpp", "int4.cpp", "attention.cpp", "activation.cpp")]
 # Up to this many rows (batch x new tokens) the kernel beats torch's matmul (measured on a 2-core CPU):
 MAX_ROWS = 8  # float32 weights
 MAX_ROWS_LOW_PRECISION = 64  # bfloat16/int8 weights (beyond it, widening the matrix once for BLAS wins)
@@ -72,7 +75,7 @@ def _build(cxx: str) -> Path:
     if out.exists():
         return out
     cache.mkdir(parents=True, exist_ok=True)
-    log.info("building the CPU decoding kernels for this machine (once, about 15 s) into %s", cache)
+    log.info("building the CPU kernels for this machine (once, about 15 s) into %s", cache)
     compile_ = [cxx, "-O3", "-march=native", "-fPIC", "-w", abi,
                 f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}"]
     link = [f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{torch_dir / 'lib'}"]
@@ -105,22 +108,24 @@ def library() -> bool:
         return _loaded
     _tried = True
     if os.environ.get("ARLM_CPU_KERNELS", "1") == "0":
-        log.info("CPU decoding kernels disabled (ARLM_CPU_KERNELS=0)")
+        log.info("CPU kernels disabled (ARLM_CPU_KERNELS=0)")
         return False
     cxx = _compiler()
     if cxx is None:
-        log.warning("no C++ compiler found (set CXX): decoding uses torch's linear layers (slower on CPU)")
+        log.warning("no C++ compiler found (set CXX): decoding and GELU use PyTorch's operators (slower on CPU)")
         return False
     t = time.monotonic()
     try:
         torch.ops.load_library(str(_build(cxx)))
     except (OSError, RuntimeError) as e:
-        log.warning("could not build the CPU decoding kernels (%s): decoding uses torch's linear layers", e)
+        log.warning("could not build the CPU kernels (%s): decoding and GELU use PyTorch's operators (slower)", e)
         return False
     torch.library.register_fake("arlm::linear")(_fake_linear)
     torch.library.register_fake("arlm::attend")(_fake_attend)
     torch.library.register_fake("arlm::linear_int4")(_fake_linear_int4)
-    log.debug("CPU decoding kernels ready in %.2fs", time.monotonic() - t)
+    torch.library.register_fake("arlm::gelu_tanh")(_fake_like_x)
+    torch.library.register_fake("arlm::gelu_tanh_backward")(lambda grad, x: _fake_like_x(x))
+    log.debug("CPU kernels ready in %.2fs", time.monotonic() - t)
     _loaded = True
     return True
 
@@ -132,6 +137,10 @@ def _fake_linear(x, weight, scale, bias):
 
 def _fake_linear_int4(x, codes, scales, offsets, group_size, bias):
     return x.new_empty(*x.shape[:-1], codes.size(0), dtype=torch.float32)
+
+
+def _fake_like_x(x):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _fake_attend(q, k, v, mask):
@@ -198,3 +207,32 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     if mask is not None:
         mask = mask.expand(q.size(0), 1, 1, k.size(2)).reshape(q.size(0), k.size(2)).contiguous()
     return torch.ops.arlm.attend(q, k, v, mask)
+
+
+def gelu_usable(x: torch.Tensor) -> bool:
+    """Whether :func:`gelu_tanh` may run on ``x``: float32 or bfloat16 on CPU, with or without gradients,
+    outside torch.compile (inductor fuses PyTorch's GELU into its own loops) and ONNX tracing, and the
+    library built (building it on first use)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return _loaded or library()
+
+
+class _GeluTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.ops.arlm.gelu_tanh(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.ops.arlm.gelu_tanh_backward(grad, x)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(x, approximate="tanh")``, differentiable, in ``x``'s dtype (computed in float32; within
+    a few float32 ulps of PyTorch's). Call only where :func:`gelu_usable` said yes."""
+    return _GeluTanh.apply(x)

@@ -22,31 +22,6 @@
 
 #include "vec.h"
 
-/* exp for 8 floats: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite: ln2 in two parts so n ln2 is exact),
- * exp(r) by the degree-6 polynomial of Cephes' expf (S. L. Moshier; relative error ~1e-7 over the
- * range), times 2^n built in the exponent bits. Inputs below -87.3 (where 2^n would leave the
- * normal range; -inf from masked keys) give exactly 0. */
-static inline f8 exp8(f8 x) {
-    const f8 input = x;
-    x = x < -87.3f ? f8{} - 87.3f : x;
-    x = x > 88.3f ? f8{} + 88.3f : x;
-    const f8 fx = x * 1.44269504088896341f + 0.5f;
-    i32x8 n = __builtin_convertvector(fx, i32x8);  /* truncates toward zero ... */
-    n += (__builtin_convertvector(n, f8) > fx);    /* ... so step down where that rounded up: floor */
-    const f8 nf = __builtin_convertvector(n, f8);
-    const f8 r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-    f8 p = 1.9875691500e-4f * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const i32x8 bits = (n + 127) << 23;
-    f8 scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return input < -87.3f ? f8{} : p * scale;
-}
-
 /* Lane i of the result = the sum of a[i]'s lanes (8 dot products finished at once). */
 static inline f8 reduce8(const f8 *a) {
 #ifdef __AVX__
