@@ -6,6 +6,7 @@ and how they are chosen."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -193,6 +194,21 @@ def test_disabled_or_unbuildable_kernels_fall_back_with_a_reason(monkeypatch, ca
     assert not kernels.usable(torch.randn(1, 8), torch.randn(4, 8))
 
 
+def test_a_new_build_prunes_all_but_the_newest_libraries(tmp_path):
+    for i in range(kernels.KEEP_BUILDS + 3):
+        lib = tmp_path / f"kernels-{i:016x}.so"
+        lib.write_bytes(b"")
+        os.utime(lib, (1000 + i, 1000 + i))
+    (tmp_path / "notes.txt").write_text("not ours\n")
+    newest = tmp_path / "kernels-new.so"
+    newest.write_bytes(b"")
+    kernels._prune(tmp_path, keep=newest)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "notes.txt" in left and "kernels-new.so" in left
+    assert len([n for n in left if n.startswith("kernels-")]) == kernels.KEEP_BUILDS
+    assert f"kernels-{0:016x}.so" not in left and f"kernels-{kernels.KEEP_BUILDS + 2:016x}.so" in left
+
+
 def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
     """A second build with the same source, compiler and CPU reuses the library; a failing compile
     leaves no file behind."""
@@ -201,7 +217,7 @@ def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
     stamp = built.stat().st_mtime_ns
     assert kernels._build(cxx) == built and built.stat().st_mtime_ns == stamp
     monkeypatch.setenv("ARLM_KERNEL_CACHE", str(tmp_path))
-    monkeypatch.setattr(kernels, "SOURCES", [*kernels.SOURCES, tmp_path / "bad.cpp"])
+    monkeypatch.setattr(kernels, "SOURCES", [tmp_path / "bad.cpp"])  # fails fast (no torch headers to parse)
     (tmp_path / "bad.cpp").write_text("this is not C++\n")
     with pytest.raises(RuntimeError, match="bad.cpp"):
         kernels._build(cxx)

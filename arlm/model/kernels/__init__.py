@@ -95,10 +95,23 @@ def _build(cxx: str) -> Path:
                 if run.returncode == 0:
                     os.chmod(tmp, 0o755)
                     os.replace(tmp, out)
+                    _prune(cache, keep=out)
                     return out
                 failed = [run.stderr]
         errors.append(failed[0].strip()[-300:])
     raise RuntimeError(errors[-1])
+
+
+KEEP_BUILDS = 8  # libraries kept in the cache (other torch builds or CPUs sharing a home folder keep theirs)
+
+
+def _prune(cache: Path, keep: Path) -> None:
+    """Delete all but the KEEP_BUILDS newest libraries (each source change builds a new one, ~0.25 MB).
+    A library that another process has loaded stays usable after it is unlinked."""
+    builds = sorted(cache.glob("kernels-*.so"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for old in builds[KEEP_BUILDS:]:
+        if old != keep:
+            old.unlink(missing_ok=True)
 
 
 def library() -> bool:
