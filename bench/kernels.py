@@ -2,9 +2,10 @@
 
     python bench/kernels.py [--rounds 5]
 
-Per operator (forward and backward, float32 and bfloat16, at the activation shapes of nanoGPT's CPU
-recipe and of the demo recipe), then a whole training step of the demo's shape (Muon, bfloat16
-autocast, batch 32) with the kernels on and off. Variants alternate within each round; medians are
+Per operator (the tanh GELU and causal attention, forward and backward, float32 and bfloat16, at the
+shapes of nanoGPT's CPU recipe, of the demo recipe and of longer contexts), then whole training steps
+of nanoGPT's recipe (float32, AdamW, batch 12, exact GELU) and of the demo's (Muon, bfloat16 autocast,
+batch 32, tanh GELU) with the kernels on and off. Variants alternate within each round; medians are
 printed, with the ratio PyTorch time / arlm time (above 1: arlm is faster).
 """
 
@@ -58,30 +59,59 @@ def operators(rounds: int) -> None:
                   f"{us['arlm bwd']:6.0f} ({us['torch bwd'] / us['arlm bwd']:.2f}x)")
 
 
+def attention(rounds: int) -> None:
+    print("\ncausal attention, forward + backward, microseconds per call (PyTorch: its CPU flash attention in float32,"
+          " as arlm ran it before; bfloat16 inputs converted); ratio = PyTorch / arlm")
+    for B, nh, T, hs in ((12, 4, 64, 32), (32, 4, 64, 32), (8, 12, 128, 64), (4, 6, 256, 64)):
+        for dtype in (torch.float32, torch.bfloat16):
+            qkv = torch.randn(B, T, 3 * nh * hs, dtype=dtype)
+            q, k, v = (t.view(B, T, nh, hs).transpose(1, 2).detach().requires_grad_() for t in qkv.split(nh * hs, dim=2))
+            g = torch.randn(B, nh, T, hs, dtype=dtype)
+
+            def pytorch():
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).to(dtype)
+                y.backward(g)
+
+            def arlm():
+                kernels.causal_attention(q, k, v).backward(g)
+
+            t = alternate({"torch": pytorch, "arlm": arlm}, rounds, 20)
+            print(f"  (B={B}, nh={nh}, T={T}, hs={hs})".ljust(30) + f"{str(dtype).removeprefix('torch.'):9s} "
+                  f"{t['torch'] * 1e6:7.0f} vs {t['arlm'] * 1e6:7.0f} ({t['torch'] / t['arlm']:.2f}x)")
+
+
+RECIPES = {  # name: (batch, optimizer, dtype, activation)
+    "nanoGPT's CPU recipe (batch 12, AdamW, float32, exact GELU)": (12, "adamw", "float32", "gelu"),
+    "the demo's recipe (batch 32, Muon, bfloat16 autocast, tanh GELU)": (32, "muon", "bfloat16", "gelu_tanh"),
+}
+
+
 def training_step(rounds: int) -> None:
-    torch.manual_seed(0)
-    model_cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False)
-    cfg = TrainConfig(data="-", out="-", batch_size=32, model=model_cfg, optimizer="muon", dtype="bfloat16")
-    model = build_model(model_cfg)
-    opt = make_optimizer(model, cfg, torch.device("cpu"))
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    batch = torch.randint(0, 65, (32, 65))
+    for name, (batch_size, optimizer, dtype, activation) in RECIPES.items():
+        torch.manual_seed(0)
+        model_cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False,
+                              activation=activation)
+        cfg = TrainConfig(data="-", out="-", batch_size=batch_size, model=model_cfg, optimizer=optimizer, dtype=dtype)
+        model = build_model(model_cfg)
+        opt = make_optimizer(model, cfg, torch.device("cpu"))
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        batch = torch.randint(0, 65, (batch_size, 65))
 
-    def step(use_kernels: bool):
-        def run():
-            kernels._loaded = use_kernels
-            optimizer_step(model, model, opt, scaler, [(batch[:, :-1], batch[:, 1:])], 1e-3, cfg,
-                           torch.device("cpu"), torch.bfloat16)
-        return run
+        def step(use_kernels: bool):
+            def run():
+                kernels._loaded = use_kernels
+                optimizer_step(model, model, opt, scaler, [(batch[:, :-1], batch[:, 1:])], 1e-3, cfg,
+                               torch.device("cpu"), getattr(torch, dtype))
+            return run
 
-    try:
-        t = alternate({"PyTorch's operators": step(False), "arlm's kernels": step(True)}, rounds, 10)
-    finally:
-        kernels._loaded = True
-    base = t["PyTorch's operators"]
-    print("\ndemo recipe's training step (4 layers, 128 wide, context 64, batch 32, Muon, bfloat16 autocast)")
-    for name, sec in t.items():
-        print(f"  {name:22s} {sec * 1e3:6.1f} ms/step   {base / sec:.2f}x")
+        try:
+            t = alternate({"PyTorch's operators": step(False), "arlm's kernels": step(True)}, rounds, 10)
+        finally:
+            kernels._loaded = True
+        base = t["PyTorch's operators"]
+        print(f"\ntraining step, 4 layers x 128, context 64: {name}")
+        for variant, sec in t.items():
+            print(f"  {variant:22s} {sec * 1e3:6.1f} ms/step   {base / sec:.2f}x")
 
 
 def main() -> None:
@@ -92,6 +122,7 @@ def main() -> None:
         raise SystemExit("the CPU kernels could not be built here (no C++ compiler?): nothing to compare")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.rounds} alternating rounds")
     operators(args.rounds)
+    attention(args.rounds)
     training_step(args.rounds)
 
 

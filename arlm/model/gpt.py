@@ -121,9 +121,12 @@ class CausalSelfAttention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, T: int) -> torch.Tensor:
         """PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels where
-        available). Without a mask the T positions are the whole sequence: causal."""
+        available), or on CPU for causal sequences of up to kernels.MAX_CAUSAL_T positions arlm's kernel.
+        Without a mask the T positions are the whole sequence: causal."""
         kw = dict(attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=self.dropout if self.training else 0.0,
                   enable_gqa=self.n_kv_head != self.n_head)
+        if kw["is_causal"] and kw["dropout_p"] == 0.0 and kernels.causal_usable(q, k, v):
+            return kernels.causal_attention(q, k, v)  # CPU training and prefill: arlm/model/kernels/causal.cpp
         if q.dtype != torch.bfloat16 or q.device.type != "cpu":
             return F.scaled_dot_product_attention(q, k, v, **kw)
         # On CPU, PyTorch's flash attention is several times slower in bfloat16 than in float32, even with

@@ -314,3 +314,108 @@ def test_training_agrees_with_and_without_the_gelu_kernel(monkeypatch):
     assert torch.allclose(loss, loss_torch, atol=1e-6)
     for a, b in zip(grads, grads_torch):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def causal_inputs(B, nh, T, hs, dtype=torch.float32, seed=0):
+    """q, k, v as the model makes them: (B, nh, T, hs) views of one fused projection (B, T, 3 nh hs)."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = (2 * torch.randn(B, T, 3 * nh * hs, generator=g)).to(dtype).requires_grad_()
+    q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(nh * hs, dim=2))
+    return qkv, q, k, v, torch.randn(B, nh, T, hs, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("B,nh,T,hs", [(2, 3, 64, 32), (1, 2, 2, 8), (2, 2, 5, 7), (1, 1, 17, 16), (3, 2, 100, 48),
+                                       (1, 2, 256, 64), (2, 1, 3, 130), (1, 4, 33, 64)])
+def test_causal_attention_matches_float64_forward_and_backward(B, nh, T, hs):
+    """Sequence lengths and head sizes below, at and past multiples of the 16-lane vectors and of the
+    4-row tiles, up to MAX_CAUSAL_T; gradients through the views into the fused projection."""
+    qkv, q, k, v, grad = causal_inputs(B, nh, T, hs, seed=T * 1000 + hs)
+    y = kernels.causal_attention(q, k, v)
+    assert y.shape == (B, nh, T, hs) and y.dtype == torch.float32 and y.transpose(1, 2).is_contiguous()
+    (got,) = torch.autograd.grad(y, qkv, grad)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    (want,) = torch.autograd.grad(ref, qkv, grad.double())
+    assert (y.double() - ref).abs().max() < 3e-6 * (1 + ref.abs().max())  # float32 rounding
+    assert (got.double() - want).abs().max() < 1e-5 * (1 + want.abs().max())
+
+
+def attention_errors(q, k, v, grad, attend):
+    """Largest errors of attend(q, k, v) and of its gradients against float64 attention on the same inputs."""
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    y = attend(*leaves)
+    got = torch.autograd.grad(y, leaves, grad)
+    f64 = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = torch.nn.functional.scaled_dot_product_attention(*f64, is_causal=True)
+    want = torch.autograd.grad(ref, f64, grad.double())
+    return [(y.double() - ref).abs().max().item()] + [(a.double() - b).abs().max().item() for a, b in zip(got, want)]
+
+
+def pytorch_attention(q, k, v):
+    """What arlm ran before its kernel: PyTorch's CPU flash attention in float32, cast back."""
+    return torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).to(q.dtype)
+
+
+def test_causal_attention_bfloat16_as_accurate_as_pytorchs():
+    """bfloat16 in and out, float32 inside: the output and each gradient within 2x PyTorch's error (same
+    inputs, float64 reference)."""
+    _, q, k, v, grad = causal_inputs(3, 4, 64, 32, torch.bfloat16)
+    ours = attention_errors(q, k, v, grad, kernels.causal_attention)
+    theirs = attention_errors(q, k, v, grad, pytorch_attention)
+    assert kernels.causal_attention(q, k, v).dtype == torch.bfloat16
+    assert all(a <= 2 * b + 1e-3 for a, b in zip(ours, theirs)), (ours, theirs)
+
+
+def test_causal_attention_peaked_scores_stay_finite():
+    """Scores far apart (exponentials that underflow to 0; float32 scores of ~1e3 carry ~1e-4 of rounding)
+    and the first position, which sees only itself: finite, and within 2x PyTorch's float32 error."""
+    _, q, k, v, grad = causal_inputs(1, 2, 40, 16)
+    q = 300 * q
+    y = kernels.causal_attention(q, k, v)
+    assert torch.isfinite(y).all() and torch.equal(y[:, :, 0], v[:, :, 0])
+    ours = attention_errors(q, k, v, grad, kernels.causal_attention)
+    theirs = attention_errors(q, k, v, grad, pytorch_attention)
+    assert all(a <= 2 * b + 1e-6 for a, b in zip(ours, theirs)), (ours, theirs)
+
+
+def test_causal_kernel_only_where_it_applies(monkeypatch):
+    _, q, k, v, _ = causal_inputs(2, 2, 8, 16)
+    assert kernels.causal_usable(q, k, v) and kernels.causal_usable(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert not kernels.causal_usable(q[:, :, :1], k[:, :, :1], v[:, :, :1])  # one position: decoding's kernel
+    assert not kernels.causal_usable(q, k[:, :1], v[:, :1])  # grouped-query heads
+    assert not kernels.causal_usable(q.double(), k.double(), v.double())
+    assert not kernels.causal_usable(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
+    long = torch.randn(1, 1, kernels.MAX_CAUSAL_T + 1, 8)
+    assert not kernels.causal_usable(long, long, long)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not kernels.causal_usable(q, k, v)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gpt_step_agrees_with_and_without_the_kernels(dtype, monkeypatch):
+    """A GPT's loss and gradients with arlm's attention and GELU kernels and with PyTorch's operators,
+    the kernels being what ran (float32: same to rounding; bfloat16 autocast: within its rounding)."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
+    m = GPT(cfg)
+    x = torch.randint(0, 50, (3, 32))
+
+    def loss_and_grads():
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            _, loss = m(x, targets=x)
+        loss.backward()
+        return loss.detach().float(), [p.grad.clone() for p in m.parameters()]
+
+    calls = []
+    real = kernels.causal_attention
+    monkeypatch.setattr(kernels, "causal_attention", lambda *t: calls.append(t[0].shape) or real(*t))
+    loss, grads = loss_and_grads()
+    assert len(calls) == cfg.n_layer
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setattr(kernels, "_tried", True)
+    loss_torch, grads_torch = loss_and_grads()
+    assert len(calls) == cfg.n_layer
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    assert abs(loss - loss_torch) < tol
+    for a, b in zip(grads, grads_torch):
+        assert (a - b).abs().max() <= tol * (1 + b.abs().max()) * (1 if dtype == "float32" else 5)

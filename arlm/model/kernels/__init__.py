@@ -38,7 +38,8 @@ from arlm.runtime import cpu_info
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name(name) for name in ("vec.h", "linear.cpp", "int4.cpp", "attention.cpp", "activation.cpp")]
+SOURCES = [Path(__file__).with_name(name)
+           for name in ("vec.h", "linear.cpp", "int4.cpp", "attention.cpp", "activation.cpp", "causal.cpp")]
 # Up to this many rows (batch x new tokens) the kernel beats torch's matmul (measured on a 2-core CPU):
 MAX_ROWS = 8  # float32 weights
 MAX_ROWS_LOW_PRECISION = 64  # bfloat16/int8 weights (beyond it, widening the matrix once for BLAS wins)
@@ -138,6 +139,8 @@ def library() -> bool:
     torch.library.register_fake("arlm::linear_int4")(_fake_linear_int4)
     torch.library.register_fake("arlm::gelu_tanh")(_fake_like_x)
     torch.library.register_fake("arlm::gelu_tanh_backward")(lambda grad, x: _fake_like_x(x))
+    torch.library.register_fake("arlm::causal_attention")(_fake_causal)
+    torch.library.register_fake("arlm::causal_attention_backward")(lambda dy, q, k, v, lse: (_bthd(q), _bthd(q), _bthd(q)))
     log.debug("CPU kernels ready in %.2fs", time.monotonic() - t)
     _loaded = True
     return True
@@ -154,6 +157,16 @@ def _fake_linear_int4(x, codes, scales, offsets, group_size, bias):
 
 def _fake_like_x(x):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _bthd(q):
+    """An empty (B, nh, T, hs) tensor like ``q`` laid out as (B, T, nh, hs), as the kernels write."""
+    B, nh, T, hs = q.shape
+    return q.new_empty(B, T, nh, hs).transpose(1, 2)
+
+
+def _fake_causal(q, k, v):
+    return _bthd(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 def _fake_attend(q, k, v, mask):
@@ -249,3 +262,42 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """``F.gelu(x, approximate="tanh")``, differentiable, in ``x``'s dtype (computed in float32; within
     a few float32 ulps of PyTorch's). Call only where :func:`gelu_usable` said yes."""
     return _GeluTanh.apply(x)
+
+
+# Up to this many positions the causal-attention kernel beats PyTorch's flash attention on CPU (its
+# per-head working set, a few T x hs arrays and a T x T matrix, stays in the core's cache; bench/kernels.py).
+MAX_CAUSAL_T = 256
+
+
+def causal_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether :func:`causal_attention` may run: q, k, v (B, nh, T, hs) of one shape (no grouped-query
+    heads), float32 or bfloat16 on CPU, contiguous in the last dimension, 1 < T <= MAX_CAUSAL_T, outside
+    torch.compile and ONNX tracing, and the library built (building it on first use)."""
+    if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16) or q.dim() != 4:
+        return False
+    if k.shape != q.shape or v.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
+        return False
+    if not 1 < q.size(2) <= MAX_CAUSAL_T or any(t.stride(-1) != 1 for t in (q, k, v)):
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return _loaded or library()
+
+
+class _CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        y, lse = torch.ops.arlm.causal_attention(q, k, v)
+        ctx.save_for_backward(q, k, v, lse)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        return torch.ops.arlm.causal_attention_backward(dy, *ctx.saved_tensors)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, is_causal=True)``, differentiable, in q's dtype (computed
+    in float32), returned as a (B, nh, T, hs) view of a (B, T, nh, hs) tensor. Call only where
+    :func:`causal_usable` said yes."""
+    return _CausalAttention.apply(q, k, v)
