@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from arlm.allocator import tune_allocator
 from arlm.cli.flags import (Parser, add_config_args, add_train_args, emit_json, explicit_values, field_names, flag_name,
                             fmt, json_flag, load_model, load_options, read_train_toml, report_training, typed)
 from arlm.config import (CHAT_DEFAULTS, EVAL_TASK_DEFAULTS, EVAL_TASK_OPTIONS, FINETUNE_DEFAULTS, LORA_DEFAULTS,
@@ -585,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         args.progress = False
     try:
         _check_flags(args)
+        tune_allocator()  # arlm/allocator.py: freed tensors stay in the heap (no page faults every step)
         code = args.func(args)
         sys.stdout.flush()  # a full disk under stdout shows here, not at exit
         return code
