@@ -98,7 +98,10 @@ static inline f16 load16(const uint16_t *p) {
 static inline void store16(float *p, f16 v) { memcpy(p, &v, sizeof v); }
 
 static inline void store16(uint16_t *p, f16 v) {
-#ifdef __AVX512BF16__  /* one instruction (vcvtneps2bf16), the same rounding */
+#ifdef __AVX512BF16__
+    /* one instruction (vcvtneps2bf16), the same rounding for every normal float; unlike torch it flushes
+     * float32 denormals (below 1.2e-38) to zero and keeps NaN payloads (checked on 2^20 random bit
+     * patterns against the branch below, which is torch's conversion) */
     const __m256bh h = _mm512_cvtneps_pbh((__m512)v);
     memcpy(p, &h, sizeof h);
 #else
