@@ -1,7 +1,8 @@
 """CPU kernels, compiled on first use: for decoding, the linear layers (``linear.cpp``, the operator
 ``arlm::linear``) and one-query attention over the KV cache (``attention.cpp``, ``arlm::attend``); for
-training and prefill too, the tanh-approximated GELU, forward and backward (``activation.cpp``,
-``arlm::gelu_tanh``: PyTorch's is as slow as the matrix product before it, see that file).
+training and prefill too, forward and backward, the tanh-approximated GELU (``activation.cpp``,
+``arlm::gelu_tanh``: PyTorch's is as slow as the matrix product before it) and causal attention over
+short sequences (``causal.cpp``, ``arlm::causal_attention``); see those files.
 
 Decoding a token multiplies a few rows of activations by every weight matrix, so its speed is how
 fast the weights stream from memory. On CPU, PyTorch's BLAS path (MKL's sgemv) reaches about half of
@@ -126,13 +127,13 @@ def library() -> bool:
         return False
     cxx = _compiler()
     if cxx is None:
-        log.warning("no C++ compiler found (set CXX): decoding and GELU use PyTorch's operators (slower on CPU)")
+        log.warning("no C++ compiler found (set CXX): decoding, GELU and attention use PyTorch's operators (slower on CPU)")
         return False
     t = time.monotonic()
     try:
         torch.ops.load_library(str(_build(cxx)))
     except (OSError, RuntimeError) as e:
-        log.warning("could not build the CPU kernels (%s): decoding and GELU use PyTorch's operators (slower)", e)
+        log.warning("could not build the CPU kernels (%s): decoding, GELU and attention use PyTorch's operators (slower)", e)
         return False
     torch.library.register_fake("arlm::linear")(_fake_linear)
     torch.library.register_fake("arlm::attend")(_fake_attend)
@@ -235,15 +236,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return torch.ops.arlm.attend(q, k, v, mask)
 
 
+def _training_kernels_here() -> bool:
+    """The training kernels run outside torch.compile (inductor fuses PyTorch's operators into its own
+    loops) and ONNX tracing (which records PyTorch's), once the library is built (on first use)."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and (_loaded or library())
+
+
 def gelu_usable(x: torch.Tensor) -> bool:
-    """Whether :func:`gelu_tanh` may run on ``x``: float32 or bfloat16 on CPU, with or without gradients,
-    outside torch.compile (inductor fuses PyTorch's GELU into its own loops) and ONNX tracing, and the
-    library built (building it on first use)."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
-        return False
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    return _loaded or library()
+    """Whether :func:`gelu_tanh` may run on ``x``: float32 or bfloat16 on CPU, with or without gradients
+    (and see :func:`_training_kernels_here`)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _training_kernels_here()
 
 
 class _GeluTanh(torch.autograd.Function):
@@ -271,17 +273,13 @@ MAX_CAUSAL_T = 256
 
 def causal_usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether :func:`causal_attention` may run: q, k, v (B, nh, T, hs) of one shape (no grouped-query
-    heads), float32 or bfloat16 on CPU, contiguous in the last dimension, 1 < T <= MAX_CAUSAL_T, outside
-    torch.compile and ONNX tracing, and the library built (building it on first use)."""
+    heads), float32 or bfloat16 on CPU, contiguous in the last dimension, 1 < T <= MAX_CAUSAL_T (and see
+    :func:`_training_kernels_here`)."""
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.bfloat16) or q.dim() != 4:
         return False
     if k.shape != q.shape or v.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
         return False
-    if not 1 < q.size(2) <= MAX_CAUSAL_T or any(t.stride(-1) != 1 for t in (q, k, v)):
-        return False
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    return _loaded or library()
+    return 1 < q.size(2) <= MAX_CAUSAL_T and all(t.stride(-1) == 1 for t in (q, k, v)) and _training_kernels_here()
 
 
 class _CausalAttention(torch.autograd.Function):

@@ -63,7 +63,7 @@ static float softmax_numerators(float *p, int64_t S) {
     f8 acc = {0};
     int64_t s = 0;
     for (; s + 8 <= S; s += 8) {
-        const f8 e = exp8(load(p + s) - mx);
+        const f8 e = expv(load(p + s) - mx);
         memcpy(p + s, &e, sizeof e);
         acc += e;
     }

@@ -25,13 +25,6 @@
 
 #include "vec.h"
 
-static inline void narrow(float v, float *p) { *p = v; }
-static inline void narrow(float v, uint16_t *p) { /* round to nearest even, as torch converts */
-    uint32_t b;
-    memcpy(&b, &v, sizeof b);
-    *p = v != v ? 0x7FC0 : (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
-}
-
 /* Horizontal max and sum of 16 lanes: halves first, then vec.h's 8-lane tree. */
 static inline void halves(f16 v, f8 &lo, f8 &hi) {
     memcpy(&lo, &v, sizeof lo);

@@ -1,6 +1,7 @@
-/* Vector helpers shared by the kernels (linear.cpp, int4.cpp, attention.cpp, activation.cpp): 8-lane float vectors
- * (GCC/Clang vector extensions, mapped to AVX2 or two SSE/NEON registers) and loads that widen
- * float32, bfloat16 and int8 values to them. */
+/* Vector helpers shared by the kernels (linear.cpp, int4.cpp, attention.cpp, activation.cpp, causal.cpp):
+ * 8- and 16-lane float vectors (GCC/Clang vector extensions, mapped to AVX2/AVX-512 or SSE/NEON
+ * registers), loads that widen float32, bfloat16 and int8 values to them, stores that narrow them back,
+ * and a vectorised exp. */
 #pragma once
 
 #include <algorithm>
@@ -50,6 +51,14 @@ static inline float widen(float w) { return w; }
 static inline float widen(int8_t w) { return (float)w; }
 static inline float widen(uint16_t w) { uint32_t b = (uint32_t)w << 16; float f; memcpy(&f, &b, sizeof f); return f; }
 
+/* ... and stored back one at a time: bfloat16 rounded to nearest even, as torch converts. */
+static inline void narrow(float v, float *p) { *p = v; }
+static inline void narrow(float v, uint16_t *p) {
+    uint32_t b;
+    memcpy(&b, &v, sizeof b);
+    *p = v != v ? 0x7FC0 : (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+
 static inline float hsum(f8 v) {
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
@@ -79,8 +88,6 @@ template <typename V> static inline V expv(V x) {
     memcpy(&scale, &bits, sizeof scale);
     return input < -87.3f ? V{} : p * scale;
 }
-
-static inline f8 exp8(f8 x) { return expv(x); }
 
 /* 16 values widened to float (float32, bfloat16), and stored back: float32 as they are, bfloat16
  * rounded to nearest even as torch converts (NaN stays a quiet NaN). */
