@@ -264,6 +264,7 @@ class Engine:
 
     def stats(self) -> dict[str, int]:
         return dict(running=sum(s is not None for s in self.slots), waiting=len(self.waiting),
+                    waiting_rows=sum(r.params.num_return_sequences for r in self.waiting),
                     slots=len(self.slots), generated_tokens=self.generated_tokens,
                     prefix_hits=self.prefix.hits if self.prefix else 0,
                     prefix_queries=self.prefix.queries if self.prefix else 0)

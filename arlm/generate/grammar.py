@@ -81,6 +81,34 @@ def ll_tokenizer(tokenizer, vocab_size: int):
     return hit
 
 
+class _ByteWrapper:
+    """A vocabulary of the 256 bytes and an end token, which can spell any text: what a grammar accepts at all."""
+
+    eos_token_id, bos_token_id, special_token_ids = 256, None, [256]
+    tokens = [bytes([b]) for b in range(256)] + [b"<|end|>"]
+
+    def __call__(self, text):
+        return list(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+
+
+def accepts_nothing(grammar: str) -> bool:
+    """Whether ``grammar`` accepts no text at all, whatever the vocabulary (a schema that only refers to
+    itself): with bytes as tokens, nothing may come first and the empty text is not accepted."""
+    import llguidance
+
+    global _BYTES
+    if _BYTES is None:
+        _BYTES = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteWrapper()), n_vocab=257)
+    m = llguidance.LLMatcher(_BYTES, grammar, log_level=0)
+    if m.is_error():
+        return False  # reported by the caller's own matcher
+    bits = np.unpackbits(np.frombuffer(m.compute_bitmask(), dtype=np.uint8), bitorder="little")
+    return not bits[:256].any() and not m.is_accepting()
+
+
+_BYTES = None
+
+
 class _CharWrapper:
     """The attributes llguidance's TokenizerWrapper reads, for a CharTokenizer."""
 
@@ -117,6 +145,9 @@ class GrammarConstraint:
         first = self.allowed([], vocab_size)
         first[self.end_ids] = False
         if not first.any() and not self.matcher.is_accepting():
+            if accepts_nothing(grammar):
+                raise UserError("the output format accepts no text at all (a JSON schema whose only content is a $ref "
+                                "to itself, or an empty enum); fix the schema or expression")
             raise UserError("this model's vocabulary cannot write any text the output format accepts "
                             "(its first character is not a token); use a model whose tokenizer covers it")
 

@@ -4,7 +4,8 @@ Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/model
 (503 while the model loads), ``GET /metrics`` (Prometheus), ``POST /tokenize``, ``POST /detokenize``,
 and the page (``GET /``, arlm/serve/static). Requests decode together on one engine
 (arlm/serve/runner.py); a client that disconnects has its request aborted at the next step; when
-``max_queue`` requests already wait, new ones get 429 with ``Retry-After``. Every error is an
+``max_queue`` requests already wait, new ones get 429 with ``Retry-After``. Before a route, every request
+passes the gate (arlm/serve/gate.py): the API key, the body limit, the text policy. Every error is an
 OpenAI-style JSON body with a 4xx code (5xx only for the server's own failures, never with a trace).
 """
 
@@ -28,6 +29,7 @@ from arlm.config import EngineConfig, ServeConfig
 from arlm.errors import UserError
 from arlm.generate.grammar import ll_tokenizer
 from arlm.serve import openai_routes
+from arlm.serve.gate import RequestGate
 from arlm.serve.metrics import Metrics
 from arlm.serve.protocol import ApiError, error_body
 from arlm.serve.runner import EngineRunner
@@ -118,7 +120,7 @@ def create_app(cfg: ServeConfig | None = None, model_path: str | None = None, lm
 
     app = FastAPI(title="arlm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
-    app.add_middleware(BodyLimit, limit=cfg.max_body_kb * 1024)
+    app.add_middleware(RequestGate, limit=cfg.max_body_kb * 1024, api_key=cfg.api_key)
     _errors(app)
     openai_routes.register(app, server)
 
@@ -186,46 +188,7 @@ def validation_message(errors: list[dict]) -> str:
     if e.get("type") == "extra_forbidden":
         return f"unknown field '{field}'; remove it (see the OpenAI API reference for the fields this route takes)"
     if e.get("type") == "missing":
-        return f"missing required field '{field}'"
+        return f"missing required field '{field}'" if field else "the request body is empty; send a JSON object"
     if field is None:
         return f"the request body must be a JSON object ({msg})"
     return f"'{field}': {msg}"
-
-
-class BodyLimit:
-    """Refuse bodies over ``limit`` bytes (413), by Content-Length or while reading a chunked body."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return await self._refuse(send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send):
-        response = JSONResponse(error_body(f"request body too large (the limit is {self.limit // 1024} KiB)"),
-                                status_code=413)
-        await response({"type": "http"}, None, send)
-
-
-class _TooLarge(Exception):
-    pass

@@ -54,11 +54,8 @@ class Choice:
 
 
 def guard(server, request: Request, model: str | None) -> None:
-    """The checks every API route makes first: the key, a loaded model, the model's name."""
-    key = server.cfg.api_key
-    if key and request.headers.get("authorization", "") != f"Bearer {key}":
-        raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'", "invalid_request_error",
-                       "invalid_api_key")
+    """The checks every API route makes first (the API key was checked before the body was read, by the gate of
+    arlm/serve/gate.py): a loaded model, the model's name."""
     if server.load_error:
         raise ApiError(500, f"the model could not be loaded: {server.load_error}", "server_error")
     if server.runner is not None and server.runner.error is not None:  # nothing would answer a new request
@@ -279,31 +276,34 @@ class Generation:
                 subs.append((i, runner.submit(ids, self.params, loop, self.queue)))
             for i, sub in subs:
                 self.rows[await asyncio.wrap_future(sub.done)] = i * self.n
-        except QueueFull:
-            self.server.metrics.rejected.inc()
-            self.abort()
-            raise ApiError(429, "the server is busy (its queue is full); retry shortly", "rate_limit_error",
-                                headers={"Retry-After": "1"}) from None
-        except BaseException:
-            for _, sub in subs:  # also those whose id arrives later
+        except BaseException as e:
+            for _, sub in subs:  # those already submitted, also those whose id arrives later
                 sub.done.add_done_callback(lambda f: f.exception() is None and self.server.runner.abort(f.result()))
+            self.done = True  # nothing of it runs; a refusal is not a disconnect or a failure
+            if isinstance(e, QueueFull):
+                self.server.metrics.rejected.inc()
+                raise ApiError(429, "the server is busy (its queue is full); retry shortly", "rate_limit_error",
+                               headers={"Retry-After": "1"}) from None
             raise
         self.server.metrics.prompt.inc(self.prompt_tokens)
 
-    def abort(self, disconnected: bool = True) -> None:
-        """Stop every engine request of this call (a client that left, or one of them failed)."""
+    def abort(self, reason: str = "disconnect") -> None:
+        """Stop every engine request of this call, counted by why: the client left ("disconnect":
+        arlm_requests_aborted), one of them failed ("error": arlm_requests{status="error"}), or the queue
+        refused one ("rejected": arlm_requests_rejected, counted where it is refused)."""
         if not self.done:
             for rid in self.rows:
                 self.server.runner.abort(rid)
-            if disconnected:
+            if reason == "disconnect":
                 self.server.metrics.aborted.inc()
-            else:
+            elif reason == "error":
                 self.server.metrics.requests.labels(self.route, "error").inc()
             self.done = True
 
     async def events(self) -> AsyncIterator[list[tuple[int, Output]]]:
         """Each batch of outputs as (choice index, output) until every choice has finished."""
         checked = time.monotonic()
+        reason = "disconnect"  # what ends it early unless the engine fails: the client leaving (cancelled here)
         try:
             while not all(c.finish_reason for c in self.choices):
                 try:
@@ -318,12 +318,13 @@ class Generation:
                 if item is None:
                     continue
                 if isinstance(item, BaseException):
+                    reason = "error"
                     raise item
                 yield [self._record(self.rows[o.request_id] + o.index, o) for o in item]
             self.done = True
             self.server.metrics.requests.labels(self.route, "error" if self.error else "ok").inc()
         finally:
-            self.abort()  # a client gone mid-stream (the task is cancelled here) or an error: free the slots
+            self.abort(reason)  # a client gone mid-stream (the task is cancelled here) or an error: free the slots
 
     def _record(self, k: int, out: Output) -> tuple[int, Output]:
         c, now, m = self.choices[k], time.monotonic(), self.server.metrics
@@ -433,7 +434,7 @@ async def stream_chunks(server, gen: Generation, body, kind: str, first: list[di
     async for batch in gen.events():
         if gen.error:
             yield gen.error_chunk()
-            gen.abort(disconnected=False)
+            gen.abort("error")
             return
         choices = [c for c in (choice(k, out) for k, out in batch) if c is not None]
         if choices:

@@ -46,7 +46,7 @@ class EngineRunner:
         self.commands: queue.SimpleQueue = queue.SimpleQueue()
         self.streams: dict[str, Submission] = {}
         self.stats = engine.stats()  # a snapshot taken after each step (read by /metrics and /health)
-        self._pending = 0  # submitted, not yet added (counted against max_waiting with the engine's queue)
+        self._pending: list[int] = []  # rows of the requests submitted, not yet added (in order)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.error: BaseException | None = None
@@ -66,13 +66,32 @@ class EngineRunner:
         """Queue a request; await ``asyncio.wrap_future(sub.done)`` for its id (or its UserError),
         then read lists of its :class:`Output` s from ``sub.outputs`` (``outputs``: a queue shared
         with other requests of one HTTP call). QueueFull when too many wait."""
-        with self._lock:
-            if self._pending + self.stats["waiting"] >= self.max_waiting:
-                raise QueueFull
-            self._pending += 1
+        rows = params.num_return_sequences
         sub = Submission(prompt, params, loop, outputs if outputs is not None else asyncio.Queue())
-        self.commands.put(("add", sub))
+        with self._lock:  # in the order the engine's thread will take them
+            if self._waiting_ahead(rows) >= self.max_waiting:
+                raise QueueFull
+            self._pending.append(rows)
+            self.commands.put(("add", sub))
         return sub
+
+    def _waiting_ahead(self, rows: int) -> int:
+        """How many requests a new one of ``rows`` sequences would wait behind for slots, counting those
+        submitted but not yet handed to the engine (which admits in order, as slots free up); -1 when it
+        would start at once. Only requests that wait count against ``max_waiting``: a burst that fits
+        the free slots is taken whole, even while the engine's thread is busy with a step."""
+        s = self.stats
+        free, waiting = s["slots"] - s["running"], 0
+        if s["waiting_rows"] <= free:  # the engine's queue: admitted at its next step where the slots allow
+            free -= s["waiting_rows"]
+        else:  # (exact when every request is one sequence)
+            free, waiting = 0, max(1, s["waiting"] - free)
+        for r in self._pending:
+            if waiting == 0 and r <= free:
+                free -= r
+            else:
+                waiting += 1
+        return -1 if waiting == 0 and rows <= free else waiting
 
     def abort(self, request_id: str) -> None:
         self.commands.put(("abort", request_id))
@@ -122,7 +141,8 @@ class EngineRunner:
                 sub.done.set_result(rid)
             finally:
                 with self._lock:
-                    self._pending -= 1
+                    self._pending.pop(0)
+                    self.stats = self.engine.stats()  # with the request counted as the engine's, at once
         elif cmd[0] == "abort":
             self.engine.abort(cmd[1])
             self.streams.pop(cmd[1], None)
