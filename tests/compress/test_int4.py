@@ -47,8 +47,9 @@ def test_dequantized_within_half_a_step(group, symmetric, seed, scale):
     step = s.float().abs().repeat_interleave(group, 1)
     err = (deq - w).abs()
     if symmetric:
-        # Q4_0's rule: the largest magnitude maps exactly to -8 s; its opposite may clip to 7 s (one step)
-        assert (err <= step * 1.0 + 1e-6 * scale).all()
+        # Q4_0's rule: the largest magnitude maps exactly to -8 s; its opposite may clip to 7 s (one step), plus
+        # 8 times the float16 rounding of s (relative 2^-11): up to 2^-8 of a step (seed 584 reaches 1e-4)
+        assert (err <= step * (1 + 2 ** -8) + 1e-6 * scale).all()
         big = w.reshape(6, -1, group).abs().amax(-1)
         assert torch.allclose(deq.reshape(6, -1, group).abs().amax(-1), big, rtol=2e-3)
     else:

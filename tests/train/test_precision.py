@@ -13,8 +13,12 @@ from tests.conftest import ROOT, tiny_train_config
 
 
 def test_bfloat16_autocast_trains_on_cpu(char_data, tmp_path):
+    from arlm.runtime import cpu_has_bf16
+
     s = train(tiny_train_config(char_data, tmp_path / "bf16", max_steps=6, eval_interval=3, dtype="bfloat16"))
-    assert s["dtype"] == "bfloat16" and s["status"] == "completed" and s["best_val_loss"] < 5
+    # a CPU without AVX512-BF16/AMX trains in float32, with a warning (tests/test_runtime.py covers both branches)
+    assert s["dtype"] == ("bfloat16" if cpu_has_bf16() else "float32")
+    assert s["status"] == "completed" and s["best_val_loss"] < 5
 
 
 def test_float16_needs_cuda(char_data, tmp_path):
