@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arlm.errors import UserError
+from arlm.io.text import check_text
 
 
 def _f(default, help: str, choices: tuple | None = None, metavar: str | None = None, **kw):
@@ -290,6 +291,8 @@ class ImageSampleConfig:
     top_k: int = _f(0, "sample only among the k most likely colours (0: off)")
     seed: int = _f(0, "random seed; the same seed gives the same grid")
     scale: int = _f(8, "draw each pixel as an NxN square in the PNG")
+    overwrite: bool = _f(False, "replace a PNG at --out that this command did not write (its own earlier grid is "
+                                "replaced anyway; a file that is not a PNG never is)")
 
     def validate(self) -> None:
         if not self.out:
@@ -359,6 +362,9 @@ class SeriesConfig:
     temperature: float = _f(1.0, "neural forecaster: sampling temperature of the paths")
     seed: int = _f(0, "neural forecaster: seed of the first path (path i uses seed + i)")
     device: str = _f("auto", "neural forecaster: where it runs", choices=("auto", "cpu", "cuda", "mps"))
+    overwrite: bool = _f(False, "forecast: replace a CSV at --out (or a PNG beside it) that `arlm ts forecast` did "
+                                "not write (its own earlier forecast is replaced anyway). A backtest replaces only a "
+                                "folder holding an earlier backtest's files")
 
     def validate(self) -> None:
         if not 1 <= self.samples <= 4096:
@@ -521,6 +527,8 @@ class AudioGenerateConfig:
     seconds: float = _f(1.0, "seconds to generate")
     temperature: float = _f(1.0, "divide logits by this (1: the model's own distribution)")
     seed: int = _f(0, "random seed")
+    overwrite: bool = _f(False, "replace a WAV at --out (or a PNG beside it) that this command did not write (its "
+                                "own earlier output is replaced anyway; a file of another kind never is)")
 
     def validate(self) -> None:
         if not self.data:
@@ -781,6 +789,9 @@ class SamplingParams:
             raise UserError("stop strings must not be empty")
         if any(s == "" for s in self.bad_words):
             raise UserError("bad_words must not be empty strings")
+        for name in ("stop", "bad_words", "json_schema", "regex"):  # the text policy of prompts (arlm/io/text.py)
+            for text in ([getattr(self, name)] if isinstance(getattr(self, name), str) else getattr(self, name)):
+                check_text(text, name)
         if any(t < 0 for t in self.stop_token_ids):
             raise UserError(f"stop_token_ids must be token ids >= 0, got {min(self.stop_token_ids)}")
         for name in ("frequency_penalty", "presence_penalty"):
@@ -1119,6 +1130,8 @@ class InspectConfig:
     top: int = _f(5, "tokens, lens: alternatives shown per position")
     threshold: float = _f(0.01, "tokens: flag a token as surprising when the model gave it less than this probability")
     max_tokens: int = _f(8192, "heads: tokens of --data used (0: all)")
+    overwrite: bool = _f(False, "attention, heads: replace a PNG at --out that this command did not write (its own "
+                                "earlier plot is replaced anyway; a file that is not a PNG never is)")
 
     def validate(self) -> None:
         if not 1 <= self.top <= 100:

@@ -318,18 +318,18 @@ def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from arlm.compress.quantize import describe, quantization_of
     from arlm.interop.hf import export_hf, is_hf_dir, load_hf
     from arlm.interop.load import load_model, save_model
-    from arlm.io.paths import check_apart, output_dir
+    from arlm.io.outputs import claim_dir, model_file
+    from arlm.io.paths import check_apart
 
     cfg = validated(ConvertConfig, explicit_values(args, field_names(ConvertConfig)), "convert options", name_source=False)
     source = cfg.from_hf or cfg.to_hf
     if not Path(source).is_dir():
         raise UserError(f"{source} is not a folder" if Path(source).exists() else f"model folder not found: {source}")
     check_apart(cfg.out, source)
-    out = output_dir(cfg.out, replace_whole=True)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise UserError(f"{cfg.out} already exists; choose another --out or add --overwrite to replace it")
+    out = claim_dir(cfg.out, "--out", args.verb, model_file, overwrite=cfg.overwrite, what="a model: weights, config and tokenizer files")
     if cfg.from_hf:
         if not is_hf_dir(cfg.from_hf) and (Path(cfg.from_hf) / "config.json").is_file():
             raise UserError(f"{cfg.from_hf} is not a Hugging Face folder (its config.json has no model_type, or arlm "
@@ -344,6 +344,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         model, tokenizer, info = load_model(cfg.to_hf)
         if tokenizer is None:
             raise UserError(f"{cfg.to_hf} has no tokenizer files; a Hugging Face folder needs one")
+        if quantization_of(model) is not None:  # transformers has no layout for arlm's packed weights
+            raise UserError(f"{cfg.to_hf} is quantized ({describe(quantization_of(model))}); a Hugging Face folder holds "
+                            f"a float model: convert the model it was quantized from")
         export_hf(model, tokenizer, out, info)
         what = "arlm -> Hugging Face " + ("GPT-2" if model.config.pos_embedding == "learned" else "Llama") + " layout"
     mc = model.config
@@ -359,7 +362,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from arlm.compress.quantize import describe, quantization_of
     from arlm.interop.load import load_model
-    from arlm.io.paths import output_file
+    from arlm.io.outputs import GGUF, ONNX, Output, claim_file
 
     cfg = validated(ExportConfig, explicit_values(args, field_names(ExportConfig)), "export options", name_source=False)
     if not Path(cfg.model).exists():
@@ -370,9 +373,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from arlm.interop.load import model_config
     from arlm.interop.onnx import export_onnx
 
-    target = output_file(cfg.out, "--out", input_folders=[("model", cfg.model)])
-    if target.exists() and not cfg.overwrite:
-        raise UserError(f"{cfg.out} already exists; choose another --out or add --overwrite to replace it")
+    kind = GGUF if cfg.format == "gguf" else ONNX
+    target = claim_file(cfg.out, "--out", Output(kind, "export"), input_folders=[("model", cfg.model)],
+                        overwrite=cfg.overwrite, replace_own=False)
     shape = model_config(cfg.model)
     if cfg.format == "gguf":
         gguf_layout(shape)  # a shape GGUF cannot hold fails before the weights are read

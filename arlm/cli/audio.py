@@ -48,10 +48,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from arlm.audio.workflows import continue_utterance
+    from arlm.audio.workflows import continue_utterance, generate_outputs
 
     cfg = options(AudioGenerateConfig, args, "audio generate options")
-    r = continue_utterance(load_model(args), cfg, load_options(args).model)
+    out = generate_outputs(cfg, load_options(args).model)
+    r = continue_utterance(load_model(args), cfg, out)
     print(f"{r['prompt_seconds']} s given + {r['generated_seconds']} s generated -> {r['wav']}, {r['png']}")
     return 0
 

@@ -93,8 +93,20 @@ def field_names(cls) -> list[str]:
 # output helpers
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as null: JSON has no such numbers, and strict parsers refuse Python's NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def emit_json(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj, ensure_ascii=False, default=str))
+    """The figures as one JSON object on one line (a figure that is not a finite number is null)."""
+    print(json.dumps(_finite(obj), ensure_ascii=False, default=str, allow_nan=False))
 
 
 def fmt(x: float | None, digits: int = 4) -> str:

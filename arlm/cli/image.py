@@ -34,11 +34,12 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from arlm.image.grid import draw
+    from arlm.image.grid import draw, sample_output
 
     cfg = options(ImageSampleConfig, args, "image sample options")
-    lm, tok, model_dir = _load(args)
-    _, caption = draw(lm, tok, cfg, model_dir)
+    out = sample_output(cfg, load_options(args).model)
+    lm, tok, _ = _load(args)
+    caption = draw(lm, tok, cfg, out)
     print(f"{caption} -> {cfg.out}")
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from arlm.cli.flags import add_verb, emit_json, load_model, options, verb_group
+from arlm.cli.flags import add_verb, emit_json, load_model, load_options, options, verb_group
 from arlm.config import InspectConfig, LoadConfig
 from arlm.errors import UserError
 
@@ -19,12 +19,24 @@ def _setup(args: argparse.Namespace, needs: str):
     return cfg
 
 
-def _output(cfg: InspectConfig, inputs: list[tuple[str, str]]):
-    from arlm.io.paths import output_file
+def _output(args: argparse.Namespace, cfg: InspectConfig, verb: str, inputs: list[tuple[str, str]]):
+    """--out, checked before the model loads: never inside the model folder or an input, and an existing
+    file only if it is this verb's own plot (or a PNG, with --overwrite)."""
+    from arlm.io.outputs import PNG, Output, claim_file
 
     if not cfg.out:
         raise UserError("no output given: add --out FILE.png")
-    return output_file(cfg.out, "--out", inputs=inputs)
+    return claim_file(cfg.out, "--out", Output(PNG, verb), inputs=inputs,
+                      input_folders=[("model folder", load_options(args).model)], overwrite=cfg.overwrite)
+
+
+def _text_model(args: argparse.Namespace):
+    """The model, refused by name unless it reads text (an image, audio or series model has no --text)."""
+    from arlm.tokenizers.base import require_text
+
+    lm = load_model(args)
+    require_text(lm.tokenizer)
+    return lm
 
 
 def _pieces(lm, ids: list[int]) -> list[str]:
@@ -36,8 +48,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from arlm.viz.attention import attention_grid
 
     cfg = _setup(args, "text")
-    out = _output(cfg, [])
-    lm = load_model(args)
+    out = _output(args, cfg, "inspect attention", [])
+    lm = _text_model(args)
     ids = lm.tokenizer.encode(cfg.text)
     maps = attention(lm.model, ids)
     L, H = maps.shape[:2]
@@ -58,7 +70,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     from arlm.inspect import token_report
 
     cfg = _setup(args, "text")
-    lm = load_model(args)
+    lm = _text_model(args)
     ids = lm.tokenizer.encode(cfg.text)
     rows = token_report(lm.model, ids, cfg.top)
     word = lambda i: repr(lm.tokenizer.decode([i]))  # noqa: E731
@@ -84,7 +96,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
     from arlm.inspect import logit_lens
 
     cfg = _setup(args, "text")
-    lm = load_model(args)
+    lm = _text_model(args)
     ids = lm.tokenizer.encode(cfg.text)
     logp = logit_lens(lm.model, ids)  # (L + 1, T, V)
     top = np.argsort(-logp, axis=-1)[..., :cfg.top]
@@ -109,8 +121,8 @@ def cmd_heads(args: argparse.Namespace) -> int:
     from arlm.viz.attention import head_heatmap
 
     cfg = _setup(args, "data")
-    out = _output(cfg, [("--data", cfg.data)]) if cfg.out else None
-    lm = load_model(args)
+    out = _output(args, cfg, "inspect heads", [("--data", cfg.data)]) if cfg.out else None
+    lm = _text_model(args)
     ids = np.asarray(lm.tokenizer.encode(read_text_file(cfg.data)), dtype=np.int64)
     ids = ids[:cfg.max_tokens] if cfg.max_tokens else ids
     base, rise = head_ablation(lm.model, ids)

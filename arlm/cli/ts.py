@@ -72,8 +72,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for m, info in r["models"].items():
         lb = info.pop("ljung_box")
         chosen = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
-        print(f"  {m}: {chosen}; Ljung-Box Q({lb['lags']}) = {lb['statistic']:.2f}, p = {lb['p_value']:.3g}"
-              f"{' (residuals look like white noise)' if lb['p_value'] > 0.05 else ' (residuals still correlated)'}")
+        if lb["p_value"] is None:
+            test = "Ljung-Box undefined (the residuals are constant: the model fits the series exactly, nothing is left to test)"
+        else:
+            test = (f"Ljung-Box Q({lb['lags']}) = {lb['statistic']:.2f}, p = {lb['p_value']:.3g}" +
+                    (" (residuals look like white noise)" if lb["p_value"] > 0.05 else " (residuals still correlated)"))
+        print(f"  {m}: {chosen}; {test}")
     return 0
 
 
@@ -81,7 +85,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from arlm.timeseries.commands import run_forecast
 
     cfg = _config(args)
-    r = run_forecast(cfg, _neural(cfg))
+    r = run_forecast(cfg, _neural)
     if args.json:
         emit_json(r)
         return 0
@@ -97,7 +101,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from arlm.timeseries.commands import run_backtest
 
     cfg = _config(args)
-    report, text = run_backtest(cfg, _neural(cfg))
+    report, text = run_backtest(cfg, _neural)
     if args.json:
         emit_json({"results": {s: {m: {k: v for k, v in r.items() if k != "last"} for m, r in row.items()}
                                for s, row in report["results"].items()}, "relative": report["relative"],

@@ -21,6 +21,7 @@ from arlm.errors import UserError
 from arlm.io.atomic import atomic_dir, atomic_file
 from arlm.io.files import read_text_file
 from arlm.io.paths import output_dir
+from arlm.runtime import check_memory
 from arlm.tokenizers.audio import MuLawTokenizer
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,39 @@ def synthesize(cfg: AudioSynthConfig) -> dict:
             "seconds": round(time.perf_counter() - t0, 2), "out": str(out)}
 
 
+# What a file's header may declare: speech is recorded at 8 to 48 kHz; outside these rates the header is
+# wrong or the file is not sound (a 1 Hz "recording" resampled to 8 kHz is 8,000 copies of each value).
+MIN_RATE, MAX_RATE = 4_000, 384_000
+MAX_CHANNELS = 64
+
+
+def audio_info(path: Path, rate: int) -> int:
+    """The samples ``path`` holds at ``rate`` Hz, from its header (soundfile), checked before anything is read:
+    a readable file, a sample rate in MIN_RATE..MAX_RATE, a sane channel count, at least 2 samples."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError, OSError) as e:
+        raise UserError(f"{path} is not an audio file soundfile can read ({str(e).strip()[:120]}); remove it") from None
+    if not MIN_RATE <= info.samplerate <= MAX_RATE:
+        raise UserError(f"{path} declares a sample rate of {info.samplerate:,} Hz; arlm reads audio recorded at "
+                        f"{MIN_RATE:,} to {MAX_RATE:,} Hz (its header is wrong, or it is not a recording): remove it")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise UserError(f"{path} declares {info.channels} channels; arlm reads 1 to {MAX_CHANNELS}: remove it")
+    samples = int(info.frames * rate // info.samplerate)
+    if samples < 2:
+        raise UserError(f"{path} holds {'no audio' if info.frames == 0 else 'less than two samples'} ({info.frames} "
+                        f"frame(s)); an utterance needs some sound: remove it")
+    return samples
+
+
 def read_audio(path: Path, rate: int) -> np.ndarray:
     """A file as mono float64 samples in [-1, 1] at ``rate`` Hz (polyphase resampling, SciPy)."""
     import soundfile as sf
     from scipy.signal import resample_poly
 
+    audio_info(path, rate)
     try:
         wave, sr = sf.read(str(path), dtype="float64", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
@@ -92,11 +121,16 @@ def read_audio(path: Path, rate: int) -> np.ndarray:
     return np.clip(wave, -1.0, 1.0)
 
 
-def write_wav(path: str | Path, wave: np.ndarray, rate: int) -> Path:
+def write_wav(path: str | Path, wave: np.ndarray, rate: int, verb: str = "audio generate") -> Path:
+    """16-bit PCM, written atomically and marked as made by ``arlm VERB`` (RIFF INFO ISFT; arlm/io/outputs.py)."""
     import soundfile as sf
 
+    from arlm.io.outputs import software
+
     with atomic_file(path) as tmp:
-        sf.write(str(tmp), np.asarray(wave, dtype=np.float32), rate, subtype="PCM_16", format="WAV")
+        with sf.SoundFile(str(tmp), "w", samplerate=rate, channels=1, subtype="PCM_16", format="WAV") as f:
+            f.software = software(verb)
+            f.write(np.asarray(wave, dtype=np.float32))
     return Path(path)
 
 
@@ -109,6 +143,10 @@ def prepare_audio(cfg: AudioPrepareConfig) -> dict:
     if len(files) < 2:
         raise UserError(f"{len(files)} audio file(s) (.wav, .flac, .ogg) found; give at least 2 (one is held out)")
     tok = MuLawTokenizer(cfg.sample_rate)
+    total = sum(audio_info(f, cfg.sample_rate) for f in files)  # every header, before any file is read
+    # each sample: float64 while read and resampled, int64 as an id, twice over while the splits are joined
+    check_memory(total * 32, f"preparing {total / cfg.sample_rate / 3600:,.1f} hours of audio",
+                 "prepare fewer or shorter files")
     waves = [read_audio(f, cfg.sample_rate) for f in files]
     order = np.random.default_rng(cfg.seed).permutation(len(files))
     n_test = max(1, int(round(len(files) * cfg.test_fraction)))

@@ -21,12 +21,14 @@ from arlm.config import ImagePrepareConfig, image_size
 from arlm.data.prepare import check_output, write_prepared
 from arlm.errors import UserError
 from arlm.io.atomic import atomic_file
+from arlm.runtime import check_memory
 from arlm.tokenizers.image import PixelTokenizer
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DIGITS_MAX = 16  # scikit-learn's digits: 8x8 counts of set pixels in 4x4 blocks of 32x32 bitmaps, 0..16
+MAX_IMAGE_PIXELS = 4096 * 4096  # the largest image arlm decodes (the largest --size)
 
 
 @dataclass
@@ -68,6 +70,10 @@ def read_folder(folder: str | Path, size: tuple[int, int] | None, color: str) ->
     files = [(f, None) for f in top] + [(f, s.name) for s in subs for f in _image_files(s)]
     if not files:
         raise UserError(f"{root} has no .png, .jpg or .jpeg files (nor subfolders holding some)")
+    sizes = [_image_size(f) for f, _ in files]  # every header, before any image is decoded
+    w, h = size or sizes[0]
+    check_memory(len(files) * w * h * (3 if color == "rgb" else 1) * 8 * 2,
+                 f"{len(files):,} images of {w}x{h}", "resize them with --size, or prepare fewer")
     images = []
     for f, _ in files:
         img = _read_image(f, color)
@@ -77,6 +83,27 @@ def read_folder(folder: str | Path, size: tuple[int, int] | None, color: str) ->
     labels = [c for _, c in files] if subs else None
     log.debug("read %d images of %dx%d from %s", len(images), *size, root)
     return ImageSet(np.stack(images), labels, [s.name for s in subs], 255, str(root))
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from an image file's header (Pillow reads no pixels for it), refused past
+    MAX_IMAGE_PIXELS: a small file can declare a huge image (a 140 kB PNG of 12000x12000 decodes to 144 MB
+    per channel, and more as numbers)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # Pillow's own check: the one below says more
+        try:
+            with Image.open(path) as img:  # the header only
+                w, h = img.size
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path} is not an image Pillow can read ({e}); remove it or convert it to PNG") from None
+    if w * h > MAX_IMAGE_PIXELS:
+        raise UserError(f"{path} is {w:,}x{h:,} pixels, more than arlm reads ({MAX_IMAGE_PIXELS:,}, e.g. 4096x4096); "
+                        f"shrink it first (the pixel models train on small images: --size resizes to them)")
+    return w, h
 
 
 def _read_image(path: Path, color: str):
@@ -158,6 +185,8 @@ def prepare_images(cfg: ImagePrepareConfig) -> dict:
                              classes=classes, seed=cfg.seed)
     pick = (lambda idx: [labels[i] for i in idx]) if labels else (lambda idx: None)
     copies = (2 * cfg.shift + 1) ** 2
+    check_memory(len(train) * copies * data.images[0].size * 8 * 3, f"{len(train):,} training images with {copies - 1} "
+                 f"shifted copies each", "lower --shift, or resize with --size")
     train_images = shifted(data.images[train], cfg.shift) if cfg.shift else data.images[train]
     train_labels = [c for c in pick(train) for _ in range(copies)] if labels else None
     train_ids, val_ids = records(tok, train_images, train_labels), records(tok, data.images[test], pick(test))
@@ -182,10 +211,20 @@ def split_records(ids: np.ndarray, tok: PixelTokenizer, every: int = 1) -> tuple
     return rec[:, R - tok.pixels:], labels
 
 
-def save_grid(rows: list[list[np.ndarray]], path: str | Path, scale: int = 8, max_value: int = 255) -> Path:
+def grid_size(rows: int, cols: int, height: int, width: int, scale: int) -> tuple[int, int]:
+    """(width, height) in pixels of a grid of ``rows`` x ``cols`` images with 1-pixel borders, drawn ``scale`` times."""
+    return ((width + 1) * cols + 1) * scale, ((height + 1) * rows + 1) * scale
+
+
+def save_grid(rows: list[list[np.ndarray]], path: str | Path, scale: int = 8, max_value: int = 255,
+              verb: str = "image sample") -> Path:
     """Images (H, W) or (H, W, 3), a list per grid row, as one PNG with a 1-pixel border between
-    images; grey values are stretched from 0..max_value to 0..255. Written atomically."""
+    images; grey values are stretched from 0..max_value to 0..255. Written atomically, marked as made
+    by ``arlm VERB`` (the PNG ``Software`` text; arlm/io/outputs.py)."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from arlm.io.outputs import software
 
     H, W = rows[0][0].shape[:2]
     cols = max(len(r) for r in rows)
@@ -196,6 +235,8 @@ def save_grid(rows: list[list[np.ndarray]], path: str | Path, scale: int = 8, ma
             pixels = img if rgb else np.rint(np.asarray(img, dtype=np.float64) * 255 / max_value)
             canvas[1 + i * (H + 1):1 + i * (H + 1) + H, 1 + j * (W + 1):1 + j * (W + 1) + W] = pixels
     canvas = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
+    info = PngInfo()
+    info.add_text("Software", software(verb))
     with atomic_file(path) as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG")
+        Image.fromarray(canvas).save(tmp, format="PNG", pnginfo=info)
     return Path(path)

@@ -19,6 +19,9 @@ PERIODS = {"A": 1, "Y": 1, "AS": 1, "YS": 1, "Q": 4, "QS": 4, "M": 12, "MS": 12,
            "h": 24, "T": 60, "min": 60}
 
 
+MAX_CSV_BYTES = 1 << 30  # pandas holds several times a CSV's size while it parses it
+
+
 @dataclass
 class Series:
     name: str
@@ -43,7 +46,10 @@ def read_csv_series(path: str | Path, column: str, date_column: str = "", freq: 
 
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--csv {path}: no such file")
+        raise UserError(f"--csv {path}: no such file" if not p.exists() else f"--csv {path} is not a file")
+    if p.stat().st_size > MAX_CSV_BYTES:
+        raise UserError(f"--csv {path} is {p.stat().st_size / 2**30:.1f} GiB, more than the {MAX_CSV_BYTES >> 30} GiB "
+                        f"arlm reads as a series; keep the rows and columns you need")
     if freq:
         check_freq(freq)
     try:
@@ -94,7 +100,33 @@ def _numeric(col, path, column: str) -> np.ndarray:
     v = numbers.to_numpy(dtype=np.float64)
     if not np.isfinite(v).all():
         raise UserError(f"{path}: column {column!r} holds infinite values")
+    check_scale(v, f"{path}: column {column!r}")
     return v
+
+
+# Values a forecaster can fit: squares and sums of squares (variances, likelihoods) stay finite and
+# non-zero in float64 (whose range is 1e-308..1e308) with room for a series of a billion values.
+MAX_SCALE, MIN_SCALE = 1e100, 1e-100
+
+
+def check_scale(values: np.ndarray, where: str) -> None:
+    """Refuse values whose magnitude float64 arithmetic on them cannot hold (statsforecast fails on 1e200,
+    a Chronos-scaled series near 1e307 overflows its own mean)."""
+    top = float(np.max(np.abs(values))) if len(values) else 0.0
+    if top > MAX_SCALE:
+        raise UserError(f"{where} holds values up to {top:.3g}, beyond what the forecasters can fit (their squares "
+                        f"overflow); rescale the column (e.g. divide it by 1e{int(np.log10(top)) - 2})")
+    if 0 < top < MIN_SCALE:
+        raise UserError(f"{where} holds only values below {MIN_SCALE:g} in magnitude (at most {top:.3g}), too small for "
+                        f"the forecasters (their squares underflow to zero); rescale the column")
+
+
+def check_forecastable(s: Series) -> None:
+    """A series a forecaster can be fitted to: not constant (every model's residuals would be zero and its
+    statistics undefined; the forecast of a constant is that constant)."""
+    if len(s.values) and np.ptp(s.values) == 0:
+        raise UserError(f"the series {s.name} is constant (all {len(s.values)} values are {s.values[0]:g}): there is "
+                        f"nothing to fit, and its forecast is that value")
 
 
 def _infer_freq(dates, path) -> str:

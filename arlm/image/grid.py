@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from pathlib import Path
+
 from arlm.config import ImageSampleConfig
-from arlm.data.images import save_grid, split_records
+from arlm.data.images import grid_size, save_grid, split_records
 from arlm.data.loader import TokenData
+from arlm.errors import UserError
 from arlm.image.sampling import complete_images, sample_images
-from arlm.io.paths import output_file
+from arlm.io.outputs import PNG, Output, claim_file
 from arlm.tokenizers.image import PixelTokenizer
+
+MAX_GRID_PIXELS = 1 << 26  # 67M pixels (200 MB as RGB): far past any screen, and bounded before sampling
 
 
 def _rows(images: list[np.ndarray], per_row: int) -> list[list[np.ndarray]]:
@@ -44,9 +49,30 @@ def completion_grid(lm, tok: PixelTokenizer, cfg: ImageSampleConfig) -> tuple[li
                                     f"(rows: originals, given, completions)"
 
 
-def draw(lm, tok: PixelTokenizer, cfg: ImageSampleConfig, model_dir: str):
-    """Sample or complete as ``cfg`` says and write the PNG; (path, what was drawn)."""
-    out = output_file(cfg.out, "--out", input_folders=[("model folder", model_dir)])
+def sample_output(cfg: ImageSampleConfig, model_dir: str) -> Path:
+    """--out, checked before the model loads (arlm/io/outputs.py): never inside the model or data folder, and an
+    existing file only if it is an earlier grid of this command (or a PNG, with --overwrite)."""
+    return claim_file(cfg.out, "--out", Output(PNG, "image sample"), overwrite=cfg.overwrite,
+                      input_folders=[("model folder", model_dir), ("data folder", cfg.complete)])
+
+
+def check_grid(tok: PixelTokenizer, cfg: ImageSampleConfig) -> None:
+    """The grid's size in pixels, bounded before anything is sampled."""
+    if cfg.complete:
+        rows, cols = 3, cfg.count
+    else:
+        per_class = len(cfg.label or tok.classes) * cfg.per_label
+        free = cfg.unconditional or (0 if tok.classes else cfg.per_label)
+        rows, cols = -(-per_class // cfg.per_label) + -(-free // cfg.per_label), cfg.per_label
+    w, h = grid_size(rows, cols, tok.height, tok.width, cfg.scale)
+    if w * h > MAX_GRID_PIXELS:
+        raise UserError(f"the grid would be {w:,}x{h:,} pixels, more than {MAX_GRID_PIXELS:,}; lower --scale, "
+                        f"--per-label, --count or --unconditional")
+
+
+def draw(lm, tok: PixelTokenizer, cfg: ImageSampleConfig, out: Path):
+    """Sample or complete as ``cfg`` says and write the PNG to ``out`` (from :func:`sample_output`); what was drawn."""
+    check_grid(tok, cfg)
     rows, caption = completion_grid(lm, tok, cfg) if cfg.complete else sample_grid(lm, tok, cfg)
     save_grid(rows, out, cfg.scale, tok.max_value)
-    return out, caption
+    return caption

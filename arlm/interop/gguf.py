@@ -47,7 +47,7 @@ def _gguf():
 
 def gguf_layout(cfg: GPTConfig) -> str:
     """gpt2 or llama (llama.cpp's architecture names), or a UserError naming what neither expresses."""
-    layout = hf_layout(cfg)  # the same shape rules as Hugging Face's GPT-2 / Llama
+    layout = hf_layout(cfg, "GGUF (llama.cpp)")  # the same shape rules as Hugging Face's GPT-2 / Llama
     if layout == "mistral":
         raise UserError("sliding-window attention is not written to GGUF by arlm; export without --sliding-window")
     if layout == "gpt2" and cfg.activation != "gelu_tanh":

@@ -354,15 +354,15 @@ def load_hf(path: str | Path) -> tuple[GPT, Tokenizer | None, CheckpointInfo]:
 # writing a Hugging Face folder
 
 
-def hf_layout(cfg: GPTConfig) -> str:
+def hf_layout(cfg: GPTConfig, target: str = "Hugging Face format") -> str:
     """Which transformers architecture expresses ``cfg`` exactly: gpt2, llama, or mistral for a
-    sliding-window model (else UserError).
+    sliding-window model (else UserError naming ``target``, the format being written).
 
     Missing biases are written as zeros (GPT-2 always has them; Llama's ``attention_bias`` covers
     q, k, v and o together), which computes the same function.
     """
     if not isinstance(cfg, GPTConfig):  # the layouts below are a GPT's weights
-        raise UserError(f"only GPT models export to Hugging Face format; this is an {cfg.type.upper()} model")
+        raise UserError(f"only GPT models export to {target}; this is an {cfg.type.upper()} model")
     missing = [what for on, what in ((cfg.qk_norm, "query/key normalisation (model.qk_norm)"),
                                      (cfg.logit_softcap, "logit soft-capping (model.logit_softcap)")) if on]
     if missing:

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 Forecaster = Callable[[str, np.ndarray, int, int], Forecast]
 BASELINE = "seasonal-naive"
+RESULTS = "results.csv"
+RESULTS_HEADER = ("series", "model", "mase", "wql")  # also how arlm recognises its own results.csv
 
 
 def origins(n: int, horizon: int, windows: int, min_history: int = 8) -> list[int]:
@@ -69,7 +71,7 @@ def write_csv(report: dict, path: str | Path) -> Path:
     with atomic_file(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["series", "model", "mase", "wql"])
+            w.writerow(RESULTS_HEADER)
             for name, row in report["results"].items():
                 for m, r in row.items():
                     w.writerow([name, m, f"{r['mase']:.6g}", f"{r['wql']:.6g}"])

@@ -14,6 +14,7 @@ import numpy as np
 
 from arlm.config import CLASSICAL_FORECASTERS
 from arlm.errors import UserError
+from arlm.timeseries.cost import check_fit
 
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODELS = CLASSICAL_FORECASTERS
@@ -57,9 +58,13 @@ def _statsforecast(name: str, y: np.ndarray, h: int, period: int) -> Forecast:
              "arima": lambda: AutoARIMA(season_length=m)}[name]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.fit(y)
-        out = model.predict(h=h, level=[20, 40, 60, 80])
-        fitted = np.asarray(model.predict_in_sample()["fitted"], dtype=np.float64)
+        try:
+            model.fit(y)
+            out = model.predict(h=h, level=[20, 40, 60, 80])
+            fitted = np.asarray(model.predict_in_sample()["fitted"], dtype=np.float64)
+        except (ValueError, ZeroDivisionError, np.linalg.LinAlgError) as e:  # statsforecast's "no suitable model"
+            raise UserError(f"{name} could not be fitted to this series (statsforecast: {_first_line(e)}); try another "
+                            f"--model" + (" or a fixed --order P,D,Q" if name == "arima" else "")) from None
     residuals = (y - fitted)[np.isfinite(fitted)]
     return Forecast(name, np.asarray(out["mean"], dtype=np.float64), _from_levels(out, h), residuals,
                     {"season_length": m, **_chosen(model)})
@@ -78,10 +83,14 @@ def _chosen(model) -> dict:
     return {}
 
 
+def ar_lags(max_lag: int, period: int, n: int) -> int:
+    """The largest AR order tried: ``max_lag`` (0: twice the period, at least 8), at most n / 3."""
+    return max(1, min(max_lag or max(8, 2 * period), n // 3))
+
+
 def _ar(y: np.ndarray, h: int, ic: str, max_lag: int) -> Forecast:
     from statsmodels.tsa.ar_model import ar_select_order
 
-    max_lag = max(1, min(max_lag, len(y) // 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sel = ar_select_order(y, maxlag=max_lag, ic=ic, trend="c")
@@ -99,12 +108,25 @@ def _arima(y: np.ndarray, h: int, order: tuple[int, int, int]) -> Forecast:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = ARIMA(y, order=order, trend="t" if order[1] == 1 else ("n" if order[1] > 1 else "c")).fit()
-        fc = res.get_forecast(h)
+        try:
+            res = ARIMA(y, order=order, trend=_arima_trend(order[1])).fit()
+            fc = res.get_forecast(h)
+        except (ValueError, np.linalg.LinAlgError) as e:
+            raise UserError(f"ARIMA{order} could not be fitted to this series (statsmodels: {_first_line(e)}); lower "
+                            f"p and q, or leave out --order for AutoARIMA") from None
     mean = np.asarray(fc.predicted_mean, dtype=np.float64)
     se = np.asarray(fc.se_mean, dtype=np.float64)
     return Forecast("arima", mean, _gaussian(mean, se), np.asarray(res.resid, dtype=np.float64)[order[1]:],
                     {"order": list(order), "aic": float(res.aic)})
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def _arima_trend(d: int) -> str:
+    """statsmodels' trend for ARIMA(p,d,q): a constant, a drift after one difference, none after two."""
+    return "t" if d == 1 else ("n" if d > 1 else "c")
 
 
 def forecast(model: str, y: np.ndarray, h: int, period: int = 1, *, ic: str = "aic", max_lag: int = 0,
@@ -117,19 +139,23 @@ def forecast(model: str, y: np.ndarray, h: int, period: int = 1, *, ic: str = "a
         raise UserError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)} (or a neural forecaster's folder)")
     if len(y) < 8:
         raise UserError(f"the series has {len(y)} values; a forecaster needs at least 8 to fit")
+    check_fit(model, len(y), period, ar_lags(max_lag, period, len(y)), order)  # before the work, not after minutes
     if model == "ar":
-        return _ar(y, h, ic, max_lag or max(8, 2 * period))
+        return _ar(y, h, ic, ar_lags(max_lag, period, len(y)))
     if model == "arima" and order is not None:
         return _arima(y, h, order)
     return _statsforecast(model, y, h, period)
 
 
-def ljung_box(residuals: np.ndarray, lags: int = 0) -> dict:
+def ljung_box(residuals: np.ndarray, lags: int = 0, scale: float = 0.0) -> dict:
     """Ljung-Box test that the residuals are white noise (statsmodels): statistic and p-value at ``lags``
-    (default: min(10, n / 5))."""
+    (default: min(10, n / 5)). Both are None when the residuals are constant to rounding (their spread below 1e-9 of the
+    series' ``scale``, its standard deviation): the model fits exactly and their autocorrelation is noise."""
     from statsmodels.stats.diagnostic import acorr_ljungbox
 
     r = np.asarray(residuals, dtype=np.float64)
     lags = lags or max(1, min(10, len(r) // 5))
+    if len(r) <= lags or not np.std(r) > 1e-9 * scale:
+        return {"lags": lags, "statistic": None, "p_value": None}
     table = acorr_ljungbox(r, lags=[lags])
     return {"lags": lags, "statistic": float(table["lb_stat"].iloc[0]), "p_value": float(table["lb_pvalue"].iloc[0])}

@@ -84,9 +84,10 @@ class PixelTokenizer:
     def encode_images(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W[, 3]) -> (N, H*W) int64 colour ids."""
         expected = (self.height, self.width) + (() if self.levels else (3,))
-        if images.shape[1:] != expected:
-            raise UserError(f"images must be {'x'.join(map(str, expected))} for this tokenizer, got "
-                            f"{'x'.join(map(str, images.shape[1:]))}")
+        if images.shape[1:] != expected or images.dtype.kind not in "biuf":
+            got = "x".join(map(str, images.shape[1:])) if images.ndim >= 3 and images.dtype.kind in "biuf" else \
+                f"a value of shape {images.shape[1:]} ({'str' if images.dtype.kind in 'US' else images.dtype.name})"
+            raise UserError(f"images must be {'x'.join(map(str, expected))} for this tokenizer, got {got}")
         if self.levels:
             v = images.astype(np.float64)
             if np.isnan(v).any() or v.min() < 0 or v.max() > self.max_value:

@@ -25,21 +25,21 @@ from arlm.data.loader import TokenData
 from arlm.errors import UserError
 from arlm.interop.load import load_model, save_model
 from arlm.io.atomic import scratch_dir
-from arlm.io.paths import check_apart, output_dir
+from arlm.io.outputs import claim_dir, model_file
+from arlm.io.paths import check_apart
 from arlm.io.schema import CheckpointInfo
+from arlm.model.gpt import GPT
 from arlm.train.loop import train
 
 
 
-def open_output(out: str, source: str, overwrite: bool) -> Path:
-    """--out checked before any work: apart from the source, and empty unless --overwrite."""
+def open_output(out: str, source: str, overwrite: bool, verb: str) -> Path:
+    """--out checked before any work (arlm/io/outputs.py): apart from the source; new, empty, or a model folder
+    that --overwrite replaces; never a folder holding other files."""
     if not Path(source).exists():
         raise UserError(f"model folder not found: {source}")
     check_apart(out, source, what="--model")
-    path = output_dir(out, replace_whole=True)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise UserError(f"{out} already exists; choose another --out or add --overwrite to replace it")
-    return path
+    return claim_dir(out, "--out", verb, model_file, overwrite=overwrite, what="a model: weights, config and tokenizer files")
 
 
 def derived_info(info: CheckpointInfo, **changes) -> CheckpointInfo:
@@ -83,7 +83,7 @@ def report_ids(report: CompressReportConfig, tokenizer) -> np.ndarray | None:
 def quantize_checkpoint(cfg: QuantizeConfig, report: CompressReportConfig) -> dict:
     """``arlm compress quantize``: write ``cfg.out`` and return the table's rows and text."""
     spec = quant_spec(cfg.method, cfg.group_size, cfg.asymmetric)
-    out = open_output(cfg.out, cfg.model, cfg.overwrite)
+    out = open_output(cfg.out, cfg.model, cfg.overwrite, "compress quantize")
     model, tokenizer, info = float_model(cfg.model)
     ids = report_ids(report, tokenizer)  # a bad --data fails before the work
     quantized = quantize_model(copy.deepcopy(model), spec)
@@ -126,7 +126,7 @@ def recover(model: nn.Module, tokenizer, info: CheckpointInfo, cfg: PruneConfig,
 
 def prune_checkpoint(cfg: PruneConfig, report: CompressReportConfig) -> dict:
     """``arlm compress prune``: write ``cfg.out`` and return the table's rows and text."""
-    out = open_output(cfg.out, cfg.model, cfg.overwrite)
+    out = open_output(cfg.out, cfg.model, cfg.overwrite, "compress prune")
     model, tokenizer, info = float_model(cfg.model)
     needs_data = cfg.method != "magnitude" or cfg.recover_steps
     data = prepared_data(report, tokenizer, f"--method {cfg.method}" + (" with --recover-steps" if cfg.recover_steps else "")
@@ -170,6 +170,11 @@ def student_config(teacher: nn.Module, config: dict, overrides: dict) -> dict:
 
 def _initialise(init: str, teacher: nn.Module, model: dict) -> bool:
     """Whether the student starts from the teacher's layers (``init``, and whether the shapes allow it)."""
+    if not isinstance(teacher, GPT):  # DistilGPT2's recipe copies Transformer blocks; an LSTM has none
+        if init == "teacher-layers":
+            raise UserError(f"--init teacher-layers copies a GPT's blocks; this teacher is an {teacher.config.type} "
+                            f"model: use --init random (or auto)")
+        return False
     student = model_config(model, "the student's [model] table")
     same_width = dataclasses.replace(student, n_layer=teacher.config.n_layer, dropout=teacher.config.dropout) == teacher.config
     fits = same_width and student.n_layer <= teacher.config.n_layer

@@ -6,26 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arlm.io.atomic import atomic_file
-
-
-def _save(fig, path: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
+from arlm.viz import pyplot as _pyplot, save_png
 
 
 def attention_grid(maps: np.ndarray, labels: list[str], path: str | Path, layers: list[int], heads: list[int]) -> None:
@@ -49,7 +30,7 @@ def attention_grid(maps: np.ndarray, labels: list[str], path: str | Path, layers
                 ax.set_xticks([])
                 ax.set_yticks([])
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path, "inspect attention")
 
 
 def head_heatmap(rise: np.ndarray, base: float, path: str | Path) -> None:
@@ -69,4 +50,4 @@ def head_heatmap(rise: np.ndarray, base: float, path: str | Path) -> None:
     ax.set_title(f"loss rise with the head ablated (base {base:.4f} nats/token)", fontsize=8)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path, "inspect heads")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from arlm.io.atomic import atomic_file
+from arlm.viz import pyplot, save_png
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -15,11 +15,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> None:
     """Training loss per logged step and validation loss per evaluation, on one log-free axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     recs = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in recs if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r]
@@ -33,8 +29,4 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    try:
-        with atomic_file(png_path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    save_png(fig, png_path, "train")

@@ -6,16 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from arlm.io.atomic import atomic_file
+from arlm.viz import pyplot, save_png
 
 
-def plot_forecasts(values: np.ndarray, origin: int, forecasts: dict, png_path: str | Path, title: str = "") -> Path:
-    """``forecasts``: model -> object with ``mean`` and ``quantiles`` (0.1 .. 0.9) starting at ``origin``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_forecasts(values: np.ndarray, origin: int, forecasts: dict, png_path: str | Path, title: str = "",
+                   verb: str = "ts forecast") -> Path:
+    """``forecasts``: model -> object with ``mean`` and ``quantiles`` (0.1 .. 0.9) starting at ``origin``;
+    ``verb``: the command the PNG is marked as made by."""
+    plt = pyplot()
     h = len(next(iter(forecasts.values())).mean)
     start = max(0, origin - 4 * h)
     fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
@@ -30,7 +28,4 @@ def plot_forecasts(values: np.ndarray, origin: int, forecasts: dict, png_path: s
     ax.set_title(title + " (bands: 10-90%)", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    with atomic_file(png_path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(png_path)
+    return save_png(fig, png_path, verb)

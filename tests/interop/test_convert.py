@@ -53,12 +53,17 @@ def test_convert_refuses_to_overwrite_and_needs_one_direction(trained_model, tmp
     out = tmp_path / "hf"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert main(["convert", "--to-hf", str(trained_model), "--out", str(out)]) == 2
-    assert "already exists" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+    for more in ([], ["--overwrite"]):  # a user's file in the folder: never replaced
+        assert main(["convert", "--to-hf", str(trained_model), "--out", str(out), *more]) == 2
+        assert "did not write (keep.txt)" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
     assert main(["convert", "--out", str(out)]) == 2
     assert "exactly one of" in capsys.readouterr().err
+    (out / "keep.txt").unlink()
+    assert main(["convert", "--to-hf", str(trained_model), "--out", str(out)]) == 0
+    assert main(["convert", "--to-hf", str(trained_model), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
     assert main(["convert", "--to-hf", str(trained_model), "--out", str(out), "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert (out / "config.json").is_file()
 
 
 def test_generation_defaults_survive_hf_to_arlm_to_hf(tmp_path):

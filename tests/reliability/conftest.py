@@ -9,8 +9,10 @@ creates nothing either.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -157,3 +159,75 @@ def quantized_dir(trained_model, tmp_path_factory) -> Path:
     assert main(["compress", "quantize", "--model", str(trained_model), "--out", str(out), "--asymmetric",
                  "--decode-tokens", "0", "--no-baseline"]) == 0
     return out
+
+
+def tone(path: Path, freq: float = 220.0, seconds: float = 0.3, rate: int = 16000, seed: int = 0) -> Path:
+    """A short noisy sine as a WAV file (soundfile), for the audio verbs."""
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).normal(0, 0.01, len(t))
+    sf.write(str(path), 0.5 * np.sin(2 * np.pi * freq * t) * np.hanning(len(t)) + noise, rate)
+    return path
+
+
+@contextlib.contextmanager
+def quiet():
+    """arlm's log lines off (a session fixture built inside a test would print into that test's stderr)."""
+    log = logging.getLogger("arlm")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory) -> Path:
+    """The digits prepared (`data/`) and a GPT trained on them for a few steps (`run/`)."""
+    from arlm.config import ImagePrepareConfig
+    from arlm.data.images import prepare_images
+    from arlm.train.loop import train
+    from tests.conftest import tiny_train_config
+
+    root = tmp_path_factory.mktemp("image")
+    with quiet():
+        prepare_images(ImagePrepareConfig(source="digits", out=str(root / "data")))
+        train(tiny_train_config(root / "data", root / "run", max_steps=4, model=dict(block_size=66)))
+    return root
+
+
+@pytest.fixture(scope="session")
+def audio_run(tmp_path_factory) -> Path:
+    """Eight tones prepared (`data/`, two held out) and a GPT trained on them for a few steps (`run/`)."""
+    from arlm.config import AudioPrepareConfig
+    from arlm.data.audio import prepare_audio
+    from arlm.train.loop import train
+    from tests.conftest import tiny_train_config
+
+    root = tmp_path_factory.mktemp("audio")
+    (root / "wav").mkdir()
+    for i in range(8):
+        tone(root / "wav" / f"{i}.wav", 200 + 40 * i, seed=i)
+    with quiet():
+        prepare_audio(AudioPrepareConfig(inputs=[str(root / "wav")], out=str(root / "data"), test_fraction=0.25))
+        train(tiny_train_config(root / "data", root / "run", max_steps=4, model=dict(block_size=64)))
+    return root
+
+
+@pytest.fixture(scope="session")
+def series_run(tmp_path_factory) -> Path:
+    """A neural forecaster: synthetic series prepared (`data/`) and a GPT trained on them for a few steps (`run/`)."""
+    from arlm.config import SeriesPrepareConfig
+    from arlm.timeseries.neural import prepare_series
+    from arlm.train.loop import train
+    from tests.conftest import tiny_train_config
+
+    root = tmp_path_factory.mktemp("series")
+    with quiet():
+        prepare_series(SeriesPrepareConfig(out=str(root / "data"), synthetic=60, context_length=24,
+                                           prediction_length=8, bins=256))
+        train(tiny_train_config(root / "data", root / "run", max_steps=4, model=dict(block_size=33)))
+    return root

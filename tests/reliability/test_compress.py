@@ -61,8 +61,12 @@ def test_outputs_checked_before_work(capsys, run_dir, tmp_path, monkeypatch):
     model = copy(run_dir / "best", tmp_path / "m")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    refused(capsys, ["compress", "quantize", "--model", model, "--out", tmp_path / "taken"], r"already exists.*--overwrite",
-            keep=tmp_path)
+    for more in ([], ["--overwrite"]):  # a folder holding a user's file is never replaced
+        refused(capsys, ["compress", "quantize", "--model", model, "--out", tmp_path / "taken", *more],
+                r"holds files `arlm compress quantize` did not write \(keep.txt\)", keep=tmp_path)
+    copy(model, tmp_path / "earlier")
+    refused(capsys, ["compress", "quantize", "--model", model, "--out", tmp_path / "earlier"],
+            r"already exists.*--overwrite", keep=tmp_path)
     refused(capsys, ["compress", "quantize", "--model", model, "--out", model], r"--out", keep=tmp_path)
     refused(capsys, ["compress", "quantize", "--model", model, "--out", model / "inside"], r"--out", keep=tmp_path)
     refused(capsys, ["compress", "quantize", "--model", tmp_path / "none", "--out", tmp_path / "o"], r"not found",
@@ -200,3 +204,29 @@ def test_train_flags_of_compression_refused(capsys, run_dir, char_data, tmp_path
             *[swap.get(a, a) for a in args]]
     refused(capsys, argv, pattern, keep=tmp_path)
     assert not (tmp_path / "o").exists()
+
+
+def test_quantized_models_do_not_export_to_hugging_face(capsys, quantized_dir, tmp_path):
+    """transformers has no layout for arlm's packed int4/int8 weights: refused by name (was a KeyError)."""
+    for argv in (["export", "--format", "hf", "--model", quantized_dir], ["convert", "--to-hf", quantized_dir]):
+        refused(capsys, [*argv, "--out", tmp_path / "hf"],
+                r"is quantized \(int4.*\); a Hugging Face folder holds a float model", keep=tmp_path)
+
+
+def test_distill_an_lstm_teacher(capsys, char_data, tmp_path):
+    """The teacher's layers are a GPT's to copy: with an LSTM teacher, auto starts the student at random (was an
+    AttributeError), and --init teacher-layers is refused by name."""
+    from arlm.train.loop import train
+    from tests.conftest import tiny_train_config
+    from tests.reliability.conftest import quiet
+
+    with quiet():
+        train(tiny_train_config(char_data, tmp_path / "lstm", max_steps=2, model={"type": "lstm", "n_layer": 2}))
+    base = ["compress", "distill", "--teacher", tmp_path / "lstm", "--data", char_data, "--max-steps", "2",
+            "--eval-batches", "1", "--no-progress", "--no-baseline", "--decode-tokens", "0"]
+    refused(capsys, [*base, "--out", tmp_path / "s1", "--init", "teacher-layers"],
+            r"--init teacher-layers copies a GPT's blocks; this teacher is an lstm model: use --init random",
+            keep=tmp_path)
+    code, out, err = run(capsys, [*base, "--out", tmp_path / "s2"])
+    assert code == 0, err
+    assert "random-initialised student" in out and (tmp_path / "s2" / "best" / "config.json").is_file()

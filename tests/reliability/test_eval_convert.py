@@ -112,7 +112,9 @@ def test_convert_out_is_a_file(capsys, run_dir, tmp_path):
     refused(capsys, ["convert", "--to-hf", run_dir, "--out", tmp_path / "x", "--overwrite"], r"x is a file", keep=tmp_path)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "a").write_text("keep")
-    refused(capsys, ["convert", "--to-hf", run_dir, "--out", tmp_path / "full"], r"already exists", keep=tmp_path)
+    for more in ([], ["--overwrite"]):  # a folder holding a user's file is not a model folder to replace
+        refused(capsys, ["convert", "--to-hf", run_dir, "--out", tmp_path / "full", *more],
+                r"full holds files `arlm convert` did not write \(a\)", keep=tmp_path)
 
 
 def test_convert_source_is_not_a_model(capsys, tmp_path):

@@ -33,6 +33,9 @@ def test_export_refusals(capsys, run_dir, quantized_dir, char_data, tmp_path):
 
     model = copy(run_dir / "best", tmp_path / "m")
     (tmp_path / "taken.gguf").write_text("mine")
+    refused(capsys, ["export", "--model", model, "--out", tmp_path / "taken.gguf"], r"exists and is not a GGUF file",
+            keep=tmp_path)
+    (tmp_path / "taken.gguf").write_bytes(b"GGUF" + bytes(20))
     refused(capsys, ["export", "--model", model, "--out", tmp_path / "taken.gguf"], r"already exists.*--overwrite",
             keep=tmp_path)
     refused(capsys, ["export", "--model", model, "--out", model / "x.gguf"], r"inside the model", keep=tmp_path)
@@ -47,5 +50,5 @@ def test_export_refusals(capsys, run_dir, quantized_dir, char_data, tmp_path):
     refused(capsys, ["export", "--model", tmp_path / "none", "--out", tmp_path / "x.gguf"], r"not found", keep=tmp_path)
     train(tiny_train_config(char_data, tmp_path / "lstm", max_steps=2, model={"type": "lstm"}))
     capsys.readouterr()
-    refused(capsys, ["export", "--model", tmp_path / "lstm", "--out", tmp_path / "l.gguf"], r"only GPT models",
-            keep=tmp_path)
+    refused(capsys, ["export", "--model", tmp_path / "lstm", "--out", tmp_path / "l.gguf"],
+            r"only GPT models export to GGUF \(llama.cpp\); this is an LSTM model$", keep=tmp_path)

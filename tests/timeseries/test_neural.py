@@ -138,7 +138,7 @@ def test_cli_refusals(sine_model, trained_model, char_data, tmp_path, capsys):
     refused(capsys, ["ts", "backtest", "--dataset", "nile", "--model", trained_model / "best", "--horizon", 8],
             "not trained on series records")
     refused(capsys, ["ts", "backtest", "--dataset", "nile", "--model", tmp_path / "nothing", "--horizon", 8])
-    refused(capsys, ["ts", "backtest", "--dataset", "nile", "--model", sine_model, "--horizon", 40],
+    refused(capsys, ["ts", "backtest", "--dataset", "nile", "--model", sine_model, "--horizon", 40, "--windows", 1],
             r"--horizon 40 is beyond what .* can forecast \(32 steps")
     refused(capsys, ["ts", "fit", "--dataset", "nile", "--model", sine_model], "neural forecaster: use")
     short = tmp_path / "short.csv"

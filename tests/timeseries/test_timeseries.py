@@ -130,7 +130,7 @@ def test_refusals_write_nothing(tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     refused(capsys, ["ts", "backtest", "--dataset", "nile", "--model", "ar", "--horizon", 4, "--windows", 1,
-                     "--out", tmp_path / "mine"], "holds files a backtest did not write", tmp_path)
+                     "--out", tmp_path / "mine"], r"holds files `arlm ts backtest` did not write \(notes.txt\)", tmp_path)
     refused(capsys, ["ts", "fit", "--dataset", "nile", "--model", "prophet"], "unknown --model 'prophet'", tmp_path)
     refused(capsys, ["ts", "forecast", "--dataset", "nile", "--model", "arima", "--order", "1,1"], "p,d,q", tmp_path)
     refused(capsys, ["ts", "backtest", "--dataset", "nile", "--horizon", 30, "--windows", 4], "cannot hold 4 window",
