@@ -455,6 +455,9 @@ def arima_order(text: str) -> tuple[int, int, int]:
 # audio (`arlm audio ...`)
 
 
+MAX_SYNTHESIZED = 20_000  # files `arlm audio synthesize` writes at most
+
+
 @dataclass
 class AudioSynthConfig:
     """Options of ``arlm audio synthesize``: speech from text lines with Debian's espeak-ng."""
@@ -477,6 +480,10 @@ class AudioSynthConfig:
             raise UserError(f"--voice must name espeak-ng voices such as en-us, got {self.voice}")
         if any(not 80 <= s <= 450 for s in self.speed) or not self.speed:
             raise UserError(f"--speed must be between 80 and 450 words per minute, got {self.speed}")
+        files = self.lines * len(self.voice) * len(self.speed)
+        if files > MAX_SYNTHESIZED:  # espeak-ng takes about 0.1 s a file: over half an hour past this
+            raise UserError(f"--lines {self.lines} x {len(self.voice)} voice(s) x {len(self.speed)} speed(s) would be "
+                            f"{files:,} files, more than {MAX_SYNTHESIZED:,}; lower --lines or give fewer voices or speeds")
 
 
 @dataclass
@@ -1118,6 +1125,9 @@ class ExportConfig:
         _need_model_and_out(self)
 
 
+MAX_ABLATION_TOKENS = 1_000_000  # `inspect heads` runs n_layer x n_head + 1 passes over its tokens
+
+
 @dataclass
 class InspectConfig:
     """Options of ``arlm inspect attention|tokens|lens|heads`` (beside the model's LoadConfig)."""
@@ -1129,7 +1139,8 @@ class InspectConfig:
     head: int = _f(-1, "attention: only this head (-1: all)")
     top: int = _f(5, "tokens, lens: alternatives shown per position")
     threshold: float = _f(0.01, "tokens: flag a token as surprising when the model gave it less than this probability")
-    max_tokens: int = _f(8192, "heads: tokens of --data used (0: all)")
+    max_tokens: int = _f(8192, f"heads: tokens of --data used (0: all, up to {MAX_ABLATION_TOKENS:,}; each head's "
+                               f"ablation runs over all of them)")
     overwrite: bool = _f(False, "attention, heads: replace a PNG at --out that this command did not write (its own "
                                 "earlier plot is replaced anyway; a file that is not a PNG never is)")
 
@@ -1140,8 +1151,8 @@ class InspectConfig:
             raise UserError(f"--threshold must be a probability between 0 and 1, got {self.threshold}")
         if self.layer < -1 or self.head < -1:
             raise UserError("--layer and --head are indices from 0 (-1: all)")
-        if self.max_tokens < 0:
-            raise UserError(f"--max-tokens must be >= 0 (0: all), got {self.max_tokens}")
+        if not 0 <= self.max_tokens <= MAX_ABLATION_TOKENS:
+            raise UserError(f"--max-tokens must be between 0 (all) and {MAX_ABLATION_TOKENS:,}, got {self.max_tokens}")
 
 
 # `arlm chat`: decoding defaults under the model's own and the flags given. Sampling (not greedy,

@@ -233,6 +233,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from arlm.interop.load import model_config
     from arlm.io.checkpoint import open_checkpoint
     from arlm.serve.app import create_app
+    from arlm.serve.gate import http_protocol
     from arlm.tokenizers import load_tokenizer
     from arlm.tokenizers.base import require_text
 
@@ -251,7 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         f"(0: any free one)") from None
     host, port = sock.getsockname()[:2]
     app = create_app(cfg, model_path=opts.model, load_options=dict(device=opts.device, precision=opts.precision))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3, http=http_protocol()))
     app.state.server.on_failure = lambda: setattr(server, "should_exit", True)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     print(f"arlm serve: {url}/ (web page), {url}/v1 (OpenAI API), model '{app.state.server.model_name}'"

@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 
 from arlm.cli.flags import add_verb, emit_json, load_model, load_options, options, verb_group
-from arlm.config import InspectConfig, LoadConfig
+from arlm.config import MAX_ABLATION_TOKENS, InspectConfig, LoadConfig
 from arlm.errors import UserError
 
 
@@ -124,6 +124,9 @@ def cmd_heads(args: argparse.Namespace) -> int:
     out = _output(args, cfg, "inspect heads", [("--data", cfg.data)]) if cfg.out else None
     lm = _text_model(args)
     ids = np.asarray(lm.tokenizer.encode(read_text_file(cfg.data)), dtype=np.int64)
+    if not cfg.max_tokens and len(ids) > MAX_ABLATION_TOKENS:
+        raise UserError(f"{cfg.data} has {len(ids):,} tokens; head ablation reads at most {MAX_ABLATION_TOKENS:,} "
+                        f"(one pass over them per head, and one more): give --max-tokens")
     ids = ids[:cfg.max_tokens] if cfg.max_tokens else ids
     base, rise = head_ablation(lm.model, ids)
     if out is not None:

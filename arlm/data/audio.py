@@ -38,7 +38,11 @@ def espeak() -> str:
 
 
 def spoken_lines(files: list[str], count: int) -> list[str]:
-    """The first ``count`` lines of 4 words or more (speech headings and stage directions are shorter)."""
+    """The first ``count`` lines of 4 words or more (speech headings and stage directions are shorter).
+    Every file is checked to be a readable file first, also those the count is reached before."""
+    for f in files:
+        if not Path(f).is_file():
+            raise UserError(f"--text {f}: " + ("not a file" if Path(f).exists() else "no such file"))
     out = []
     for f in files:
         for line in read_text_file(Path(f)).splitlines():

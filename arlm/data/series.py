@@ -5,6 +5,7 @@ refused with its position, never filled silently.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -64,7 +65,9 @@ def read_csv_series(path: str | Path, column: str, date_column: str = "", freq: 
     values = _numeric(frame[column], path, column)
     start = ""
     if date_column:
-        dates = pd.to_datetime(frame[date_column], errors="coerce")
+        with warnings.catch_warnings():  # pandas warns when it guesses each date's format: what is not a date is named below
+            warnings.simplefilter("ignore", UserWarning)
+            dates = pd.to_datetime(frame[date_column], errors="coerce")
         if dates.isna().any():
             row = int(np.flatnonzero(dates.isna().to_numpy())[0])
             raise UserError(f"{path} row {row + 2}: {frame[date_column].iloc[row]!r} in {date_column!r} is not a date")

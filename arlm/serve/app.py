@@ -18,6 +18,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -162,8 +163,12 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):
-        return JSONResponse(error_body(str(e.detail), "invalid_request_error" if e.status_code < 500 else "server_error"),
-                            status_code=e.status_code)
+        where = f"{request.method} {quote(request.url.path[:200], safe='/')}"  # ASCII, whatever the path held
+        message = {404: f"no route {where}; the OpenAI API is at /v1/completions, /v1/chat/completions and /v1/models",
+                   405: f"{where} is not allowed; see GET /v1/models, POST /v1/completions, POST "
+                        f"/v1/chat/completions"}.get(e.status_code, str(e.detail))
+        return JSONResponse(error_body(message, "invalid_request_error" if e.status_code < 500 else "server_error"),
+                            status_code=e.status_code, headers=getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, e: Exception):

@@ -136,3 +136,29 @@ class RequestGate:
 
 
 _TOO_LARGE = object()
+
+
+def http_protocol():
+    """uvicorn's HTTP/1.1 protocol (h11) answering a request that is not valid HTTP (a malformed request line,
+    header or chunked body, which never reaches the app) in OpenAI's error shape too, where uvicorn sends plain
+    text; uvicorn's own choice where its h11 protocol is not what this expects."""
+    try:
+        import h11
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+    except ImportError:
+        return "auto"
+    if not hasattr(H11Protocol, "send_400_response"):
+        return "auto"
+
+    class Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps(error_body("the request is not valid HTTP/1.1 (a malformed request line, header, "
+                                         "Content-Length or chunked body); send a well-formed request")).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return Protocol

@@ -29,6 +29,7 @@ from arlm.data.prepare import check_output, write_prepared
 from arlm.data.series import Series, load_series, read_csv_series
 from arlm.errors import UserError
 from arlm.generate.engine import generate_ids
+from arlm.runtime import check_memory
 from arlm.tokenizers.base import expect_tokenizer
 from arlm.tokenizers.series import ScaledBinsTokenizer
 from arlm.timeseries.classical import QUANTILES, Forecast
@@ -80,6 +81,12 @@ def prepare_series(cfg: SeriesPrepareConfig) -> dict:
     if len(usable) < len(real):
         log.warning("%d real series are shorter than --prediction-length + %d values and were left out",
                     len(real) - len(usable), MIN_CONTEXT)
+    R = cfg.context_length + 1 + cfg.prediction_length
+    records = cfg.synthetic * cfg.windows_per_series + len(usable) * cfg.real_windows
+    # the synthetic values (float64, twice while drawn), each record as an int64 array (~120 bytes of its own) and
+    # its copies while the splits are shuffled and joined
+    check_memory(cfg.synthetic * cfg.synthetic_length * 16 + records * (R * 24 + 120),
+                 f"{records:,} records of {R} tokens", "lower --synthetic, --windows-per-series or --real-windows")
     synth = synthetic_series(cfg.synthetic, cfg.synthetic_length, cfg.seed) if cfg.synthetic else []
     rng = np.random.default_rng(cfg.seed + 1)
     splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
@@ -97,7 +104,6 @@ def prepare_series(cfg: SeriesPrepareConfig) -> dict:
     order = rng.permutation(len(splits["train"]))
     train_ids = np.concatenate([splits["train"][i] for i in order])
     val_ids = np.concatenate(splits["val"])
-    R = cfg.context_length + 1 + cfg.prediction_length
     sources = [f"synthetic x {len(synth)}"] + list(cfg.dataset) + ([f"{cfg.csv}:{cfg.column}"] if cfg.csv else [])
     return write_prepared(out, tok, train_ids, val_ids, modality="series", record_tokens=R,
                           context_length=cfg.context_length, prediction_length=cfg.prediction_length,

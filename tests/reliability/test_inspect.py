@@ -43,3 +43,12 @@ def test_inspect_verbs(capsys, run_dir, tmp_path):
 def test_inspect_refusals(capsys, run_dir, tmp_path, verb, args, pattern):
     swap = {"PNG": tmp_path / "a.png", "MISSING": tmp_path / "no" / "a.png", "NONE": tmp_path / "none.txt"}
     refused(capsys, ["inspect", verb, "--model", run_dir, *[swap.get(a, a) for a in args]], pattern, keep=tmp_path)
+
+
+def test_head_ablation_is_bounded(capsys, run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("arlm.cli.inspect.MAX_ABLATION_TOKENS", 100)
+    (tmp_path / "t.txt").write_text("To be, or not to be, that is the question. " * 10)
+    refused(capsys, ["inspect", "heads", "--model", run_dir, "--data", tmp_path / "t.txt", "--max-tokens", "0"],
+            r"t.txt has 430 tokens; head ablation reads at most 100 .*: give --max-tokens", keep=tmp_path)
+    refused(capsys, ["inspect", "heads", "--model", run_dir, "--data", tmp_path / "t.txt", "--max-tokens", "2000000"],
+            r"--max-tokens must be between 0 \(all\) and 1,000,000", keep=tmp_path)

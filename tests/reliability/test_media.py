@@ -151,3 +151,12 @@ def test_the_pixel_grid_and_wav_outputs_carry_the_mark(capsys, image_run, audio_
     assert code == 0 and err == "", err  # no warning about a spectrogram shorter than its window
     assert wav_software(tmp_path / "g.wav").startswith(software("audio generate"))
     assert png_text(tmp_path / "g.png")["Software"] == software("audio generate")
+
+
+def test_synthesize_checks_every_text_and_its_size_first(capsys, tmp_path):
+    text = tmp_path / "lines.txt"
+    text.write_text("one two three four five\n" * 50)
+    refused(capsys, ["audio", "synthesize", "--text", text, "--text", tmp_path / "missing.txt", "--out", tmp_path / "s"],
+            r"--text .*missing.txt: no such file", keep=tmp_path)  # was skipped once the first file gave the lines
+    refused(capsys, ["audio", "synthesize", "--text", text, "--lines", "100000", "--out", tmp_path / "s"],
+            r"would be 600,000 files, more than 20,000; lower --lines", keep=tmp_path)

@@ -227,3 +227,53 @@ def test_concurrent_clients_with_good_and_bad_requests(server):
         t.join()
     assert sorted(c for c, _ in results) == sorted([200, 400, 400, 200, 400, 200] * 4)
     serving(server)
+
+
+@pytest.mark.parametrize("method, path, status, pattern", [
+    ("GET", "/nope", 404, "no route GET /nope; the OpenAI API is at /v1/completions"),
+    ("GET", "/v1/%ED%A0%80", 404, "no route GET /v1/"),  # a path that decodes to a lone surrogate
+    ("GET", "/v1/completions", 405, "GET /v1/completions is not allowed"),
+    ("DELETE", "/v1/models", 405, "is not allowed"),
+])
+def test_routes_that_do_not_exist(server, method, path, status, pattern):
+    error(httpx.request(method, server + path, timeout=30), status, pattern)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(100)),  # a TLS hello to the plain-HTTP port
+])
+def test_requests_that_are_not_http_get_json_too(bpe_lm, request_bytes):  # noqa: F811
+    """What never reaches the app (uvicorn's h11 refuses it) is answered in OpenAI's shape, not as plain text."""
+    import uvicorn
+
+    from arlm.config import ServeConfig
+    from arlm.serve.app import create_app
+    from arlm.serve.gate import http_protocol
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    app = create_app(ServeConfig(model_name="tiny"), lm=bpe_lm)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", http=http_protocol()))
+    thread = threading.Thread(target=server.run, kwargs=dict(sockets=[sock]), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=30) as s:
+            s.sendall(request_bytes)
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head, head
+        assert json.loads(body)["error"]["message"].startswith("the request is not valid HTTP/1.1")
+        serving(url)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -120,3 +120,15 @@ def test_statsforecast_failures_are_one_line(capsys, tmp_path, monkeypatch):
     refused(capsys, ["ts", "forecast", "--csv", path, "--column", "v", "--model", "arima"],
             r"arima could not be fitted to this series \(statsforecast: No suitable ARIMA model found\); try another "
             r"--model or a fixed --order", keep=tmp_path)
+
+
+def test_prepare_bounds_its_records_before_drawing_a_series(capsys, tmp_path):
+    refused(capsys, ["ts", "prepare", "--out", tmp_path / "d", "--windows-per-series", "100000000"],
+            r"1,000,000,000,000 records of 81 tokens needs about .* lower --synthetic, --windows-per-series",
+            keep=tmp_path)  # was 17 GB of memory and climbing
+
+
+def test_dates_pandas_cannot_parse_are_named_without_its_warning(capsys, tmp_path):
+    (tmp_path / "d.csv").write_text("d,v\nsoon,1\n" + "".join(f"2020-01-{i:02d},{i}\n" for i in range(2, 20)))
+    refused(capsys, ["ts", "fit", "--csv", tmp_path / "d.csv", "--column", "v", "--date-column", "d"],
+            r"row 2: 'soon' in 'd' is not a date", keep=tmp_path)
