@@ -32,7 +32,7 @@ from arlm.generate.step import prompt_logprobs
 from arlm.generate.stream import TextStream
 from arlm.interop.load import load_model
 from arlm.io.atomic import atomic_write_text
-from arlm.io.paths import output_file
+from arlm.io.outputs import JSONL, Output, claim_file
 from arlm.io.schema import CheckpointInfo, check_generation_defaults
 from arlm.io.text import check_text
 from arlm.runtime import check_memory, resolve_device
@@ -525,8 +525,9 @@ class ChatSession:
         self.messages.append({"role": "assistant", "content": "".join(reply).strip()})
 
     def save(self, path: str | Path) -> Path:
-        """Write the conversation as one JSON line ({"messages": [...]}, the fine-tuning format), atomically."""
-        output_file(path, "the conversation file")
+        """Write the conversation as one JSON line ({"messages": [...]}, the fine-tuning format), atomically. An
+        existing file is replaced only if it is a conversation saved so (arlm/io/outputs.py)."""
+        claim_file(path, "the conversation file", Output(JSONL, "chat", keys=frozenset({"messages"})))
         atomic_write_text(path, json.dumps({"messages": self.conversation()}, ensure_ascii=False) + "\n")
         return Path(path)
 

@@ -971,6 +971,8 @@ class EvalConfig:
     metric: str = _f("bleu", "task metric: corpus BLEU or chrF (sacrebleu), ROUGE-1/2/L F1 (rouge-score), exact match",
                      choices=("bleu", "chrf", "rouge", "exact"))
     predictions_out: str = _f("", "task: write one JSON line per example with prompt, prediction and reference", metavar="FILE")
+    overwrite: bool = _f(False, "task: replace a file at --predictions-out that is not an earlier predictions file "
+                                "(one of those is replaced anyway)")
     chat: bool = _f(False, "task: send each prompt as a user message through the model's chat template")
     batch_size: int = _f(8, "windows per forward pass (task: prompts generated together)")
     stride: int = _f(0, "0: non-overlapping windows; S: slide a full window by S tokens, scoring only the "

@@ -286,14 +286,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictions():
+    from arlm.io.outputs import JSONL, Output
+
+    return Output(JSONL, "eval", keys=frozenset({"prompt", "prediction", "reference"}))
+
+
 def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
     from arlm.eval.tasks import read_task
-    from arlm.io.paths import output_file
+    from arlm.io.outputs import claim_file
 
     examples = read_task(cfg.task, cfg.errors)
     if cfg.predictions_out:  # checked before anything is generated
-        output_file(cfg.predictions_out, "--predictions-out", inputs=[("task file", cfg.task)],
-                    input_folders=[("model folder", load_options(args).model)])
+        claim_file(cfg.predictions_out, "--predictions-out", _predictions(), inputs=[("task file", cfg.task)],
+                   input_folders=[("model folder", load_options(args).model)], overwrite=cfg.overwrite)
     controls = {**EVAL_TASK_DEFAULTS, **explicit_values(args, list(EVAL_TASK_OPTIONS))}
     m = load_model(args, controls)
     scores, predictions = m.evaluate_task(examples, cfg.metric, cfg.batch_size, cfg.chat, **controls)

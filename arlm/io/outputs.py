@@ -140,17 +140,36 @@ GGUF = Kind("a GGUF file", ".gguf", lambda p: _head(p, 4) == b"GGUF")
 ONNX = Kind("an ONNX model", ".onnx", _is_onnx)
 
 
+def _json_lines(path: Path, keys: frozenset[str], limit: int = 1 << 30) -> bool:
+    """Every line of ``path`` a JSON object with exactly ``keys`` (a file arlm wrote as JSON Lines)."""
+    import json
+
+    try:
+        if path.stat().st_size > limit:
+            return False
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return bool(lines) and all(isinstance(r := json.loads(ln), dict) and set(r) == keys for ln in lines)
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
+JSONL = Kind("a JSON Lines file", ".jsonl", lambda p: b"\0" not in _head(p, 4096))
+
+
 @dataclass(frozen=True)
 class Output:
-    """A file one verb writes: its kind, the verb (whose mark it carries), and for a CSV the header
-    line that marks arlm's own."""
+    """A file one verb writes: its kind, the verb (whose mark it carries), and where the format has no
+    place for a mark, what arlm's own looks like: a CSV's header line, or the keys of every JSON line."""
 
     kind: Kind
     verb: str
     header: str = ""
+    keys: frozenset[str] = frozenset()
 
     def ours(self, path: Path) -> bool:
         """Whether ``path`` is this verb's own earlier output (then it may be replaced without asking)."""
+        if self.keys:
+            return _json_lines(path, self.keys)
         if self.header:
             return self.kind.test(path) and _first_line(path) == self.header
         mark = self.kind.mark(path)

@@ -86,7 +86,7 @@ def test_predictions_on_a_full_disk(capsys, trained_model, tmp_path):
     task = tmp_path / "t.jsonl"
     task.write_text(json.dumps({"prompt": "To", "reference": "be"}) + "\n")
     with tmpfs(tmp_path / "disk", "64k") as disk:
-        (disk / "p.jsonl").write_text("old predictions\n")
+        (disk / "p.jsonl").write_text(json.dumps({"prompt": "To", "prediction": "x", "reference": "be"}) + "\n")
         fill(disk)
         before = snapshot(disk)
         code, _, err = run(capsys, ["eval", "--model", trained_model, "--task", task, "--predictions-out",

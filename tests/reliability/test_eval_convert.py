@@ -78,7 +78,7 @@ def test_bad_eval_options(capsys, run_dir, tmp_path, flags, pattern):
 
 
 def test_eval_text_with_surrogates_in_the_api(run_dir):
-    import arlm
+    import arlm.api
 
     with pytest.raises(arlm.UserError, match="surrogate|U\\+D800"):
         arlm.load(run_dir, device="cpu").evaluate("To be\ud800")
@@ -121,3 +121,30 @@ def test_convert_source_is_not_a_model(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     refused(capsys, ["convert", "--from-hf", tmp_path / "empty", "--out", tmp_path / "o"], r"empty", keep=tmp_path)
     refused(capsys, ["convert", "--to-hf", tmp_path / "empty", "--out", tmp_path / "o"], r"empty", keep=tmp_path)
+
+
+def test_predictions_out_replaces_only_earlier_predictions(capsys, run_dir, task, tmp_path):
+    """The output rule of every verb (arlm/io/outputs.py): an existing file is replaced when it is an earlier
+    predictions file, or with --overwrite; a user's notes are not."""
+    (tmp_path / "notes.jsonl").write_text('{"todo": "buy milk"}\n')
+    refused(capsys, ["eval", "--model", run_dir, "--task", task, "--predictions-out", tmp_path / "notes.jsonl"],
+            r"notes.jsonl exists and was not written by `arlm eval`; choose another name, or add --overwrite",
+            keep=tmp_path)
+    args = ["eval", "--model", run_dir, "--task", task, "--max-new-tokens", "2", "--predictions-out"]
+    for more in (["--overwrite"], []):  # a user's file with --overwrite, then its own output without
+        code, _, err = run(capsys, [*args, tmp_path / "notes.jsonl", *more])
+        assert code == 0, err
+    assert '"prediction"' in (tmp_path / "notes.jsonl").read_text()
+
+
+def test_a_chat_is_saved_only_over_an_earlier_chat(run_dir, tmp_path):
+    import arlm.api
+    from arlm.errors import UserError
+
+    chat = arlm.api.ChatSession(arlm.load(run_dir))
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(UserError, match="notes.txt exists and was not written by `arlm chat`; choose another name$"):
+        chat.save(tmp_path / "notes.txt")
+    chat.save(tmp_path / "c.jsonl")
+    chat.save(tmp_path / "c.jsonl")  # its own: replaced
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
