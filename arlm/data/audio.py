@@ -39,18 +39,10 @@ def espeak() -> str:
 
 def spoken_lines(files: list[str], count: int) -> list[str]:
     """The first ``count`` lines of 4 words or more (speech headings and stage directions are shorter).
-    Every file is checked to be a readable file first, also those the count is reached before."""
-    for f in files:
-        if not Path(f).is_file():
-            raise UserError(f"--text {f}: " + ("not a file" if Path(f).exists() else "no such file"))
-    out = []
-    for f in files:
-        for line in read_text_file(Path(f)).splitlines():
-            words = line.split()
-            if len(words) >= 4 and any(c.isalpha() for c in line):
-                out.append(" ".join(words))
-                if len(out) == count:
-                    return out
+    Every file is read (UTF-8 text, or a one-line refusal), also those after the count is reached."""
+    texts = [read_text_file(Path(f), what="text file") for f in files]
+    out = [" ".join(line.split()) for text in texts for line in text.splitlines()
+           if len(line.split()) >= 4 and any(c.isalpha() for c in line)][:count]
     if not out:
         raise UserError(f"{', '.join(files)} holds no line of 4 words or more to speak")
     return out

@@ -157,6 +157,9 @@ def test_synthesize_checks_every_text_and_its_size_first(capsys, tmp_path):
     text = tmp_path / "lines.txt"
     text.write_text("one two three four five\n" * 50)
     refused(capsys, ["audio", "synthesize", "--text", text, "--text", tmp_path / "missing.txt", "--out", tmp_path / "s"],
-            r"--text .*missing.txt: no such file", keep=tmp_path)  # was skipped once the first file gave the lines
+            r"text file not found: .*missing.txt", keep=tmp_path)  # was skipped once the first file gave the lines
+    (tmp_path / "tone.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x80\x81")
+    refused(capsys, ["audio", "synthesize", "--text", text, "--text", tmp_path / "tone.wav", "--out", tmp_path / "s"],
+            r"tone.wav is not valid UTF-8", keep=tmp_path)
     refused(capsys, ["audio", "synthesize", "--text", text, "--lines", "100000", "--out", tmp_path / "s"],
             r"would be 600,000 files, more than 20,000; lower --lines", keep=tmp_path)
