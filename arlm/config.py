@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arlm.errors import UserError
-from arlm.io.text import check_text
 
 
 def _f(default, help: str, choices: tuple | None = None, metavar: str | None = None, **kw):
@@ -796,9 +795,6 @@ class SamplingParams:
             raise UserError("stop strings must not be empty")
         if any(s == "" for s in self.bad_words):
             raise UserError("bad_words must not be empty strings")
-        for name in ("stop", "bad_words", "json_schema", "regex"):  # the text policy of prompts (arlm/io/text.py)
-            for text in ([getattr(self, name)] if isinstance(getattr(self, name), str) else getattr(self, name)):
-                check_text(text, name)
         if any(t < 0 for t in self.stop_token_ids):
             raise UserError(f"stop_token_ids must be token ids >= 0, got {min(self.stop_token_ids)}")
         for name in ("frequency_penalty", "presence_penalty"):

@@ -41,6 +41,7 @@ from arlm.generate.sampling import (Controls, banned_ngram_tokens, banned_sequen
                                     token_logprobs)
 from arlm.generate.step import CompiledStep, decode_step, prefill
 from arlm.generate.stream import TextStream
+from arlm.io.text import check_strings
 from arlm.runtime import generator
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,8 @@ class Engine:
         """Queue a request; its id. Everything about it is checked here (UserError), before it waits.
         ``bad_words_ids`` adds token sequences to ban to the request's ``bad_words`` (text)."""
         params.validate()
+        for name in ("stop", "bad_words", "json_schema", "regex"):  # the text policy of prompts (arlm/io/text.py)
+            check_strings(getattr(params, name), name)
         V = self.vocab_size
         if not prompt_ids or not all(isinstance(t, int) and 0 <= t < V for t in prompt_ids):
             raise UserError(f"a prompt is a non-empty list of token ids in 0..{V - 1}")
