@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 from arlm.errors import UserError
 from arlm.io.atomic import resolve
-from arlm.io.paths import check_writable, is_within
+from arlm.io.paths import check_writable, is_within, output_dir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_CHUNKS = 256  # chunks read looking for a mark before giving up (arlm writes it among the first few)
@@ -224,6 +224,8 @@ def claim_file(path: str | Path, flag: str, what: Output, *, inputs: Iterable[tu
         if not t.parent.is_dir():
             raise UserError(f"the folder of {flag} {path} does not exist; create it first")
         check_not_input(t, flag, shown, inputs, input_folders)
+        if t.exists() and not t.is_file():  # a device or a pipe: nothing to read a mark from, nothing to replace
+            raise UserError(f"{label} is not a regular file (a device, pipe or socket); give the name of a file to write")
         if t.exists():
             check_existing(label, o, t, overwrite, replace_own)
         check_writable(t, flag)
@@ -235,8 +237,6 @@ def claim_dir(path: str | Path, flag: str, verb: str, own: Callable[[Path], bool
     """A folder that is replaced whole (links followed): new, empty, or holding only entries for which
     ``own(entry)`` holds (what ``arlm VERB`` writes there), which ``--overwrite`` must confirm where
     the verb has it (``overwrite`` not None). Anything else in it is the user's: refused, naming it."""
-    from arlm.io.paths import output_dir
-
     target = output_dir(path, flag, replace_whole=True)
     if not target.is_dir():
         return target

@@ -179,6 +179,8 @@ def test_claims_check_every_path_before_anything_is_written(tmp_path):
                    companions=[(tmp_path / "x.png", Output(PNG, "ts forecast"))])  # a verb without --overwrite
     with pytest.raises(UserError, match="is a folder"):
         claim_file(tmp_path, "--out", Output(GGUF, "export"))
+    with pytest.raises(UserError, match="/dev/null is not a regular file"):  # nothing read from it, nothing replaced
+        claim_file("/dev/null", "--out", Output(PNG, "inspect heads"), overwrite=True)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model.safetensors").write_bytes(b"x")
     (tmp_path / "m" / "model-00001-of-00002.safetensors").write_bytes(b"x")
