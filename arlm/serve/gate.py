@@ -13,6 +13,7 @@ JSON but was sent without a JSON content type (``curl -d``) is read as JSON.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -22,13 +23,15 @@ from arlm.io.text import check_text
 from arlm.serve.protocol import error_body
 
 API_PATHS = ("/v1/", "/tokenize", "/detokenize")  # what the API key guards; /health, /metrics and the page stay open
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _field(path: list[Any]) -> str:
+    """A field's place in the body as OpenAI's ``param`` writes it (``messages[0].content``), at most 120 characters."""
     out = ""
     for p in path:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "the body"
+    return (out[:117] + "..." if len(out) > 120 else out) or "the body"
 
 
 class BodyTextError(UserError):
@@ -39,19 +42,22 @@ class BodyTextError(UserError):
         self.field = field
 
 
-def check_body_text(value: Any, path: list[Any] | None = None) -> None:
-    """Every string in a JSON value, keys included, is valid Unicode; a UserError names the first field that is not."""
-    path = path or []
-    try:
-        if isinstance(value, str):
-            check_text(value, f"'{_field(path)}'")
-        elif isinstance(value, dict):
-            for k in value:
-                check_text(k, f"a key of '{_field(path)}'")
-    except UserError as e:
-        raise BodyTextError(str(e), _field(path)) from None
-    for k, v in value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ():
-        check_body_text(v, path + [k])
+def check_body_text(value: Any) -> None:
+    """Every string in a JSON value, keys included, is valid Unicode; a BodyTextError names the first field that
+    is not. Iterative: a body nested as deep as the JSON parser allows does not exhaust the stack here."""
+    stack: list[tuple[Any, list[Any]]] = [(value, [])]
+    while stack:
+        node, path = stack.pop()
+        try:
+            if isinstance(node, str):
+                check_text(node, f"'{_field(path)}'")
+            elif isinstance(node, dict):
+                for k in node:
+                    check_text(k, f"a key of '{_field(path)}'")
+        except UserError as e:
+            raise BodyTextError(str(e), _field(path)) from None
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        stack.extend((v, path + [k]) for k, v in reversed(list(items)) if isinstance(v, (str, list, dict)))
 
 
 class RequestGate:
@@ -117,7 +123,8 @@ class RequestGate:
         except ValueError as e:  # also bytes that are not UTF-8
             return f"the request body is not valid JSON ({str(e)[:120]}); send a JSON object", None, None
         try:
-            check_body_text(value)
+            if SURROGATE_ESCAPE.search(body):  # only a \uD800-\uDFFF escape can make one (UTF-8 bytes cannot)
+                check_body_text(value)
         except BodyTextError as e:
             return str(e), None, e.field
         headers = scope["headers"]

@@ -277,3 +277,11 @@ def test_requests_that_are_not_http_get_json_too(bpe_lm, request_bytes):  # noqa
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_body_nested_as_deep_as_json_allows(server):
+    """The text check walks the body without recursion: a body nested as deep as the JSON parser takes gets the
+    route's validation error, not a 500 from an exhausted stack."""
+    deep = b'{"model": "tiny", "prompt": ' + b"[" * 950 + b'"\\ud800"' + b"]" * 950 + b"}"
+    error(raw(server, "/v1/completions", deep), 400, "is not valid Unicode", param=("prompt" + "[0]" * 950)[:117] + "...")
+    serving(server)
