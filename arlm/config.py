@@ -482,7 +482,8 @@ class AudioSynthConfig:
         files = self.lines * len(self.voice) * len(self.speed)
         if files > MAX_SYNTHESIZED:  # espeak-ng takes about 0.1 s a file: over half an hour past this
             raise UserError(f"--lines {self.lines} x {len(self.voice)} voice(s) x {len(self.speed)} speed(s) would be "
-                            f"{files:,} files, more than {MAX_SYNTHESIZED:,}; lower --lines or give fewer voices or speeds")
+                            f"{files:,} files, more than {MAX_SYNTHESIZED:,}; lower --lines, or give fewer voices "
+                            f"or speeds")
 
 
 @dataclass

@@ -286,19 +286,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predictions():
-    from arlm.io.outputs import JSONL, Output
-
-    return Output(JSONL, "eval", keys=frozenset({"prompt", "prediction", "reference"}))
-
-
 def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
     from arlm.eval.tasks import read_task
-    from arlm.io.outputs import claim_file
+    from arlm.io.outputs import JSONL, Output, claim_file
 
     examples = read_task(cfg.task, cfg.errors)
-    if cfg.predictions_out:  # checked before anything is generated
-        claim_file(cfg.predictions_out, "--predictions-out", _predictions(), inputs=[("task file", cfg.task)],
+    if cfg.predictions_out:  # checked before anything is generated; an earlier predictions file may be replaced
+        ours = Output(JSONL, "eval", keys=frozenset({"prompt", "prediction", "reference"}))
+        claim_file(cfg.predictions_out, "--predictions-out", ours, inputs=[("task file", cfg.task)],
                    input_folders=[("model folder", load_options(args).model)], overwrite=cfg.overwrite)
     controls = {**EVAL_TASK_DEFAULTS, **explicit_values(args, list(EVAL_TASK_OPTIONS))}
     m = load_model(args, controls)
@@ -328,7 +323,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from arlm.compress.quantize import describe, quantization_of
     from arlm.interop.hf import export_hf, is_hf_dir, load_hf
     from arlm.interop.load import load_model, save_model
-    from arlm.io.outputs import claim_dir, model_file
+    from arlm.io.outputs import claim_model_dir
     from arlm.io.paths import check_apart
 
     cfg = validated(ConvertConfig, explicit_values(args, field_names(ConvertConfig)), "convert options", name_source=False)
@@ -336,7 +331,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not Path(source).is_dir():
         raise UserError(f"{source} is not a folder" if Path(source).exists() else f"model folder not found: {source}")
     check_apart(cfg.out, source)
-    out = claim_dir(cfg.out, "--out", args.verb, model_file, overwrite=cfg.overwrite, what="a model: weights, config and tokenizer files")
+    out = claim_model_dir(cfg.out, "--out", args.verb, cfg.overwrite)
     if cfg.from_hf:
         if not is_hf_dir(cfg.from_hf) and (Path(cfg.from_hf) / "config.json").is_file():
             raise UserError(f"{cfg.from_hf} is not a Hugging Face folder (its config.json has no model_type, or arlm "

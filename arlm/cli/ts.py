@@ -73,7 +73,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         lb = info.pop("ljung_box")
         chosen = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
         if lb["p_value"] is None:
-            test = "Ljung-Box undefined (the residuals are constant: the model fits the series exactly, nothing is left to test)"
+            test = "Ljung-Box undefined (the residuals are constant: the model fits the series exactly)"
         else:
             test = (f"Ljung-Box Q({lb['lags']}) = {lb['statistic']:.2f}, p = {lb['p_value']:.3g}" +
                     (" (residuals look like white noise)" if lb["p_value"] > 0.05 else " (residuals still correlated)"))

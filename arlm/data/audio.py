@@ -101,11 +101,11 @@ def audio_info(path: Path, rate: int) -> int:
 
 
 def read_audio(path: Path, rate: int) -> np.ndarray:
-    """A file as mono float64 samples in [-1, 1] at ``rate`` Hz (polyphase resampling, SciPy)."""
+    """A file as mono float64 samples in [-1, 1] at ``rate`` Hz (polyphase resampling, SciPy); its header checked
+    first by :func:`audio_info`."""
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    audio_info(path, rate)
     try:
         wave, sr = sf.read(str(path), dtype="float64", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, OSError) as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,18 +92,20 @@ def _image_size(path: Path) -> tuple[int, int]:
     per channel, and more as numbers)."""
     from PIL import Image, UnidentifiedImageError
 
+    too_big = "shrink it first (the pixel models train on small images: --size resizes to them)"
     try:
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # Pillow's own check: the one below says more
-        try:
+        with warnings.catch_warnings():  # Pillow warns past its own limit (89M pixels); ours, below, is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:  # the header only
                 w, h = img.size
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:  # past twice Pillow's limit it refuses to open the file at all
+        raise UserError(f"{path} declares over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, more than arlm reads "
+                        f"({MAX_IMAGE_PIXELS:,}, e.g. 4096x4096); {too_big}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"{path} is not an image Pillow can read ({e}); remove it or convert it to PNG") from None
     if w * h > MAX_IMAGE_PIXELS:
         raise UserError(f"{path} is {w:,}x{h:,} pixels, more than arlm reads ({MAX_IMAGE_PIXELS:,}, e.g. 4096x4096); "
-                        f"shrink it first (the pixel models train on small images: --size resizes to them)")
+                        f"{too_big}")
     return w, h
 
 

@@ -65,7 +65,7 @@ def read_csv_series(path: str | Path, column: str, date_column: str = "", freq: 
     values = _numeric(frame[column], path, column)
     start = ""
     if date_column:
-        with warnings.catch_warnings():  # pandas warns when it guesses each date's format: what is not a date is named below
+        with warnings.catch_warnings():  # pandas warns when it guesses each date's format; a non-date is named below
             warnings.simplefilter("ignore", UserWarning)
             dates = pd.to_datetime(frame[date_column], errors="coerce")
         if dates.isna().any():

@@ -3,9 +3,9 @@ drew) or of completions (originals, their given top rows, the model's bottom row
 
 from __future__ import annotations
 
-import numpy as np
-
 from pathlib import Path
+
+import numpy as np
 
 from arlm.config import ImageSampleConfig
 from arlm.data.images import grid_size, save_grid, split_records

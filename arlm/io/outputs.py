@@ -225,7 +225,7 @@ def claim_file(path: str | Path, flag: str, what: Output, *, inputs: Iterable[tu
             raise UserError(f"the folder of {flag} {path} does not exist; create it first")
         check_not_input(t, flag, shown, inputs, input_folders)
         if t.exists() and not t.is_file():  # a device or a pipe: nothing to read a mark from, nothing to replace
-            raise UserError(f"{label} is not a regular file (a device, pipe or socket); give the name of a file to write")
+            raise UserError(f"{label} is not a regular file (a device, pipe or socket); name a file to write")
         if t.exists():
             check_existing(label, o, t, overwrite, replace_own)
         check_writable(t, flag)
@@ -263,7 +263,14 @@ _SHARD = re.compile(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)")
 
 def model_file(entry: Path) -> bool:
     """Whether ``entry`` is a file a model folder holds (weights, config, tokenizer), not a user's."""
-    return entry.is_file() and not entry.is_symlink() and (entry.name in MODEL_FILES or bool(_SHARD.fullmatch(entry.name)))
+    named = entry.name in MODEL_FILES or bool(_SHARD.fullmatch(entry.name))
+    return named and entry.is_file() and not entry.is_symlink()
+
+
+def claim_model_dir(path: str | Path, flag: str, verb: str, overwrite: bool) -> Path:
+    """A folder a model is written to whole: new, empty, or (with ``overwrite``) one holding only a model's files."""
+    return claim_dir(path, flag, verb, model_file, overwrite=overwrite,
+                     what="a model: weights, config and tokenizer files")
 
 
 def safe_name(name: str, fallback: str = "series") -> str:

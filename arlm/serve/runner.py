@@ -140,10 +140,11 @@ class EngineRunner:
                 self.streams[rid] = sub
                 sub.done.set_result(rid)
             finally:
-                with self._lock:
+                with self._lock:  # no longer pending, and counted as the engine's in the same instant
                     self._pending.pop(0)
-                    self.stats = self.engine.stats()  # with the request counted as the engine's, at once
-        elif cmd[0] == "abort":
+                    self.stats = self.engine.stats()
+            return
+        if cmd[0] == "abort":
             self.engine.abort(cmd[1])
             self.streams.pop(cmd[1], None)
         elif cmd[0] == "call":

@@ -144,8 +144,10 @@ def run_backtest(cfg: SeriesConfig, load_neural: LoadNeural | None = None) -> tu
     models = list(names)
     out = None
     if cfg.out:
-        out = claim_dir(cfg.out, "--out", "ts backtest", _backtest_file, what=f"an earlier backtest's {RESULTS} and plots")
-        check_not_input(out, "--out", cfg.out, [("CSV", cfg.csv)], [("model folder", m) for m in cfg.model if is_model_dir(m)])
+        out = claim_dir(cfg.out, "--out", "ts backtest", _backtest_file,
+                        what=f"an earlier backtest's {RESULTS} and plots")
+        check_not_input(out, "--out", cfg.out, [("CSV", cfg.csv)],
+                        [("model folder", m) for m in cfg.model if is_model_dir(m)])
     horizons = {horizon_of(cfg, s) for s in series}
     if len(horizons) > 1:  # one horizon per report, so that the series' scores aggregate
         raise UserError(f"the series have different seasonal periods (default horizons {sorted(horizons)}); give --horizon")

@@ -25,7 +25,7 @@ from arlm.data.loader import TokenData
 from arlm.errors import UserError
 from arlm.interop.load import load_model, save_model
 from arlm.io.atomic import scratch_dir
-from arlm.io.outputs import claim_dir, model_file
+from arlm.io.outputs import claim_model_dir
 from arlm.io.paths import check_apart
 from arlm.io.schema import CheckpointInfo
 from arlm.model.gpt import GPT
@@ -39,7 +39,7 @@ def open_output(out: str, source: str, overwrite: bool, verb: str) -> Path:
     if not Path(source).exists():
         raise UserError(f"model folder not found: {source}")
     check_apart(out, source, what="--model")
-    return claim_dir(out, "--out", verb, model_file, overwrite=overwrite, what="a model: weights, config and tokenizer files")
+    return claim_model_dir(out, "--out", verb, overwrite)
 
 
 def derived_info(info: CheckpointInfo, **changes) -> CheckpointInfo:
