@@ -43,7 +43,7 @@ def _f(default, help: str, choices: tuple | None = None, metavar: str | None = N
 # model
 
 
-MODEL_TYPES = ("gpt", "lstm")
+MODEL_TYPES = ("gpt", "lstm", "seq2seq")
 DEFAULT_DEVICE = "auto"
 DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (CUDA, then Apple MPS, then CPU)"
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
@@ -54,8 +54,9 @@ class ModelConfig:
     """What every model type has: its family, vocabulary, context, depth, width, dropout and tying
     (the GPT's names). A model type's own config adds its fields (see ``MODEL_CONFIGS``)."""
 
-    type: str = _f("gpt", "model family: gpt (decoder-only Transformer) or lstm (embedding -> LSTM -> linear, the "
-                          "recurrent baseline; takes vocab_size, block_size, n_layer, n_embd, dropout, tie_embeddings)",
+    type: str = _f("gpt", "model family: gpt (decoder-only Transformer), lstm (embedding -> LSTM -> linear, the "
+                          "recurrent baseline; takes vocab_size, block_size, n_layer, n_embd, dropout, tie_embeddings) "
+                          "or seq2seq (encoder-decoder Transformer: T5, BART, Pegasus, Marian)",
                    choices=MODEL_TYPES)
     vocab_size: int = _f(0, "vocabulary size; set from the prepared data's tokenizer when 0")
     block_size: int = _f(256, "context length in tokens")
@@ -167,8 +168,100 @@ class LSTMConfig(ModelConfig):
     type: str = _f("lstm", "model family (see GPTConfig.type)", choices=MODEL_TYPES)
 
 
+SEQ2SEQ_POSITIONS = ("relative", "learned", "sinusoidal")
+
+
+@dataclass
+class Seq2SeqConfig(ModelConfig):
+    """Shape of the encoder-decoder Transformer (arlm/model/seq2seq.py): a bidirectional encoder over the
+    source and a causal decoder that also attends to the encoder's output (Vaswani et al. 2017).
+
+    ``block_size`` is the decoder's (target's) positions, ``max_source_len`` the encoder's; ``n_layer``
+    counts encoder blocks. The defaults are T5 v1.1's architecture (Raffel et al. 2020; relative position
+    buckets, RMSNorm without bias, pre-norm, gated-GELU). The published families are the same class:
+
+    ==========  ==========  ==========  ===========================================================
+    family      positions   norm        other
+    ==========  ==========  ==========  ===========================================================
+    T5 (1.0)    relative    rms, pre    relu MLP, no 1/sqrt(d) attention scale, output x d^-0.5
+    T5 1.1/Flan relative    rms, pre    gated-GELU (tanh), untied output layer
+    BART        learned     ln, post    layernorm_embedding, biases, final_logits_bias
+    mBART       learned     ln, pre     layernorm_embedding + final norms, sqrt(d) embedding scale
+    Pegasus     sinusoidal  ln, pre     final norms, sqrt(d) embedding scale
+    Marian      sinusoidal  ln, post    sqrt(d) embedding scale, decoder starts at the pad token
+    ==========  ==========  ==========  ===========================================================
+    """
+
+    type: str = _f("seq2seq", "model family (see GPTConfig.type)", choices=MODEL_TYPES)
+    block_size: int = _f(256, "decoder (target) positions")
+    n_layer: int = _f(6, "encoder blocks")
+    n_decoder_layer: int = _f(0, "decoder blocks (0: n_layer)")
+    n_embd: int = _f(384, "model width (d_model)")
+    n_head: int = _f(6, "attention heads per block")
+    head_dim: int = _f(0, "width of one attention head (0: n_embd // n_head; T5's d_kv)")
+    intermediate_size: int = _f(0, "hidden width of the MLP (0: 4 * n_embd; T5's d_ff)")
+    max_source_len: int = _f(0, "encoder (source) positions (0: block_size)")
+    pos_embedding: str = _f("relative", "relative position buckets added to attention (T5), learned absolute positions "
+                                        "(BART, mBART) or fixed sinusoids (Marian, Pegasus)", choices=SEQ2SEQ_POSITIONS)
+    relative_buckets: int = _f(32, "relative positions: number of buckets (T5's relative_attention_num_buckets)")
+    relative_max_distance: int = _f(128, "relative positions: distance of the last bucket (T5's relative_attention_max_distance)")
+    norm: str = _f("rmsnorm", "normalisation layer (T5's is RMSNorm without bias)", choices=("layernorm", "rmsnorm"))
+    norm_eps: float = _f(1e-6, "epsilon of the normalisation layers")
+    post_norm: bool = _f(False, "normalise after each residual addition (BART, Marian) instead of before each sub-layer")
+    embedding_norm: bool = _f(False, "normalise the embeddings (BART's layernorm_embedding)")
+    final_norm: bool = _f(True, "normalise each stack's output (T5, mBART, Pegasus)")
+    bias: bool = _f(False, "biases in the linear layers and LayerNorms (BART, Marian, Pegasus)")
+    mlp: str = _f("gated", "standard: fc -> act -> proj; gated: proj(act(gate) * up) (T5 v1.1's gated-GELU)",
+                  choices=("standard", "gated"))
+    activation: str = _f("gelu_tanh", "MLP activation (gelu_tanh is 'gelu_new'; silu is 'swish')",
+                         choices=("gelu_tanh", "gelu", "silu", "relu"))
+    scale_embedding: bool = _f(False, "multiply token embeddings by sqrt(n_embd) (Marian, Pegasus, mBART)")
+    scale_attention: bool = _f(True, "divide attention scores by sqrt(head width) (T5 does not)")
+    scale_decoder_output: bool = _f(False, "multiply the decoder's output by n_embd^-0.5 before the output layer (T5 1.0)")
+    logits_bias: bool = _f(False, "a fixed bias added to the logits (BART's final_logits_bias)")
+    decoder_start_token_id: int = _f(0, "token the decoder starts from (T5 and Marian: the pad token; BART: </s>)")
+    tie_embeddings: bool = _f(True, "share the output layer's weight with the token embedding")
+    dropout: float = _f(0.1, "dropout probability on embeddings, attention and residual paths")
+
+    @property
+    def hs(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def hidden_size(self) -> int:
+        return self.intermediate_size or 4 * self.n_embd
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layer or self.n_layer
+
+    @property
+    def source_len(self) -> int:
+        return self.max_source_len or self.block_size
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_head <= 0:
+            raise UserError(f"model.n_head must be a positive integer, got {self.n_head}")
+        for name in ("n_decoder_layer", "head_dim", "intermediate_size", "max_source_len", "decoder_start_token_id"):
+            if getattr(self, name) < 0:
+                raise UserError(f"model.{name} must be >= 0 (0: default), got {getattr(self, name)}")
+        if not self.head_dim and self.n_embd % self.n_head:
+            raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}), "
+                            f"or set model.head_dim")
+        if self.pos_embedding == "relative" and (self.relative_buckets < 2 or self.relative_max_distance < 2):
+            raise UserError("relative positions need relative_buckets >= 2 and relative_max_distance >= 2")
+        if self.pos_embedding == "sinusoidal" and self.n_embd % 2:
+            raise UserError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
+        if not self.norm_eps > 0:
+            raise UserError(f"model.norm_eps must be > 0, got {self.norm_eps}")
+        if self.vocab_size and self.decoder_start_token_id >= self.vocab_size:
+            raise UserError(f"model.decoder_start_token_id ({self.decoder_start_token_id}) is outside the vocabulary "
+                            f"(0..{self.vocab_size - 1})")
+
+
 # Each model type's config class; arlm/model/registry.py pairs them with the model classes.
-MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"gpt": GPTConfig, "lstm": LSTMConfig}
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"gpt": GPTConfig, "lstm": LSTMConfig, "seq2seq": Seq2SeqConfig}
 
 
 # Named model shapes, kept as data. "gpt2*" are the published GPT-2 sizes (Radford et al. 2019).
@@ -762,6 +855,10 @@ class SamplingParams:
     stop: list[str] = _f([], "stop when this text is generated (repeatable); the stop text is not returned")
     stop_token_ids: list[int] = _f([], "also end a sequence at this token id, besides the model's end-of-text (repeatable)",
                                    metavar="ID")
+    forced_bos_token_id: int | None = _f(None, "the first generated token is always this id (mBART's target "
+                                               "language code; transformers' forced_bos_token_id)", metavar="ID")
+    forced_eos_token_id: int | None = _f(None, "the last token max_new_tokens allows is always this id "
+                                               "(transformers' forced_eos_token_id)", metavar="ID")
     seed: int | None = _f(None, "random seed for sampling (default: nondeterministic); sequence i of n uses seed + i")
     json_schema: str = _f("", "structured output: only JSON valid under this JSON schema, given as its JSON text or a "
                               "file holding it ('{\"type\": \"object\"}' is any JSON object)", metavar="FILE|JSON")
@@ -796,6 +893,9 @@ class SamplingParams:
             raise UserError("stop strings must not be empty")
         if any(s == "" for s in self.bad_words):
             raise UserError("bad_words must not be empty strings")
+        for name in ("forced_bos_token_id", "forced_eos_token_id"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise UserError(f"{name} must be a token id >= 0, got {getattr(self, name)}")
         if any(t < 0 for t in self.stop_token_ids):
             raise UserError(f"stop_token_ids must be token ids >= 0, got {min(self.stop_token_ids)}")
         for name in ("frequency_penalty", "presence_penalty"):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from arlm.config import GenerateConfig
-from arlm.generate.sampling import banned_sequence_tokens, process_logits
+from arlm.generate.sampling import banned_sequence_tokens, forced_token, process_logits
 from arlm.generate.step import decode_step, prefill
 
 
@@ -40,104 +40,176 @@ class Hypothesis:
     score: float  # sum of token log-probabilities / len(tokens) ** length_penalty
 
 
-@torch.inference_mode()
 def beam_search(model: torch.nn.Module, prompt: list[int], cfg: GenerateConfig, eos_ids: tuple[int, ...] = (),
                 early_stopping: bool | str | None = None, bad_words: list[list[int]] | tuple = (),
-                bias: torch.Tensor | None = None, constraint=None) -> list[Hypothesis]:
-    """Beam search (Graves 2012; as in Hugging Face ``generate``): ``cfg.num_return_sequences`` best
-    hypotheses first, using ``cfg.num_beams``, ``max_new_tokens``, ``length_penalty``, ``early_stopping``
-    (``early_stopping`` here overrides it, and may also be ``"never"``), and the penalties
-    (repetition, no-repeat-ngram, bad words, logit bias, min_new_tokens) applied to the
-    log-probabilities as transformers does, and a structured-output ``constraint`` (arlm/generate/grammar.py).
+                bias: torch.Tensor | None = None, constraint=None, source: list[int] | None = None) -> list[Hypothesis]:
+    """:func:`beam_search_batch` for one prompt (an encoder-decoder's: its ``source``)."""
+    return beam_search_batch(model, [prompt], cfg, eos_ids, early_stopping, bad_words, bias, constraint,
+                             None if source is None else [source])[0]
 
-    Each step extends every live beam by every token and keeps the ``num_beams`` best continuations by
-    summed log-probability. A continuation that emits EOS, or reaches ``max_new_tokens``, becomes a
-    finished hypothesis scored ``sum_logprob / length ** length_penalty`` (length = generated tokens),
-    and the best ``num_beams`` finished ones are kept. As in transformers, ``2 * num_beams`` candidates
-    (more with several EOS ids) are ranked per step so enough stay live when the best ones end;
-    only candidates within the top ``num_beams`` may finish. Search stops when every candidate has
-    stopped, when ``early_stopping=True`` and ``num_beams`` hypotheses are finished, or when no live
-    beam can beat the worst finished one: the bound assumes the score at the current length
-    (``early_stopping`` False) or, for ``"never"`` with a positive length penalty, at the maximum length.
-    """
-    num_beams, max_new_tokens, length_penalty = cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty
-    early_stopping = cfg.early_stopping if early_stopping is None else early_stopping
-    assert prompt and 1 <= cfg.num_return_sequences <= num_beams
-    penalties = cfg.sampling_params(temperature=0.0)  # process_logits then applies only the penalties
-    L0, nb = len(prompt), num_beams
-    max_len = L0 + max_new_tokens
-    if max_len > model.config.block_size:
-        raise ValueError(f"beam search needs prompt + max_new_tokens <= block_size ({max_len} > {model.config.block_size})")
+
+def _start(model: torch.nn.Module, cache, prompts: list[list[int]], sources: list[list[int]] | None,
+           nb: int) -> torch.Tensor:
+    """Run each prompt (after its source, for an encoder-decoder) into the first row of its ``nb`` rows
+    and copy it to the others; each prompt's next-token logits, repeated per beam (N * nb, V)."""
     device = next(model.parameters()).device
+    first = []
+    for n, prompt in enumerate(prompts):
+        row = n * nb
+        if sources is not None:
+            model.prime_cache(cache.view(row, row + 1), torch.tensor([sources[n]], device=device))
+        first.append(prefill(model, cache.view(row, row + 1), prompt))
+        for b in range(1, nb):
+            cache.copy_row(row, row + b, len(prompt))
+    return torch.cat(first).repeat_interleave(nb, dim=0)
+
+
+@torch.inference_mode()
+def beam_search_batch(model: torch.nn.Module, prompts: list[list[int]], cfg: GenerateConfig,
+                      eos_ids: tuple[int, ...] = (), early_stopping: bool | str | None = None,
+                      bad_words: list[list[int]] | tuple = (), bias: torch.Tensor | None = None, constraint=None,
+                      sources: list[list[int]] | None = None) -> list[list[Hypothesis]]:
+    """Beam search (Graves 2012; as in Hugging Face ``generate``) over several prompts at once: for each,
+    ``cfg.num_return_sequences`` best hypotheses first, using ``cfg.num_beams``, ``max_new_tokens``,
+    ``length_penalty``, ``early_stopping`` (``early_stopping`` here overrides it, and may also be
+    ``"never"``), the penalties (repetition, no-repeat-ngram, bad words, logit bias, min_new_tokens,
+    forced first/last token) applied to the log-probabilities as transformers does, and a
+    structured-output ``constraint`` (arlm/generate/grammar.py). An encoder-decoder's ``sources`` are
+    encoded once each; its prompts are the decoder's start.
+
+    Every prompt's beams are rows of one cache, at each row's own positions, so prompts of any
+    lengths step together: one decode step feeds all N x num_beams rows. Per prompt, each step
+    extends every live beam by every token and keeps the ``num_beams`` best continuations by summed
+    log-probability. A continuation that emits EOS, or reaches ``max_new_tokens``, becomes a finished
+    hypothesis scored ``sum_logprob / length ** length_penalty`` (length = generated tokens), and the
+    best ``num_beams`` finished ones are kept. As in transformers, ``2 * num_beams`` candidates (more
+    with several EOS ids) are ranked per step so enough stay live when the best ones end; only
+    candidates within the top ``num_beams`` may finish. A prompt's search stops when every candidate
+    has stopped, when ``early_stopping=True`` and ``num_beams`` hypotheses are finished, or when no
+    live beam can beat the worst finished one: the bound assumes the score at the current length
+    (``early_stopping`` False) or, for ``"never"`` with a positive length penalty, at the maximum
+    length. A stopped prompt's results stay as they are while the others go on.
+    """
+    nb, G, length_penalty = cfg.num_beams, cfg.max_new_tokens, cfg.length_penalty
+    early_stopping = cfg.early_stopping if early_stopping is None else early_stopping
+    N = len(prompts)
+    assert N and all(prompts) and 1 <= cfg.num_return_sequences <= nb
+    if G == 0:
+        return [[Hypothesis([], 0.0) for _ in range(cfg.num_return_sequences)] for _ in prompts]
+    penalties = cfg.sampling_params(temperature=0.0)  # process_logits then applies only the penalties
+    lengths = [len(p) for p in prompts]
+    if max(lengths) + G > model.config.block_size:
+        raise ValueError(f"beam search needs prompt + max_new_tokens <= block_size "
+                         f"({max(lengths) + G} > {model.config.block_size})")
+    device = next(model.parameters()).device
+    R = N * nb
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     K = max(2, 1 + len(eos_ids)) * nb  # candidates ranked per step
     in_top = torch.arange(K, device=device) < nb  # only these may finish
     NEG = -1.0e9  # "impossible" score, kept finite so sums stay ordered as in transformers
+    L0 = torch.tensor(lengths, device=device).repeat_interleave(nb)  # (R,) each row's prompt length
+    # each row's prompt, left-padded (the repetition penalty and n-grams read prompt + generated)
+    Lmax = max(lengths)
+    ctx = torch.zeros(R, Lmax, dtype=torch.long, device=device)
+    ctx_mask = torch.zeros(R, Lmax, dtype=torch.bool, device=device)
+    for n, p in enumerate(prompts):
+        ctx[n * nb:(n + 1) * nb, Lmax - len(p):] = torch.tensor(p, device=device)
+        ctx_mask[n * nb:(n + 1) * nb, Lmax - len(p):] = True
+    needs_context = penalties.repetition_penalty != 1.0 or penalties.no_repeat_ngram_size > 0
 
-    seqs = torch.zeros(nb, max_len, dtype=torch.long, device=device)
-    seqs[:, :L0] = torch.tensor(prompt, device=device)
-    live_scores = torch.full((nb,), NEG, device=device)
-    live_scores[0] = 0.0  # all beams start identical: expand only the first
-    fin_seqs, fin_scores = seqs.clone(), torch.full((nb,), NEG, device=device)
-    fin_lens = torch.zeros(nb, dtype=torch.long, device=device)
-    fin_done = torch.zeros(nb, dtype=torch.bool, device=device)
-    improvable = True
+    gen = torch.zeros(N, nb, G, dtype=torch.long, device=device)  # generated tokens of the live beams
+    live_scores = torch.full((N, nb), NEG, device=device)
+    live_scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    fin_gen, fin_scores = gen.clone(), torch.full((N, nb), NEG, device=device)
+    fin_lens = torch.zeros(N, nb, dtype=torch.long, device=device)
+    fin_done = torch.zeros(N, nb, dtype=torch.bool, device=device)
+    active = torch.ones(N, dtype=torch.bool, device=device)  # prompts still searching
 
-    cache = model.new_cache(nb, max_len)  # every beam a row; row 0 holds the prompt, copied to the rest
-    logits = prefill(model, cache.view(0, 1), prompt).expand(nb, -1) if max_new_tokens > 0 else None
-    for b in range(1, nb):
-        cache.copy_row(0, b, L0)
-    cur = L0
-    while logits is not None:
-        banned = _beam_banned(seqs[:, :cur].tolist(), cur - L0, cfg.min_new_tokens, eos_ids, bad_words, logits.shape,
-                              device, constraint, (live_scores > NEG / 2).tolist())
-        logp = process_logits(torch.log_softmax(logits.float(), dim=-1), seqs[:, :cur], penalties,
-                              banned=banned, bias=bias, generated=seqs[:, L0:cur])  # (nb, V)
+    cache = model.new_cache(R, Lmax + G)
+    logits = _start(model, cache, prompts, sources, nb)
+    g = 0
+    while True:
+        generated = gen.view(R, G)[:, :g]
+        banned = _banned_rows(prompts, generated, g, cfg, eos_ids, bad_words, logits.shape, device, constraint,
+                              (live_scores.view(-1) > NEG / 2).tolist(), nb)
+        context = torch.cat([ctx, generated], 1) if needs_context else ctx[:, :0]
+        mask = torch.cat([ctx_mask, torch.ones_like(generated, dtype=torch.bool)], 1) if needs_context else None
+        logp = process_logits(torch.log_softmax(logits.float(), dim=-1), context, penalties, context_mask=mask,
+                              banned=banned, bias=bias, generated=generated)  # (R, V)
+        logp = force_tokens(logp, g, penalties)
         V = logp.size(-1)
-        total = (logp + live_scores[:, None]).view(-1)  # (nb*V,)
-        top_scores, top_idx = torch.topk(total, K)  # (K,) best first
+        total = (logp.view(N, nb, V) + live_scores[..., None]).view(N, nb * V)
+        top_scores, top_idx = torch.topk(total, K, dim=1)  # (N, K) best first
         src, tok = top_idx // V, top_idx % V
-        cand = seqs[src]  # (K, max_len)
-        cand[:, cur] = tok
-        stops = torch.isin(tok, eos) | (cur + 1 >= max_len)  # (K,)
+        cand = torch.gather(gen, 1, src[..., None].expand(N, K, G)).clone()  # (N, K, G)
+        cand[:, :, g] = tok
+        stops = torch.isin(tok, eos) | (g + 1 >= G)  # (N, K)
 
         # live beams for the next step: the best candidates that did not stop
         live_rank = top_scores + stops.float() * NEG
-        keep = torch.topk(live_rank, nb).indices
-        seqs, live_scores, src_rows = cand[keep], live_rank[keep], src[keep]
+        keep = torch.topk(live_rank, nb, dim=1).indices  # (N, nb)
+        new_gen = torch.gather(cand, 1, keep[..., None].expand(N, nb, G))
+        new_live = torch.gather(live_rank, 1, keep)
+        src_rows = torch.gather(src, 1, keep) + torch.arange(N, device=device)[:, None] * nb  # (N, nb) cache rows
 
         # finished hypotheses: merge this step's stopped top candidates into the best nb so far
-        gen_len = cur + 1 - L0
-        new_scores = top_scores / gen_len ** length_penalty
-        if early_stopping is True and bool(fin_done.all()):
-            new_scores = new_scores + NEG  # full, and the caller asked to stop at full
-        if not improvable:
-            new_scores = new_scores + NEG
+        gen_len = g + 1
         finishing = stops & in_top
-        new_scores = new_scores + (~finishing).float() * NEG
-        merged = torch.cat([fin_scores, new_scores])
-        pick = torch.topk(merged, nb).indices
-        fin_scores = merged[pick]
-        fin_seqs = torch.cat([fin_seqs, cand])[pick]
-        fin_lens = torch.cat([fin_lens, torch.full((K,), gen_len, device=device)])[pick]
-        fin_done = torch.cat([fin_done, finishing])[pick]
+        new_scores = top_scores / gen_len ** length_penalty + (~finishing).float() * NEG
+        merged = torch.cat([fin_scores, new_scores], 1)  # (N, nb + K)
+        pick = torch.topk(merged, nb, dim=1).indices
+        keep_old = ~active[:, None]  # a stopped prompt's results stay
+        fin_scores = torch.where(keep_old, fin_scores, torch.gather(merged, 1, pick))
+        fin_gen = torch.where(keep_old[..., None], fin_gen,
+                              torch.gather(torch.cat([fin_gen, cand], 1), 1, pick[..., None].expand(N, nb, G)))
+        fin_lens = torch.where(keep_old, fin_lens,
+                               torch.gather(torch.cat([fin_lens, torch.full((N, K), gen_len, device=device)], 1), 1, pick))
+        fin_done = torch.where(keep_old, fin_done, torch.gather(torch.cat([fin_done, finishing], 1), 1, pick))
+        gen, live_scores = new_gen, new_live
 
-        cur += 1
-        best_len = (max_len - L0) if (early_stopping == "never" and length_penalty > 0) else (cur - L0)
-        best_possible = live_scores[0] / best_len ** length_penalty
-        worst = torch.where(fin_done, fin_scores.min(), NEG)  # an open slot can take anything
-        improvable = improvable and bool((best_possible > worst).any())
-        if not improvable or (early_stopping is True and bool(fin_done.all())) or bool(stops.all()):
+        g += 1
+        best_len = G if (early_stopping == "never" and length_penalty > 0) else g
+        best_possible = live_scores[:, 0] / best_len ** length_penalty  # (N,)
+        worst = torch.where(fin_done, fin_scores.min(dim=1, keepdim=True).values, NEG)  # an open slot takes anything
+        improvable = (best_possible[:, None] > worst).any(dim=1)
+        full = fin_done.all(dim=1) if early_stopping is True else torch.zeros_like(active)
+        active = active & improvable & ~full & ~stops.all(dim=1)
+        if not bool(active.any()):
             break
-        cache.reorder(src_rows)
-        logits = decode_step(model, cache, seqs[:, cur - 1:cur], torch.full((nb, 1), cur - 1, device=device), cur)
-    return [Hypothesis(fin_seqs[i, L0:L0 + int(fin_lens[i])].tolist(), float(fin_scores[i]))
-            for i in range(cfg.num_return_sequences)]
+        cache.reorder(src_rows.view(-1))
+        pos = (L0 + g - 1)[:, None]  # (R, 1) each row feeds its last token at its own position
+        logits = decode_step(model, cache, gen.view(R, G)[:, g - 1:g], pos, Lmax + g)
+    return [[Hypothesis(fin_gen[n, i, :int(fin_lens[n, i])].tolist(), float(fin_scores[n, i]))
+             for i in range(cfg.num_return_sequences)] for n in range(N)]
 
 
-def beam_bytes(model: torch.nn.Module, num_beams: int, length: int) -> int:
-    """Memory of beam search: the beams' cache and logits, plus the 2 x num_beams candidate and finished
-    sequences and the scores of every beam's every next token."""
+def _banned_rows(prompts, generated: torch.Tensor, g: int, cfg: GenerateConfig, eos_ids, bad_words, shape, device,
+                 constraint, live: list[bool], nb: int) -> torch.Tensor | None:
+    """(R, V) bool: :func:`_beam_banned` of every prompt's beams."""
+    if not bad_words and not (g < cfg.min_new_tokens and eos_ids) and constraint is None:
+        return None
+    rows = generated.tolist()
+    parts = [_beam_banned([p + r for r in rows[n * nb:(n + 1) * nb]], g, cfg.min_new_tokens, eos_ids, bad_words,
+                          (nb, shape[-1]), device, constraint, live[n * nb:(n + 1) * nb])
+             for n, p in enumerate(prompts)]
+    return torch.cat(parts)
+
+
+def force_tokens(logp: torch.Tensor, generated: int, params) -> torch.Tensor:
+    """transformers' ForcedBOS/ForcedEOS processors on log-probabilities (R, V): the forced token
+    (:func:`forced_token`) scores 0, every other -inf."""
+    forced = forced_token(params, generated)
+    if forced is None:
+        return logp
+    out = torch.full_like(logp, float("-inf"))
+    out[:, forced] = 0.0
+    return out
+
+
+def beam_bytes(model: torch.nn.Module, num_beams: int, length: int, prompts: int = 1) -> int:
+    """Memory of beam search over ``prompts`` prompts: the beams' cache and logits, plus the 2 x num_beams
+    candidate and finished sequences and the scores of every beam's every next token."""
     window = min(length, model.config.block_size)
-    return (model.cache_bytes(num_beams, window) + num_beams * length * 9 + num_beams * model.config.vocab_size * 4 * 8
-            + 6 * num_beams * length * 8 + num_beams * model.config.vocab_size * 4 * 6)
+    rows = prompts * num_beams
+    return (model.cache_bytes(rows, window) + rows * length * 9 + rows * model.config.vocab_size * 4 * 8
+            + 6 * rows * length * 8 + rows * model.config.vocab_size * 4 * 6)

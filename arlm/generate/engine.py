@@ -37,8 +37,8 @@ import torch
 from arlm.config import EngineConfig, GenerateConfig, SamplingParams
 from arlm.errors import UserError
 from arlm.generate.grammar import grammar_constraint
-from arlm.generate.sampling import (Controls, banned_ngram_tokens, banned_sequence_tokens, filters, penalise, sample,
-                                    token_logprobs)
+from arlm.generate.sampling import (Controls, banned_ngram_tokens, banned_sequence_tokens, filters, forced_token,
+                                    penalise, sample, token_logprobs)
 from arlm.generate.step import CompiledStep, decode_step, prefill
 from arlm.generate.stream import TextStream
 from arlm.io.text import check_strings
@@ -86,6 +86,7 @@ class Request:
     bias: torch.Tensor | None  # (V,)
     skip_text: str = ""
     constraint: Constraint | None = None
+    source: list[int] | None = None  # an encoder-decoder's source (``prompt`` is then the decoder's start)
     arrival: float = 0.0
     started: float = 0.0
     sequences: list["Sequence"] = field(default_factory=list)
@@ -118,7 +119,9 @@ def token_rules(params: SamplingParams, tokenizer, vocab_size: int,
     """A request's token-level rules, checked against the vocabulary: its bad words as token ids and
     its logit bias as a (V,) tensor (None without one); stop token ids are checked too."""
     bias = params.parsed_logit_bias()
-    for ids, what in ((list(bias), "logit_bias token id"), (params.stop_token_ids, "stop token id")):
+    forced = [t for t in (params.forced_bos_token_id, params.forced_eos_token_id) if t is not None]
+    for ids, what in ((list(bias), "logit_bias token id"), (params.stop_token_ids, "stop token id"),
+                      (forced, "forced token id")):
         bad = [t for t in ids if t >= vocab_size]
         if bad:
             raise UserError(f"{what} {bad[0]} is outside the vocabulary (0..{vocab_size - 1})")
@@ -196,6 +199,7 @@ class Engine:
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.vocab_size
         self.max_len = min(self.cfg.max_len or model.config.block_size, model.config.block_size)
+        self.seq2seq = getattr(model, "is_encoder_decoder", False)
         self.cache = model.new_cache(self.cfg.max_batch, self.max_len) if self.cfg.use_cache else None
         shareable = self.cfg.use_cache and model.can_rewind_cache and self.cfg.prefix_cache_mb > 0
         self.prefix = PrefixCache(self.cfg.prefix_cache_mb << 20) if shareable else None
@@ -225,6 +229,13 @@ class Engine:
         V = self.vocab_size
         if not prompt_ids or not all(isinstance(t, int) and 0 <= t < V for t in prompt_ids):
             raise UserError(f"a prompt is a non-empty list of token ids in 0..{V - 1}")
+        source = None
+        if self.seq2seq:  # the prompt is the source; the decoder starts from its start token
+            limit = self.model.config.source_len
+            if len(prompt_ids) > limit:
+                raise UserError(f"the source is {len(prompt_ids)} tokens; this encoder reads at most {limit} "
+                                f"(max_source_len): shorten it")
+            source, prompt_ids = list(prompt_ids), [self.model.config.decoder_start_token_id]
         if params.num_return_sequences > self.cfg.max_batch:
             raise UserError(f"num_return_sequences ({params.num_return_sequences}) exceeds the engine's max_batch "
                             f"({self.cfg.max_batch}); lower it")
@@ -240,7 +251,7 @@ class Engine:
         rid = request_id or f"req-{next(self._ids)}"
         if rid in self.requests:
             raise UserError(f"request id {rid!r} is already in use")
-        req = Request(rid, list(prompt_ids), params, eos, bad_words, dense, skip_text, constraint, time.monotonic())
+        req = Request(rid, list(prompt_ids), params, eos, bad_words, dense, skip_text, constraint, source, time.monotonic())
         self.requests[rid] = req
         self.waiting.append(req)
         return rid
@@ -330,6 +341,9 @@ class Engine:
             self.seen[slot] = False
             self.seen[slot, req.prompt] = True
             self.counts[slot] = 0
+        if req.source is not None and self.cache is not None:  # the encoder runs once, at admission
+            first = req.sequences[0].slot
+            self.model.prime_cache(self.cache.view(first, first + 1), torch.tensor([req.source], device=self.device))
         self._start_window(req.sequences[0])
         self.prefilling.append(req)
         return True
@@ -370,7 +384,8 @@ class Engine:
         tokens = seq.tokens[seq.start:]
         if self.cache is None:
             x = torch.tensor([tokens], device=self.device)
-            return self.model(x, last_only=True)[0][:, -1, :], len(tokens)
+            src = {} if seq.request.source is None else {"src": torch.tensor([seq.request.source], device=self.device)}
+            return self.model(x, last_only=True, **src)[0][:, -1, :], len(tokens)
         chunk, used, logits = self.cfg.prefill_chunk, 0, None
         row = self.cache.view(seq.slot, seq.slot + 1)
         while seq.filled < len(tokens) and used < budget:
@@ -453,6 +468,11 @@ class Engine:
             ids += banned_sequence_tokens(seq.tokens, req.bad_words)
         if len(seq.generated) < p.min_new_tokens:
             ids += sorted(req.eos)
+        forced = forced_token(p, len(seq.generated))
+        if forced is not None:
+            banned = torch.ones(self.vocab_size, dtype=torch.bool, device=self.device)
+            banned[forced] = False
+            return banned
         try:
             allowed = seq.constraint.allowed(seq.generated, self.vocab_size) if seq.constraint is not None else None
         except UserError as e:  # this request's failure, not the batch's: it ends, the others go on
@@ -508,6 +528,8 @@ class Engine:
         if seq.stream is not None and seq.stream.done:
             return self._finish(seq, out, "stop")
         if len(seq.generated) >= p.max_new_tokens:
+            return self._finish(seq, out, "length")
+        if req.source is not None and len(seq.tokens) > self.max_len:  # the decoder's positions are all used
             return self._finish(seq, out, "length")
         if p.max_time and now - req.started >= p.max_time:
             return self._finish(seq, out, "time")

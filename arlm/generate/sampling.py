@@ -234,6 +234,15 @@ def process_logits(logits: torch.Tensor, context: torch.Tensor, params: Sampling
     return process(logits, c)
 
 
+def forced_token(params: SamplingParams, generated: int) -> int | None:
+    """The token a sequence must produce now (transformers' ForcedBOS/ForcedEOS processors), or None."""
+    if params.forced_bos_token_id is not None and generated == 0:
+        return params.forced_bos_token_id
+    if params.forced_eos_token_id is not None and generated == params.max_new_tokens - 1:
+        return params.forced_eos_token_id
+    return None
+
+
 def sample(logits: torch.Tensor, greedy: list[bool], generators: list[torch.Generator | None],
            penalised: torch.Tensor | None = None) -> torch.Tensor:
     """Next token per row, (B,): the argmax of ``penalised`` (default ``logits``) for greedy rows, a

@@ -32,8 +32,9 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models
 
-from arlm.config import GPTConfig, validated
+from arlm.config import GPTConfig, ModelConfig, validated
 from arlm.errors import UserError
+from arlm.interop import hf_seq2seq
 from arlm.io.atomic import atomic_dir
 from arlm.io.checkpoint import read_pickle, read_safetensors
 from arlm.io.files import read_json
@@ -155,7 +156,8 @@ def gpt_config_from_hf(data: dict[str, Any], where: str = CONFIG) -> GPTConfig:
     hf = validated(HFConfig, data, where, unknown="ignore")
     mt = hf.model_type
     if mt not in SUPPORTED:
-        raise UserError(f"{where}: model_type {mt!r} is not supported; arlm loads {', '.join(SUPPORTED)}")
+        raise UserError(f"{where}: model_type {mt!r} is not supported; arlm loads "
+                        f"{', '.join(SUPPORTED + hf_seq2seq.SEQ2SEQ_TYPES)}")
     cfg = _gpt2_config(hf, where) if mt == "gpt2" else _llama_config(hf, mt, where)
     try:
         cfg.validate()
@@ -308,17 +310,26 @@ def hf_state_from_arlm(model: GPT, layout: str) -> dict[str, torch.Tensor]:
 # loading a Hugging Face folder
 
 
-def hf_model_config(path: str | Path) -> GPTConfig:
+def model_config_from_hf(data: dict[str, Any], where: str, tie: bool | None = None) -> ModelConfig:
+    """The arlm config of a config.json: an encoder-decoder's (``tie``: whether its weights share the
+    output layer; None: as the config says) or a decoder-only model's."""
+    if isinstance(data, dict) and data.get("model_type") in hf_seq2seq.SEQ2SEQ_TYPES:
+        return hf_seq2seq.seq2seq_config_from_hf(data, where, data.get("tie_word_embeddings") is not False
+                                                 if tie is None else tie)
+    return gpt_config_from_hf(data, where)
+
+
+def hf_model_config(path: str | Path) -> ModelConfig:
     """The arlm model shape of a Hugging Face folder, from its config.json alone."""
     d = Path(path)
-    return gpt_config_from_hf(read_json(d / CONFIG, "is this a Hugging Face model folder?"), str(d / CONFIG))
+    return model_config_from_hf(read_json(d / CONFIG, "is this a Hugging Face model folder?"), str(d / CONFIG))
 
 
-def load_hf(path: str | Path) -> tuple[GPT, Tokenizer | None, CheckpointInfo]:
+def load_hf(path: str | Path) -> tuple[torch.nn.Module, Tokenizer | None, CheckpointInfo]:
     """(model in eval mode on CPU, tokenizer or None if the folder has none, info) from a Hugging Face model folder."""
     d = Path(path)
     data = read_json(d / CONFIG, "is this a Hugging Face model folder?")
-    cfg = gpt_config_from_hf(data, str(d / CONFIG))
+    cfg = model_config_from_hf(data, str(d / CONFIG))  # every key checked before a tensor is read
     eos = token_ids(data.get("eos_token_id"), f"config key 'eos_token_id' in {d / CONFIG}")
     bos = token_ids(data.get("bos_token_id"), f"config key 'bos_token_id' in {d / CONFIG}")
     decoding: dict[str, Any] = {}
@@ -338,11 +349,14 @@ def load_hf(path: str | Path) -> tuple[GPT, Tokenizer | None, CheckpointInfo]:
         log.debug("%s has no tokenizer files: the model works on token ids only", d)
         tokenizer = None
     raw = read_hf_weights(d)
+    seq2seq = data["model_type"] in hf_seq2seq.SEQ2SEQ_TYPES
+    if seq2seq:
+        cfg = model_config_from_hf(data, str(d / CONFIG), hf_seq2seq.ties_output(raw, data["model_type"]))
     check_size(cfg, raw, str(d / CONFIG))
     model = empty_model(cfg)
-    sd = arlm_state_from_hf(raw, cfg, data["model_type"], str(d))
+    sd = (hf_seq2seq.arlm_state_from_hf if seq2seq else arlm_state_from_hf)(raw, cfg, data["model_type"], str(d))
     assign_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, str(d))
-    info = CheckpointInfo(model=cfg, model_type="gpt", generation=decoding,
+    info = CheckpointInfo(model=cfg, model_type=cfg.type, generation=decoding,
                           eos_token_ids=eos or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else []),
                           source={"format": "huggingface", "model_type": data["model_type"], "path": str(d.resolve())})
     info.path = str(d)

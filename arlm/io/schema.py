@@ -288,6 +288,65 @@ class HFConfig:
                 raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
+@dataclass
+class HFSeq2SeqConfig:
+    """The keys of an encoder-decoder's config.json that arlm reads: T5/MT5 names, then the BART family's
+    (BART, mBART, Pegasus, Marian). Others are ignored."""
+
+    model_type: str | None = None
+    vocab_size: int | None = None
+    d_model: int | None = None
+    pad_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    bos_token_id: int | list[int] | None = None
+    decoder_start_token_id: int | None = None
+    tie_word_embeddings: bool | None = None
+    # T5
+    d_kv: int | None = None
+    d_ff: int | None = None
+    num_layers: int | None = None
+    num_decoder_layers: int | None = None
+    num_heads: int | None = None
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"
+    n_positions: int | None = None
+    scale_decoder_outputs: bool | None = None
+    # BART, mBART, Pegasus, Marian
+    encoder_layers: int | None = None
+    decoder_layers: int | None = None
+    encoder_attention_heads: int | None = None
+    decoder_attention_heads: int | None = None
+    encoder_ffn_dim: int | None = None
+    decoder_ffn_dim: int | None = None
+    max_position_embeddings: int | None = None
+    activation_function: str = "gelu"
+    scale_embedding: bool = False
+    decoder_vocab_size: int | None = None
+    share_encoder_decoder_embeddings: bool = True
+
+    def require(self, source: str, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is None:
+                raise UserError(f"{source}: required key '{name}' is missing")
+            if isinstance(value, int) and value <= 0:
+                raise UserError(f"config key '{name}' in {source} must be a positive integer, got {value}")
+
+    def validate(self) -> None:
+        if not self.layer_norm_epsilon > 0:
+            raise UserError(f"layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}")
+        for name in ("num_decoder_layers", "n_positions", "max_position_embeddings", "decoder_vocab_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"{name} must be a positive integer, got {value}")
+        for name in ("pad_token_id", "decoder_start_token_id"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UserError(f"{name} must be a token id >= 0, got {value}")
+
+
 def token_ids(value: Any, where: str) -> list[int]:
     """An id or a list of ids (eos_token_id), as a list; anything else is a UserError naming ``where``."""
     if value is None:

@@ -200,6 +200,7 @@ class GPT(nn.Module):
     """Token (+ position) embeddings -> n_layer blocks -> norm -> logits over the vocabulary."""
 
     # what the rest of arlm may ask of it (arlm/model/registry.py)
+    is_encoder_decoder = False
     can_rewind_cache = True  # a KV cache is cut back by writing later slots again
     can_compile_decode = True
     can_checkpoint_activations = True

@@ -55,6 +55,7 @@ class LSTMLM(nn.Module):
 
     # what the rest of arlm may ask of it (arlm/model/registry.py): a recurrent state cannot be cut
     # back to an earlier token, nor is its Python-held state a fixed-shape cache to compile over.
+    is_encoder_decoder = False
     can_rewind_cache = False
     can_compile_decode = False
     can_checkpoint_activations = False

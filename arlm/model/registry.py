@@ -13,9 +13,10 @@ from typing import ClassVar, Protocol
 import torch
 from torch import nn
 
-from arlm.config import MODEL_CONFIGS, GPTConfig, LSTMConfig, ModelConfig
+from arlm.config import MODEL_CONFIGS, GPTConfig, LSTMConfig, ModelConfig, Seq2SeqConfig
 from arlm.model.gpt import GPT
 from arlm.model.lstm import LSTMLM
+from arlm.model.seq2seq import EncoderDecoder
 
 
 class LanguageModule(Protocol):
@@ -23,6 +24,7 @@ class LanguageModule(Protocol):
 
     config: ModelConfig
     # capabilities
+    is_encoder_decoder: ClassVar[bool]  # reads a source with an encoder (forward takes src=; decoding primes the cache)
     can_rewind_cache: ClassVar[bool]  # its cache is addressed by position: cut back (speculative decoding), shared (prefix caching)
     can_compile_decode: ClassVar[bool]  # its one-token decode step can be compiled over a fixed-shape cache
     can_checkpoint_activations: ClassVar[bool]  # recompute activations in backward (``checkpointing`` attribute)
@@ -60,6 +62,7 @@ class ModelType:
 REGISTRY: dict[str, ModelType] = {
     "gpt": ModelType("gpt", GPTConfig, GPT),
     "lstm": ModelType("lstm", LSTMConfig, LSTMLM),
+    "seq2seq": ModelType("seq2seq", Seq2SeqConfig, EncoderDecoder),
 }
 assert {k: v.config for k, v in REGISTRY.items()} == MODEL_CONFIGS, "arlm/config.py and the registry disagree"
 

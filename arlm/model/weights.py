@@ -26,10 +26,17 @@ def check_size(cfg, sd: dict[str, torch.Tensor], where: str) -> None:
                         f"{weight_bytes:,} bytes; the config and the weights do not belong together")
 
 
+def embedding_name(model: nn.Module) -> str:
+    """The token embedding's module path: ``shared`` in an encoder-decoder (its encoder and decoder read
+    it), ``transformer.wte`` in the decoder-only models."""
+    return "shared" if getattr(model, "is_encoder_decoder", False) else "transformer.wte"
+
+
 def ties_embedding(model: nn.Module) -> bool:
     """Whether the output layer's weight is the token embedding's tensor (saved once, as the embedding).
     A quantized model's embedding reads the output layer's quantized matrix instead (arlm/compress)."""
-    return getattr(model.config, "tie_embeddings", False) and isinstance(model.transformer.wte, nn.Embedding)
+    return getattr(model.config, "tie_embeddings", False) and isinstance(model.get_submodule(embedding_name(model)),
+                                                                        nn.Embedding)
 
 
 def check_state(model: nn.Module, sd: dict[str, torch.Tensor], where: str, partial: bool = False) -> None:
@@ -68,12 +75,13 @@ def assign_weights(model: nn.Module, sd: dict[str, torch.Tensor], where: str) ->
     check_state(model, sd, where)
     sd = dict(sd)
     tie = ties_embedding(model)
-    if tie and "transformer.wte.weight" in sd:
-        sd.setdefault("lm_head.weight", sd["transformer.wte.weight"])
+    emb = embedding_name(model)
+    if tie and f"{emb}.weight" in sd:
+        sd.setdefault("lm_head.weight", sd[f"{emb}.weight"])
     on_meta = next(model.parameters()).is_meta  # else copy into the existing (possibly GPU) tensors
     model.load_state_dict(sd, strict=True, assign=on_meta)
     if tie:
-        model.lm_head.weight = model.transformer.wte.weight
+        model.lm_head.weight = model.get_submodule(emb).weight
     model.init_buffers()
 
 
@@ -82,5 +90,5 @@ def state_to_save(model: nn.Module, sd: dict[str, torch.Tensor] | None = None) -
     (safetensors refuses shared storage), contiguous, on CPU."""
     sd = dict(model.state_dict() if sd is None else sd)
     if ties_embedding(model):
-        sd.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
+        sd.pop("lm_head.weight", None)  # the same tensor as the embedding's
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
