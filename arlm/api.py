@@ -23,7 +23,7 @@ from arlm.data.sft import ChatTemplate, fit_messages
 from arlm.errors import UserError
 from arlm.eval.perplexity import evaluate_text
 from arlm.eval.tasks import check_examples, check_metric, score
-from arlm.generate.beam import beam_bytes, beam_search
+from arlm.generate.beam import beam_bytes, beam_search_batch
 from arlm.generate.engine import Engine, decode_bytes, token_rules
 from arlm.generate.grammar import GrammarConstraint, grammar_constraint
 from arlm.generate.sampling import PrefixConstraint, banned_sequence_tokens
@@ -109,6 +109,8 @@ class LanguageModel:
         self._token_texts: list[str | None] | None = None
         eos = info.eos_token_ids or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else [])
         self.eos_ids: tuple[int, ...] = tuple(eos)
+        # an encoder-decoder (T5, BART, Marian...): the prompt is the source; the output is the target
+        self.seq2seq: bool = getattr(model, "is_encoder_decoder", False)
 
     def generate_config(self, **controls) -> GenerateConfig:
         """Validated decoding options: this model's defaults overlaid with ``controls`` (a bad default that
@@ -128,6 +130,8 @@ class LanguageModel:
         self._need_tokenizer()
         check_text(prompt, "the prompt")
         encode = getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode)  # adds BOS where the tokenizer does
+        if self.seq2seq:
+            return self._encode_source(prompt, control, encode)
         ids = encode(prompt) if prompt else []
         if control:
             known = self.info.data.get("controls")
@@ -147,21 +151,53 @@ class LanguageModel:
             ids = ids[-self.block_size:]
         return ids
 
+    def _encode_source(self, text: str, control: str, encode) -> list[int]:
+        """An encoder-decoder's source ids (with the end-of-source token its tokenizer appends): refused
+        when empty or longer than the encoder reads, rather than cut (a cut source is another task)."""
+        if control:
+            raise UserError("control codes condition a decoder-only model's text; an encoder-decoder takes a source: "
+                            "drop --control")
+        if not text:
+            raise UserError("an encoder-decoder needs a source text to transform (the prompt); it is empty")
+        ids = encode(text)
+        limit = self.model.config.source_len
+        if not ids:
+            raise UserError("the source text has no tokens under this model's tokenizer")
+        if len(ids) > limit:
+            raise UserError(f"the source is {len(ids)} tokens; this encoder reads at most {limit} (max_source_len): "
+                            f"shorten it or split it into parts")
+        return ids
+
+    def _decoder_prompt(self, ids: list[int]) -> list[int]:
+        """What the decoder starts from: an encoder-decoder's start token, or a decoder-only model's prompt."""
+        return [self.model.config.decoder_start_token_id] if self.seq2seq else ids
+
+    def _check_beams(self, prompts: list[list[int]], cfg: GenerateConfig) -> None:
+        """Beam search's length and memory checks, before anything is decoded."""
+        longest = max(len(self._decoder_prompt(ids)) for ids in prompts)
+        if longest + cfg.max_new_tokens > self.block_size:
+            what = ("the decoder's start token" if self.seq2seq else f"the prompt ({longest} tokens)")
+            raise UserError(f"beam search needs {what} plus max_new_tokens ({cfg.max_new_tokens}) to fit the "
+                            f"{'decoder' if self.seq2seq else 'context window'} ({self.block_size} positions); "
+                            f"lower max_new_tokens")
+        check_memory(beam_bytes(self.model, cfg.num_beams, longest + cfg.max_new_tokens, len(prompts)),
+                     f"beam search with num_beams={cfg.num_beams} over {len(prompts)} prompt(s)",
+                     "lower num_beams or the number of prompts", self.device)
+
     def stream_sequences(self, prompt: str, cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
         """An iterator of ``(sequence index, new text)`` as tokens arrive, for ``cfg.num_return_sequences``
         rows. The prompt is checked here, before anything is generated or printed."""
         ids = self.encode_prompt(prompt, cfg.control)
         if cfg.num_beams > 1:
-            if len(ids) + cfg.max_new_tokens > self.block_size:
-                raise UserError(f"beam search needs the prompt ({len(ids)} tokens) plus max_new_tokens "
-                                f"({cfg.max_new_tokens}) to fit the context window ({self.block_size}); "
-                                f"shorten one of them")
-            check_memory(beam_bytes(self.model, cfg.num_beams, len(ids) + cfg.max_new_tokens),
-                         f"beam search with num_beams={cfg.num_beams}", "lower num_beams", self.device)
-            eos = tuple(self.eos_ids) + tuple(t for t in cfg.stop_token_ids if t not in self.eos_ids)
-            # checked now, before anything is printed
-            return self._beam_texts(ids, cfg, eos, self._token_rules(cfg), self._grammar(cfg, eos))
+            return self._beams([ids], cfg)
         return self._stream_ids(ids, cfg)
+
+    def _beams(self, prompts: list[list[int]], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
+        """Beam search over every prompt at once (rows: prompt index * num_return_sequences + beam),
+        checked now, before anything is printed."""
+        self._check_beams(prompts, cfg)
+        eos = tuple(self.eos_ids) + tuple(t for t in cfg.stop_token_ids if t not in self.eos_ids)
+        return self._beam_texts(prompts, cfg, eos, self._token_rules(cfg), self._grammar(cfg, eos))
 
     def _token_rules(self, cfg: GenerateConfig) -> tuple[list[list[int]], torch.Tensor | None]:
         """Bad words and logit bias as tokens (beam search, speculative decoding; the engine resolves its own)."""
@@ -173,11 +209,15 @@ class LanguageModel:
         """The request's structured-output constraint (beam search, speculative decoding; the engine builds its own)."""
         return grammar_constraint(cfg, self.tokenizer, self.model.config.vocab_size, eos)
 
-    def _beam_texts(self, ids: list[int], cfg: GenerateConfig, eos: tuple[int, ...], rules,
+    def _beam_texts(self, prompts: list[list[int]], cfg: GenerateConfig, eos: tuple[int, ...], rules,
                     grammar: GrammarConstraint | None) -> Iterator[tuple[int, str]]:
         """Beam search decides a sequence only at the end, so each text arrives whole."""
         bad_words, bias = rules
-        for b, hyp in enumerate(beam_search(self.model, ids, cfg, eos, bad_words=bad_words, bias=bias, constraint=grammar)):
+        starts = [self._decoder_prompt(ids) for ids in prompts]
+        found = beam_search_batch(self.model, starts, cfg, eos, bad_words=bad_words, bias=bias, constraint=grammar,
+                                  sources=prompts if self.seq2seq else None)
+        n = cfg.num_return_sequences
+        for b, hyp in ((i * n + j, h) for i, hyps in enumerate(found) for j, h in enumerate(hyps)):
             stream = TextStream(self.tokenizer, cfg.stop)
             pieces = []
             for tok in hyp.tokens:
@@ -205,7 +245,10 @@ class LanguageModel:
         prompts = ids if ids and isinstance(ids[0], list) else [ids]
         n = cfg.num_return_sequences
         B = len(prompts) * n
-        longest = max(len(p) for p in prompts)
+        longest = max(len(self._decoder_prompt(p)) for p in prompts)
+        if self.seq2seq and (cfg.token_healing or cfg.draft_model):
+            raise UserError(f"{'token healing' if cfg.token_healing else 'speculative decoding (draft_model)'} works "
+                            f"with decoder-only models; an encoder-decoder's prompt is its source: drop it")
         check_memory(decode_bytes(self.model, B, longest + cfg.max_new_tokens + 1),
                      f"generating {B} sequence(s) (num_return_sequences={n} x {len(prompts)} "
                      f"prompt(s)) of up to {longest + cfg.max_new_tokens} tokens",
@@ -368,6 +411,9 @@ class LanguageModel:
                     out[b].tokens.append(self._token_logprob(*event[1:]))
                 elif event and event[0] == "end":
                     out[b].finish_reason = event[1]
+        if cfg.echo and self.seq2seq:
+            raise UserError("echo reports the prompt's tokens as a decoder-only model continues them; an "
+                            "encoder-decoder's prompt is its source: drop echo")
         if cfg.echo:
             echoed = [self._token_logprob(tid, lp, [i for i, _ in top], [v for _, v in top])
                       for tid, (lp, top) in zip(ids, prompt_logprobs(self.model, ids, cfg.top_logprobs))]
@@ -393,20 +439,12 @@ class LanguageModel:
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise UserError("prompt must be a string or a non-empty list of strings")
         n = cfg.num_return_sequences
-        if cfg.num_beams > 1:  # one beam search per prompt
-            texts = []
-            for p in prompts:
-                stream = self.stream_sequences(p, cfg)  # checked (memory included) before anything per row exists
-                row = [""] * n
-                for b, piece in stream:
-                    row[b] += piece
-                texts.extend(row)
-        else:  # all prompts in one left-padded batch; every prompt is checked before decoding starts
-            ids = [self.encode_prompt(p, cfg.control) for p in prompts]
-            stream = self._stream_ids(ids, cfg)
-            texts = [""] * (len(prompts) * n)
-            for b, piece in stream:
-                texts[b] += piece
+        # every prompt is checked before decoding starts; beam search runs them together, as does the engine
+        ids = [self.encode_prompt(p, cfg.control) for p in prompts]
+        stream = self._beams(ids, cfg) if cfg.num_beams > 1 else self._stream_ids(ids, cfg)
+        texts = [""] * (len(prompts) * n)
+        for b, piece in stream:
+            texts[b] += piece
         results = [texts[i * n:(i + 1) * n] if n > 1 else texts[i] for i in range(len(prompts))]
         return results[0] if isinstance(prompt, str) else results
 
@@ -414,6 +452,9 @@ class LanguageModel:
         """The chat template: ``template``, else the one this model was fine-tuned with, else its
         tokenizer's, else arlm's default."""
         self._need_tokenizer()
+        if self.seq2seq:
+            raise UserError("chat templates lay out a conversation for a decoder-only model; this encoder-decoder "
+                            "transforms one source text: use generate (or /v1/completions) instead of chat")
         if not isinstance(template, str):
             raise UserError(f"template must be a string (Jinja text or a file name), got {type(template).__name__}")
         return ChatTemplate.for_model(self.tokenizer, template or self.info.chat_template or "")
@@ -457,6 +498,9 @@ class LanguageModel:
         """Loss, perplexity, bits per character/byte of ``text``; ``stride`` > 0 slides the window
         (Hugging Face's strided method), 0 uses non-overlapping windows."""
         self._need_tokenizer()
+        if self.seq2seq:
+            raise UserError("the perplexity of a text is a decoder-only model's score; score an encoder-decoder on "
+                            "source/target pairs with eval --task (BLEU, chrF, ROUGE)")
         check_text(text, "the text to evaluate")
         for name, value, low in (("batch_size", batch_size, 1), ("stride", stride, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

@@ -116,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     m = load_model(args, controls)
     cfg = m.generate_config(**controls)  # the model's own defaults under the flags given
     if cfg.logprobs or cfg.top_logprobs or cfg.echo:
-        return _print_completions(args, m.complete(args.prompt, **controls))
+        return _print_completions(args, m.complete(args.prompt, **controls), "" if m.seq2seq else args.prompt)
     n = cfg.num_return_sequences
     stream = m.stream_sequences(args.prompt, cfg)  # checks the prompt before anything is printed
     if args.json:
@@ -129,9 +129,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         emit_json(out)
         return 0
     # Several sequences are decoded together in one batch; the first is streamed, the others follow it.
+    # A decoder-only model's text continues the prompt; an encoder-decoder's output stands alone.
+    shown = "" if m.seq2seq else args.prompt
     out = sys.stdout
     texts = [""] * n
-    out.write((f"--- sample 1 of {n} ---\n" if n > 1 else "") + args.prompt)
+    out.write((f"--- sample 1 of {n} ---\n" if n > 1 else "") + shown)
     out.flush()
     for b, piece in stream:
         texts[b] += piece
@@ -140,11 +142,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             out.flush()
     out.write("\n")
     for b in range(1, n):
-        out.write(f"--- sample {b + 1} of {n} ---\n{args.prompt}{texts[b]}\n")
+        out.write(f"--- sample {b + 1} of {n} ---\n{shown}{texts[b]}\n")
     return 0
 
 
-def _print_completions(args: argparse.Namespace, completions) -> int:
+def _print_completions(args: argparse.Namespace, completions, shown: str) -> int:
     """Completions with per-token log-probabilities: JSON, or a table per sequence."""
     if args.json:
         emit_json({"prompt": args.prompt, "completions": [dataclasses.asdict(c) for c in completions]})
@@ -152,7 +154,7 @@ def _print_completions(args: argparse.Namespace, completions) -> int:
     for i, c in enumerate(completions):
         if len(completions) > 1:
             print(f"--- sample {i + 1} of {len(completions)} ---")
-        print(args.prompt + c.text)
+        print(shown + c.text)
         print(f"[finish: {c.finish_reason}]")
         rows = [("prompt", t) for t in c.prompt_tokens] + [("new", t) for t in c.tokens]
         if rows:

@@ -336,10 +336,13 @@ def load_hf(path: str | Path) -> tuple[torch.nn.Module, Tokenizer | None, Checkp
     if (d / GENERATION_CONFIG).is_file():
         source = str(d / GENERATION_CONFIG)
         gen = validated(HFGenerationConfig, read_json(d / GENERATION_CONFIG, "fix or delete it"), source, unknown="ignore")
-        decoding = gen.decoding(source)
+        decoding = gen.decoding(source, seq2seq=cfg.type == "seq2seq")
+        if cfg.type == "seq2seq" and gen.decoder_start_token_id is not None:
+            cfg.decoder_start_token_id = gen.decoder_start_token_id
         eos = token_ids(gen.eos_token_id, f"config key 'eos_token_id' in {source}") or eos
         bos = token_ids(gen.bos_token_id, f"config key 'bos_token_id' in {source}") or bos
-    bad = [i for i in eos + bos if i >= cfg.vocab_size]
+    bad = [i for i in eos + bos + ([cfg.decoder_start_token_id] if cfg.type == "seq2seq" else [])
+           if i >= cfg.vocab_size]
     if bad:
         raise UserError(f"{d}: special token id {bad[0]} is outside the vocabulary (0..{cfg.vocab_size - 1})")
     if any((d / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
@@ -351,7 +354,7 @@ def load_hf(path: str | Path) -> tuple[torch.nn.Module, Tokenizer | None, Checkp
     raw = read_hf_weights(d)
     seq2seq = data["model_type"] in hf_seq2seq.SEQ2SEQ_TYPES
     if seq2seq:
-        cfg = model_config_from_hf(data, str(d / CONFIG), hf_seq2seq.ties_output(raw, data["model_type"]))
+        cfg.tie_embeddings = hf_seq2seq.ties_output(raw, data["model_type"])
     check_size(cfg, raw, str(d / CONFIG))
     model = empty_model(cfg)
     sd = (hf_seq2seq.arlm_state_from_hf if seq2seq else arlm_state_from_hf)(raw, cfg, data["model_type"], str(d))

@@ -372,18 +372,46 @@ class HFGenerationConfig:
     do_sample: bool | None = None
     bos_token_id: int | list[int] | None = None
     eos_token_id: int | list[int] | None = None
+    # beam search and the encoder-decoders' usual settings (Marian: num_beams 4; BART-CNN: min_length 56)
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    early_stopping: bool | str | None = None
+    min_new_tokens: int | None = None
+    max_length: int | None = None
+    min_length: int | None = None
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | list[int] | None = None
+    decoder_start_token_id: int | None = None
 
     def validate(self) -> None:
         token_ids(self.eos_token_id, "eos_token_id")
+        token_ids(self.forced_eos_token_id, "forced_eos_token_id")
+        if self.early_stopping not in (None, True, False, "never"):
+            raise UserError(f"early_stopping must be true, false or \"never\", got {self.early_stopping!r}")
+        for name in ("max_length", "min_length", "decoder_start_token_id", "forced_bos_token_id"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UserError(f"{name} must be >= 0, got {value}")
 
-    def decoding(self, source: str) -> dict[str, Any]:
+    def decoding(self, source: str, seq2seq: bool = False) -> dict[str, Any]:
         """GenerateConfig options: only values the file states (transformers' implicit top_k=50 is not);
-        do_sample=false means greedy decoding (temperature 0)."""
+        do_sample=false means greedy decoding (temperature 0). An encoder-decoder's max_length and
+        min_length count the decoder's start token, so they are max_new_tokens and min_new_tokens + 1
+        (a decoder-only model's count its prompt, which varies: they are not taken)."""
         keys = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size",
-                "max_new_tokens")
+                "max_new_tokens", "num_beams", "length_penalty", "min_new_tokens", "forced_bos_token_id")
         out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         if self.do_sample is False:
             out["temperature"] = 0.0
+        if self.early_stopping is not None:  # "never" is transformers' default bound, which arlm's False is
+            out["early_stopping"] = self.early_stopping is True
+        forced_eos = token_ids(self.forced_eos_token_id, "forced_eos_token_id")
+        if forced_eos:
+            out["forced_eos_token_id"] = forced_eos[0]
+        if seq2seq and self.max_length is not None and "max_new_tokens" not in out:
+            out["max_new_tokens"] = max(self.max_length - 1, 0)
+        if seq2seq and self.min_length and "min_new_tokens" not in out:
+            out["min_new_tokens"] = max(self.min_length - 1, 0)
         return generation_defaults(out, source)
 
 

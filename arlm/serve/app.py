@@ -68,7 +68,9 @@ class Server:
             from arlm.generate.engine import Engine
 
             engine = Engine(lm.model, lm.tokenizer, lm.eos_ids, engine_cfg)
-            self.template = lm.chat_template(self.cfg.chat_template) if lm.tokenizer is not None else None
+            # an encoder-decoder transforms one source text: /v1/completions, no chat template
+            self.template = (lm.chat_template(self.cfg.chat_template)
+                             if lm.tokenizer is not None and not lm.seq2seq else None)
             if lm.tokenizer is not None:  # token bytes for logprobs and grammars: built now, not in a request
                 with contextlib.suppress(UserError):
                     ll_tokenizer(lm.tokenizer, lm.model.config.vocab_size)

@@ -86,6 +86,9 @@ def register(app: FastAPI, server) -> None:
         prompts = completion_prompts(server, body)
         params = sampling_params(body, server.cfg, 16 if body.max_tokens is None else body.max_tokens,
                                  body.logprobs or 0, body.logprobs is not None, defaults=server.lm.generation_defaults)
+        if body.echo and server.lm.seq2seq:
+            raise ApiError(400, "echo is not supported by an encoder-decoder (its prompt is the source, not the start "
+                                "of its output)", param="echo")
         echo = await echo_prompts(server, prompts, body) if body.echo else None
         gen = Generation(server, request, prompts, params, "completions")
         await gen.start()
@@ -156,6 +159,8 @@ def encode(server, text: str) -> list[int]:
     check_text(text, "the prompt")
     tok = server.lm.tokenizer
     ids = getattr(tok, "encode_prompt", tok.encode)(text) if text else []
+    if not ids and server.lm.seq2seq:
+        raise UserError("an encoder-decoder needs a source text to transform (the prompt); it is empty")
     if not ids:
         if tok.eot_id is None:
             raise UserError("empty prompt: this tokenizer has no end-of-text token to start from; give a prompt")
@@ -164,10 +169,14 @@ def encode(server, text: str) -> list[int]:
 
 
 def check_length(server, ids: list[int]) -> list[int]:
-    limit = server.cfg.max_prompt_tokens or server.lm.block_size
+    if server.lm.seq2seq:
+        limit, what = server.lm.model.config.source_len, "the encoder's max_source_len"
+        limit = min(limit, server.cfg.max_prompt_tokens or limit)
+    else:
+        limit, what = server.cfg.max_prompt_tokens or server.lm.block_size, "the model's context window"
     if len(ids) > limit:
         raise ApiError(400, f"the prompt is {len(ids)} tokens; this server takes at most {limit} "
-                                       f"(the model's context window); shorten it", code="context_length_exceeded")
+                            f"({what}); shorten it", code="context_length_exceeded")
     return ids
 
 
@@ -188,6 +197,9 @@ def completion_prompts(server, body: CompletionRequest) -> list[list[int]]:
 
 
 def chat_prompt(server, body: ChatRequest) -> list[int]:
+    if server.lm.seq2seq:
+        raise UserError("this model is an encoder-decoder, which transforms one source text: send the source as the "
+                        "prompt of /v1/completions")
     if server.template is None:
         raise UserError("chat needs the model's tokenizer files")
     msgs = chat_messages(body.messages)
