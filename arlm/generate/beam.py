@@ -10,6 +10,7 @@ import torch
 from arlm.config import GenerateConfig
 from arlm.generate.sampling import banned_sequence_tokens, forced_token, process_logits
 from arlm.generate.step import decode_step, prefill
+from arlm.model import kernels
 
 
 def _beam_banned(rows: list[list[int]], generated: int, min_new_tokens: int, eos_ids, bad_words,
@@ -70,7 +71,17 @@ def beam_search_batch(model: torch.nn.Module, prompts: list[list[int]], cfg: Gen
                       bad_words: list[list[int]] | tuple = (), bias: torch.Tensor | None = None, constraint=None,
                       sources: list[list[int]] | None = None) -> list[list[Hypothesis]]:
     """Beam search (Graves 2012; as in Hugging Face ``generate``) over several prompts at once: for each,
-    ``cfg.num_return_sequences`` best hypotheses first, using ``cfg.num_beams``, ``max_new_tokens``,
+    ``cfg.num_return_sequences`` best hypotheses first. See :func:`_search`. The many rows (prompts x
+    beams) take the fastest matrix products measured here (arlm/model/kernels: throughput mode)."""
+    with kernels.throughput_mode():
+        return _search(model, prompts, cfg, eos_ids, early_stopping, bad_words, bias, constraint, sources)
+
+
+def _search(model: torch.nn.Module, prompts: list[list[int]], cfg: GenerateConfig, eos_ids: tuple[int, ...],
+            early_stopping: bool | str | None, bad_words: list[list[int]] | tuple, bias: torch.Tensor | None,
+            constraint, sources: list[list[int]] | None) -> list[list[Hypothesis]]:
+    """Beam search over several prompts: for each, ``cfg.num_return_sequences`` best hypotheses first,
+    using ``cfg.num_beams``, ``max_new_tokens``,
     ``length_penalty``, ``early_stopping`` (``early_stopping`` here overrides it, and may also be
     ``"never"``), the penalties (repetition, no-repeat-ngram, bad words, logit bias, min_new_tokens,
     forced first/last token) applied to the log-probabilities as transformers does, and a
@@ -125,8 +136,10 @@ def beam_search_batch(model: torch.nn.Module, prompts: list[list[int]], cfg: Gen
     fin_done = torch.zeros(N, nb, dtype=torch.bool, device=device)
     active = torch.ones(N, dtype=torch.bool, device=device)  # prompts still searching
 
-    cache = model.new_cache(R, Lmax + G)
+    # sources of up to the longest one: the cross-attention part is no bigger than this batch needs
+    cache = model.new_cache(R, Lmax + G, **({"source_len": max(map(len, sources))} if sources is not None else {}))
     logits = _start(model, cache, prompts, sources, nb)
+    plain = not (needs_context or penalties.frequency_penalty or penalties.presence_penalty or bias is not None)
     g = 0
     while True:
         generated = gen.view(R, G)[:, :g]
@@ -134,8 +147,12 @@ def beam_search_batch(model: torch.nn.Module, prompts: list[list[int]], cfg: Gen
                               (live_scores.view(-1) > NEG / 2).tolist(), nb)
         context = torch.cat([ctx, generated], 1) if needs_context else ctx[:, :0]
         mask = torch.cat([ctx_mask, torch.ones_like(generated, dtype=torch.bool)], 1) if needs_context else None
-        logp = process_logits(torch.log_softmax(logits.float(), dim=-1), context, penalties, context_mask=mask,
-                              banned=banned, bias=bias, generated=generated)  # (R, V)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (R, V)
+        if banned is not None and plain:
+            logp = logp.masked_fill(banned, float("-inf"))
+        elif not plain:
+            logp = process_logits(logp, context, penalties, context_mask=mask, banned=banned, bias=bias,
+                                  generated=generated)
         logp = force_tokens(logp, g, penalties)
         V = logp.size(-1)
         total = (logp.view(N, nb, V) + live_scores[..., None]).view(N, nb * V)
@@ -176,7 +193,7 @@ def beam_search_batch(model: torch.nn.Module, prompts: list[list[int]], cfg: Gen
         active = active & improvable & ~full & ~stops.all(dim=1)
         if not bool(active.any()):
             break
-        cache.reorder(src_rows.view(-1))
+        cache.reorder(src_rows.view(-1), Lmax + g - 1)  # the positions written so far
         pos = (L0 + g - 1)[:, None]  # (R, 1) each row feeds its last token at its own position
         logits = decode_step(model, cache, gen.view(R, G)[:, g - 1:g], pos, Lmax + g)
     return [[Hypothesis(fin_gen[n, i, :int(fin_lens[n, i])].tolist(), float(fin_scores[n, i]))

@@ -35,6 +35,9 @@ class Linear(nn.Linear):
         rows = x.numel() // x.size(-1)
         decoding = x.dim() == 3 and x.size(1) == 1 and rows <= kernels.MAX_DECODE_ROWS
         if (rows <= kernels.MAX_ROWS or decoding) and kernels.usable(x, self.weight, self.bias):
+            many = kernels.many_rows_linear(x, self.weight, self.bias)  # beam search's rows (throughput mode)
+            if many is not None:
+                return many(x, self.weight, self.bias)
             return kernels.linear(x, self.weight, None, self.bias).to(x.dtype)
         return F.linear(x, self.weight, self.bias)
 
@@ -134,10 +137,12 @@ class KVCache(NamedTuple):
         for t in (*self.k, *self.v):
             t[dst, :, :length] = t[src, :, :length]
 
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Make row b hold what row ``rows[b]`` held (beam search keeps the surviving beams), in place."""
+    def reorder(self, rows: torch.Tensor, length: int | None = None) -> None:
+        """Make row b hold what row ``rows[b]`` held in its first ``length`` positions (default all), in
+        place: beam search keeps the surviving beams."""
+        n = length or self.max_len
         for t in (*self.k, *self.v):
-            t.copy_(t.index_select(0, rows))
+            t[:, :, :n] = t[:, :, :n].index_select(0, rows)
 
     def read(self, row: int, start: int, stop: int) -> torch.Tensor:
         """Positions start .. stop-1 of one row, every layer: a copy (n_layer, 2, nkv, stop-start, hs)."""

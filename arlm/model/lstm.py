@@ -45,8 +45,8 @@ class LSTMState(NamedTuple):
         for t in self:
             t[:, dst] = t[:, src]
 
-    def reorder(self, rows: torch.Tensor) -> None:
-        for t in self:
+    def reorder(self, rows: torch.Tensor, length: int | None = None) -> None:
+        for t in self:  # (a recurrent state has no positions: ``length`` does not apply)
             t.copy_(t.index_select(1, rows))
 
 

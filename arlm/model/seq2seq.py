@@ -281,12 +281,13 @@ class Seq2SeqCache(NamedTuple):
             t[dst, :, :n] = t[src, :, :n]
         self.src_len[dst] = n
 
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Make row b hold what row ``rows[b]`` held (beam search), in place. The sources move too: beams
-        of several requests share one cache."""
-        for t in (*self.k, *self.v, *self.ck, *self.cv):
-            t.copy_(t.index_select(0, rows))
-        self.src_len.copy_(self.src_len.index_select(0, rows))
+    def reorder(self, rows: torch.Tensor, length: int | None = None) -> None:
+        """Make row b hold what row ``rows[b]`` held in its first ``length`` target positions (default
+        all), in place: beam search keeps its surviving beams. Beams move only among the rows of their
+        own source, which all hold the same source part: it is not copied."""
+        n = length or self.max_len
+        for t in (*self.k, *self.v):
+            t[:, :, :n] = t[:, :, :n].index_select(0, rows)
 
 
 # -- the model --------------------------------------------------------------------------------------
@@ -376,11 +377,13 @@ class EncoderDecoder(nn.Module):
         return 12.0 * inner * (cfg.n_layer * cfg.source_len + cfg.decoder_layers * (cfg.block_size + cfg.source_len))
 
     # -- cache -----------------------------------------------------------------------------------------
-    def new_cache(self, rows: int, max_len: int | None = None) -> Seq2SeqCache:
+    def new_cache(self, rows: int, max_len: int | None = None, source_len: int | None = None) -> Seq2SeqCache:
+        """An empty cache of ``rows`` sequences of up to ``max_len`` target positions (default block_size)
+        and sources of up to ``source_len`` tokens (default max_source_len)."""
         cfg = self.config
         p = self.float_param()
         dtype = self.cache_dtype or p.dtype
-        L, nh, hs, S = cfg.decoder_layers, cfg.n_head, cfg.hs, cfg.source_len
+        L, nh, hs, S = cfg.decoder_layers, cfg.n_head, cfg.hs, source_len or cfg.source_len
 
         def zeros(n):
             return [torch.zeros(rows, nh, n, hs, dtype=dtype, device=p.device) for _ in range(L)]

@@ -23,6 +23,7 @@ logged once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +48,88 @@ MAX_ROWS = 8  # float32 weights
 MAX_ROWS_LOW_PRECISION = 64  # bfloat16/int8 weights (beyond it, widening the matrix once for BLAS wins)
 MAX_DECODE_ROWS = 64  # decode steps take the kernel up to this batch (same bits at any batch size)
 FORMATS = (torch.float32, torch.bfloat16, torch.int8)
+
+
+# -- throughput mode -----------------------------------------------------------------------------------
+#
+# Decode steps take the kernel at every batch size up to MAX_DECODE_ROWS so that a sequence gets the
+# same bits alone or in a batch (the engine's invariance). Beam search has no such promise to keep
+# across batches and runs many rows (prompts x beams): there, past MAX_ROWS, each weight shape takes
+# the fastest of two GEMM kernels of linear.cpp (a packed-panel micro-kernel, and a register tile on
+# the weight as it is) and PyTorch's matmul, measured once per shape and row count. On the 2-core
+# EPYC at 32 rows the packed kernel wins on a 58k-word output layer (23 ms against MKL's 42: MKL's
+# tall-skinny product is slow on this CPU) and the three are close on the blocks' matrices; numbers
+# differ between CPUs, so they are measured, not assumed.
+
+_throughput = threading.local()
+_choice: dict[tuple, object] = {}
+
+
+@contextlib.contextmanager
+def throughput_mode():
+    """Within it (this thread), many-row float32 decode steps take the fastest product measured for their
+    shape. Packed copies of weights are made at most once within it and dropped when it ends (a later
+    call packs again: nothing stale survives a weight's change between calls)."""
+    outer = getattr(_throughput, "packed", None)
+    _throughput.packed = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            _throughput.packed = None
+
+
+PACK_N = 16  # output channels per panel of arlm::linear_packed (linear.cpp)
+
+
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (N, K) as arlm::linear_packed reads it, (ceil(N/16), K, 16), zero rows past N: made once
+    per weight within :func:`throughput_mode` (an extra copy of the weight while it lasts)."""
+    cache = getattr(_throughput, "packed", None)
+    key = (id(weight), weight.data_ptr())
+    if cache is not None and key in cache:
+        return cache[key]
+    N, K = weight.shape
+    blocks = (N + PACK_N - 1) // PACK_N
+    w = torch.nn.functional.pad(weight.detach(), (0, 0, 0, blocks * PACK_N - N))
+    packed = w.view(blocks, PACK_N, K).transpose(1, 2).contiguous()
+    if cache is not None:
+        cache[key] = packed
+    return packed
+
+
+def linear_packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) @ weight.T + bias through the packed-panel micro-kernel (float32, many rows)."""
+    return torch.ops.arlm.linear_packed(x, packed_weight(weight), bias, weight.size(0))
+
+
+def many_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """In throughput mode, for a float32 product of more than MAX_ROWS rows: the fastest of the packed
+    micro-kernel (:func:`linear_packed`), the GEMM tile (:func:`linear_rows`) and ``F.linear`` for
+    this shape and row count, measured once (median of 3 runs each); None outside it (the caller
+    keeps its batch-invariant path)."""
+    rows = x.numel() // x.size(-1)
+    if rows <= MAX_ROWS or weight.dtype != torch.float32 or getattr(_throughput, "packed", None) is None:
+        return None
+    key = (tuple(weight.shape), rows, bias is not None)
+    if key not in _choice:
+        def timed(fn) -> float:
+            fn(x, weight, bias)
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                fn(x, weight, bias)
+                times.append(time.perf_counter() - t)
+            return sorted(times)[1]
+        candidates = (linear_packed, linear_rows, torch.nn.functional.linear)
+        times = [timed(fn) for fn in candidates]
+        _choice[key] = candidates[times.index(min(times))]
+        log.debug("rows %d x weight %s: packed %.2f ms, tile %.2f ms, BLAS %.2f ms", rows, key[0],
+                  *(t * 1e3 for t in times))
+    if _choice[key] is not linear_packed:
+        _throughput.packed.pop((id(weight), weight.data_ptr()), None)  # (a copy made for timing)
+    return _choice[key]
+
 
 _loaded = False
 _tried = False
@@ -136,6 +220,7 @@ def library() -> bool:
         log.warning("could not build the CPU kernels (%s): decoding, GELU and attention use PyTorch's operators (slower)", e)
         return False
     torch.library.register_fake("arlm::linear")(_fake_linear)
+    torch.library.register_fake("arlm::linear_rows")(lambda x, weight, bias: _fake_linear(x, weight, None, bias))
     torch.library.register_fake("arlm::attend")(_fake_attend)
     torch.library.register_fake("arlm::linear_int4")(_fake_linear_int4)
     torch.library.register_fake("arlm::gelu_tanh")(_fake_like_x)
@@ -203,6 +288,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = N
     per output channel, plus ``bias`` (N,) (both float32); float32 (..., N). Call only where
     :func:`usable` said yes."""
     return torch.ops.arlm.linear(x, weight, scale, bias)
+
+
+def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) @ weight.T + bias for many rows of float32 (a GEMM tile; not batch-invariant: see
+    :func:`throughput_mode`). Call only where :func:`usable` said yes for a float32 weight."""
+    return torch.ops.arlm.linear_rows(x, weight, bias)
 
 
 def int4_usable(x: torch.Tensor, codes: torch.Tensor) -> bool:

@@ -340,6 +340,153 @@ static void i8q_linear(const float *x, const int8_t *w, const float *scale, cons
 }
 #endif
 
+/* Many rows of float32 (beam search: prompts x beams), where no batch invariance is asked for (the
+ * caller chose this operator, arlm::linear_rows): a register tile of GEMM_R rows of x by GEMM_N rows
+ * of W with one accumulator per pair (12 of AVX2's 16 vector registers), so each 8 weights' step
+ * loads GEMM_R + GEMM_N vectors for GEMM_R x GEMM_N multiply-adds, where dot_tile (two banks, one
+ * weight row on AVX2) loads 5 for 4 and is load-bound. The blocking around it is float_linear's:
+ * panels of weight rows that stay in L2, swept by each tile of x. Measured on the Marian opus-mt
+ * output layer (512 x 58,101) at 32 rows, 2-core EPYC: bench/seq2seq_beam.py, docs/seq2seq.md. */
+constexpr int GEMM_R = 4, GEMM_N = 3;
+
+/* a * b + c in one instruction where the CPU has FMA (ISO C++ mode does not contract a * b + c) */
+static inline f8 fma8(f8 a, f8 b, f8 c) {
+#ifdef __FMA__
+    return (f8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    return a * b + c;
+#endif
+}
+
+template <int R> static inline void gemm_tile(const float *const *w, const float *x, int64_t K, float *out) {
+    f8 acc[R][GEMM_N] = {};
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        f8 wv[GEMM_N];
+        for (int j = 0; j < GEMM_N; j++) wv[j] = load(w[j] + k);
+        for (int r = 0; r < R; r++) {
+            f8 xv = load(x + r * K + k);
+            __asm__("" : "+x"(xv));  /* one load into a register for the GEMM_N multiply-adds (see dot_tile) */
+            for (int j = 0; j < GEMM_N; j++) acc[r][j] = fma8(wv[j], xv, acc[r][j]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < GEMM_N; j++) {
+            float s = hsum(acc[r][j]);
+            for (int64_t i = k; i < K; i++) s += w[j][i] * x[r * K + i];
+            out[r * GEMM_N + j] = s;
+        }
+}
+
+static void gemm(const float *x, const float *w, const float *bias, float *y, int64_t R, int64_t N, int64_t K, int threads) {
+    constexpr int64_t PANEL = 16 * GEMM_N;
+    const int64_t panels = (N + PANEL - 1) / PANEL;
+#pragma omp parallel for num_threads(threads) schedule(guided, 1) if (N * K * R >= 65536)
+    for (int64_t p = 0; p < panels; p++) {
+        const int64_t p0 = p * PANEL, p1 = p0 + PANEL < N ? p0 + PANEL : N;
+        for (int64_t r0 = 0; r0 < R; r0 += GEMM_R) {
+            const int xr = R - r0 < GEMM_R ? (int)(R - r0) : GEMM_R;
+            for (int64_t n0 = p0; n0 < p1; n0 += GEMM_N) {
+                const int nt = p1 - n0 < GEMM_N ? (int)(p1 - n0) : GEMM_N;
+                const float *rows[GEMM_N];
+                for (int j = 0; j < GEMM_N; j++) rows[j] = w + (n0 + (j < nt ? j : 0)) * K;  /* a short block repeats a row */
+                float out[GEMM_R * GEMM_N];
+                switch (xr) {
+                case 1: gemm_tile<1>(rows, x + r0 * K, K, out); break;
+                case 2: gemm_tile<2>(rows, x + r0 * K, K, out); break;
+                case 3: gemm_tile<3>(rows, x + r0 * K, K, out); break;
+                default: gemm_tile<GEMM_R>(rows, x + r0 * K, K, out); break;
+                }
+                for (int r = 0; r < xr; r++)
+                    for (int j = 0; j < nt; j++)
+                        y[(r0 + r) * N + n0 + j] = out[r * GEMM_N + j] + (bias ? bias[n0 + j] : 0.0f);
+            }
+        }
+    }
+}
+
+/* The same product with the weight packed once into column panels (packed[b][k][i] = W[16 b + i][k],
+ * zero rows past N): the BLIS-style micro-kernel, PACK_R rows of x by 16 outputs in 12 of AVX2's 16
+ * vector registers, each step loading 2 weight vectors and broadcasting PACK_R values of x for
+ * 2 x PACK_R multiply-adds, with no horizontal sums (the outputs lie along the vector lanes). A
+ * panel (K x 16 floats: 32 KB at K = 512) is read from memory once and reused from cache by every
+ * tile of x rows. */
+constexpr int PACK_R = 6, PACK_N = 16;
+
+template <int R> static inline void packed_tile(const float *p, const float *x, int64_t K, float *acc_out) {
+    f8 acc[R][2] = {};
+    for (int64_t k = 0; k < K; k++) {
+        const f8 w0 = load(p + k * PACK_N), w1 = load(p + k * PACK_N + 8);
+        for (int r = 0; r < R; r++) {
+            const f8 xb = f8{} + x[r * K + k];  /* broadcast */
+            acc[r][0] = fma8(w0, xb, acc[r][0]);
+            acc[r][1] = fma8(w1, xb, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        memcpy(acc_out + r * PACK_N, &acc[r][0], sizeof(f8));
+        memcpy(acc_out + r * PACK_N + 8, &acc[r][1], sizeof(f8));
+    }
+}
+
+static void packed_gemm(const float *x, const float *packed, const float *bias, float *y, int64_t R, int64_t N,
+                        int64_t K, int threads) {
+    const int64_t blocks = (N + PACK_N - 1) / PACK_N;
+#pragma omp parallel for num_threads(threads) schedule(guided, 4) if (N * K * R >= 65536)
+    for (int64_t b = 0; b < blocks; b++) {
+        const float *p = packed + b * K * PACK_N;
+        const int64_t n0 = b * PACK_N;
+        const int nt = N - n0 < PACK_N ? (int)(N - n0) : PACK_N;
+        for (int64_t r0 = 0; r0 < R; r0 += PACK_R) {
+            const int xr = R - r0 < PACK_R ? (int)(R - r0) : PACK_R;
+            float out[PACK_R * PACK_N];
+            switch (xr) {
+            case 1: packed_tile<1>(p, x + r0 * K, K, out); break;
+            case 2: packed_tile<2>(p, x + r0 * K, K, out); break;
+            case 3: packed_tile<3>(p, x + r0 * K, K, out); break;
+            case 4: packed_tile<4>(p, x + r0 * K, K, out); break;
+            case 5: packed_tile<5>(p, x + r0 * K, K, out); break;
+            default: packed_tile<PACK_R>(p, x + r0 * K, K, out); break;
+            }
+            for (int r = 0; r < xr; r++)
+                for (int i = 0; i < nt; i++)
+                    y[(r0 + r) * N + n0 + i] = out[r * PACK_N + i] + (bias ? bias[n0 + i] : 0.0f);
+        }
+    }
+}
+
+static at::Tensor linear_packed(const at::Tensor &x, const at::Tensor &packed, const std::optional<at::Tensor> &bias,
+                                int64_t N) {
+    const int64_t K = x.size(-1);
+    TORCH_CHECK(packed.dim() == 3 && packed.is_contiguous() && packed.scalar_type() == at::kFloat && packed.size(1) == K
+                && packed.size(2) == PACK_N && packed.size(0) == (N + PACK_N - 1) / PACK_N,
+                "arlm::linear_packed: packed weight (ceil(N/16), K, 16) float32");
+    TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N),
+                "arlm::linear_packed: bias is float32 (N,)");
+    at::Tensor rows = x.reshape({-1, K}).to(at::kFloat).contiguous();
+    at::Tensor y = at::empty({rows.size(0), N}, rows.options());
+    packed_gemm(rows.const_data_ptr<float>(), packed.const_data_ptr<float>(), bias ? bias->const_data_ptr<float>() : nullptr,
+                y.mutable_data_ptr<float>(), rows.size(0), N, K, at::get_num_threads());
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = N;
+    return y.view(shape);
+}
+
+static at::Tensor linear_rows(const at::Tensor &x, const at::Tensor &w, const std::optional<at::Tensor> &bias) {
+    TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.scalar_type() == at::kFloat && x.size(-1) == w.size(1),
+                "arlm::linear_rows: float32 weight (N, K) contiguous, x (..., K)");
+    const int64_t N = w.size(0), K = w.size(1);
+    TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N),
+                "arlm::linear_rows: bias is float32 (N,)");
+    at::Tensor rows = x.reshape({-1, K}).to(at::kFloat).contiguous();
+    at::Tensor y = at::empty({rows.size(0), N}, rows.options());
+    gemm(rows.const_data_ptr<float>(), w.const_data_ptr<float>(), bias ? bias->const_data_ptr<float>() : nullptr,
+         y.mutable_data_ptr<float>(), rows.size(0), N, K, at::get_num_threads());
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = N;
+    return y.view(shape);
+}
+
 static at::Tensor linear(const at::Tensor &x, const at::Tensor &w, const std::optional<at::Tensor> &scale,
                          const std::optional<at::Tensor> &bias) {
     TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && x.size(-1) == w.size(1), "arlm::linear: weight (N, K) contiguous, x (..., K)");
@@ -369,5 +516,13 @@ static at::Tensor linear(const at::Tensor &x, const at::Tensor &w, const std::op
     return y.view(shape);
 }
 
-TORCH_LIBRARY(arlm, m) { m.def("linear(Tensor x, Tensor weight, Tensor? scale, Tensor? bias) -> Tensor"); }
-TORCH_LIBRARY_IMPL(arlm, CPU, m) { m.impl("linear", linear); }
+TORCH_LIBRARY(arlm, m) {
+    m.def("linear(Tensor x, Tensor weight, Tensor? scale, Tensor? bias) -> Tensor");
+    m.def("linear_rows(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+    m.def("linear_packed(Tensor x, Tensor packed, Tensor? bias, int n) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(arlm, CPU, m) {
+    m.impl("linear", linear);
+    m.impl("linear_rows", linear_rows);
+    m.impl("linear_packed", linear_packed);
+}
