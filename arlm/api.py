@@ -194,7 +194,10 @@ class LanguageModel:
 
     def _beams(self, prompts: list[list[int]], cfg: GenerateConfig) -> Iterator[tuple[int, str]]:
         """Beam search over every prompt at once (rows: prompt index * num_return_sequences + beam),
-        checked now, before anything is printed."""
+        checked now, before anything is printed. An encoder-decoder's output ends where its decoder's
+        positions do, as in the engine (max_new_tokens is capped there)."""
+        if self.seq2seq and cfg.max_new_tokens > self.block_size - 1:
+            cfg = dataclasses.replace(cfg, max_new_tokens=self.block_size - 1)
         self._check_beams(prompts, cfg)
         eos = tuple(self.eos_ids) + tuple(t for t in cfg.stop_token_ids if t not in self.eos_ids)
         return self._beam_texts(prompts, cfg, eos, self._token_rules(cfg), self._grammar(cfg, eos))
@@ -328,9 +331,9 @@ class LanguageModel:
         if cfg.logprobs or cfg.top_logprobs:
             raise UserError("logprobs are not reported with speculative decoding; drop --draft-model to get them")
         draft = self.draft(cfg.draft_model)
-        cannot = [m.config.type.upper() for m in (self.model, draft.model) if not m.can_rewind_cache]
+        cannot = [m.config.kind for m in (self.model, draft.model) if not m.can_rewind_cache]
         if cannot:
-            raise UserError(f"speculative decoding rewinds the decoding cache, which an {cannot[0]} model's state cannot "
+            raise UserError(f"speculative decoding rewinds the decoding cache, which {cannot[0]} model's state cannot "
                             f"do; drop --draft-model")
         need = len(ids) + cfg.max_new_tokens + cfg.num_draft_tokens
         limit = min(self.block_size, draft.block_size)
@@ -469,8 +472,8 @@ class LanguageModel:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         controls = {"temperature": 0.0, **controls}
         cfg = self.generate_config(**controls)
-        if cfg.num_return_sequences != 1 or cfg.num_beams > 1:
-            raise UserError("task evaluation scores one prediction per prompt: use num_return_sequences=1, num_beams=1")
+        if cfg.num_return_sequences != 1:
+            raise UserError("task evaluation scores one prediction per prompt: use num_return_sequences=1")
         template = self.chat_template() if chat else None
         if template is not None:
             cfg = dataclasses.replace(cfg, stop=cfg.stop + template.stop)
@@ -482,7 +485,7 @@ class LanguageModel:
             else:
                 ids = [self.encode_prompt(ex["prompt"]) for ex in chunk]
             texts = [""] * len(chunk)
-            for b, piece in self._stream_ids(ids, cfg):
+            for b, piece in (self._beams(ids, cfg) if cfg.num_beams > 1 else self._stream_ids(ids, cfg)):
                 texts[b] += piece
             predictions += texts
         return score(metric, predictions, [ex["reference"] for ex in examples]), predictions

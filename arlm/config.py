@@ -65,6 +65,11 @@ class ModelConfig:
     dropout: float = _f(0.2, "dropout probability on embeddings, attention and residual paths")
     tie_embeddings: bool = _f(True, "share the output layer's weight with the token embedding (Press & Wolf 2017)")
 
+    @property
+    def kind(self) -> str:
+        """The family's name in messages: "a GPT", "an LSTM", "an encoder-decoder (seq2seq)"."""
+        return {"gpt": "a GPT", "lstm": "an LSTM", "seq2seq": "an encoder-decoder (seq2seq)"}[self.type]
+
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_embd"):
             if getattr(self, name) <= 0:
@@ -734,9 +739,12 @@ class TrainConfig:
     replay_data: str = _f("", "continual training: a prepared data folder (e.g. the original corpus) mixed into the "
                               "batches to limit forgetting", metavar="DIR")
     replay_fraction: float = _f(0.0, "continual training: fraction of each batch's sequences drawn from --replay-data")
-    model: GPTConfig | LSTMConfig = field(default_factory=GPTConfig)
+    model: GPTConfig | LSTMConfig | Seq2SeqConfig = field(default_factory=GPTConfig)
 
     def validate(self) -> None:
+        if self.model.type == "seq2seq":
+            raise UserError("arlm train and finetune train decoder-only models (gpt, lstm) for now; an encoder-decoder "
+                            "(seq2seq) is loaded, decoded, served and evaluated, not trained")
         if not self.resume:
             if not self.data:
                 raise UserError("no data given: add --data DIR (a folder made by `arlm prepare`)")

@@ -352,7 +352,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
             raise UserError(f"{cfg.to_hf} is quantized ({describe(quantization_of(model))}); a Hugging Face folder holds "
                             f"a float model: convert the model it was quantized from")
         export_hf(model, tokenizer, out, info)
-        what = "arlm -> Hugging Face " + ("GPT-2" if model.config.pos_embedding == "learned" else "Llama") + " layout"
+        if model.config.type == "seq2seq":
+            from arlm.interop.hf_seq2seq import hf_family
+
+            what = f"arlm -> Hugging Face {hf_family(model.config)} layout"
+        else:
+            what = "arlm -> Hugging Face " + ("GPT-2" if model.config.pos_embedding == "learned" else "Llama") + " layout"
     mc = model.config
     summary = {"out": cfg.out, "conversion": what, "params": model.num_params(non_embedding=False),
                "n_layer": mc.n_layer, "n_embd": mc.n_embd, "vocab_size": mc.vocab_size}

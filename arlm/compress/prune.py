@@ -249,7 +249,7 @@ def prune_model(model: GPT, method: str, amount: float, batches=None) -> GPT:
     """The model pruned by ``method`` (in place for the unstructured ones, a new model for the structured)."""
     if getattr(model.config, "type", "gpt") != "gpt" or not hasattr(model, "transformer"):
         raise UserError("pruning works on GPT models (and Hugging Face GPT-2/Llama models loaded as them); this model "
-                        "is an LSTM")
+                        f"is {model.config.kind}")
     if method not in PRUNE_METHODS:
         raise UserError(f"unknown pruning method {method!r}; use one of {', '.join(PRUNE_METHODS)}")
     if not 0 < amount < 1:

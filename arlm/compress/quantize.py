@@ -63,7 +63,7 @@ def quantization_of(model: nn.Module) -> QuantInfo | None:
 def _check_model(model: nn.Module, spec: QuantInfo) -> None:
     if getattr(model.config, "type", "gpt") != "gpt" or not hasattr(model, "transformer"):
         raise UserError("quantization works on GPT models (and Hugging Face GPT-2/Llama models loaded as them); "
-                        "this model is an LSTM")
+                        f"this model is {model.config.kind}")
     if quantization_of(model) is not None:
         raise UserError(f"the model is already quantized ({describe(quantization_of(model))}); quantize its float "
                         f"checkpoint instead")

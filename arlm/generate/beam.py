@@ -119,41 +119,25 @@ def _search(model: torch.nn.Module, prompts: list[list[int]], cfg: GenerateConfi
     in_top = torch.arange(K, device=device) < nb  # only these may finish
     NEG = -1.0e9  # "impossible" score, kept finite so sums stay ordered as in transformers
     L0 = torch.tensor(lengths, device=device).repeat_interleave(nb)  # (R,) each row's prompt length
-    # each row's prompt, left-padded (the repetition penalty and n-grams read prompt + generated)
     Lmax = max(lengths)
-    ctx = torch.zeros(R, Lmax, dtype=torch.long, device=device)
-    ctx_mask = torch.zeros(R, Lmax, dtype=torch.bool, device=device)
-    for n, p in enumerate(prompts):
-        ctx[n * nb:(n + 1) * nb, Lmax - len(p):] = torch.tensor(p, device=device)
-        ctx_mask[n * nb:(n + 1) * nb, Lmax - len(p):] = True
-    needs_context = penalties.repetition_penalty != 1.0 or penalties.no_repeat_ngram_size > 0
+    ctx, ctx_mask = _prompt_rows(prompts, nb, device)
 
     gen = torch.zeros(N, nb, G, dtype=torch.long, device=device)  # generated tokens of the live beams
     live_scores = torch.full((N, nb), NEG, device=device)
     live_scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    fin_gen, fin_scores = gen.clone(), torch.full((N, nb), NEG, device=device)
-    fin_lens = torch.zeros(N, nb, dtype=torch.long, device=device)
-    fin_done = torch.zeros(N, nb, dtype=torch.bool, device=device)
+    fin = _Finished(gen.clone(), torch.full((N, nb), NEG, device=device), torch.zeros(N, nb, dtype=torch.long, device=device),
+                    torch.zeros(N, nb, dtype=torch.bool, device=device))
     active = torch.ones(N, dtype=torch.bool, device=device)  # prompts still searching
 
     # sources of up to the longest one: the cross-attention part is no bigger than this batch needs
     cache = model.new_cache(R, Lmax + G, **({"source_len": max(map(len, sources))} if sources is not None else {}))
     logits = _start(model, cache, prompts, sources, nb)
-    plain = not (needs_context or penalties.frequency_penalty or penalties.presence_penalty or bias is not None)
     g = 0
     while True:
         generated = gen.view(R, G)[:, :g]
         banned = _banned_rows(prompts, generated, g, cfg, eos_ids, bad_words, logits.shape, device, constraint,
                               (live_scores.view(-1) > NEG / 2).tolist(), nb)
-        context = torch.cat([ctx, generated], 1) if needs_context else ctx[:, :0]
-        mask = torch.cat([ctx_mask, torch.ones_like(generated, dtype=torch.bool)], 1) if needs_context else None
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (R, V)
-        if banned is not None and plain:
-            logp = logp.masked_fill(banned, float("-inf"))
-        elif not plain:
-            logp = process_logits(logp, context, penalties, context_mask=mask, banned=banned, bias=bias,
-                                  generated=generated)
-        logp = force_tokens(logp, g, penalties)
+        logp = _log_probs(logits, penalties, ctx, ctx_mask, generated, banned, bias, g)  # (R, V)
         V = logp.size(-1)
         total = (logp.view(N, nb, V) + live_scores[..., None]).view(N, nb * V)
         top_scores, top_idx = torch.topk(total, K, dim=1)  # (N, K) best first
@@ -169,35 +153,78 @@ def _search(model: torch.nn.Module, prompts: list[list[int]], cfg: GenerateConfi
         new_live = torch.gather(live_rank, 1, keep)
         src_rows = torch.gather(src, 1, keep) + torch.arange(N, device=device)[:, None] * nb  # (N, nb) cache rows
 
-        # finished hypotheses: merge this step's stopped top candidates into the best nb so far
-        gen_len = g + 1
+        # finished hypotheses: this step's stopped top candidates, scored by length, join the best nb so far
         finishing = stops & in_top
-        new_scores = top_scores / gen_len ** length_penalty + (~finishing).float() * NEG
-        merged = torch.cat([fin_scores, new_scores], 1)  # (N, nb + K)
-        pick = torch.topk(merged, nb, dim=1).indices
-        keep_old = ~active[:, None]  # a stopped prompt's results stay
-        fin_scores = torch.where(keep_old, fin_scores, torch.gather(merged, 1, pick))
-        fin_gen = torch.where(keep_old[..., None], fin_gen,
-                              torch.gather(torch.cat([fin_gen, cand], 1), 1, pick[..., None].expand(N, nb, G)))
-        fin_lens = torch.where(keep_old, fin_lens,
-                               torch.gather(torch.cat([fin_lens, torch.full((N, K), gen_len, device=device)], 1), 1, pick))
-        fin_done = torch.where(keep_old, fin_done, torch.gather(torch.cat([fin_done, finishing], 1), 1, pick))
+        fin.merge(cand, top_scores / (g + 1) ** length_penalty + (~finishing).float() * NEG, finishing, g + 1, active)
         gen, live_scores = new_gen, new_live
 
         g += 1
         best_len = G if (early_stopping == "never" and length_penalty > 0) else g
         best_possible = live_scores[:, 0] / best_len ** length_penalty  # (N,)
-        worst = torch.where(fin_done, fin_scores.min(dim=1, keepdim=True).values, NEG)  # an open slot takes anything
+        worst = torch.where(fin.done, fin.scores.min(dim=1, keepdim=True).values, NEG)  # an open slot takes anything
         improvable = (best_possible[:, None] > worst).any(dim=1)
-        full = fin_done.all(dim=1) if early_stopping is True else torch.zeros_like(active)
+        full = fin.done.all(dim=1) if early_stopping is True else torch.zeros_like(active)
         active = active & improvable & ~full & ~stops.all(dim=1)
         if not bool(active.any()):
             break
         cache.reorder(src_rows.view(-1), Lmax + g - 1)  # the positions written so far
         pos = (L0 + g - 1)[:, None]  # (R, 1) each row feeds its last token at its own position
         logits = decode_step(model, cache, gen.view(R, G)[:, g - 1:g], pos, Lmax + g)
-    return [[Hypothesis(fin_gen[n, i, :int(fin_lens[n, i])].tolist(), float(fin_scores[n, i]))
+    return [[Hypothesis(fin.gen[n, i, :int(fin.lens[n, i])].tolist(), float(fin.scores[n, i]))
              for i in range(cfg.num_return_sequences)] for n in range(N)]
+
+
+@dataclass
+class _Finished:
+    """Each prompt's best ``nb`` finished hypotheses: tokens (N, nb, G), scores, lengths, and whether a
+    slot holds one (an empty slot scores NEG)."""
+
+    gen: torch.Tensor
+    scores: torch.Tensor
+    lens: torch.Tensor
+    done: torch.Tensor
+
+    def merge(self, cand: torch.Tensor, scores: torch.Tensor, finishing: torch.Tensor, length: int,
+              active: torch.Tensor) -> None:
+        """Keep the best nb of the kept and this step's candidates (N, K, ...); a stopped prompt's stay."""
+        N, nb, G = self.gen.shape
+        merged = torch.cat([self.scores, scores], 1)  # (N, nb + K)
+        pick = torch.topk(merged, nb, dim=1).indices
+        old = ~active[:, None]
+        self.scores = torch.where(old, self.scores, torch.gather(merged, 1, pick))
+        self.gen = torch.where(old[..., None], self.gen,
+                               torch.gather(torch.cat([self.gen, cand], 1), 1, pick[..., None].expand(N, nb, G)))
+        self.lens = torch.where(old, self.lens, torch.gather(torch.cat([self.lens, torch.full_like(scores, length,
+                                                                                                 dtype=torch.long)], 1), 1, pick))
+        self.done = torch.where(old, self.done, torch.gather(torch.cat([self.done, finishing], 1), 1, pick))
+
+
+def _prompt_rows(prompts: list[list[int]], nb: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's prompt, left-padded (R, Lmax), and where it is real: the repetition penalty and the
+    n-gram ban read prompt + generated."""
+    Lmax = max(map(len, prompts))
+    ctx = torch.zeros(len(prompts) * nb, Lmax, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ctx, dtype=torch.bool)
+    for n, p in enumerate(prompts):
+        ctx[n * nb:(n + 1) * nb, Lmax - len(p):] = torch.tensor(p, device=device)
+        mask[n * nb:(n + 1) * nb, Lmax - len(p):] = True
+    return ctx, mask
+
+
+def _log_probs(logits: torch.Tensor, penalties, ctx: torch.Tensor, ctx_mask: torch.Tensor, generated: torch.Tensor,
+               banned: torch.Tensor | None, bias: torch.Tensor | None, g: int) -> torch.Tensor:
+    """Each row's next-token log-probabilities after the penalties, bans, bias and forced tokens, as
+    transformers' processors apply them in beam search (skipped where none is on: a step over many
+    rows then costs one log-softmax)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (R, V)
+    needs_context = penalties.repetition_penalty != 1.0 or penalties.no_repeat_ngram_size > 0
+    if needs_context or penalties.frequency_penalty or penalties.presence_penalty or bias is not None:
+        context = torch.cat([ctx, generated], 1) if needs_context else ctx[:, :0]
+        mask = torch.cat([ctx_mask, torch.ones_like(generated, dtype=torch.bool)], 1) if needs_context else None
+        logp = process_logits(logp, context, penalties, context_mask=mask, banned=banned, bias=bias, generated=generated)
+    elif banned is not None:
+        logp = logp.masked_fill(banned, float("-inf"))
+    return force_tokens(logp, g, penalties)
 
 
 def _banned_rows(prompts, generated: torch.Tensor, g: int, cfg: GenerateConfig, eos_ids, bad_words, shape, device,

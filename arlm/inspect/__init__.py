@@ -28,7 +28,7 @@ from arlm.model.layers import apply_rope, rope_cos_sin
 
 def _check(model, ids: list[int]) -> torch.Tensor:
     if getattr(model.config, "type", "gpt") != "gpt":
-        raise UserError("inspection reads a GPT's attention and residual stream; this model is an LSTM")
+        raise UserError(f"inspection reads a GPT's attention and residual stream; this model is {model.config.kind}")
     if len(ids) < 2:
         raise UserError("the text is too short: it needs at least 2 tokens")
     if len(ids) > model.config.block_size:
@@ -106,7 +106,7 @@ def head_ablation(model, ids: np.ndarray, batch_size: int = 8) -> tuple[float, n
     """(mean loss with every head, (n_layer, n_head) rise of that loss with each head zeroed alone) over the
     non-overlapping windows of ``ids`` (each batch's mean loss weighs the same)."""
     if getattr(model.config, "type", "gpt") != "gpt":
-        raise UserError("head ablation reads a GPT's attention heads; this model is an LSTM")
+        raise UserError(f"head ablation reads a GPT's attention heads; this model is {model.config.kind}")
     if len(ids) < 2:
         raise UserError("the text is too short: it needs at least 2 tokens")
     device = next(model.parameters()).device

@@ -43,7 +43,7 @@ from arlm.model.gpt import GPT
 from arlm.model.registry import empty_model
 from arlm.model.weights import assign_weights, check_size
 from arlm.tokenizers import EOT, Tokenizer
-from arlm.tokenizers.pretrained import PretrainedTokenizer
+from arlm.tokenizers.pretrained import PretrainedTokenizer, special_token_text
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ def load_hf(path: str | Path) -> tuple[torch.nn.Module, Tokenizer | None, Checkp
            if i >= cfg.vocab_size]
     if bad:
         raise UserError(f"{d}: special token id {bad[0]} is outside the vocabulary (0..{cfg.vocab_size - 1})")
-    if any((d / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+    if any((d / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")):
         tokenizer: PretrainedTokenizer | None = PretrainedTokenizer.from_dir(d, eos_id=eos[0] if eos else None,
                                                                             bos_id=bos[0] if bos else None)
     else:  # weights only: usable on token ids; text needs the tokenizer files
@@ -379,7 +379,7 @@ def hf_layout(cfg: GPTConfig, target: str = "Hugging Face format") -> str:
     q, k, v and o together), which computes the same function.
     """
     if not isinstance(cfg, GPTConfig):  # the layouts below are a GPT's weights
-        raise UserError(f"only GPT models export to {target}; this is an {cfg.type.upper()} model")
+        raise UserError(f"only GPT models export to {target}; this is {cfg.kind} model")
     missing = [what for on, what in ((cfg.qk_norm, "query/key normalisation (model.qk_norm)"),
                                      (cfg.logit_softcap, "logit soft-capping (model.logit_softcap)")) if on]
     if missing:
@@ -468,7 +468,8 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path, info: Checkpoin
     ``AutoModelForCausalLM.from_pretrained(out)`` and ``AutoTokenizer.from_pretrained(out)``."""
     info = info or CheckpointInfo(model=model.config)
     cfg = model.config
-    layout = hf_layout(cfg)
+    seq2seq = cfg.type == "seq2seq"
+    layout = hf_seq2seq.hf_family(cfg) if seq2seq else hf_layout(cfg)
     hf_tok = hf_tokenizer(tokenizer)
     if info.chat_template and not hf_tok.config.get("chat_template"):  # the template it was fine-tuned with
         hf_tok = PretrainedTokenizer(hf_tok.tok, {**hf_tok.config, "chat_template": info.chat_template})
@@ -481,9 +482,18 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path, info: Checkpoin
         gen["do_sample"] = False
     elif "temperature" in gen:
         gen["do_sample"] = True
+    if seq2seq:
+        gen["decoder_start_token_id"] = cfg.decoder_start_token_id
+        pad = hf_tok.tok.token_to_id(special_token_text(hf_tok.config.get("pad_token")) or "")
+        pad = cfg.decoder_start_token_id if pad is None else pad
+        family = "t5" if layout == "T5" else layout
+        weights = hf_seq2seq.hf_state_from_arlm(model, family)
+        config = hf_seq2seq.hf_seq2seq_config(cfg, layout, pad, None if bos == eos else bos, eos)
+    else:
+        weights, config = hf_state_from_arlm(model, layout), hf_config(cfg, layout, bos, eos)
     with atomic_dir(out) as tmp:
-        save_file(hf_state_from_arlm(model, layout), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / CONFIG).write_text(json.dumps(hf_config(cfg, layout, bos, eos), indent=2), encoding="utf-8")
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
         (tmp / GENERATION_CONFIG).write_text(json.dumps(gen, indent=2), encoding="utf-8")
         hf_tok.save(tmp)
     return Path(out)

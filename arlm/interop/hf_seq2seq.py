@@ -30,6 +30,7 @@ import torch
 from arlm.config import Seq2SeqConfig, validated
 from arlm.errors import UserError
 from arlm.io.schema import HFSeq2SeqConfig
+from arlm.model.seq2seq import sinusoids
 
 T5_TYPES = ("t5", "mt5")
 BART_TYPES = ("bart", "mbart", "pegasus", "marian")
@@ -92,8 +93,9 @@ def _bart_config(hf: HFSeq2SeqConfig, mt: str, where: str) -> dict[str, Any]:
                         f"(share_encoder_decoder_embeddings=false or decoder_vocab_size != vocab_size) are not supported")
     pad = hf.pad_token_id if hf.pad_token_id is not None else 1
     start = hf.decoder_start_token_id
-    if start is None:
-        start = pad if mt in ("marian", "pegasus") else 2  # BART and mBART start from </s>
+    if start is None:  # as transformers' generate: the BOS token, else the pad token
+        bos = hf.bos_token_id[0] if isinstance(hf.bos_token_id, list) and hf.bos_token_id else hf.bos_token_id
+        start = bos if isinstance(bos, int) else pad
     return dict(
         block_size=hf.max_position_embeddings, max_source_len=hf.max_position_embeddings, n_layer=hf.encoder_layers,
         n_decoder_layer=hf.decoder_layers, n_embd=hf.d_model, n_head=hf.encoder_attention_heads,
@@ -230,6 +232,78 @@ def hf_state_from_arlm(model: torch.nn.Module, model_type: str) -> dict[str, tor
     for ours, theirs in weight_map(cfg, model_type):
         parts = sd[ours].chunk(len(theirs)) if len(theirs) > 1 else [sd[ours]]
         out.update({n: p.contiguous() for n, p in zip(theirs, parts)})
-    if cfg.logits_bias:
-        out["final_logits_bias"] = sd["final_logits_bias"].reshape(1, -1).contiguous()
+    if model_type == "pegasus":  # transformers' Pegasus saves its fixed tables (and warns when they are missing)
+        for stack in ("encoder", "decoder"):
+            out[f"model.{stack}.embed_positions.weight"] = sinusoids(cfg.block_size, cfg.n_embd)
+    if model_type in BART_TYPES:  # always added there: zeros compute the same function as none
+        out["final_logits_bias"] = (sd["final_logits_bias"].reshape(1, -1).contiguous() if cfg.logits_bias
+                                    else torch.zeros(1, cfg.vocab_size, dtype=sd["shared.weight"].dtype))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# writing: which family's layout expresses a config exactly
+
+
+def _act_name(cfg: Seq2SeqConfig, target: str) -> str:
+    if cfg.activation not in HF_ACTIVATION:
+        raise UserError(f"{target} has no activation {cfg.activation!r}")
+    return HF_ACTIVATION[cfg.activation]
+
+
+def hf_family(cfg: Seq2SeqConfig) -> str:
+    """The transformers model_type whose architecture is ``cfg`` exactly (else UserError naming why):
+    relative positions -> t5; learned -> bart (post-norm) or mbart (pre-norm); sinusoidal -> marian
+    (post-norm) or pegasus (pre-norm)."""
+    def need(family: str, checks: list[tuple[bool, str]]) -> str:
+        bad = [what for ok, what in checks if not ok]
+        if bad:
+            raise UserError(f"this encoder-decoder cannot be written as {family}: " + "; ".join(bad))
+        return family
+
+    if cfg.pos_embedding == "relative":
+        return need("T5", [(cfg.norm == "rmsnorm", "norm must be rmsnorm"), (not cfg.post_norm, "it must be pre-norm"),
+                           (not cfg.embedding_norm and cfg.final_norm, "T5 has final norms and no embedding norm"),
+                           (not cfg.bias, "T5 has no biases"), (not cfg.scale_embedding, "T5 does not scale embeddings"),
+                           (not cfg.scale_attention, "T5 does not scale attention scores"),
+                           (not cfg.logits_bias, "T5 has no logits bias"),
+                           (not (cfg.mlp == "gated" and cfg.activation == "gelu"),
+                            "T5's gated-gelu is the tanh GELU (activation gelu_tanh)")])
+    family = {("learned", True): "bart", ("learned", False): "mbart", ("sinusoidal", True): "marian",
+              ("sinusoidal", False): "pegasus"}[(cfg.pos_embedding, cfg.post_norm)]
+    shape = BART_SHAPES[family]
+    return need(family, [(cfg.norm == "layernorm", "norm must be layernorm"), (cfg.bias, "it needs biases"),
+                         (cfg.mlp == "standard", "mlp must be standard"), (cfg.scale_attention, "it scales attention"),
+                         (not cfg.scale_decoder_output, "it does not rescale the decoder's output"),
+                         (cfg.embedding_norm == shape["embedding_norm"],
+                          f"embedding_norm must be {str(shape['embedding_norm']).lower()}"),
+                         (cfg.final_norm == shape["final_norm"], f"final_norm must be {str(shape['final_norm']).lower()}"),
+                         (cfg.norm_eps == 1e-5, "its LayerNorms use eps 1e-5"),
+                         (cfg.head_dim in (0, cfg.n_embd // cfg.n_head), "head_dim must be n_embd / n_head"),
+                         (cfg.source_len == cfg.block_size, "max_source_len must equal block_size"),
+                         (cfg.tie_embeddings, "its output layer is the embedding")])
+
+
+def hf_seq2seq_config(cfg: Seq2SeqConfig, family: str, pad: int, bos: int | None, eos) -> dict[str, Any]:
+    """config.json for ``family`` (from :func:`hf_family`)."""
+    common = dict(vocab_size=cfg.vocab_size, d_model=cfg.n_embd, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos,
+                  decoder_start_token_id=cfg.decoder_start_token_id, is_encoder_decoder=True, dtype="float32")
+    if family == "T5":
+        act = _act_name(cfg, "T5")
+        return dict(architectures=["T5ForConditionalGeneration"], model_type="t5", d_kv=cfg.hs, d_ff=cfg.hidden_size,
+                    num_layers=cfg.n_layer, num_decoder_layers=cfg.decoder_layers, num_heads=cfg.n_head,
+                    relative_attention_num_buckets=cfg.relative_buckets,
+                    relative_attention_max_distance=cfg.relative_max_distance, layer_norm_epsilon=cfg.norm_eps,
+                    feed_forward_proj=("gated-gelu" if act == "gelu_new" else f"gated-{act}") if cfg.mlp == "gated" else act,
+                    n_positions=cfg.block_size, dropout_rate=0.0, tie_word_embeddings=cfg.tie_embeddings,
+                    scale_decoder_outputs=cfg.scale_decoder_output, **common)
+    arch = {"bart": "BartForConditionalGeneration", "mbart": "MBartForConditionalGeneration",
+            "pegasus": "PegasusForConditionalGeneration", "marian": "MarianMTModel"}[family]
+    out = dict(architectures=[arch], model_type=family, encoder_layers=cfg.n_layer, decoder_layers=cfg.decoder_layers,
+               encoder_attention_heads=cfg.n_head, decoder_attention_heads=cfg.n_head,
+               encoder_ffn_dim=cfg.hidden_size, decoder_ffn_dim=cfg.hidden_size, max_position_embeddings=cfg.block_size,
+               activation_function=_act_name(cfg, family), scale_embedding=cfg.scale_embedding, dropout=0.0,
+               attention_dropout=0.0, activation_dropout=0.0, tie_word_embeddings=True, **common)
+    if family == "marian":
+        out.update(decoder_vocab_size=cfg.vocab_size, share_encoder_decoder_embeddings=True)
     return out

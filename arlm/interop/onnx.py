@@ -110,7 +110,7 @@ def export_onnx(model: nn.Module, out: str | Path) -> dict:
 
     cfg = model.config
     if getattr(cfg, "type", "gpt") != "gpt":
-        raise UserError(f"ONNX export writes GPT models; this is an {cfg.type.upper()} model")
+        raise UserError(f"ONNX export writes GPT models; this is {cfg.kind} model")
     if cfg.sliding_window:
         raise UserError("sliding-window attention is not written to ONNX by arlm; export without it")
     if getattr(model, "quantization", None) is not None:

@@ -164,6 +164,8 @@ def sampling_params(req: Common, cfg: ServeConfig, max_tokens: int, top_logprobs
         presence_penalty=req.presence_penalty, bad_words=list(req.bad_words), logit_bias=bias,
         min_new_tokens=req.min_tokens, logprobs=want_logprobs, top_logprobs=top_logprobs,
         num_return_sequences=req.n, stop=stop + [s for s in extra_stop if s not in stop],
-        stop_token_ids=list(req.stop_token_ids), seed=req.seed, json_schema=json_schema, regex=regex)
+        stop_token_ids=list(req.stop_token_ids), seed=req.seed, json_schema=json_schema, regex=regex,
+        # the model's own forced first/last tokens (an encoder-decoder's generation_config.json); no request field
+        **{k: v for k, v in (defaults or {}).items() if k in ("forced_bos_token_id", "forced_eos_token_id")})
     params.validate()
     return params

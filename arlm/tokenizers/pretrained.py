@@ -20,6 +20,7 @@ from arlm.io.files import read_json
 from arlm.io.schema import HFTokenizerConfig
 from arlm.io.files import read_text_file
 from arlm.tokenizers.base import EOT, TOKENIZER_CONFIG, TOKENIZER_FILE, library_failure
+from arlm.tokenizers.spm import marian_tokenizer, t5_tokenizer
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
@@ -45,6 +46,15 @@ def gpt2_tokenizer_from_files(vocab: Path, merges: Path) -> HFTokenizer:
     if tok.token_to_id(EOT) is not None:
         tok.add_special_tokens([EOT])
     return tok
+
+
+def _model_type(d: Path) -> str | None:
+    """The model_type of the folder's config.json, if it has a readable one."""
+    try:
+        data = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("model_type") if isinstance(data, dict) and isinstance(data.get("model_type"), str) else None
 
 
 class PretrainedTokenizer:
@@ -80,13 +90,28 @@ class PretrainedTokenizer:
             tok = gpt2_tokenizer_from_files(d / "vocab.json", d / "merges.txt")
             if tok.token_to_id(EOT) is not None:  # GPT-2's convention when nothing else is said
                 config = {"eos_token": EOT, "bos_token": EOT, **config}
+        elif (d / "spiece.model").is_file():  # T5, mT5: SentencePiece only
+            kind = _model_type(d)
+            if kind not in (None, "t5", "mt5"):  # Pegasus' spiece.model numbers its pieces after 103 others
+                raise UserError(f"{d} has a SentencePiece spiece.model but no tokenizer.json; arlm converts T5's, not "
+                                f"{kind}'s: write tokenizer.json with transformers "
+                                f"(AutoTokenizer.from_pretrained('{d}').save_pretrained('{d}'))")
+            extra = config.get("extra_ids", 100)
+            if not isinstance(extra, int) or isinstance(extra, bool) or not 0 <= extra <= 100_000:
+                raise UserError(f"{d / TOKENIZER_CONFIG}: extra_ids must be an integer between 0 and 100000, got {extra!r}")
+            tok, implied = t5_tokenizer(d / "spiece.model", extra)
+            config = {**implied, **config}
+        elif (d / "source.spm").is_file() and (d / "vocab.json").is_file():  # Marian (opus-mt)
+            tok, implied = marian_tokenizer(d)
+            config = {**{k: v for k, v in implied.items() if v}, **config}
         elif (d / "tokenizer.model").is_file():
             raise UserError(
                 f"{d} has only a SentencePiece tokenizer.model; arlm reads tokenizer.json. Write one with "
                 f"transformers: AutoTokenizer.from_pretrained('{d}').save_pretrained('{d}')"
             )
         else:
-            raise UserError(f"{d} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+            raise UserError(f"{d} has no tokenizer (tokenizer.json, vocab.json + merges.txt, spiece.model, or "
+                            f"Marian's source.spm + target.spm + vocab.json)")
         out = cls(tok, config, eos_id, bos_id)
         for key in ("eos_token", "bos_token"):
             text = special_token_text(config.get(key))

@@ -392,3 +392,31 @@ def test_gpt_step_agrees_with_and_without_the_kernels(dtype, monkeypatch):
     assert abs(loss - loss_torch) < tol
     for a, b in zip(grads, grads_torch):
         assert (a - b).abs().max() <= tol * (1 + b.abs().max()) * (1 if dtype == "float32" else 5)
+
+
+@pytest.mark.parametrize("rows", [9, 13, 32])
+@pytest.mark.parametrize("N, K", [(70, 100), (35, 36), (48, 768), (3, 9)])
+def test_many_row_kernels_match_float64_reference(rows, N, K):
+    """Beam search's GEMM kernels, at sizes that are not multiples of their tiles (6 x 16, 4 x 3) or of 8."""
+    g = torch.Generator().manual_seed(rows * 100 + N)
+    x, w, b = torch.randn(rows, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    want = reference(x, w, None, b)
+    for fn in (kernels.linear_rows, kernels.linear_packed):
+        for bias in (b, None):
+            got = fn(x[:, None], w, bias)[:, 0]
+            assert got.shape == (rows, N)
+            assert (got.double() - (want if bias is not None else want - b.double())).abs().max() < 1e-3 * K ** 0.5
+
+
+def test_throughput_mode_picks_a_product_and_leaves_the_batch_invariant_path_alone():
+    layer = Linear(64, 40).eval()
+    x = torch.randn(16, 1, 64)
+    with torch.inference_mode():
+        invariant = layer(x)  # decode rows take arlm::linear outside throughput mode
+        assert torch.equal(invariant, kernels.linear(x, layer.weight, None, layer.bias))
+        with kernels.throughput_mode():
+            fast = layer(x)
+            assert kernels.many_rows_linear(x, layer.weight, layer.bias) in (
+                kernels.linear_packed, kernels.linear_rows, torch.nn.functional.linear)
+        assert (fast - invariant).abs().max() < 1e-4
+        assert kernels.many_rows_linear(x, layer.weight, layer.bias) is None  # off again
