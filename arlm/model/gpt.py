@@ -137,12 +137,15 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward network: C -> H -> activation -> C, or gated: C -> 2H -> act(gate) * up -> C."""
+    """Position-wise feed-forward network: C -> H -> activation -> C, or gated: C -> 2H -> act(gate) * up -> C.
+    (The encoder-decoder's too: any config with n_embd, hidden_size, mlp, activation and dropout, with
+    ``bias`` given.)"""
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, bias: bool | None = None):
         super().__init__()
         self.gated = cfg.mlp == "gated"
-        H, bias = cfg.hidden_size, cfg.bias or cfg.mlp_bias
+        H = cfg.hidden_size
+        bias = (cfg.bias or cfg.mlp_bias) if bias is None else bias
         self.c_fc = Linear(cfg.n_embd, (2 if self.gated else 1) * H, bias=bias)  # gated: [gate; up]
         self.act = ACTIVATIONS[cfg.activation]()
         self.c_proj = Linear(H, cfg.n_embd, bias=bias)

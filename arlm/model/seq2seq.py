@@ -25,7 +25,7 @@ from torch import nn
 
 from arlm.config import Seq2SeqConfig
 from arlm.model import kernels
-from arlm.model.gpt import ACTIVATIONS
+from arlm.model.gpt import MLP
 from arlm.model.layers import Linear, cache_mask, make_norm
 
 LEARNED_OFFSET = 2  # BART's learned positions start at row 2 (fairseq reserved rows 0-1 for padding)
@@ -135,28 +135,6 @@ class Attention(nn.Module):
                                               dropout_p=self.dropout if self.training else 0.0)
 
 
-class MLP(nn.Module):
-    """C -> H -> activation -> C, or gated: C -> 2H -> act(gate) * up -> C (T5 v1.1's gated-GELU)."""
-
-    def __init__(self, cfg: Seq2SeqConfig):
-        super().__init__()
-        self.gated = cfg.mlp == "gated"
-        H = cfg.hidden_size
-        self.c_fc = Linear(cfg.n_embd, (2 if self.gated else 1) * H, bias=cfg.bias)  # gated: [gate; up]
-        self.act = ACTIVATIONS[cfg.activation]()
-        self.c_proj = Linear(H, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)
-        if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            h = self.act(gate) * up  # (B, T, H)
-        else:
-            h = self.act(h)
-        return self.dropout(self.c_proj(h))  # (B, T, C)
-
-
 class Block(nn.Module):
     """An encoder block (self-attention, MLP) or a decoder block (causal self-attention,
     cross-attention, MLP). Pre-norm: x + f(norm(x)) (T5, mBART, Pegasus); post-norm: norm(x + f(x))
@@ -171,7 +149,7 @@ class Block(nn.Module):
             self.ln_x = make_norm(cfg)
             self.cross = Attention(cfg, cross=True)
         self.ln_2 = make_norm(cfg)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, bias=cfg.bias)
 
     def residual(self, x: torch.Tensor, norm: nn.Module, f) -> torch.Tensor:
         return norm(x + f(x)) if self.post_norm else x + f(norm(x))
