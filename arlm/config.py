@@ -743,8 +743,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.model.type == "seq2seq":
-            raise UserError("arlm train and finetune train decoder-only models (gpt, lstm) for now; an encoder-decoder "
-                            "(seq2seq) is loaded, decoded, served and evaluated, not trained")
+            if not self.init_from:
+                raise UserError("an encoder-decoder (seq2seq) is fine-tuned from one (arlm finetune --model DIR, or "
+                                "--init-from DIR) on source/target pairs; training one from scratch is not supported yet")
+            given = [flag for on, flag in ((self.packing, "--packing"), (self.replay_data, "--replay-data"),
+                                           (self.teacher, "--teacher"), (self.chat_template, "--chat-template"),
+                                           (self.compile, "--compile")) if on]
+            if given:
+                raise UserError(f"{given[0]} does not apply to an encoder-decoder's source/target pairs; drop it")
         if not self.resume:
             if not self.data:
                 raise UserError("no data given: add --data DIR (a folder made by `arlm prepare`)")

@@ -424,8 +424,11 @@ class EncoderDecoder(nn.Module):
         the whole target window from position 0 (training, scoring, decoding without a cache). With a
         ``cache`` primed by :meth:`prime_cache`, ``idx`` are new tokens at ``input_pos`` (B, T), as a
         GPT's decode step; ``kv_len`` bounds the target positions attended. ``key_mask`` and
-        ``positions`` (a GPT's left padding) do not apply: targets are right-padded.
+        ``positions`` (a GPT's left padding) do not apply: targets are right-padded. ``idx`` may also be
+        a (src, src_mask, targets' inputs) batch, which is how the training loop passes pairs.
         """
+        if isinstance(idx, tuple):  # a training batch (arlm/data/pairs.py: Seq2SeqBatch): source, its mask, targets
+            src, src_mask, idx = idx
         B, T = idx.shape
         if cache is None:
             if src is None:

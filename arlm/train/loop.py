@@ -25,6 +25,7 @@ import torch
 from arlm.compress.distill import Distiller, check_teacher
 from arlm.config import TrainConfig, apply_preset, from_dict, to_dict
 from arlm.data.loader import TokenData, WindowSampler, collate, random_batch, sequential_batches, windows
+from arlm.data.pairs import PairData
 from arlm.data.sft import SFTData
 from arlm.errors import UserError
 from arlm.eval.perplexity import loss_over_batches
@@ -203,6 +204,11 @@ def _open_data(path: str, tokenizer, cfg: TrainConfig):
     """The training data: a prepared token folder, or a JSONL file of fine-tuning examples tokenized
     with the base model's ``tokenizer``."""
     p = Path(path)
+    if cfg.model.type == "seq2seq":  # an encoder-decoder learns from source -> target pairs
+        if not (p.suffix.lower() == ".jsonl" or p.is_file()):
+            raise UserError(f"an encoder-decoder trains on source/target pairs: give a JSONL file of "
+                            f'{{"source": ..., "target": ...}} as --data, not the folder {p}')
+        return PairData(p, tokenizer, cfg.model, cfg.val_fraction)
     if p.suffix.lower() == ".jsonl" or p.is_file():
         if tokenizer is None:
             raise UserError(f"{p} is fine-tuning data (JSONL examples): start from a model with --init-from DIR, or run "
@@ -457,7 +463,8 @@ class Trainer:
             if k:  # replayed windows as long as this batch's other rows
                 Tr = max((len(x) for x, _ in rows), default=T)
                 rows += replay.rows(torch.randint(len(replay.train) - Tr, (k,), generator=self.data_gen).tolist(), Tr)
-            x, y = collate(rows[ctx.rank * B:(ctx.rank + 1) * B], self.tokenizer.eot_id or 0)
+            mine = rows[ctx.rank * B:(ctx.rank + 1) * B]
+            x, y = data.collate(mine) if isinstance(data, PairData) else collate(mine, self.tokenizer.eot_id or 0)
             self.step_tokens += x.numel() * ctx.world_size  # (each process's rows padded alike: an estimate under DDP)
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), int((y != -1).sum())
 
