@@ -718,6 +718,9 @@ class TrainConfig:
     # -- fine-tuning (docs/finetuning.md): `arlm finetune` sets init_from from its --model
     init_from: str = _f("", "start from this model's weights (an arlm checkpoint or a Hugging Face folder) instead of "
                             "random ones; its shape and tokenizer are used, --data is tokenized with it", metavar="DIR")
+    tokenizer: str = _f("", "JSONL data without --init-from: the folder whose tokenizer encodes the text (a folder made "
+                            "by `arlm prepare`, or a model folder); the model is then trained from random weights",
+                        metavar="DIR")
     val_fraction: float = _f(0.1, "JSONL data: fraction of the examples (the last ones) held out for validation")
     chat_template: str = _f("", "JSONL chat data: a Jinja chat template, or a file holding one (empty: the tokenizer's "
                                 "own, else arlm's plain 'User: / Assistant:' template)", metavar="TEXT|FILE")
@@ -743,9 +746,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.model.type == "seq2seq":
-            if not self.init_from:
-                raise UserError("an encoder-decoder (seq2seq) is fine-tuned from one (arlm finetune --model DIR, or "
-                                "--init-from DIR) on source/target pairs; training one from scratch is not supported yet")
+            if not self.init_from and not self.tokenizer and not self.resume:
+                raise UserError("an encoder-decoder (seq2seq) learns from source/target pairs encoded by a tokenizer: "
+                                "fine-tune one (--init-from DIR), or train one from scratch with --tokenizer DIR")
             given = [flag for on, flag in ((self.packing, "--packing"), (self.replay_data, "--replay-data"),
                                            (self.teacher, "--teacher"), (self.chat_template, "--chat-template"),
                                            (self.compile, "--compile")) if on]

@@ -39,6 +39,7 @@ from arlm.model.registry import build_model, empty_model, parameter_count
 from arlm.model.weights import assign_weights, state_to_save
 from arlm.runtime import (autocast, check_memory, generator, resolve_device, resolve_dtype, seed_everything, set_threads,
                           size, torch_seed)
+from arlm.tokenizers import load_tokenizer
 from arlm.tokenizers.base import same_vocabulary
 from arlm.train import distributed
 from arlm.train.optim import lr_at, make_optimizer, plateau_update
@@ -263,10 +264,14 @@ class Trainer:
     def _open_inputs(self) -> None:
         cfg = self.cfg
         self.base_model, self.tokenizer, self.base_info = None, None, None
+        if cfg.init_from and cfg.tokenizer:
+            raise UserError("--tokenizer is for training from scratch; a fine-tuned model keeps its own: drop one")
         if cfg.init_from:
             self.base_model, self.tokenizer, self.base_info = load_model(cfg.init_from)
             if self.tokenizer is None:
                 raise UserError(f"{cfg.init_from} has no tokenizer files; copy its tokenizer into the folder to fine-tune it")
+        elif cfg.tokenizer:  # JSONL from scratch: the text is encoded with this folder's tokenizer
+            self.tokenizer = load_tokenizer(cfg.tokenizer)
         if cfg.lora_rank and cfg.fsdp and self.ctx.distributed:
             raise UserError("LoRA is not supported with --fsdp; train the adapters with DDP (drop --fsdp)")
         self.data = _open_data(cfg.data, self.tokenizer, cfg)

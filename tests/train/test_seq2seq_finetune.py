@@ -5,6 +5,7 @@ and the result decodes; what does not apply is refused by name."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -106,9 +107,27 @@ def test_lora_fine_tuning_merges_into_an_encoder_decoder(marian, pairs, tmp_path
     assert info.lora is not None and model.config.type == "seq2seq"
 
 
+def test_training_from_scratch_with_a_tokenizer_folder(marian, pairs, tmp_path):
+    """No --init-from: a random encoder-decoder of the config's shape, the text encoded by --tokenizer."""
+    model = {"type": "seq2seq", "n_layer": 2, "n_embd": 32, "n_head": 4, "block_size": 16, "dropout": 0.0,
+             "decoder_start_token_id": 1}
+    cfg = dict(data=str(pairs), out=str(tmp_path / "scratch"), tokenizer=str(marian), model=model, max_steps=80,
+               batch_size=8, eval_interval=10, eval_batches=2, log_interval=5, warmup_steps=2, lr=1e-2, min_lr=1e-3,
+               progress=False, device="cpu", final_eval=False)
+    train(cfg)
+    records = [json.loads(ln) for ln in (tmp_path / "scratch" / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert val[-1] < math.log(24) - 0.4 and val[-1] < val[0], val  # well below a uniform guess over the 24 tokens
+    lm = arlm.load(tmp_path / "scratch")
+    assert lm.seq2seq and lm.model.config.vocab_size == 24 and lm.tokenizer.vocab_size == 24
+    assert isinstance(lm.generate("the cat", max_new_tokens=4, temperature=0.0), str)
+    with pytest.raises(UserError, match="--tokenizer is for training from scratch"):
+        train({**cfg, "init_from": str(marian), "model": {}, "out": str(tmp_path / "x")})
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"packing": True}, "--packing does not apply"),
-    ({"init_from": ""}, "training one from scratch is not supported yet"),
+    ({"init_from": ""}, "train one from scratch with --tokenizer DIR"),
 ])
 def test_what_does_not_apply_is_refused(marian, pairs, tmp_path, extra, message):
     cfg = {"model": {"type": "seq2seq", "vocab_size": 24}} if extra.get("init_from") == "" else {}
