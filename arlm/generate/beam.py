@@ -136,7 +136,7 @@ def _search(model: torch.nn.Module, prompts: list[list[int]], cfg: GenerateConfi
     while True:
         generated = gen.view(R, G)[:, :g]
         banned = _banned_rows(prompts, generated, g, cfg, eos_ids, bad_words, logits.shape, device, constraint,
-                              (live_scores.view(-1) > NEG / 2).tolist(), nb)
+                              live_scores.view(-1) > NEG / 2, nb)
         logp = _log_probs(logits, penalties, ctx, ctx_mask, generated, banned, bias, g)  # (R, V)
         V = logp.size(-1)
         total = (logp.view(N, nb, V) + live_scores[..., None]).view(N, nb * V)
@@ -228,11 +228,12 @@ def _log_probs(logits: torch.Tensor, penalties, ctx: torch.Tensor, ctx_mask: tor
 
 
 def _banned_rows(prompts, generated: torch.Tensor, g: int, cfg: GenerateConfig, eos_ids, bad_words, shape, device,
-                 constraint, live: list[bool], nb: int) -> torch.Tensor | None:
-    """(R, V) bool: :func:`_beam_banned` of every prompt's beams."""
+                 constraint, live: torch.Tensor, nb: int) -> torch.Tensor | None:
+    """(R, V) bool: :func:`_beam_banned` of every prompt's beams (``live``: (R,) which rows are live
+    beams), or None when nothing is banned (then nothing is read back from the device)."""
     if not bad_words and not (g < cfg.min_new_tokens and eos_ids) and constraint is None:
         return None
-    rows = generated.tolist()
+    rows, live = generated.tolist(), live.tolist()
     parts = [_beam_banned([p + r for r in rows[n * nb:(n + 1) * nb]], g, cfg.min_new_tokens, eos_ids, bad_words,
                           (nb, shape[-1]), device, constraint, live[n * nb:(n + 1) * nb])
              for n, p in enumerate(prompts)]

@@ -25,7 +25,7 @@ from torch import nn
 
 from arlm.config import Seq2SeqConfig
 from arlm.model import kernels
-from arlm.model.gpt import MLP
+from arlm.model.gpt import GPT, MLP
 from arlm.model.layers import Linear, cache_mask, make_norm
 
 LEARNED_OFFSET = 2  # BART's learned positions start at row 2 (fairseq reserved rows 0-1 for padding)
@@ -294,7 +294,7 @@ class EncoderDecoder(nn.Module):
             self.lm_head.weight = self.shared.weight
         if cfg.logits_bias:  # a buffer, as in BART: loaded and saved, not trained
             self.register_buffer("final_logits_bias", torch.zeros(cfg.vocab_size))
-        self.apply(self._init_weights)
+        self.apply(GPT._init_weights)  # N(0, 0.02) weights, zero biases (BART's init_std; GPT-2's)
         self.init_buffers()
 
     @property
@@ -305,17 +305,7 @@ class EncoderDecoder(nn.Module):
     def checkpointing(self, on: bool) -> None:
         self.encoder.checkpointing = self.decoder.checkpointing = on
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def float_param(self) -> torch.Tensor:
-        return next(p for p in self.parameters() if p.is_floating_point())
+    float_param = GPT.float_param  # the device and dtype it computes in
 
     def init_buffers(self) -> None:
         """(Re)compute the non-learned buffers (sinusoids), e.g. after building on the meta device."""

@@ -206,7 +206,7 @@ def _open_data(path: str, tokenizer, cfg: TrainConfig):
     with the base model's ``tokenizer``."""
     p = Path(path)
     if cfg.model.type == "seq2seq":  # an encoder-decoder learns from source -> target pairs
-        if not (p.suffix.lower() == ".jsonl" or p.is_file()):
+        if p.is_dir():
             raise UserError(f"an encoder-decoder trains on source/target pairs: give a JSONL file of "
                             f'{{"source": ..., "target": ...}} as --data, not the folder {p}')
         return PairData(p, tokenizer, cfg.model, cfg.val_fraction)

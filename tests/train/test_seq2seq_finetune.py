@@ -146,3 +146,16 @@ def test_bad_pairs_are_named(marian, tmp_path):
     f.write_text('{"source": "the cat", "target": "cat the"}\n{"source": "the", "target": 3}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"example 2: 'source' and 'target' must both be text"):
         run(marian, f, tmp_path / "x")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda tmp, cfg: cfg.update(tokenizer=str(tmp / "nowhere")), "tokenizer.json is missing"),
+    (lambda tmp, cfg: cfg.update(data=str(tmp / "missing.jsonl")), "JSONL file not found"),
+])
+def test_a_missing_tokenizer_or_pairs_file_is_named_and_nothing_is_written(marian, pairs, tmp_path, change, message):
+    cfg = dict(data=str(pairs), out=str(tmp_path / "out"), tokenizer=str(marian), max_steps=2, progress=False,
+               device="cpu", model={"type": "seq2seq", "n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16})
+    change(tmp_path, cfg)
+    with pytest.raises(UserError, match=message):
+        train(cfg)
+    assert not (tmp_path / "out").exists()

@@ -126,8 +126,8 @@ def many_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         _choice[key] = candidates[times.index(min(times))]
         log.debug("rows %d x weight %s: packed %.2f ms, tile %.2f ms, BLAS %.2f ms", rows, key[0],
                   *(t * 1e3 for t in times))
-    if _choice[key] is not linear_packed:
-        _throughput.packed.pop((id(weight), weight.data_ptr()), None)  # (a copy made for timing)
+        if _choice[key] is not linear_packed:
+            _throughput.packed.pop((id(weight), weight.data_ptr()), None)  # (the copy made for timing)
     return _choice[key]
 
 
