@@ -184,6 +184,8 @@ def test_text_through_the_api_cli_and_server_matches_transformers(tmp_path, caps
 @pytest.mark.parametrize("args, message", [
     (["--prompt", "the " * 80], "this encoder reads at most 64"),
     (["--prompt", "the cat", "--num-beams", "2000000", "--max-new-tokens", "60"], "lower num_beams"),
+    (["--prompt", "the cat", "--forced-eos-token-id", "9999"], "forced token id 9999 is outside the vocabulary"),
+    (["--prompt", "the cat", "--forced-bos-token-id", "9999", "--num-beams", "2"], "outside the vocabulary"),
     (["--prompt", ""], "needs a source text"),
     (["--prompt", "the cat", "--echo"], "drop echo"),
     (["--prompt", "the cat", "--token-healing"], "token healing works with decoder-only models"),
