@@ -368,6 +368,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def encoder_path(out: str) -> Path:
+    """Where an encoder-decoder's ONNX encoder goes: beside ``--out`` (m.onnx -> m.encoder.onnx)."""
+    p = Path(out)
+    return p.with_name(f"{p.stem if p.suffix == '.onnx' else p.name}.encoder.onnx")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from arlm.compress.quantize import describe, quantization_of
     from arlm.interop.load import load_model
@@ -383,9 +389,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from arlm.interop.onnx import export_onnx
 
     kind = GGUF if cfg.format == "gguf" else ONNX
-    target = claim_file(cfg.out, "--out", Output(kind, "export"), input_folders=[("model", cfg.model)],
-                        overwrite=cfg.overwrite, replace_own=False)
     shape = model_config(cfg.model)
+    encoder = None  # an encoder-decoder's ONNX encoder, written beside --out
+    if cfg.format == "onnx" and shape.type == "seq2seq":
+        encoder = encoder_path(cfg.out)
+    target = claim_file(cfg.out, "--out", Output(kind, "export"), input_folders=[("model", cfg.model)],
+                        overwrite=cfg.overwrite, replace_own=False,
+                        companions=[(encoder, Output(kind, "export"))] if encoder else ())
     if cfg.format == "gguf":
         gguf_layout(shape)  # a shape GGUF cannot hold fails before the weights are read
     model, tokenizer, info = load_model(cfg.model, "cpu")
@@ -393,8 +403,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"{cfg.model} is quantized ({describe(quantization_of(model))}); export its float model" +
                         (" and choose the GGUF type with --gguf-type q8_0 or q4_0" if cfg.format == "gguf" else ""))
     if cfg.format == "onnx":
-        summary = export_onnx(model, target)
+        summary = export_onnx(model, target, encoder)
         line = f"ONNX opset {summary['opset']}, KV cache as inputs/outputs: {summary['bytes'] / 1e6:.2f} MB -> {cfg.out}"
+        if encoder:
+            line += f" (decoder step) + {encoder} (encoder)"
     else:
         if tokenizer is None:
             raise UserError(f"{cfg.model} has no tokenizer files; a GGUF file carries its tokenizer")
@@ -515,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Write a float arlm model for another engine: --format gguf writes one file "
                                     "llama.cpp loads (GPT-2 or Llama layout, tokenizer included; weights f32, f16, "
                                     "q8_0 or q4_0); --format onnx a graph whose KV cache is an input and an output, "
-                                    "for step-by-step decoding in ONNX Runtime; --format hf a folder transformers "
+                                    "for step-by-step decoding in ONNX Runtime (an encoder-decoder: the decoder step, "
+                                    "and its encoder beside it as NAME.encoder.onnx); --format hf a folder transformers "
                                     "(and vLLM) loads.")
     add_config_args(sp, ExportConfig)
     json_flag(sp)

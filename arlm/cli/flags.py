@@ -12,7 +12,7 @@ import re
 import typing
 from typing import Any
 
-from arlm.config import GPTConfig, LoadConfig, TrainConfig, apply_preset, field_types, from_dict, validated
+from arlm.config import MODEL_CONFIGS, GPTConfig, LoadConfig, TrainConfig, apply_preset, field_types, from_dict, validated
 from arlm.io.files import read_toml
 
 
@@ -23,22 +23,27 @@ def flag_name(name: str) -> str:
 def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = (),
                     defaults: dict[str, Any] | None = None, only: tuple[str, ...] | None = None) -> None:
     """Add one flag per field of config dataclass ``cls`` (nested dataclasses become their own group;
-    the model table takes the GPT's fields, which include every model type's); ``defaults`` replaces the
+    the model table takes every model type's fields: :func:`model_fields`); ``defaults`` replaces the
     dataclass's in the help text (a verb that applies its own, e.g. finetune); ``only`` limits the fields."""
     types = field_types(cls)
     instance = cls()
-    for f in dataclasses.fields(cls):
+    fields = model_fields() if cls is GPTConfig else dataclasses.fields(cls)
+    for f in fields:
         if f.name in skip or (only is not None and f.name not in only):
             continue
+        if f.name not in types:  # another model type's field (the encoder-decoder's)
+            types[f.name] = field_types(owner(f.name))[f.name]
         tp = types[f.name]
         if dataclasses.is_dataclass(tp) or f.name == "model" and cls is TrainConfig:
             group = parser.add_argument_group(f"{f.name} options ([{f.name}] table in a TOML config)")
             add_config_args(group, GPTConfig if f.name == "model" else tp, prefix=f"{prefix}{f.name}.")
             continue
-        default = (defaults or {}).get(f.name, getattr(instance, f.name))
+        default = (defaults or {}).get(f.name, getattr(instance if hasattr(instance, f.name) else owner(f.name)(), f.name))
         help_text = f.metadata.get("help", "")
         if default not in ("", None, []) and not isinstance(default, bool):
             help_text += f" (default: {default})"
+        if cls is GPTConfig and not defaults:
+            help_text += other_defaults(f.name, default)
         kw: dict[str, Any] = dict(dest=prefix + f.name, default=argparse.SUPPRESS, help=help_text)
         if "choices" in f.metadata:
             kw["choices"] = [c for c in f.metadata["choices"] if c != ""]
@@ -54,6 +59,34 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip
             metavar = f.metadata.get("metavar") or {int: "N", float: "X", str: "TEXT"}.get(tp, "VALUE")
             kw.update(type=typed(tp, f.name), metavar=None if "choices" in kw else metavar)
         parser.add_argument(flag_name(f.name), **kw)
+
+
+def owner(name: str):
+    """The first model config (GPT, LSTM, encoder-decoder) with field ``name``."""
+    return next(c for c in MODEL_CONFIGS.values() if name in {f.name for f in dataclasses.fields(c)})
+
+
+def other_defaults(name: str, default: Any) -> str:
+    """Where another model type defaults field ``name`` differently: " (seq2seq: relative)"."""
+    others = [f"{t}: {getattr(c(), name)}" for t, c in MODEL_CONFIGS.items()
+              if name != "type" and hasattr(c(), name) and getattr(c(), name) != default and owner(name) is not c]
+    return f" ({'; '.join(others)})" if others else ""
+
+
+def model_fields() -> list[dataclasses.Field]:
+    """Every model type's fields once (a GPT's first, then those only another type has), each shared
+    field's ``choices`` the union of every type's, so that ``--pos-embedding relative`` parses and the
+    model type's own config then checks the value (``--type seq2seq`` takes T5's relative positions)."""
+    out: dict[str, dataclasses.Field] = {}
+    for cls in MODEL_CONFIGS.values():
+        for f in dataclasses.fields(cls):
+            if f.name not in out:
+                out[f.name] = f
+            elif "choices" in f.metadata and "choices" in out[f.name].metadata:
+                merged = list(dict.fromkeys([*out[f.name].metadata["choices"], *f.metadata["choices"]]))
+                out[f.name] = dataclasses.field(metadata={**out[f.name].metadata, "choices": merged})
+                out[f.name].name = f.name
+    return list(out.values())
 
 
 def typed(tp, name: str):

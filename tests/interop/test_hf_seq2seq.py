@@ -281,10 +281,27 @@ def test_export_refuses_what_no_format_can_hold(tmp_path, capsys):
                                 embedding_norm=True, final_norm=False, mlp="standard", norm_eps=1e-5))
 
 
-@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
-def test_gguf_and_onnx_refuse_an_encoder_decoder_by_name(folders, tmp_path, capsys, fmt):
+def test_gguf_refuses_an_encoder_decoder_by_name(folders, tmp_path, capsys):
     d, _ = folders["marian"]
     word_tokenizer(tf, 99, pad=98, eos=0).save_pretrained(d)
-    assert main(["export", "--model", str(d), "--format", fmt, "--out", str(tmp_path / f"out.{fmt}")]) == 2
+    assert main(["export", "--model", str(d), "--format", "gguf", "--out", str(tmp_path / "out.gguf")]) == 2
     assert "encoder-decoder (seq2seq)" in capsys.readouterr().err
-    assert not (tmp_path / f"out.{fmt}").exists()
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_onnx_export_writes_the_decoder_and_the_encoder_beside_it(folders, tmp_path, capsys):
+    """Both files or neither; an existing file at either name is the user's (tests/interop/test_onnx_seq2seq.py
+    checks what the graphs compute)."""
+    pytest.importorskip("onnxruntime")
+    d, _ = folders["bart"]
+    out, enc = tmp_path / "bart.onnx", tmp_path / "bart.encoder.onnx"
+    enc.write_text("my notes")
+    assert main(["export", "--model", str(d), "--format", "onnx", "--out", str(out)]) == 2
+    assert "bart.encoder.onnx (written beside --out" in capsys.readouterr().err
+    assert enc.read_text() == "my notes" and not out.exists()
+    enc.unlink()
+    assert main(["export", "--model", str(d), "--format", "onnx", "--out", str(out)]) == 0
+    assert "(decoder step) + " in capsys.readouterr().out and out.stat().st_size > 10_000 and enc.stat().st_size > 10_000
+    before = enc.read_bytes()
+    assert main(["export", "--model", str(d), "--format", "onnx", "--out", str(out)]) == 2  # exports need --overwrite
+    assert "already exists" in capsys.readouterr().err and enc.read_bytes() == before

@@ -125,6 +125,22 @@ def test_training_from_scratch_with_a_tokenizer_folder(marian, pairs, tmp_path):
         train({**cfg, "init_from": str(marian), "model": {}, "out": str(tmp_path / "x")})
 
 
+def test_the_command_line_takes_the_encoder_decoders_shape_flags(marian, pairs, tmp_path, capsys):
+    """`arlm train --type seq2seq` with the flags only an encoder-decoder has; a GPT given one is refused by
+    name before anything is written."""
+    from arlm.cli import main
+
+    flags = ["train", "--data", str(pairs), "--tokenizer", str(marian), "--max-steps", "2", "--batch-size", "4",
+             "--no-progress", "--no-final-eval", "--device", "cpu", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+             "--block-size", "16", "--n-decoder-layer", "2", "--max-source-len", "12", "--pos-embedding", "sinusoidal"]
+    assert main([*flags, "--out", str(tmp_path / "gpt")]) == 2
+    assert "'n_decoder_layer' in train config [model] does not apply to gpt models" in capsys.readouterr().err
+    assert not (tmp_path / "gpt").exists()
+    assert main([*flags, "--type", "seq2seq", "--out", str(tmp_path / "s2s")]) == 0
+    cfg = arlm.load(tmp_path / "s2s").model.config
+    assert (cfg.n_layer, cfg.decoder_layers, cfg.source_len, cfg.pos_embedding) == (1, 2, 12, "sinusoidal")
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"packing": True}, "--packing does not apply"),
     ({"init_from": ""}, "train one from scratch with --tokenizer DIR"),
