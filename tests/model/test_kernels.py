@@ -281,6 +281,9 @@ def test_gelu_tanh_special_values_and_strides():
 
 def test_gelu_kernel_only_on_cpu_outside_compile_and_tracing(monkeypatch):
     x = torch.randn(3, 8)
+    monkeypatch.setattr(kernels, "wide_vectors", lambda: False)  # AVX2 only: PyTorch's GELU is the faster one
+    assert not kernels.gelu_usable(x)
+    monkeypatch.setattr(kernels, "wide_vectors", lambda: True)
     assert kernels.gelu_usable(x) and kernels.gelu_usable(x.bfloat16()) and kernels.gelu_usable(x.requires_grad_())
     assert not kernels.gelu_usable(x.double()) and not kernels.gelu_usable(x.half())
     assert not kernels.gelu_usable(torch.empty(3, 8, device="meta"))
@@ -351,6 +354,9 @@ def test_causal_attention_peaked_scores_stay_finite():
 
 def test_causal_kernel_only_where_it_applies(monkeypatch):
     _, q, k, v, _ = causal_inputs(2, 2, 8, 16)
+    monkeypatch.setattr(kernels, "wide_vectors", lambda: False)  # AVX2 only: PyTorch's attention is the faster one
+    assert not kernels.causal_usable(q, k, v)
+    monkeypatch.setattr(kernels, "wide_vectors", lambda: True)
     assert kernels.causal_usable(q, k, v) and kernels.causal_usable(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert not kernels.causal_usable(q[:, :, :1], k[:, :, :1], v[:, :, :1])  # one position: decoding's kernel
     assert not kernels.causal_usable(q, k[:, :1], v[:, :1])  # grouped-query heads
@@ -366,6 +372,7 @@ def test_causal_kernel_only_where_it_applies(monkeypatch):
 def test_gpt_step_agrees_with_and_without_the_kernels(dtype, monkeypatch):
     """A GPT's loss and gradients with arlm's attention and GELU kernels and with PyTorch's operators,
     the kernels being what ran (float32: same to rounding; bfloat16 autocast: within its rounding)."""
+    monkeypatch.setattr(kernels, "wide_vectors", lambda: True)  # as on an AVX-512 CPU, where the model takes them
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0)
     m = GPT(cfg)
