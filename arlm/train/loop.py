@@ -135,11 +135,13 @@ def optimizer_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer: 
     # A micro-batch may come as (x, y, n) with n its number of targets that are not -1 (fine-tuning data
     # masks prompts and padding): its loss, a mean over its own targets, then counts in proportion to
     # n, so the step's loss is the mean over every target of the step, as one big batch would give.
+    # Under DDP each process's share of the step's targets scales its part too (distributed.share_of_all).
     counts = [b[2] if len(b) > 2 else 1 for b in batches]
     total = max(sum(counts), 1)
+    share = distributed.share_of_all(sum(counts), device) if any(len(b) > 2 for b in batches) else 1.0
     loss_sum = torch.zeros((), device=device)
     for micro, (x, y, *_) in enumerate(batches):
-        weight = counts[micro] / total
+        weight = counts[micro] / total * share
         with distributed.gradient_sync(wrapped, micro == len(batches) - 1):
             with autocast(device, dtype):
                 loss = objective(wrapped, x, y)

@@ -213,6 +213,18 @@ def test_chat_and_perplexity_refuse_an_encoder_decoder(folders, tmp_path, capsys
     assert "eval --task" in capsys.readouterr().err
 
 
+def test_beams_times_length_over_the_memory_limit_are_refused_before_decoding(folders, monkeypatch):
+    import arlm.runtime
+
+    d, _ = folders["marian"]
+    word_tokenizer(tf, 99, pad=98, eos=0).save_pretrained(d)
+    lm = arlm.load(d)
+    monkeypatch.setattr(arlm.runtime, "available_memory", lambda device=None: 2_000_000)
+    with pytest.raises(UserError, match=r"beam search with num_beams=16 over 2 prompt\(s\) needs about .* lower num_beams"):
+        lm.generate(["the cat sat", "a dog"], num_beams=16, max_new_tokens=12)
+    assert isinstance(lm.generate("the cat sat", num_beams=2, max_new_tokens=4), str)  # a small search still fits
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda c: c.update(decoder_vocab_size=50), "separate source and target vocabularies"),
     (lambda c: c.update(decoder_attention_heads=2), "differs from decoder_attention_heads"),

@@ -96,3 +96,28 @@ def test_accumulation_averages_gradients_only_on_the_last_micro_batch(tmp_path):
         assert distributed.mean(torch.tensor(3.0), ctx).item() == 3.0
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two torchrun starts (~45 s); the default run keeps DDP and FSDP of the GPT
+def test_an_encoder_decoder_trains_the_same_in_two_processes(char_data, tmp_path):
+    """Source/target pairs through DDP: rows of different lengths padded per process, each process's
+    loss weighted by its share of the step's targets (distributed.share_of_all), so the training and
+    validation losses equal one process's with the same global batch (within 1e-5)."""
+    import random
+
+    chars = [c for c in json.loads((char_data / "tokenizer.json").read_text())["chars"] if c.isalpha()][:12]
+    rng = random.Random(0)
+    pairs = tmp_path / "pairs.jsonl"
+    with open(pairs, "w") as f:
+        for _ in range(80):
+            s = "".join(rng.choice(chars) for _ in range(rng.randint(3, 12)))
+            f.write(json.dumps({"source": s, "target": s[::-1]}) + "\n")
+    shape = ["--type", "seq2seq", "--tokenizer", str(char_data), "--n-decoder-layer", "1", "--max-source-len", "16"]
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    # eval_batches x batch_size rows cover the 8 validation pairs in both runs
+    _train(_flags(pairs, single, max_steps=6, batch_size=4, grad_accum_steps=2) + shape + ["--eval-batches", "4"])
+    _train(_flags(pairs, multi, max_steps=6, batch_size=2, grad_accum_steps=2) + shape + ["--eval-batches", "4"],
+           processes=2)
+    assert len(_curve(single)) == 6
+    assert _close(_curve(multi), _curve(single)), (_curve(multi), _curve(single))
+    assert _close(_curve(multi, "val_loss"), _curve(single, "val_loss"))
