@@ -103,7 +103,8 @@ def dialogue(max_chars: int) -> list[dict]:
     return out
 
 
-def modernize(max_chars: int, min_ratio: float = 0.6) -> list[dict]:
+def modernize(max_chars: int, min_ratio: float = 0.6, to_folio: bool = False) -> list[dict]:
+    """Aligned (Folio, modern) speeches; ``to_folio``: the other way, "folio: <modern>" -> Folio text."""
     out = []
     for folio in sorted(FOLIO.glob("*.txt")):
         modern = [s for scene in modern_scenes(MODERN / folio.name) for _, s in scene]
@@ -115,7 +116,8 @@ def modernize(max_chars: int, min_ratio: float = 0.6) -> list[dict]:
                 a, b = old[block.a + i], modern[block.b + i]
                 if len(a) <= max_chars and len(b) <= max_chars and a != b \
                         and difflib.SequenceMatcher(None, ko[block.a + i], km[block.b + i]).ratio() >= min_ratio:
-                    out.append({"prompt": f"modernize: {a}\n", "completion": b, "play": folio.stem})
+                    src, tgt, verb = (b, a, "folio") if to_folio else (a, b, "modernize")
+                    out.append({"prompt": f"{verb}: {src}\n", "completion": tgt, "play": folio.stem})
     return out
 
 
@@ -155,15 +157,25 @@ def main() -> None:
     p.add_argument("--held-out", type=int, default=3, help="modernize: plays (the last in file-name order) kept for --task-out")
     p.add_argument("--max-chars", type=int, help="longest speech kept (both sides must fit the context; "
                    "default 100), or longest passage (default 220: a 256-character context holds it and its code)")
+    p.add_argument("--held-out-plays", help="modernize: the plays to hold out, comma-separated file stems "
+                   "(e.g. hamlet,lear); default: the last --held-out in file-name order")
+    p.add_argument("--to-folio", action="store_true", help="modernize: the other way, modern spelling -> the Folio's")
     p.add_argument("--vocab-from", help="a prepared data folder (char tokenizer): skip examples with other characters")
     args = p.parse_args()
     if args.kind == "passages":
         return write_passages(passages(args.max_chars or 220), args)
-    rows = (dialogue if args.kind == "dialogue" else modernize)(args.max_chars or 100)
+    rows = dialogue(args.max_chars or 100) if args.kind == "dialogue" else modernize(args.max_chars or 100,
+                                                                                     to_folio=args.to_folio)
     if args.vocab_from:
         chars = set(json.loads((Path(args.vocab_from) / "tokenizer.json").read_text(encoding="utf-8"))["chars"])
         rows = [r for r in rows if set(json.dumps(r, ensure_ascii=False)) <= chars | set('{}[]":,\\')]
-    held = sorted({r["play"] for r in rows})[-args.held_out:] if args.task_out else []
+    plays = sorted({r["play"] for r in rows})
+    held = plays[-args.held_out:] if args.task_out else []
+    if args.task_out and args.held_out_plays:
+        held = args.held_out_plays.split(",")
+        unknown = [h for h in held if h not in plays]
+        if unknown:
+            p.error(f"--held-out-plays: no aligned speeches for {', '.join(unknown)}; choose among {', '.join(plays)}")
     train = [r for r in rows if r["play"] not in held]
     write_jsonl(args.out, [{k: v for k, v in r.items() if k != "play"} for r in train])
     print(f"{len(train)} examples -> {args.out}")
@@ -173,7 +185,7 @@ def main() -> None:
         if args.kind == "modernize":  # the bar a model must clear: the Folio text returned unchanged
             from arlm.eval.tasks import score
 
-            copies = [r["prompt"].removeprefix("modernize: ").rstrip("\n") for r in task]
+            copies = [r["prompt"].split(": ", 1)[1].rstrip("\n") for r in task]
             refs = [r["completion"] for r in task]
             print(f"copy baseline: BLEU {score('bleu', copies, refs)['bleu']:.2f}, chrF {score('chrf', copies, refs)['chrf']:.2f}")
         print(f"{len(task)} held-out examples ({', '.join(held)}) -> {args.task_out}")

@@ -219,7 +219,11 @@ def test_beams_times_length_over_the_memory_limit_are_refused_before_decoding(fo
     d, _ = folders["marian"]
     word_tokenizer(tf, 99, pad=98, eos=0).save_pretrained(d)
     lm = arlm.load(d)
-    monkeypatch.setattr(arlm.runtime, "available_memory", lambda device=None: 2_000_000)
+    from arlm.generate.beam import beam_bytes
+
+    room = beam_bytes(lm.model, 16, 1 + 12, 2) // 2  # half what 16 beams over 2 sources need
+    assert beam_bytes(lm.model, 2, 1 + 4, 1) < 0.5 * room
+    monkeypatch.setattr(arlm.runtime, "available_memory", lambda device=None: room)
     with pytest.raises(UserError, match=r"beam search with num_beams=16 over 2 prompt\(s\) needs about .* lower num_beams"):
         lm.generate(["the cat sat", "a dog"], num_beams=16, max_new_tokens=12)
     assert isinstance(lm.generate("the cat sat", num_beams=2, max_new_tokens=4), str)  # a small search still fits
