@@ -327,20 +327,24 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return torch.ops.arlm.attend(q, k, v, mask)
 
 
+_CAPABILITY = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ... (read once)
+
+
 def wide_vectors() -> bool:
     """Whether this CPU has AVX-512 (PyTorch's own detection). The training kernels' register tiles hold
     16-float vectors, one AVX-512 register each; with AVX2's 16 registers of 8 floats they spill, and
     PyTorch's kernels are faster (measured on a 2-core AMD EPYC with AVX2, float32, forward + backward:
     causal attention at (16, 4, 256, 32) 230 vs 33 ms, at (12, 4, 64, 32) 16 vs 4 ms; the tanh GELU over
     (16, 256, 512) 22 vs 15 ms), where with AVX-512 they were 1.0-1.3x faster (bench/kernels.py)."""
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return _CAPABILITY.startswith("AVX512")
 
 
 def _training_kernels_here() -> bool:
     """The training kernels run on CPUs with AVX-512 (:func:`wide_vectors`), outside torch.compile
     (inductor fuses PyTorch's operators into its own loops) and ONNX tracing (which records PyTorch's),
     once the library is built (on first use)."""
-    return (wide_vectors() and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+    # (the tracing checks first: Dynamo compiles this function away and cannot trace the CPU query)
+    return (not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and wide_vectors()
             and (_loaded or library()))
 
 
