@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -38,7 +39,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip
             group = parser.add_argument_group(f"{f.name} options ([{f.name}] table in a TOML config)")
             add_config_args(group, GPTConfig if f.name == "model" else tp, prefix=f"{prefix}{f.name}.")
             continue
-        default = (defaults or {}).get(f.name, getattr(instance if hasattr(instance, f.name) else owner(f.name)(), f.name))
+        default = (defaults or {}).get(f.name, getattr(instance if hasattr(instance, f.name)
+                                                       else _model_defaults()[owner(f.name)], f.name))
         help_text = f.metadata.get("help", "")
         if default not in ("", None, []) and not isinstance(default, bool):
             help_text += f" (default: {default})"
@@ -61,15 +63,22 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip
         parser.add_argument(flag_name(f.name), **kw)
 
 
+@functools.cache
+def _model_defaults() -> dict[type, Any]:
+    """One default instance of each model config (the parser asks for their defaults field by field)."""
+    return {c: c() for c in MODEL_CONFIGS.values()}
+
+
 def owner(name: str):
     """The first model config (GPT, LSTM, encoder-decoder) with field ``name``."""
-    return next(c for c in MODEL_CONFIGS.values() if name in {f.name for f in dataclasses.fields(c)})
+    return next(c for c, d in _model_defaults().items() if hasattr(d, name))
 
 
 def other_defaults(name: str, default: Any) -> str:
     """Where another model type defaults field ``name`` differently: " (seq2seq: relative)"."""
-    others = [f"{t}: {getattr(c(), name)}" for t, c in MODEL_CONFIGS.items()
-              if name != "type" and hasattr(c(), name) and getattr(c(), name) != default and owner(name) is not c]
+    first = owner(name)
+    others = [f"{d.type}: {getattr(d, name)}" for c, d in _model_defaults().items()
+              if name != "type" and c is not first and hasattr(d, name) and getattr(d, name) != default]
     return f" ({'; '.join(others)})" if others else ""
 
 

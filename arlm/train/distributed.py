@@ -125,16 +125,17 @@ def mean(value: torch.Tensor, ctx: Context) -> torch.Tensor:
     return value / ctx.world_size
 
 
-def share_of_all(count: int, device: torch.device) -> float:
+def share_of_all(count: int, device: torch.device) -> torch.Tensor | float:
     """``count`` / (the sum of every process's count) x the number of processes: what this process's
     mean loss is weighted by so that DDP's average of the processes' gradients is the mean over every
     target of the step (processes whose batches hold different numbers of targets: padded pairs, masked
-    prompts). 1 when not distributed or nothing is counted anywhere."""
+    prompts). 1 when not distributed or nothing is counted anywhere. A tensor under DDP, left on the
+    device: the step does not wait for the all-reduce to read it back."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return 1.0
     t = torch.tensor([float(count)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return count * dist.get_world_size() / t.item() if t.item() > 0 else 1.0
+    return torch.where(t > 0, count * dist.get_world_size() / t.clamp(min=1.0), 1.0)[0]
 
 
 def any_true(flag: bool, ctx: Context, device: torch.device) -> bool:
