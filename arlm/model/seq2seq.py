@@ -401,7 +401,11 @@ class EncoderDecoder(nn.Module):
         if self.config.scale_decoder_output:
             x = x * self.config.n_embd ** -0.5
         logits = self.lm_head(x)
-        return logits + self.final_logits_bias if self.config.logits_bias else logits
+        if not self.config.logits_bias:
+            return logits
+        # In place when nothing is recorded for backward: at beam search's many rows over a 58k-word
+        # vocabulary a second logits tensor costs as much as the add.
+        return logits.add_(self.final_logits_bias) if not torch.is_grad_enabled() else logits + self.final_logits_bias
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: Seq2SeqCache | None = None,
                 input_pos: torch.Tensor | None = None, kv_len: int | None = None, last_only: bool = False,

@@ -402,7 +402,7 @@ def test_gpt_step_agrees_with_and_without_the_kernels(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("rows", [9, 13, 32])
-@pytest.mark.parametrize("N, K", [(70, 100), (35, 36), (48, 768), (3, 9)])
+@pytest.mark.parametrize("N, K", [(70, 100), (35, 36), (48, 768), (20, 600), (3, 9)])
 def test_many_row_kernels_match_float64_reference(rows, N, K):
     """Beam search's GEMM kernels, at sizes that are not multiples of their tiles (6 x 16, 4 x 3) or of 8."""
     g = torch.Generator().manual_seed(rows * 100 + N)

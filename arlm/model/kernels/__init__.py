@@ -57,9 +57,9 @@ FORMATS = (torch.float32, torch.bfloat16, torch.int8)
 # across batches and runs many rows (prompts x beams): there, past MAX_ROWS, each weight shape takes
 # the fastest of two GEMM kernels of linear.cpp (a packed-panel micro-kernel, and a register tile on
 # the weight as it is) and PyTorch's matmul, measured once per shape and row count. On the 2-core
-# EPYC at 32 rows the packed kernel wins on a 58k-word output layer (23 ms against MKL's 42: MKL's
-# tall-skinny product is slow on this CPU) and the three are close on the blocks' matrices; numbers
-# differ between CPUs, so they are measured, not assumed.
+# EPYC (Zen 3, AVX2) at 32 rows the packed kernel wins on a 58k-word output layer (13-19 ms against
+# MKL's 34-39: MKL's tall-skinny product is slow on this CPU) and on the blocks' matrices by 1.3-1.6x;
+# numbers differ between CPUs, so they are measured, not assumed.
 
 _throughput = threading.local()
 _choice: dict[tuple, object] = {}
@@ -91,8 +91,13 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor:
         return cache[key]
     N, K = weight.shape
     blocks = (N + PACK_N - 1) // PACK_N
-    w = torch.nn.functional.pad(weight.detach(), (0, 0, 0, blocks * PACK_N - N))
-    packed = w.view(blocks, PACK_N, K).transpose(1, 2).contiguous()
+    # One pass over the weight (no padded copy first): whole blocks, then the zero-filled last one.
+    w, full = weight.detach(), N // PACK_N
+    packed = w.new_empty(blocks, K, PACK_N)
+    packed[:full].copy_(w[:full * PACK_N].view(full, PACK_N, K).transpose(1, 2))
+    if full < blocks:
+        packed[full].zero_()
+        packed[full, :, :N - full * PACK_N].copy_(w[full * PACK_N:].t())
     if cache is not None:
         cache[key] = packed
     return packed
