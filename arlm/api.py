@@ -21,6 +21,8 @@ import torch
 from arlm.config import CHAT_DEFAULTS, EngineConfig, GenerateConfig, LoadConfig, from_dict, validated
 from arlm.data.sft import ChatTemplate, fit_messages
 from arlm.errors import UserError
+from arlm.data.tasks import labels_of, read_example
+from arlm.eval.heads import evaluate_head
 from arlm.eval.perplexity import evaluate_text
 from arlm.eval.tasks import check_examples, check_metric, score
 from arlm.generate.beam import beam_bytes, beam_search_batch
@@ -35,6 +37,7 @@ from arlm.io.atomic import atomic_write_text
 from arlm.io.outputs import JSONL, Output, claim_file
 from arlm.io.schema import CheckpointInfo, check_generation_defaults
 from arlm.io.text import check_text
+from arlm.model.heads import TASK_NAMES
 from arlm.runtime import check_memory, resolve_device
 from arlm.tokenizers.base import require_text, same_vocabulary, token_texts
 
@@ -490,8 +493,30 @@ class LanguageModel:
             predictions += texts
         return score(metric, predictions, [ex["reference"] for ex in examples]), predictions
 
+    def evaluate_head(self, examples: list[dict[str, Any]], batch_size: int = 16) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Scores of this model's task head on labelled ``examples`` (the JSONL records of its task, as
+        fine-tuning reads them; arlm/data/tasks.py) and one prediction record per example."""
+        head = self.info.head
+        if head is None:
+            raise UserError(f"{self.info.path or 'this model'} has no task head: score generated text with evaluate_task")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(examples, (list, tuple)) or not examples:
+            raise UserError("examples must be a non-empty list")
+        parsed = [read_example(head.task, ex, f"example {i + 1}") for i, ex in enumerate(examples)]
+        labels_of(head.task, parsed, head.labels, "examples")  # every label one the head knows
+        return evaluate_head(self.model, self.tokenizer, parsed, batch_size)
+
+    def require_language_model(self) -> None:
+        """Refuse, by name, a model whose output layer is a task head (arlm/model/heads.py)."""
+        if self.info.head is not None:
+            raise UserError(f"{self.info.path or 'this model'} has a {TASK_NAMES[self.info.head.task]} head in place of its "
+                            f"output layer: it labels text instead of writing it; score it with `arlm eval --task FILE`")
+
     def _need_tokenizer(self) -> None:
-        """A text tokenizer: every text verb (generate, chat, eval, serve) needs one."""
+        """A text tokenizer and a language model's output layer: every text verb (generate, chat, eval,
+        serve) needs both."""
+        self.require_language_model()
         if self.tokenizer is None:
             raise UserError(f"{self.info.path or 'this model'} has no tokenizer files (tokenizer.json, or "
                             f"vocab.json + merges.txt): copy its base model's tokenizer files into the folder")

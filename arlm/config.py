@@ -742,6 +742,9 @@ class TrainConfig:
     replay_data: str = _f("", "continual training: a prepared data folder (e.g. the original corpus) mixed into the "
                               "batches to limit forgetting", metavar="DIR")
     replay_fraction: float = _f(0.0, "continual training: fraction of each batch's sequences drawn from --replay-data")
+    task: str = _f("", "fine-tune a task head in place of the output layer, from JSONL: classify ({text, label}), "
+                       "ner ({tokens, tags}: BIO tags per word) or qa (SQuAD's {context, question, answers}); "
+                       "empty: language modelling (docs/tasks.md)", choices=("", "classify", "ner", "qa"))
     model: GPTConfig | LSTMConfig | Seq2SeqConfig = field(default_factory=GPTConfig)
 
     def validate(self) -> None:
@@ -754,6 +757,18 @@ class TrainConfig:
                                            (self.compile, "--compile")) if on]
             if given:
                 raise UserError(f"{given[0]} does not apply to an encoder-decoder's source/target pairs; drop it")
+        if self.task:
+            if self.model.type != "gpt":
+                raise UserError(f"task heads go on a decoder-only Transformer (gpt), not {self.model.type}")
+            if not self.init_from and not self.tokenizer and not self.resume:
+                raise UserError(f"--task {self.task} trains a head on labelled JSONL encoded by a tokenizer: fine-tune a "
+                                f"model (--init-from DIR / `arlm finetune --model DIR`), or give --tokenizer DIR")
+            given = [flag for on, flag in ((self.packing, "--packing"), (self.replay_data, "--replay-data"),
+                                           (self.teacher, "--teacher"), (self.chat_template, "--chat-template"),
+                                           (self.keep_zeros, "--keep-zeros"), (self.compile, "--compile"),
+                                           (self.fsdp, "--fsdp")) if on]
+            if given:
+                raise UserError(f"{given[0]} does not apply to --task {self.task}; drop it")
         if not self.resume:
             if not self.data:
                 raise UserError("no data given: add --data DIR (a folder made by `arlm prepare`)")
@@ -1080,8 +1095,9 @@ class EvalConfig:
     in ``EVAL_TASK_OPTIONS`` with the defaults of ``EVAL_TASK_DEFAULTS``)."""
 
     data: str = _f("", "UTF-8 text file to score (loss, perplexity, bits per character)", metavar="FILE")
-    task: str = _f("", "instead of --data: a JSONL file of {prompt, reference}; generate for each prompt (greedy) "
-                       "and score the outputs with --metric", metavar="FILE.jsonl")
+    task: str = _f("", "instead of --data: a JSONL file of {prompt, reference}; generate for each prompt (greedy, or "
+                       "beam search with --num-beams or where the model's generation defaults ask for it) and score "
+                       "the outputs with --metric", metavar="FILE.jsonl")
     metric: str = _f("bleu", "task metric: corpus BLEU or chrF (sacrebleu), ROUGE-1/2/L F1 (rouge-score), exact match",
                      choices=("bleu", "chrf", "rouge", "exact"))
     predictions_out: str = _f("", "task: write one JSON line per example with prompt, prediction and reference", metavar="FILE")
@@ -1108,7 +1124,8 @@ class EvalConfig:
 
 # `arlm eval --task`: the decoding options it takes, and their defaults there (greedy, shorter answers).
 EVAL_TASK_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                     "no_repeat_ngram_size", "stop", "seed", "token_healing")
+                     "no_repeat_ngram_size", "stop", "seed", "token_healing", "num_beams", "length_penalty",
+                     "early_stopping", "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id")
 EVAL_TASK_DEFAULTS: dict[str, Any] = dict(temperature=0.0, max_new_tokens=128)
 
 

@@ -290,8 +290,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
     from arlm.eval.tasks import read_task
+    from arlm.interop.load import model_head
     from arlm.io.outputs import JSONL, Output, claim_file
 
+    head = model_head(load_options(args).model)
+    if head is not None:
+        return _eval_head(args, cfg, head)
     examples = read_task(cfg.task, cfg.errors)
     if cfg.predictions_out:  # checked before anything is generated; an earlier predictions file may be replaced
         ours = Output(JSONL, "eval", keys=frozenset({"prompt", "prediction", "reference"}))
@@ -316,6 +320,36 @@ def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
     else:
         figure = f"{cfg.metric.upper() if cfg.metric == 'bleu' else 'chrF'} {scores[cfg.metric]:.2f} ({scores['signature']})"
     print(f"{cfg.task}: {len(examples)} examples | {figure}")
+    if cfg.predictions_out:
+        print(f"predictions: {cfg.predictions_out}")
+    return 0
+
+
+def _eval_head(args: argparse.Namespace, cfg: EvalConfig, head) -> int:
+    """eval --task for a model with a task head: its labelled JSONL scored with the task's metrics."""
+    from arlm.data.tasks import labels_of, read_task_examples
+    from arlm.io.outputs import JSONL, Output, claim_file
+    from arlm.model.heads import TASK_NAMES
+
+    given = [f"--{k.replace('_', '-')}" for k in explicit_values(args, ["metric", "chat", "stride", *EVAL_TASK_OPTIONS])]
+    if given:
+        raise UserError(f"{given[0]} does not apply to a {TASK_NAMES[head.task]} head, which is scored by its task's "
+                        f"metrics; drop it")
+    examples = read_task_examples(cfg.task, head.task)
+    labels_of(head.task, examples, head.labels, cfg.task)
+    if cfg.predictions_out:
+        ours = Output(JSONL, "eval", keys=frozenset({"prediction", "reference"}))
+        claim_file(cfg.predictions_out, "--predictions-out", ours, inputs=[("task file", cfg.task)],
+                   input_folders=[("model folder", load_options(args).model)], overwrite=cfg.overwrite)
+    m = load_model(args)
+    scores, records = m.evaluate_head(examples, cfg.batch_size)
+    if cfg.predictions_out:
+        atomic_write_text(cfg.predictions_out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    result = {"model": m.info.path, "task": cfg.task, "head": head.task, "examples": len(examples), **scores}
+    if args.json:
+        emit_json(result)
+        return 0
+    print(f"{cfg.task}: {len(examples)} examples | " + " | ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in scores.items()))
     if cfg.predictions_out:
         print(f"predictions: {cfg.predictions_out}")
     return 0
@@ -385,11 +419,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cfg.format == "hf":
         return cmd_convert(argparse.Namespace(**{**vars(args), "to_hf": cfg.model, "from_hf": ""}))
     from arlm.interop.gguf import export_gguf, gguf_layout
-    from arlm.interop.load import model_config
+    from arlm.interop.load import model_config, model_head
     from arlm.interop.onnx import export_onnx
 
     kind = GGUF if cfg.format == "gguf" else ONNX
     shape = model_config(cfg.model)
+    head = model_head(cfg.model)
+    if head is not None:
+        raise UserError(f"{cfg.model} has a {head.task} head: it exports as a Hugging Face folder (--format hf), "
+                        f"not {cfg.format.upper()}")
     encoder = None  # an encoder-decoder's ONNX encoder, written beside --out
     if cfg.format == "onnx" and shape.type == "seq2seq":
         encoder = encoder_path(cfg.out)

@@ -35,6 +35,7 @@ def _text_model(args: argparse.Namespace):
     from arlm.tokenizers.base import require_text
 
     lm = load_model(args)
+    lm.require_language_model()
     require_text(lm.tokenizer)
     return lm
 

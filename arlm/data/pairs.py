@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from arlm.data.sft import read_jsonl
+from arlm.data.sft import ExampleData, read_jsonl
 from arlm.errors import UserError
 from arlm.io.text import check_text
 from arlm.tokenizers.base import Tokenizer
@@ -61,7 +61,7 @@ def check_pair(rec: Any, where: str) -> tuple[str, str]:
                     f"got {str(rec)[:120]}")
 
 
-class PairData:
+class PairData(ExampleData):
     """Pairs split into train/val (the last ``val_fraction`` of the file is held out), for the training
     loop: :meth:`rows` for the sampler's picks, :meth:`collate` into a batch, :meth:`val_batches`."""
 
@@ -93,27 +93,6 @@ class PairData:
                      "vocab_size": tokenizer.vocab_size,
                      "train_tokens": int(sum(len(s) + len(t) for s, t in self.train))}
 
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def record(self) -> dict:
-        return self.meta
-
-    def check_block_size(self, block_size: int) -> None:
-        """Nothing to check: pairs were cut to the model's lengths when read."""
-
-    def check_ids(self, vocab_size: int) -> None:
-        """Nothing to check: the ids come from the model's own tokenizer."""
-
-    def sampling(self, block_size: int) -> tuple[int, int, int]:
-        """(size, window, stride) for the training sampler: one pair per row."""
-        return len(self.train) + 1, 1, 1
-
-    def rows(self, picks: list[int], block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [self.train[i] for i in picks]
-
     def collate(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Seq2SeqBatch, torch.Tensor]:
         """Right-padded sources with their mask, decoder inputs ([start] + target[:-1]) and labels
         (the target; -1 on padding, which the loss ignores)."""
@@ -127,7 +106,3 @@ class PairData:
             tgt[r, 1:len(t)] = t[:-1]
             y[r, :len(t)] = t
         return Seq2SeqBatch(torch.from_numpy(src), torch.from_numpy(mask), torch.from_numpy(tgt)), torch.from_numpy(y)
-
-    def val_batches(self, batch_size: int, limit: int | None = None) -> list[tuple[Seq2SeqBatch, torch.Tensor]]:
-        rows = self.val[:limit]
-        return [self.collate(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]

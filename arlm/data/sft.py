@@ -257,7 +257,47 @@ def read_jsonl(path: str | Path, errors: str = "strict", hint: str = "") -> list
     return records
 
 
-class SFTData:
+class ExampleData:
+    """What the training loop asks of JSONL examples held in memory (``train`` and ``val`` lists of rows
+    already cut to the model's lengths, ``meta``, ``tokenizer``, and a ``collate``): one example per row."""
+
+    tokenizer: Any
+    meta: dict
+    train: list
+    val: list
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def record(self) -> dict:
+        """What a checkpoint records about its training data."""
+        return self.meta
+
+    def check_block_size(self, block_size: int) -> None:
+        """Nothing to check: examples were cut to the model's lengths when read."""
+
+    def check_ids(self, vocab_size: int) -> None:
+        """Nothing to check: the ids come from the model's own tokenizer."""
+
+    def sampling(self, block_size: int) -> tuple[int, int, int]:
+        """(size, window, stride) for the training sampler: one example per row."""
+        return len(self.train) + 1, 1, 1
+
+    def rows(self, picks: list[int], block_size: int) -> list:
+        return [self.train[i] for i in picks]
+
+    def collate(self, rows: list):
+        raise NotImplementedError
+
+    def val_batches(self, batch_size: int, limit: int | None = None) -> list:
+        """The held-out examples (the first ``limit`` of them, or all) as batches."""
+        rows = self.val[:limit]
+        return [self.collate(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+class SFTData(ExampleData):
     """Fine-tuning examples split into train/val (the last ``val_fraction`` of the file is held out).
 
     Rows for the training loop come from :meth:`rows` (padding: one example per row) or, with
@@ -313,21 +353,6 @@ class SFTData:
             "train_tokens": int(sum(len(ex.ids) for ex in self.train)),
             "trained_tokens": int(sum(int(ex.trained.sum()) for ex in self.train)),
         }
-
-    def check_block_size(self, block_size: int) -> None:
-        """Nothing to check: examples were cut to the context window when read."""
-
-    def check_ids(self, vocab_size: int) -> None:
-        """Nothing to check: the ids come from the model's own tokenizer."""
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def record(self) -> dict:
-        """What a checkpoint records about its training data."""
-        return self.meta
 
     def sampling(self, block_size: int) -> tuple[int, int, int]:
         """(size, window, stride) for the training sampler: example indices (one example per row), or

@@ -34,12 +34,13 @@ from tokenizers import decoders, models
 
 from arlm.config import GPTConfig, ModelConfig, validated
 from arlm.errors import UserError
-from arlm.interop import hf_seq2seq
+from arlm.interop import hf_heads, hf_seq2seq
 from arlm.io.atomic import atomic_dir
 from arlm.io.checkpoint import read_pickle, read_safetensors
 from arlm.io.files import read_json
-from arlm.io.schema import CheckpointInfo, HFConfig, HFGenerationConfig, ShardIndex, token_ids
+from arlm.io.schema import CheckpointInfo, HeadInfo, HFConfig, HFGenerationConfig, ShardIndex, token_ids
 from arlm.model.gpt import GPT
+from arlm.model.heads import TaskModel
 from arlm.model.registry import empty_model
 from arlm.model.weights import assign_weights, check_size
 from arlm.tokenizers import EOT, Tokenizer
@@ -301,7 +302,7 @@ def hf_state_from_arlm(model: GPT, layout: str) -> dict[str, torch.Tensor]:
                 if f"{src}mlp.c_proj.{suffix}" in sd:
                     out[f"{dst}mlp.down_proj.{suffix}"] = sd[f"{src}mlp.c_proj.{suffix}"]
         out["model.norm.weight"] = sd["transformer.ln_f.weight"]
-    if not cfg.tie_embeddings:
+    if not cfg.tie_embeddings and "lm_head.weight" in sd:  # (a task head's body has no output layer)
         out["lm_head.weight"] = sd["lm_head.weight"]
     return {k: v.contiguous() for k, v in out.items()}
 
@@ -351,15 +352,29 @@ def load_hf(path: str | Path) -> tuple[torch.nn.Module, Tokenizer | None, Checkp
     else:  # weights only: usable on token ids; text needs the tokenizer files
         log.debug("%s has no tokenizer files: the model works on token ids only", d)
         tokenizer = None
-    raw = read_hf_weights(d)
     seq2seq = data["model_type"] in hf_seq2seq.SEQ2SEQ_TYPES
+    spec = None if seq2seq else hf_heads.head_spec(data, str(d / CONFIG))
+    head = None
+    if spec is not None:  # a task head in place of the output layer: the body has none to read
+        head = HeadInfo(spec.task, hf_heads.labels_from_hf(data, spec, str(d / CONFIG)))
+        cfg.tie_embeddings = True
+        try:
+            head.validate()
+        except UserError as e:
+            raise UserError(f"{d / CONFIG}: {e}") from None
+    raw = read_hf_weights(d)
+    if spec is not None:
+        raw, head_sd = hf_heads.split_state(raw, spec, data["model_type"], str(d))
     if seq2seq:
         cfg.tie_embeddings = hf_seq2seq.ties_output(raw, data["model_type"])
     check_size(cfg, raw, str(d / CONFIG))
     model = empty_model(cfg)
     sd = (hf_seq2seq.arlm_state_from_hf if seq2seq else arlm_state_from_hf)(raw, cfg, data["model_type"], str(d))
+    if head is not None:
+        model = TaskModel(model, head.task, head.labels)
+        sd = {**{f"body.{k}": v for k, v in sd.items() if not k.startswith("lm_head.")}, **head_sd}
     assign_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, str(d))
-    info = CheckpointInfo(model=cfg, model_type=cfg.type, generation=decoding,
+    info = CheckpointInfo(model=cfg, model_type=cfg.type, generation=decoding, head=head,
                           eos_token_ids=eos or ([tokenizer.eot_id] if tokenizer and tokenizer.eot_id is not None else []),
                           source={"format": "huggingface", "model_type": data["model_type"], "path": str(d.resolve())})
     info.path = str(d)
@@ -489,6 +504,13 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path, info: Checkpoin
         family = "t5" if layout == "T5" else layout
         weights = hf_seq2seq.hf_state_from_arlm(model, family)
         config = hf_seq2seq.hf_seq2seq_config(cfg, layout, pad, None if bos == eos else bos, eos)
+    elif isinstance(model, TaskModel):  # GPT2ForSequenceClassification, LlamaForTokenClassification, ...
+        head = {f"score.{k}": v.detach().cpu() for k, v in model.score.state_dict().items()}
+        weights = hf_heads.hf_head_state(hf_state_from_arlm(model.body, layout), head, model.task, layout)
+        # transformers finds a text's last token as the last one that is not padding: padding is end-of-text,
+        # as its GPT-2 examples set it
+        config = {**hf_config(cfg, layout, bos, eos), **hf_heads.hf_head_config(model.task, model.labels, layout),
+                  "pad_token_id": eos_ids[0] if eos_ids else None}
     else:
         weights, config = hf_state_from_arlm(model, layout), hf_config(cfg, layout, bos, eos)
     with atomic_dir(out) as tmp:

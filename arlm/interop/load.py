@@ -21,9 +21,12 @@ from torch import nn
 from arlm.compress.quantize import prepare_quantized
 from arlm.config import ModelConfig
 from arlm.errors import UserError
+from arlm.interop import hf_heads
 from arlm.interop.hf import hf_model_config, is_hf_dir, load_hf
 from arlm.io.checkpoint import CONFIG, WEIGHTS, Checkpoint, open_checkpoint, save_checkpoint
-from arlm.io.schema import CheckpointInfo
+from arlm.io.files import read_json
+from arlm.io.schema import CheckpointInfo, HeadInfo
+from arlm.model.heads import TaskModel
 from arlm.model.lora import apply_lora, merge_lora
 from arlm.model.registry import empty_model
 from arlm.model.weights import assign_weights, check_size, check_state, state_to_save
@@ -36,6 +39,16 @@ def model_config(path: str | Path) -> ModelConfig:
     if is_hf_dir(path):
         return hf_model_config(path)
     return open_checkpoint(path).info.model
+
+
+def model_head(path: str | Path) -> HeadInfo | None:
+    """The task head of a model folder (arlm/model/heads.py), from its config alone; None for a language model."""
+    if is_hf_dir(path):
+        d = Path(path)
+        data = read_json(d / CONFIG, "is this a Hugging Face model folder?")
+        spec = hf_heads.head_spec(data, str(d / CONFIG)) if isinstance(data, dict) else None
+        return None if spec is None else HeadInfo(spec.task, hf_heads.labels_from_hf(data, spec, str(d / CONFIG)))
+    return open_checkpoint(path).info.head
 
 
 def check_vocabulary(tokenizer: Tokenizer | None, model: nn.Module, where: str) -> None:
@@ -64,6 +77,7 @@ def _with_adapters(ckpt: Checkpoint) -> nn.Module:
     if not lora.adapter_only:
         check_size(ckpt.info.model, sd, str(ckpt.config_file))
         model = empty_model(ckpt.info.model)
+    model = with_head(model, ckpt)
     apply_lora(model, lora.rank, lora.alpha, 0.0, lora.targets)
     if lora.adapter_only:
         check_state(model, sd, str(ckpt.path / "model.safetensors"), partial=True)
@@ -71,6 +85,14 @@ def _with_adapters(ckpt: Checkpoint) -> nn.Module:
     else:
         assign_weights(model, sd, str(ckpt.path / "model.safetensors"))
     return merge_lora(model)
+
+
+def with_head(model: nn.Module, ckpt: Checkpoint) -> nn.Module:
+    """``model`` with the task head the checkpoint records (arlm/model/heads.py), if any and not there yet."""
+    head = ckpt.info.head
+    if head is None or isinstance(model, TaskModel):
+        return model
+    return TaskModel(model, head.task, head.labels, head.dropout)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Tokenizer | None, CheckpointInfo]:
@@ -88,7 +110,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
         else:
             sd = ckpt.weights()  # the file's own damage first, then whether it fits the config
             check_size(ckpt.info.model, sd, str(ckpt.config_file))
-            model = empty_model(ckpt.info.model)
+            model = with_head(empty_model(ckpt.info.model), ckpt)
             if ckpt.info.quantization is not None:
                 prepare_quantized(model, ckpt.info.quantization)  # the stored layers, empty: never re-quantized
             assign_weights(model, sd, str(ckpt.path / WEIGHTS))

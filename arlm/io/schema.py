@@ -113,6 +113,25 @@ class LoraInfo:
 
 
 @dataclass
+class HeadInfo:
+    """The task head a checkpoint carries in place of its output layer (arlm/model/heads.py)."""
+
+    task: str = _choice("classify", "classify", "ner", "qa")
+    labels: list[str] = _list()  # the head's outputs, in order (qa: none)
+    dropout: float = 0.1  # before a token classifier (transformers' classifier_dropout)
+
+    def validate(self) -> None:
+        if self.task == "qa" and self.labels:
+            raise UserError("a question-answering head has no labels (its outputs are start and end)")
+        if self.task != "qa" and len(self.labels) < 2:
+            raise UserError(f"a {self.task} head needs at least 2 labels, got {len(self.labels)}")
+        if len(set(self.labels)) != len(self.labels) or not all(isinstance(x, str) and x for x in self.labels):
+            raise UserError("labels must be distinct, non-empty names")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
 class QuantInfo:
     """How a compressed checkpoint's weights are stored (arlm/compress/quantize.py): the method of every
     linear layer and of the token embedding, its group size and whether offsets are stored."""
@@ -142,6 +161,7 @@ class CheckpointInfo:
     val_loss: float | None = None
     data: dict[str, Any] = field(default_factory=dict)
     lora: LoraInfo | None = None
+    head: HeadInfo | None = None
     quantization: QuantInfo | None = None
     generation: dict[str, Any] = field(default_factory=dict)
     eos_token_ids: list[int] = _list()
@@ -170,7 +190,7 @@ def checkpoint_info(data: Any, source: str) -> CheckpointInfo:
     if data.get("model_type", model.type) != model.type:
         raise UserError(f"config key 'model_type' in {source} must be one of {model.type!r} (the model table's type), "
                         f"got {data.get('model_type')!r}")
-    plain = {k: v for k, v in data.items() if k not in ("model", "train", "lora", "quantization", "generation")}
+    plain = {k: v for k, v in data.items() if k not in ("model", "train", "lora", "head", "quantization", "generation")}
     info = from_dict(CheckpointInfo, {**plain, "model": {}}, source)  # the other keys' types (model: placeholder)
     info.model = model
     if data.get("train") is not None:
@@ -179,8 +199,14 @@ def checkpoint_info(data: Any, source: str) -> CheckpointInfo:
         info.train = validated(TrainConfig, {**data["train"], "model": data["model"]}, f"{source} [train]")
     if data.get("lora") is not None:
         info.lora = validated(LoraInfo, data["lora"], f"{source} [lora]")
+    if data.get("head") is not None:
+        info.head = validated(HeadInfo, data["head"], f"{source} [head]")
+        if model.type != "gpt":
+            raise UserError(f"{source}: a task head goes on a gpt model, not {model.type}")
     if data.get("quantization") is not None:
         info.quantization = validated(QuantInfo, data["quantization"], f"{source} [quantization]")
+        if info.head is not None:
+            raise UserError(f"{source}: a checkpoint with a task head is not quantized")
         if info.lora is not None:
             raise UserError(f"{source}: a checkpoint is either quantized or LoRA adapters, not both")
     info.generation = generation_defaults(data.get("generation") or {}, f"'generation' in {source}")

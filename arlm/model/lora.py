@@ -91,8 +91,9 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Only the adapters' tensors of a state dict (what an adapter-only checkpoint holds)."""
-    return {k: v for k, v in state.items() if k.endswith((".lora_A", ".lora_B"))}
+    """Only the adapters' tensors of a state dict (what an adapter-only checkpoint holds), and a task
+    head's (arlm/model/heads.py), which trains in full beside them."""
+    return {k: v for k, v in state.items() if k.endswith((".lora_A", ".lora_B")) or k.startswith("score.")}
 
 
 def lora_info(rank: int, alpha: float, dropout: float, targets: list[str], base: str | None,

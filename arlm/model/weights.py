@@ -35,6 +35,8 @@ def embedding_name(model: nn.Module) -> str:
 def ties_embedding(model: nn.Module) -> bool:
     """Whether the output layer's weight is the token embedding's tensor (saved once, as the embedding).
     A quantized model's embedding reads the output layer's quantized matrix instead (arlm/compress)."""
+    if not isinstance(getattr(model, "lm_head", None), nn.Module):  # a task head in its place (arlm/model/heads.py)
+        return False
     return getattr(model.config, "tie_embeddings", False) and isinstance(model.get_submodule(embedding_name(model)),
                                                                         nn.Embedding)
 

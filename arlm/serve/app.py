@@ -64,6 +64,7 @@ class Server:
             if self.lm is None:
                 self.lm = load(self.model_path, **self.load_options)
             lm = self.lm
+            lm.require_language_model()
             engine_cfg = EngineConfig(**{f: getattr(self.cfg, f) for f in EngineConfig.__dataclass_fields__})
             from arlm.generate.engine import Engine
 

@@ -81,3 +81,18 @@ def token_texts(tok: Tokenizer) -> list[str | None]:
         text = text[len(base):] if text.startswith(base) else ""
         out.append(text if text and "\ufffd" not in text else None)
     return out
+
+
+def encode_with_offsets(tok: Tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids of ``text`` and each token's character span (start, end) in it: the tokenizers library's
+    offsets for BPE and Hugging Face tokenizers, one character per token for a character vocabulary.
+    Task heads label tokens by the words and answers these spans overlap (arlm/data/tasks.py)."""
+    inner = getattr(tok, "tok", None)
+    if inner is not None and hasattr(inner, "encode"):
+        enc = inner.encode(text, add_special_tokens=False)
+        return list(enc.ids), [tuple(o) for o in enc.offsets]
+    if getattr(tok, "kind", "") == "char":
+        ids = tok.encode(text)
+        return ids, [(i, i + 1) for i in range(len(text))]
+    raise UserError(f"a {getattr(tok, 'kind', 'unknown')} tokenizer cannot say which characters each token covers; "
+                    f"task heads need a text tokenizer (char, bpe or a Hugging Face one)")

@@ -59,6 +59,9 @@ def float_model(path: str) -> tuple[nn.Module, object, CheckpointInfo]:
         raise UserError(f"{path} has no tokenizer files; a compressed checkpoint needs one")
     if quantization_of(model) is not None:
         raise UserError(f"{path} is already quantized ({describe(quantization_of(model))}); compress its float model")
+    if info.head is not None:
+        raise UserError(f"{path} has a {info.head.task} head in place of its output layer; compression works on "
+                        f"language models (compress the model before fine-tuning the head)")
     return model, tokenizer, info
 
 

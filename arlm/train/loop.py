@@ -27,13 +27,15 @@ from arlm.config import TrainConfig, apply_preset, from_dict, to_dict
 from arlm.data.loader import TokenData, WindowSampler, collate, random_batch, sequential_batches, windows
 from arlm.data.pairs import PairData
 from arlm.data.sft import SFTData
+from arlm.data.tasks import TaskData
 from arlm.errors import UserError
 from arlm.eval.perplexity import loss_over_batches
 from arlm.interop.load import load_model, model_config
 from arlm.io.checkpoint import BEST, LATEST, checkpoint_weights, save_checkpoint, trainer_state
 from arlm.io.files import read_toml
 from arlm.io.lock import RunLock
-from arlm.io.schema import CheckpointInfo, LoraInfo
+from arlm.io.schema import CheckpointInfo, HeadInfo, LoraInfo
+from arlm.model.heads import TaskModel
 from arlm.model.lora import adapter_state, apply_lora
 from arlm.model.registry import build_model, empty_model, parameter_count
 from arlm.model.weights import assign_weights, state_to_save
@@ -276,7 +278,7 @@ class Trainer:
             self.tokenizer = load_tokenizer(cfg.tokenizer)
         if cfg.lora_rank and cfg.fsdp and self.ctx.distributed:
             raise UserError("LoRA is not supported with --fsdp; train the adapters with DDP (drop --fsdp)")
-        self.data = _open_data(cfg.data, self.tokenizer, cfg)
+        self.data = self._open_task_data() if cfg.task else _open_data(cfg.data, self.tokenizer, cfg)
         self.tokenizer = self.tokenizer or self.data.tokenizer
         self.replay = _open_data(cfg.replay_data, self.tokenizer, cfg) if cfg.replay_data else None
         self.teacher = self._open_teacher() if cfg.teacher else None
@@ -294,6 +296,17 @@ class Trainer:
                 d.check_ids(cfg.model.vocab_size)
         if self.teacher is not None:
             check_teacher(self.teacher, cfg.model, cfg.teacher)
+
+    def _open_task_data(self) -> TaskData:
+        """Labelled JSONL for a task head; a head the base model already has keeps its labels."""
+        cfg, head = self.cfg, self.base_info.head if self.base_info is not None else None
+        if head is not None and head.task != cfg.task:
+            raise UserError(f"{cfg.init_from} has a {head.task} head; fine-tune it with --task {head.task}, or start "
+                            f"from a model without a head")
+        if Path(cfg.data).is_dir():
+            raise UserError(f"--task {cfg.task} reads labelled examples from a JSONL file, not the folder {cfg.data}")
+        return TaskData(cfg.data, self.tokenizer, cfg.task, cfg.model.block_size, cfg.val_fraction,
+                        head.labels if head is not None else None)
 
     def _open_teacher(self) -> torch.nn.Module:
         """Distillation's teacher, on the training device, frozen; it must know the data's tokens."""
@@ -331,12 +344,19 @@ class Trainer:
         seed_everything(cfg.seed)  # every process builds the same initial weights (DDP also broadcasts them)
         if self.base_model is not None:  # fine-tuning: the base weights, in a model with this run's dropout
             model = empty_model(cfg.model)
+            if isinstance(self.base_model, TaskModel):  # a head fine-tuned further
+                model = TaskModel(model, self.base_model.task, self.base_model.labels)
             assign_weights(model, self.base_model.state_dict(), f"{cfg.init_from} does not match its own config")
             self.base_model = None
         else:
             model = build_model(cfg.model)
+        if cfg.task and not isinstance(model, TaskModel):  # a new head, initialised from the run's seed
+            model = TaskModel(model, cfg.task, self.data.labels)
         if cfg.lora_rank:
             trainable = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+            if isinstance(model, TaskModel):  # the new head learns in full beside the adapters
+                model.score.requires_grad_(True)
+                trainable += sum(p.numel() for p in model.score.parameters())
             log.info("LoRA rank %d on %s: %s trainable parameters (%.2f%% of the model)", cfg.lora_rank,
                      ", ".join(cfg.lora_targets), f"{trainable:,}", 100 * trainable / sum(p.numel() for p in model.parameters()))
         self.model = model.to(device)
@@ -418,6 +438,8 @@ class Trainer:
                            chat_template=base.chat_template)
         if isinstance(self.data, SFTData) and self.data.template is not None:
             carried["chat_template"] = self.data.template.source
+        if cfg.task:
+            carried["head"] = HeadInfo(cfg.task, list(self.data.labels))
         if cfg.lora_rank:
             carried["lora"] = LoraInfo(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                        targets=list(cfg.lora_targets), adapter_only=cfg.adapter_only,
@@ -471,7 +493,7 @@ class Trainer:
                 Tr = max((len(x) for x, _ in rows), default=T)
                 rows += replay.rows(torch.randint(len(replay.train) - Tr, (k,), generator=self.data_gen).tolist(), Tr)
             mine = rows[ctx.rank * B:(ctx.rank + 1) * B]
-            x, y = data.collate(mine) if isinstance(data, PairData) else collate(mine, self.tokenizer.eot_id or 0)
+            x, y = data.collate(mine) if isinstance(data, (PairData, TaskData)) else collate(mine, self.tokenizer.eot_id or 0)
             self.step_tokens += x.numel() * ctx.world_size  # (each process's rows padded alike: an estimate under DDP)
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), int((y != -1).sum())
 

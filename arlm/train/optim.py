@@ -25,6 +25,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig, skip: frozenset[int] = froz
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in skip:
             continue
+        name = name.removeprefix("body.")  # a task head's language model (arlm/model/heads.py)
         kind = "embedding" if name.startswith(("transformer.wte.", "transformer.wpe.")) else \
             "head" if name.startswith("lm_head.") else "other"
         groups.setdefault((kind, p.dim() >= 2), []).append(p)
@@ -36,7 +37,8 @@ def param_groups(model: nn.Module, cfg: TrainConfig, skip: frozenset[int] = froz
 def block_matrices(model: nn.Module) -> list[nn.Parameter]:
     """The 2-D weights inside the Transformer blocks (attention and MLP projections): what Muon trains.
     Embeddings and the output layer are not hidden matrices (Jordan et al. 2024 train them with AdamW)."""
-    return [p for name, p in model.named_parameters() if p.requires_grad and p.dim() == 2 and name.startswith("transformer.h.")]
+    return [p for name, p in model.named_parameters()
+            if p.requires_grad and p.dim() == 2 and name.removeprefix("body.").startswith("transformer.h.")]
 
 
 class Optimizers:

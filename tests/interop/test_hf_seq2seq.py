@@ -5,6 +5,7 @@ token for token (through arlm's engine and batched beam search), and what arlm r
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -135,7 +136,7 @@ def test_engine_batches_sources_of_different_lengths_as_one_by_one(folders):
     assert generate_ids(ours, srcs, sampled, eos_ids=(0,)) == [generate_ids(ours, s, sampled, eos_ids=(0,))[0] for s in srcs]
 
 
-def test_text_through_the_api_cli_and_server_matches_transformers(tmp_path, capsys):
+def test_text_through_the_api_cli_and_server_matches_transformers(tmp_path, tmp_path_factory, capsys):
     from fastapi.testclient import TestClient
 
     from arlm.config import ServeConfig
@@ -167,10 +168,25 @@ def test_text_through_the_api_cli_and_server_matches_transformers(tmp_path, caps
     assert lm.generate(texts, num_beams=1, temperature=0.0) == want_greedy
     assert main(["generate", "--model", str(tmp_path), "--prompt", texts[0]]) == 0
     assert capsys.readouterr().out == want_beam[0] + "\n"  # the output alone: not a continuation of the source
+    out = tmp_path_factory.mktemp("eval")  # outside the model folder
+    task, preds = out / "task.jsonl", out / "preds.jsonl"
+    task.write_text("".join(json.dumps({"prompt": t, "reference": r}) + "\n" for t, r in zip(texts, want_beam)))
+    assert main(["eval", "--model", str(tmp_path), "--task", str(task), "--metric", "exact", "--json",
+                 "--max-new-tokens", "9"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["exact"] == 100.0  # the file's beams
+    for flags, want in (([], want_beam), (["--num-beams", "1"], want_greedy),
+                        (["--num-beams", "3", "--length-penalty", "2.0", "--early-stopping"],
+                         tok.batch_decode(hf.generate(**enc, num_beams=3, length_penalty=2.0, early_stopping=True),
+                                          skip_special_tokens=True))):
+        assert main(["eval", "--model", str(tmp_path), "--task", str(task), "--predictions-out", str(preds),
+                     "--max-new-tokens", "9", *flags]) == 0
+        assert [json.loads(ln)["prediction"] for ln in preds.read_text().splitlines()] == want
+    capsys.readouterr()
 
     with TestClient(create_app(ServeConfig(max_batch=8), lm=lm)) as client:
-        while client.get("/health").status_code != 200:
-            pass
+        deadline = time.monotonic() + 60
+        while (health := client.get("/health")).status_code != 200:  # 503 while loading; a load error says why
+            assert time.monotonic() < deadline and "error" not in health.text, health.text
         m = client.get("/v1/models").json()["data"][0]["id"]
         r = client.post("/v1/completions", json={"model": m, "prompt": texts, "max_tokens": 9, "temperature": 0})
         assert r.status_code == 200 and [ch["text"] for ch in r.json()["choices"]] == want_greedy
