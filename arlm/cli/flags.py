@@ -235,7 +235,9 @@ def report_training(args: argparse.Namespace, summary: dict[str, Any]) -> int:
     print(f"{summary['status']}: {summary['step']} steps, {summary['tokens']:,} tokens, "
           f"{summary['train_seconds']:.1f}s, {summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.0%} of "
           f"{summary['peak_flops'] / 1e9:,.0f} GFLOP/s ({summary['device']}, {summary['dtype']})")
-    if "val_loss" in summary:
+    if "val_loss" in summary and summary.get("val_unit") == "label":  # a task head: no perplexity to speak of
+        print(f"validation (whole split, {summary['val_tokens']:,} labels): loss {fmt(summary['val_loss'])} nats/label")
+    elif "val_loss" in summary:
         print(f"validation (whole split, {summary['val_tokens']:,} tokens): loss {fmt(summary['val_loss'])} nats/token, "
               f"perplexity {fmt(summary['val_ppl'], 2)}")
     print(f"checkpoints: {summary['best']} (best), {summary['latest']} (latest)" +

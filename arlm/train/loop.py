@@ -622,6 +622,8 @@ class Trainer:
             n_val = sum(int((y != -1).sum()) for _, y in batches)
         val = loss_over_batches(best, batches, device, self.dtype)
         summary.update(val_loss=val, val_ppl=math.exp(val), val_tokens=n_val)
+        if cfg.task:  # a head's targets are labels (classes, words' tags, answer starts and ends), not next tokens
+            summary["val_unit"] = "label"
         self.record({"step": self.state.progress.step, "final_val_loss": val, "final_val_ppl": math.exp(val)})
 
     def summary(self, status: str) -> dict[str, Any]:

@@ -187,3 +187,11 @@ def test_damaged_head_in_config_json_is_named(trained_model, task_files, tmp_pat
     config.write_text(json.dumps({**data, "head": head}))
     with pytest.raises(UserError, match=message):
         load_model(tmp_path / "run" / "best")
+
+
+def test_cli_reports_the_loss_per_label(trained_model, task_files, tmp_path, capsys):
+    assert main(["finetune", "--model", str(trained_model), "--data", task_files["classify"], "--task", "classify",
+                 "--out", str(tmp_path / "o"), "--max-steps", "4", "--eval-interval", "2", "--batch-size", "4",
+                 "--no-progress", "--val-fraction", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "validation (whole split, 24 labels): loss" in out and "nats/label" in out and "perplexity" not in out
