@@ -47,7 +47,7 @@ from arlm.train import distributed
 from arlm.train.optim import lr_at, make_optimizer, plateau_update
 from arlm.train.output import METRICS, PLOT, Metrics, check_output, claim, finish_interrupted
 from arlm.train.state import TrainState, resume_config
-from arlm.train.throughput import flops_per_token, matmul_peak
+from arlm.train.throughput import flops_per_token, forget_peak, matmul_peak
 from arlm.viz.curves import plot_loss_curve
 
 log = logging.getLogger(__name__)
@@ -639,6 +639,10 @@ class Trainer:
         }
         if self.ctx.distributed:
             out.update(rank=self.ctx.rank, world_size=self.ctx.world_size)
+        if out["mfu"] > 1.0:  # faster than the machine's measured peak: that peak was timed on a busy machine
+            log.warning("MFU %.0f%% is above 100%%: the cached matmul peak (%.1f GFLOP/s) was measured while the machine "
+                        "was busy; it is measured again next run", 100 * out["mfu"], self.peak / 1e9)
+            forget_peak(self.device, self.dtype)
         return out
 
     def run(self) -> dict[str, Any]:

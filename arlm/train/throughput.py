@@ -8,7 +8,8 @@ multiply-add): 6 per weight of every linear layer (and LSTM), plus attention's s
 subtracted). The peak is the speed of a large matrix product in the training dtype on the training
 device, timed once per machine: the figure is kept in ``$ARLM_CACHE/matmul_peaks.json`` (default
 ~/.cache/arlm), keyed by the device's model, the thread count and the torch version, so a run does not
-spend its first half second timing it again.
+spend its first half second timing it again. A figure timed while the machine was busy is too low;
+a run faster than it (MFU above 100%) drops it (:func:`forget_peak`), to be measured again.
 """
 
 from __future__ import annotations
@@ -82,6 +83,20 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) 
     except OSError as e:
         log.debug("could not cache the matmul peak in %s: %s", path, e)
     return _PEAKS[key]
+
+
+def forget_peak(device: torch.device, dtype: torch.dtype) -> None:
+    """Drop the cached peak of ``device`` and ``dtype`` (it is measured again next time): a run that
+    computed faster than it, MFU above 100%, shows it was timed while something else used the machine."""
+    key = peak_key(device, dtype)
+    _PEAKS.pop(key, None)
+    path = cache_root() / PEAKS_FILE
+    cached = _read_peaks(path)
+    if key in cached:
+        try:
+            atomic_write_text(path, json.dumps({k: v for k, v in cached.items() if k != key}, indent=1, sort_keys=True) + "\n")
+        except OSError as e:
+            log.debug("could not update %s: %s", path, e)
 
 
 def _measure_peak(device: torch.device, dtype: torch.dtype, seconds: float) -> float:
