@@ -6,6 +6,7 @@ logits, and what arlm refuses, by name."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -123,6 +124,18 @@ def test_generating_verbs_refuse_a_head_by_name(tmp_path, capsys):
     assert main(["compress", "quantize", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "q")]) == 2
     assert "compression works on language models" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "m", "t.txt"]  # nothing written
+
+    from fastapi.testclient import TestClient
+
+    import arlm
+    from arlm.config import ServeConfig
+    from arlm.serve.app import create_app
+
+    with TestClient(create_app(ServeConfig(), lm=arlm.load(tmp_path / "m"))) as client:
+        deadline = time.monotonic() + 60
+        while (health := client.get("/health")).status_code == 503:  # loading
+            assert time.monotonic() < deadline
+        assert health.status_code == 500 and "text classification head" in health.json()["message"]
 
 
 @pytest.mark.parametrize("change, message", [
