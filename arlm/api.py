@@ -20,8 +20,8 @@ import torch
 
 from arlm.config import CHAT_DEFAULTS, EngineConfig, GenerateConfig, LoadConfig, from_dict, validated
 from arlm.data.sft import ChatTemplate, fit_messages
-from arlm.errors import UserError
 from arlm.data.tasks import labels_of, read_example
+from arlm.errors import UserError
 from arlm.eval.heads import evaluate_head
 from arlm.eval.perplexity import evaluate_text
 from arlm.eval.tasks import check_examples, check_metric, score

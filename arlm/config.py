@@ -1097,7 +1097,8 @@ class EvalConfig:
     data: str = _f("", "UTF-8 text file to score (loss, perplexity, bits per character)", metavar="FILE")
     task: str = _f("", "instead of --data: a JSONL file of {prompt, reference}; generate for each prompt (greedy, or "
                        "beam search with --num-beams or where the model's generation defaults ask for it) and score "
-                       "the outputs with --metric", metavar="FILE.jsonl")
+                       "the outputs with --metric; for a model with a task head, its task's labelled JSONL, scored "
+                       "with the task's metrics (docs/tasks.md)", metavar="FILE.jsonl")
     metric: str = _f("bleu", "task metric: corpus BLEU or chrF (sacrebleu), ROUGE-1/2/L F1 (rouge-score), exact match",
                      choices=("bleu", "chrf", "rouge", "exact"))
     predictions_out: str = _f("", "task: write one JSON line per example with prompt, prediction and reference", metavar="FILE")

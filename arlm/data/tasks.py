@@ -158,8 +158,11 @@ class TaskData(ExampleData):
         self.labels = labels_of(task, examples, labels, str(path))
         index = {name: i for i, name in enumerate(self.labels)}
         rows, cut, lost = [], 0, 0
-        for ex in examples:
-            row = self._encode(ex, index, block_size)
+        for i, ex in enumerate(examples):
+            try:
+                row = self._encode(ex, index, block_size)
+            except UserError as e:  # (a character outside a character vocabulary)
+                raise UserError(f"{path} example {i + 1}: {e}") from None
             if row is None:
                 lost += 1
                 continue

@@ -56,7 +56,7 @@ class TaskModel(nn.Module):
     is_encoder_decoder = False
     can_rewind_cache = False
     can_compile_decode = False
-    can_generate = False  # it scores text; it does not write any
+    can_checkpoint_activations = True
 
     def __init__(self, body: nn.Module, task: str, labels: list[str], dropout: float = 0.1):
         super().__init__()
@@ -87,8 +87,6 @@ class TaskModel(nn.Module):
     @checkpointing.setter
     def checkpointing(self, value: bool) -> None:
         self.body.checkpointing = value
-
-    can_checkpoint_activations = True
 
     def float_param(self) -> torch.Tensor:
         return self.body.float_param()

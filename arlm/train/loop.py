@@ -278,6 +278,9 @@ class Trainer:
             self.tokenizer = load_tokenizer(cfg.tokenizer)
         if cfg.lora_rank and cfg.fsdp and self.ctx.distributed:
             raise UserError("LoRA is not supported with --fsdp; train the adapters with DDP (drop --fsdp)")
+        if not cfg.task and self.base_info is not None and self.base_info.head is not None:
+            raise UserError(f"{cfg.init_from} has a {self.base_info.head.task} head in place of its output layer: "
+                            f"fine-tune it with --task {self.base_info.head.task} on labelled examples")
         self.data = self._open_task_data() if cfg.task else _open_data(cfg.data, self.tokenizer, cfg)
         self.tokenizer = self.tokenizer or self.data.tokenizer
         self.replay = _open_data(cfg.replay_data, self.tokenizer, cfg) if cfg.replay_data else None

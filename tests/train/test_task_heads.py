@@ -150,6 +150,7 @@ def test_labels_outside_the_heads_are_refused(trained_model, task_files, tmp_pat
     ([{"tokens": ["a"], "tags": ["PER"]}], "not a BIO tag"),
     ([{"context": "a b c", "question": "q", "answers": {"text": ["b"], "answer_start": [0]}}], "is not at character 0"),
     ([{"context": "a b c", "question": "q", "answer": "zz"}], "is not in the context"),
+    ([{"tokens": ["a", "\u4e2d"], "tags": ["O", "B-X"]}], "outside this character-level vocabulary"),
 ])
 def test_damaged_examples_are_named_by_line(trained_model, tmp_path, records, message):
     task = "ner" if "tokens" in records[0] else "qa"
@@ -166,6 +167,8 @@ def test_flags_that_do_not_apply_are_refused(trained_model, task_files, tmp_path
     run(trained_model, task_files["classify"], tmp_path / "run", "classify", max_steps=2, eval_interval=1)
     with pytest.raises(UserError, match="has a classify head; fine-tune it with --task classify"):
         run(tmp_path / "run" / "best", task_files["ner"], tmp_path / "x", "ner")
+    with pytest.raises(UserError, match="has a classify head in place of its output layer: fine-tune it with --task"):
+        run(tmp_path / "run" / "best", task_files["classify"], tmp_path / "x", "")  # as a language model
     assert main(["eval", "--model", str(tmp_path / "run" / "best"), "--task", task_files["classify"],
                  "--num-beams", "2"]) == 2
     assert "--num-beams does not apply to a text classification head" in capsys.readouterr().err
