@@ -101,6 +101,13 @@ def test_classifier_beats_chance_and_eval_reports_sklearns_figures(trained_model
     want = score_classify([r["prediction"] for r in rows], [r["reference"] for r in rows])
     assert out["accuracy"] == pytest.approx(want["accuracy"]) and out["macro_f1"] == pytest.approx(want["macro_f1"])
     assert out["accuracy"] > 90  # (train and held-out lines)
+    # the predictions file may not be the task file, nor a file arlm did not write
+    before = open(task_files["classify"], "rb").read()
+    for target in (task_files["classify"], write(tmp_path / "mine.jsonl", [{"a": 1}])):
+        assert main(["eval", "--model", str(tmp_path / "run" / "best"), "--task", task_files["classify"],
+                     "--predictions-out", target]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert open(task_files["classify"], "rb").read() == before and (tmp_path / "mine.jsonl").read_text() == '{"a": 1}\n'
 
 
 def test_resume_equals_uninterrupted(trained_model, task_files, tmp_path):
