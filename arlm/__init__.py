@@ -8,7 +8,7 @@ The top-level names are imported lazily so ``import arlm`` stays cheap (no torch
     print(m.perplexity("To be, or not to be, that is the question."))
 """
 
-__all__ = ["load", "train", "UserError", "__version__"]
+__all__ = ["load", "train", "pipeline", "UserError", "__version__"]
 
 from arlm.errors import UserError
 from arlm.version import __version__
@@ -22,6 +22,15 @@ def load(path, device=None, precision=None):
 
     options = {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}
     return _load(path, **options)
+
+
+def pipeline(task, model, device=None, precision=None, batch_size=8, **options):
+    """transformers' ``pipeline(task, model=...)`` on an arlm model: text-generation, text-classification,
+    token-classification, question-answering, summarization, translation, text2text-generation and
+    feature-extraction, with their return shapes (see :mod:`arlm.pipelines`)."""
+    from arlm.pipelines import pipeline as _pipeline
+
+    return _pipeline(task, model, device, precision, batch_size, **options)
 
 
 def train(config=None, callbacks=None, **overrides):
