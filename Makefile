@@ -14,9 +14,12 @@ DEMO_OUT  := runs/shakespeare-char
 install: $(STAMP)
 
 # pip's "Location ... is ignored" lines are noise from local package mirrors, not errors.
-$(STAMP): pyproject.toml
+# An editable install leaves out arlm-lm-eval.pth (what lets `lm_eval --model arlm` find arlm; a wheel
+# has it, see setup.py): it is copied into the environment's site-packages here.
+$(STAMP): pyproject.toml setup.py arlm-lm-eval.pth
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(BIN)/python -c "import shutil, sysconfig; shutil.copy('arlm-lm-eval.pth', sysconfig.get_paths()['purelib'])"
 	touch $(STAMP)
 
 # Train the default character-level GPT on the bundled Shakespeare corpus, evaluate it, print samples.

@@ -22,6 +22,7 @@ from arlm.config import CHAT_DEFAULTS, EngineConfig, GenerateConfig, LoadConfig,
 from arlm.data.sft import ChatTemplate, fit_messages
 from arlm.data.tasks import labels_of, read_example
 from arlm.errors import UserError
+from arlm.eval import fewshot
 from arlm.eval.heads import evaluate_head
 from arlm.eval.perplexity import evaluate_text
 from arlm.eval.tasks import check_examples, check_metric, score
@@ -466,11 +467,19 @@ class LanguageModel:
         return ChatTemplate.for_model(self.tokenizer, template or self.info.chat_template or "")
 
     def evaluate_task(self, examples: list[dict[str, str]], metric: str, batch_size: int = 8, chat: bool = False,
-                      **controls) -> tuple[dict[str, Any], list[str]]:
-        """Generate for each example's prompt (greedy unless ``controls`` say otherwise) and score the
+                      few_shot: int = 0, few_shot_seed: int = fewshot.SEED, **controls) -> tuple[dict[str, Any], list[str]]:
+        """Generate for each example's prompt (greedy unless ``controls`` say otherwise), after
+        ``few_shot`` demonstrations drawn from the other examples (arlm/eval/fewshot.py), and score the
         outputs against the references with ``metric``; returns (scores, predictions)."""
         check_metric(metric)
+        raw = examples
         examples = check_examples(examples)
+        if few_shot:
+            if chat:
+                raise UserError("few-shot demonstrations are laid out as plain text; drop chat (or few_shot)")
+            prompts = fewshot.contexts([ex["prompt"] for ex in examples], [ex["reference"] for ex in examples],
+                                       list(raw), few_shot, few_shot_seed)
+            examples = [{"prompt": p, "reference": ex["reference"]} for p, ex in zip(prompts, examples)]
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         controls = {"temperature": 0.0, **controls}
@@ -492,6 +501,54 @@ class LanguageModel:
                 texts[b] += piece
             predictions += texts
         return score(metric, predictions, [ex["reference"] for ex in examples]), predictions
+
+    def _scoring(self) -> tuple[Any, list[int]]:
+        """The encoder and the start token (end-of-text) of log-likelihood scoring."""
+        self._need_tokenizer()
+        if self.seq2seq:
+            raise UserError("log-likelihood scoring of a continuation is a decoder-only model's; score an "
+                            "encoder-decoder with generation tasks")
+        if self.tokenizer.eot_id is None:
+            raise UserError("this tokenizer has no end-of-text token to start a text from")
+        return getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode), [self.tokenizer.eot_id]
+
+    def loglikelihood(self, requests: list[tuple[str, str]], batch_size: int = 8) -> list[tuple[float, bool]]:
+        """For each (context, continuation): the continuation's log-probability after the context, and
+        whether greedy decoding gives it (lm-evaluation-harness's ``loglikelihood``)."""
+        encode, start = self._scoring()
+        if not isinstance(requests, (list, tuple)) or not all(
+                isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in requests):
+            raise UserError("requests must be a list of (context, continuation) text pairs")
+        pairs = [fewshot.pair_ids(encode, start, check_text(c, "a context"), check_text(x, "a continuation"))
+                 for c, x in requests]
+        return fewshot.loglikelihoods(self.model, pairs, batch_size)
+
+    def loglikelihood_rolling(self, texts: list[str], batch_size: int = 8) -> list[float]:
+        """Each text's log-probability, every token scored once in windows of the model's length after
+        the end-of-text token (lm-evaluation-harness's ``loglikelihood_rolling``)."""
+        _, start = self._scoring()
+        out = []
+        for text in texts:
+            pairs = fewshot.rolling_pairs(self.tokenizer.encode(check_text(text, "a text")), start[0], self.block_size)
+            out.append(sum(ll for ll, _ in fewshot.loglikelihoods(self.model, pairs, batch_size)))
+        return out
+
+    def evaluate_choices(self, examples: list[dict[str, Any]], few_shot: int = 0, seed: int = fewshot.SEED,
+                         batch_size: int = 8) -> tuple[dict[str, Any], list[int]]:
+        """Multiple-choice accuracy (``acc``, ``acc_norm``) of ``{"prompt", "choices", "answer"}`` examples
+        after ``few_shot`` demonstrations each; returns (scores, predicted choice indices)."""
+        if not isinstance(examples, (list, tuple)) or not examples:
+            raise UserError("examples must be a non-empty list of {prompt, choices, answer}")
+        parsed = [fewshot.read_choice(ex, f"example {i + 1}") for i, ex in enumerate(examples)]
+        ctxs = fewshot.contexts([ex["prompt"] for ex in parsed], [ex["choices"][ex["answer"]] for ex in parsed],
+                                list(examples), few_shot, seed)
+        requests = [(c, fewshot.TARGET_DELIMITER + choice) for c, ex in zip(ctxs, parsed) for choice in ex["choices"]]
+        lls = iter(ll for ll, _ in self.loglikelihood(requests, batch_size))
+        per = [[next(lls) for _ in ex["choices"]] for ex in parsed]
+        scores = fewshot.choice_scores(per, [ex["choices"] for ex in parsed], [ex["answer"] for ex in parsed])
+        predictions = scores.pop("predictions")
+        scores.pop("predictions_norm")
+        return {**scores, "few_shot": few_shot, "examples": len(parsed)}, predictions
 
     def evaluate_head(self, examples: list[dict[str, Any]], batch_size: int = 16) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Scores of this model's task head on labelled ``examples`` (the JSONL records of its task, as

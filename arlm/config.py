@@ -1110,8 +1110,16 @@ class EvalConfig:
                         "new ones (Hugging Face's sliding-window perplexity: more context per token, slower)")
     errors: str = _f("strict", "what to do with bytes that are not UTF-8 in --data, and with text that is not valid "
                                "Unicode in --task: stop with an error, or replace it with U+FFFD", choices=("strict", "replace"))
+    few_shot: int = _f(0, "task: put K demonstrations (prompt, answer) from the file's other examples before each "
+                          "prompt, laid out and drawn as lm-evaluation-harness does; a file of {prompt, choices, "
+                          "answer} is scored by each choice's log-likelihood (acc, acc_norm)", metavar="K")
+    few_shot_seed: int = _f(1234, "task: seed of the demonstrations' draw (1234: lm-evaluation-harness's default)")
 
     def validate(self) -> None:
+        if self.few_shot and not self.task:
+            raise UserError("--few-shot applies to --task evaluation")
+        if not 0 <= self.few_shot <= 256:
+            raise UserError(f"--few-shot must be from 0 to 256, got {self.few_shot}")
         if bool(self.data) == bool(self.task):
             raise UserError("give --data FILE (a text to score) or --task FILE.jsonl (prompts and references), not both"
                             if self.data else "nothing to evaluate: add --data FILE (a text) or --task FILE.jsonl")

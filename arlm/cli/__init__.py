@@ -289,27 +289,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
-    from arlm.eval.tasks import read_task
+    from arlm.eval.fewshot import is_choice_task
+    from arlm.eval.tasks import check_examples, read_records
     from arlm.interop.load import model_head
     from arlm.io.outputs import JSONL, Output, claim_file
 
     head = model_head(load_options(args).model)
     if head is not None:
         return _eval_head(args, cfg, head)
-    examples = read_task(cfg.task, cfg.errors)
+    records = read_records(cfg.task, cfg.errors)
+    if is_choice_task(records):
+        return _eval_choices(args, cfg, records)
+    examples = check_examples(records, cfg.task)
     if cfg.predictions_out:  # checked before anything is generated; an earlier predictions file may be replaced
         ours = Output(JSONL, "eval", keys=frozenset({"prompt", "prediction", "reference"}))
         claim_file(cfg.predictions_out, "--predictions-out", ours, inputs=[("task file", cfg.task)],
                    input_folders=[("model folder", load_options(args).model)], overwrite=cfg.overwrite)
     controls = {**EVAL_TASK_DEFAULTS, **explicit_values(args, list(EVAL_TASK_OPTIONS))}
     m = load_model(args, controls)
-    scores, predictions = m.evaluate_task(examples, cfg.metric, cfg.batch_size, cfg.chat, **controls)
+    scores, predictions = m.evaluate_task(examples, cfg.metric, cfg.batch_size, cfg.chat, cfg.few_shot,
+                                          cfg.few_shot_seed, **controls)
     if cfg.predictions_out:
         atomic_write_text(cfg.predictions_out, "".join(
             json.dumps({"prompt": ex["prompt"], "prediction": p, "reference": ex["reference"]}, ensure_ascii=False) + "\n"
             for ex, p in zip(examples, predictions)))
     result = {"model": m.info.path, "task": cfg.task, "metric": cfg.metric, "examples": len(examples),
-              **scores}
+              "few_shot": cfg.few_shot, **scores}
     if args.json:
         emit_json(result)
         return 0
@@ -319,9 +324,38 @@ def _eval_task(args: argparse.Namespace, cfg: EvalConfig) -> int:
         figure = f"exact match {scores['exact']:.2f}% ({scores['matches']} of {len(examples)})"
     else:
         figure = f"{cfg.metric.upper() if cfg.metric == 'bleu' else 'chrF'} {scores[cfg.metric]:.2f} ({scores['signature']})"
-    print(f"{cfg.task}: {len(examples)} examples | {figure}")
+    print(f"{cfg.task}: {len(examples)} examples{f', {cfg.few_shot}-shot' if cfg.few_shot else ''} | {figure}")
     if cfg.predictions_out:
         print(f"predictions: {cfg.predictions_out}")
+    return 0
+
+
+def _eval_choices(args: argparse.Namespace, cfg: EvalConfig, records: list) -> int:
+    """eval --task for a multiple-choice file: each choice scored by its log-likelihood (acc, acc_norm)."""
+    from arlm.eval.fewshot import check_shots, read_choice
+    from arlm.io.outputs import JSONL, Output, claim_file
+
+    given = [f"--{k.replace('_', '-')}" for k in explicit_values(args, ["metric", "chat", "stride", *EVAL_TASK_OPTIONS])]
+    if given:
+        raise UserError(f"{given[0]} does not apply to a multiple-choice task, scored by each choice's log-likelihood; "
+                        f"drop it")
+    examples = [read_choice(rec, f"{cfg.task} line {i + 1}") for i, rec in enumerate(records)]
+    check_shots(cfg.few_shot, len(examples))
+    if cfg.predictions_out:
+        ours = Output(JSONL, "eval", keys=frozenset({"prompt", "prediction", "reference"}))
+        claim_file(cfg.predictions_out, "--predictions-out", ours, inputs=[("task file", cfg.task)],
+                   input_folders=[("model folder", load_options(args).model)], overwrite=cfg.overwrite)
+    m = load_model(args)
+    scores, predictions = m.evaluate_choices(records, cfg.few_shot, cfg.few_shot_seed, cfg.batch_size)
+    if cfg.predictions_out:
+        atomic_write_text(cfg.predictions_out, "".join(
+            json.dumps({"prompt": ex["prompt"], "prediction": ex["choices"][p], "reference": ex["choices"][ex["answer"]]},
+                       ensure_ascii=False) + "\n" for ex, p in zip(examples, predictions)))
+    if args.json:
+        emit_json({"model": m.info.path, "task": cfg.task, **scores})
+        return 0
+    print(f"{cfg.task}: {len(examples)} examples, {cfg.few_shot}-shot | acc {scores['acc']:.2f} | "
+          f"acc_norm {scores['acc_norm']:.2f}")
     return 0
 
 

@@ -24,13 +24,18 @@ METRICS = ("bleu", "chrf", "rouge", "exact")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-def read_task(path: str | Path, errors: str = "strict") -> list[dict[str, str]]:
-    """The examples of a task file; a malformed line, or text that is not valid Unicode (replaced by
+def read_records(path: str | Path, errors: str = "strict") -> list[Any]:
+    """The JSON records of a task file; a malformed line, or text that is not valid Unicode (replaced by
     U+FFFD with ``errors="replace"``), is a UserError naming it."""
     records = [rec for _, rec in read_jsonl(path, errors, "pass --errors replace to substitute U+FFFD")]
     if not records:
         raise UserError(f"{path} holds no examples")
-    return check_examples(records, str(path))
+    return records
+
+
+def read_task(path: str | Path, errors: str = "strict") -> list[dict[str, str]]:
+    """The {prompt, reference} examples of a task file (see :func:`read_records`)."""
+    return check_examples(read_records(path, errors), str(path))
 
 
 def check_examples(examples: Any, source: str = "examples") -> list[dict[str, str]]:
