@@ -550,6 +550,23 @@ class LanguageModel:
         scores.pop("predictions_norm")
         return {**scores, "few_shot": few_shot, "examples": len(parsed)}, predictions
 
+    def embed(self, texts: list[str], pooling: str = "mean", batch_size: int = 16):
+        """One vector per text (N, C) float32 array: the mean or the last of its tokens' final hidden
+        states (an encoder-decoder's encoder output); texts longer than the window are cut to its start."""
+        from arlm.eval.embed import check_features, pooled
+
+        check_features(self.model)
+        if self.tokenizer is None:
+            raise UserError(f"{self.info.path or 'this model'} has no tokenizer files: copy its base model's into the folder")
+        require_text(self.tokenizer)
+        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+            raise UserError("texts must be a non-empty list of strings")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+        encode = getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode)
+        rows = [encode(check_text(t, f"text {i + 1}")) or [self.tokenizer.eot_id or 0] for i, t in enumerate(texts)]
+        return pooled(self.model, rows, pooling, batch_size)
+
     def evaluate_head(self, examples: list[dict[str, Any]], batch_size: int = 16) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Scores of this model's task head on labelled ``examples`` (the JSONL records of its task, as
         fine-tuning reads them; arlm/data/tasks.py) and one prediction record per example."""

@@ -22,6 +22,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from arlm.errors import UserError
@@ -1129,6 +1130,42 @@ class EvalConfig:
             raise UserError(f"stride must be >= 0 (0: non-overlapping windows), got {self.stride}")
         if self.predictions_out and not self.task:
             raise UserError("--predictions-out applies to --task evaluation")
+
+
+@dataclass
+class EmbedConfig:
+    """Options of ``arlm embed``: a vector per text from a model's hidden states, and the groups found in them."""
+
+    input: str = _f("", "the texts: a JSONL file (one object per line, the text under --field) or a UTF-8 text file "
+                        "(one text per non-empty line)", metavar="FILE")
+    out: str = _f("", "write the vectors to FILE.npy (float32, a row per text) or FILE.parquet (text, label, cluster, "
+                      "topic and embedding columns); optional with --clusters or --topics", metavar="FILE")
+    field: str = _f("text", "JSONL key holding each text")
+    label_field: str = _f("label", "JSONL key of each text's known class, if the records have it: the groups found "
+                                   "are scored against it (adjusted Rand index, NMI)")
+    pooling: str = _f("mean", "one vector per text: the mean of its tokens' final hidden states, or the last token's "
+                              "(what a causal model computes having read the whole text)", choices=("mean", "last"))
+    clusters: int = _f(0, "k-means (scikit-learn) on the L2-normalised vectors, K clusters (0: none)", metavar="K")
+    topics: int = _f(0, "LDA topics (scikit-learn) on the texts' word counts, K topics (0: none)", metavar="K")
+    batch_size: int = _f(16, "texts per forward pass")
+    seed: int = _f(0, "seed of k-means and LDA")
+    max_texts: int = _f(200_000, "refuse an input with more texts than this (every vector is held in memory)")
+    overwrite: bool = _f(False, "replace an existing --out file of the same kind that arlm did not write")
+
+    def validate(self) -> None:
+        if not self.input:
+            raise UserError("nothing to embed: add --input FILE (JSONL or one text per line)")
+        if not (self.out or self.clusters or self.topics):
+            raise UserError("nothing to do: add --out FILE.npy|FILE.parquet, --clusters K or --topics K")
+        if self.out and Path(self.out).suffix.lower() not in (".npy", ".parquet"):
+            raise UserError(f"--out {self.out}: the vectors are written as .npy or .parquet; name the file so")
+        for name, value, top in (("clusters", self.clusters, 10_000), ("topics", self.topics, 1_000)):
+            if value == 1 or not 0 <= value <= top:
+                raise UserError(f"--{name} must be 0 (none) or from 2 to {top:,}, got {value}")
+        if self.batch_size <= 0 or self.max_texts <= 0:
+            raise UserError("--batch-size and --max-texts must be positive")
+        if not self.field or not self.label_field:
+            raise UserError("--field and --label-field must name JSONL keys")
 
 
 # `arlm eval --task`: the decoding options it takes, and their defaults there (greedy, shorter answers).
