@@ -1168,6 +1168,45 @@ class EmbedConfig:
             raise UserError("--field and --label-field must name JSONL keys")
 
 
+@dataclass
+class BiasProbeConfig:
+    """Options of ``arlm probe bias``: counterfactual pairs of group terms in templates (arlm/eval/fairness.py)."""
+
+    templates: str = _f("data/probes/templates.txt", "text file of templates, one per line, {} where the group term "
+                                                     "goes (# starts a comment)", metavar="FILE")
+    pairs: str = _f("data/probes/gender_pairs.tsv", "tab-separated pairs of group terms, one pair per line, after a "
+                                                     "header line naming the two groups", metavar="FILE.tsv")
+    plot: str = _f("", "also draw the per-template gaps and the mean's 95 percent interval as a PNG", metavar="FILE.png")
+    out: str = _f("", "write every pair's gaps as JSON Lines", metavar="FILE.jsonl")
+    seed: int = _f(0, "seed of the bootstrap interval")
+    batch_size: int = _f(16, "sentences per forward pass")
+
+    def validate(self) -> None:
+        if self.plot and not self.plot.lower().endswith(".png"):
+            raise UserError(f"--plot {self.plot}: the plot is a PNG; name it FILE.png")
+        if self.out and not self.out.lower().endswith(".jsonl"):
+            raise UserError(f"--out {self.out}: the gaps are written as JSON Lines; name the file FILE.jsonl")
+        if self.batch_size <= 0:
+            raise UserError(f"--batch-size must be positive, got {self.batch_size}")
+
+
+@dataclass
+class GroupProbeConfig:
+    """Options of ``arlm probe groups``: a classifier's metrics per group of a sensitive feature (fairlearn)."""
+
+    task: str = _f("", "labelled JSONL of the classifier's task ({text, label}) whose records also carry the "
+                       "sensitive feature", metavar="FILE.jsonl")
+    group_field: str = _f("group", "JSONL key of each record's group (the sensitive feature)")
+    positive: str = _f("", "the label counted as selected (selection rate, demographic parity, equalized odds)")
+    batch_size: int = _f(16, "texts per forward pass")
+
+    def validate(self) -> None:
+        if not self.task:
+            raise UserError("nothing to probe: add --task FILE.jsonl (labelled texts with a group each)")
+        if not self.positive:
+            raise UserError("add --positive LABEL: the label whose rate is compared between groups")
+
+
 # `arlm eval --task`: the decoding options it takes, and their defaults there (greedy, shorter answers).
 EVAL_TASK_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                      "no_repeat_ngram_size", "stop", "seed", "token_healing", "num_beams", "length_penalty",

@@ -617,9 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.set_defaults(func=cmd_eval)
 
-    from arlm.cli import audio, compress, embed, image, inspect, ts
+    from arlm.cli import audio, compress, embed, image, inspect, probe, ts
 
     embed.add_verbs(sub)
+    probe.add_verbs(sub)
     compress.add_verbs(sub)
     inspect.add_verbs(sub)
     ts.add_verbs(sub)
