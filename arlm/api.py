@@ -582,7 +582,12 @@ class LanguageModel:
         return evaluate_head(self.model, self.tokenizer, parsed, batch_size)
 
     def require_language_model(self) -> None:
-        """Refuse, by name, a model whose output layer is a task head (arlm/model/heads.py)."""
+        """Refuse, by name, a model whose output layer is a task head (arlm/model/heads.py), or a
+        masked-language-model encoder (arlm/model/encoder.py), which fills masks instead of writing on."""
+        if getattr(self.model, "is_masked_lm", False):
+            raise UserError(f"{self.info.path or 'this model'} is a masked-language-model encoder (BERT): it predicts "
+                            f"masked tokens from both sides instead of continuing text; use "
+                            f"arlm.pipeline('fill-mask', model=...) or its features")
         if self.info.head is not None:
             raise UserError(f"{self.info.path or 'this model'} has a {TASK_NAMES[self.info.head.task]} head in place of its "
                             f"output layer: it labels text instead of writing it; score it with `arlm eval --task FILE`")

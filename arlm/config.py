@@ -44,7 +44,7 @@ def _f(default, help: str, choices: tuple | None = None, metavar: str | None = N
 # model
 
 
-MODEL_TYPES = ("gpt", "lstm", "seq2seq")
+MODEL_TYPES = ("gpt", "lstm", "seq2seq", "encoder")
 DEFAULT_DEVICE = "auto"
 DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (CUDA, then Apple MPS, then CPU)"
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
@@ -57,7 +57,8 @@ class ModelConfig:
 
     type: str = _f("gpt", "model family: gpt (decoder-only Transformer), lstm (embedding -> LSTM -> linear, the "
                           "recurrent baseline; takes vocab_size, block_size, n_layer, n_embd, dropout, tie_embeddings) "
-                          "or seq2seq (encoder-decoder Transformer: T5, BART, Pegasus, Marian)",
+                          "or seq2seq (encoder-decoder Transformer: T5, BART, Pegasus, Marian) or encoder (a "
+                          "bidirectional masked-language-model encoder: BERT)",
                    choices=MODEL_TYPES)
     vocab_size: int = _f(0, "vocabulary size; set from the prepared data's tokenizer when 0")
     block_size: int = _f(256, "context length in tokens")
@@ -69,7 +70,8 @@ class ModelConfig:
     @property
     def kind(self) -> str:
         """The family's name in messages: "a GPT", "an LSTM", "an encoder-decoder (seq2seq)"."""
-        return {"gpt": "a GPT", "lstm": "an LSTM", "seq2seq": "an encoder-decoder (seq2seq)"}[self.type]
+        return {"gpt": "a GPT", "lstm": "an LSTM", "seq2seq": "an encoder-decoder (seq2seq)",
+                "encoder": "a masked-language-model encoder (BERT)"}[self.type]
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_embd"):
@@ -266,8 +268,42 @@ class Seq2SeqConfig(ModelConfig):
                             f"(0..{self.vocab_size - 1})")
 
 
+@dataclass
+class EncoderConfig(ModelConfig):
+    """Shape of the bidirectional masked-language-model encoder (arlm/model/encoder.py): BERT's
+    architecture (Devlin et al. 2019) and defaults (BERT-base: 12 layers, 768 wide, 12 heads; post-norm
+    LayerNorm, GELU, learned absolute positions, two token types). ``block_size`` is BERT's
+    max_position_embeddings."""
+
+    type: str = _f("encoder", "model family (see GPTConfig.type)", choices=MODEL_TYPES)
+    block_size: int = _f(512, "positions (BERT's max_position_embeddings)")
+    n_layer: int = _f(12, "encoder blocks")
+    n_embd: int = _f(768, "model width (hidden_size)")
+    n_head: int = _f(12, "attention heads per block")
+    intermediate_size: int = _f(0, "hidden width of the MLP (0: 4 * n_embd)")
+    activation: str = _f("gelu", "MLP and prediction-head activation (gelu: the exact one, BERT's)",
+                         choices=("gelu", "gelu_tanh", "relu", "silu"))
+    norm_eps: float = _f(1e-12, "epsilon of the LayerNorms (BERT's layer_norm_eps)")
+    type_vocab_size: int = _f(2, "token types (segment A / B)")
+    dropout: float = _f(0.1, "dropout probability on embeddings, attention and residual paths")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.intermediate_size or 4 * self.n_embd
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_head <= 0 or self.n_embd % self.n_head:
+            raise UserError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.intermediate_size < 0 or self.type_vocab_size <= 0:
+            raise UserError("model.intermediate_size must be >= 0 and model.type_vocab_size > 0")
+        if not self.norm_eps > 0:
+            raise UserError(f"model.norm_eps must be > 0, got {self.norm_eps}")
+
+
 # Each model type's config class; arlm/model/registry.py pairs them with the model classes.
-MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"gpt": GPTConfig, "lstm": LSTMConfig, "seq2seq": Seq2SeqConfig}
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"gpt": GPTConfig, "lstm": LSTMConfig, "seq2seq": Seq2SeqConfig,
+                                               "encoder": EncoderConfig}
 
 
 # Named model shapes, kept as data. "gpt2*" are the published GPT-2 sizes (Radford et al. 2019).

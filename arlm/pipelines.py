@@ -17,9 +17,10 @@ Tasks, and what each needs of the model:
   encoder-decoder): ``[{"summary_text" | "translation_text" | "generated_text": ...}]``;
 * ``feature-extraction`` (any Transformer): each token's final hidden state, nested lists (1, T, C).
 
-``fill-mask`` needs a masked-language-model encoder (BERT), which arlm does not have yet: asking for
-it is refused by name. Batches of inputs run together: generation on the one engine, heads in
-batches of ``batch_size``.
+* ``fill-mask`` (a masked-language-model encoder, BERT): for each mask, the ``top_k`` (5) tokens
+  ``{"score", "token", "token_str", "sequence"}``, best first (a list per mask when there are several).
+
+Batches of inputs run together: generation on the one engine, the others in batches of ``batch_size``.
 """
 
 from __future__ import annotations
@@ -66,9 +67,6 @@ def pipeline(task: str, model: str | Path | LanguageModel, device: str | None = 
     name = task_name(task)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
         raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if name == "fill-mask":
-        raise UserError("fill-mask predicts a masked word from both sides, a masked-language-model encoder's task "
-                        "(BERT); arlm has no such encoder yet: use text-generation on a decoder-only model instead")
     if isinstance(model, LanguageModel):
         if device is not None or precision is not None:
             raise UserError("device and precision apply when the pipeline loads the model; this one is loaded already")
@@ -79,7 +77,7 @@ def pipeline(task: str, model: str | Path | LanguageModel, device: str | None = 
         raise UserError(f"model must be a model folder or an arlm.load(...) result, got {type(model).__name__}")
     cls = {"text-generation": TextGeneration, "text-classification": TextClassification,
            "token-classification": TokenClassification, "question-answering": QuestionAnswering,
-           "feature-extraction": FeatureExtraction}.get(name, Text2Text)
+           "feature-extraction": FeatureExtraction, "fill-mask": FillMask}.get(name, Text2Text)
     return cls(lm, name, batch_size, options)
 
 
@@ -470,3 +468,90 @@ class FeatureExtraction(Pipeline):
         rows = [encode(t) or [tok.eot_id or 0] for t in texts]
         states = [s[None] for s in token_states(self.model, rows, self.batch_size)]  # (1, T, C) each
         return states if opts["return_tensors"] else [s.tolist() for s in states]
+
+
+class FillMask(Pipeline):
+    """The most likely tokens at each mask of a text, as transformers' fill-mask pipeline: ``top_k``
+    (5) per mask, or the probabilities of the given ``targets`` words."""
+
+    def check_model(self):
+        if not getattr(self.model, "is_masked_lm", False):
+            raise UserError(f"fill-mask predicts a masked token from both sides: it needs a masked-language-model "
+                            f"encoder (BERT); {self.lm.info.path or 'this model'} is {self.model.config.kind}. "
+                            f"A decoder-only model fills the middle of a text with text-generation instead")
+        super().check_model()
+        inner = getattr(self.lm.tokenizer, "tok", None)
+        self.mask_id = next((inner.token_to_id(t) for t in ("[MASK]", "<mask>") if inner is not None
+                             and inner.token_to_id(t) is not None), None)
+        if self.mask_id is None:
+            raise UserError(f"{self.lm.info.path or 'this model'}'s tokenizer has no mask token ([MASK] or <mask>)")
+        self.mask_text = inner.id_to_token(self.mask_id)
+
+    def settings(self, options):
+        options = dict(options)
+        out = {"top_k": _int(options, "top_k", 5, 1)}
+        targets = options.pop("targets", None)
+        if targets is not None:
+            targets = [targets] if isinstance(targets, str) else targets
+            if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) and t for t in targets):
+                raise UserError("targets must be a word or a non-empty list of words")
+            ids = []
+            for t in targets:
+                found = self.lm.tokenizer.encode(t)
+                if not found:
+                    raise UserError(f"target {t!r} has no token in this vocabulary")
+                ids.append(found[0])  # transformers takes a target's first token
+            out["targets"] = list(dict.fromkeys(ids))
+        super().settings(options)
+        return out
+
+    @torch.inference_mode()
+    def texts(self, texts, opts):
+        tok = self.lm.tokenizer
+        encode = getattr(tok, "encode_prompt", tok.encode)  # with [CLS] ... [SEP]
+        rows = [encode(t) for t in texts]
+        T = self.model.config.block_size
+        for i, (t, r) in enumerate(zip(texts, rows)):
+            if self.mask_id not in r:
+                raise UserError(f"input {i}: no mask token ({self.mask_text}) in {t[:60]!r}")
+            if len(r) > T:
+                raise UserError(f"input {i} is {len(r)} tokens; this encoder reads at most {T}")
+        out = []
+        device = self.model.float_param().device
+        for s in range(0, len(rows), self.batch_size):
+            chunk = rows[s:s + self.batch_size]
+            width = max(len(r) for r in chunk)
+            idx = torch.zeros(len(chunk), width, dtype=torch.long)
+            for b, r in enumerate(chunk):
+                idx[b, :len(r)] = torch.tensor(r)
+            real = torch.arange(width)[None] < torch.tensor([len(r) for r in chunk])[:, None]
+            logits = self.model(idx.to(device), key_mask=real.to(device))[0].float().cpu()  # (B, T, V)
+            for b, r in enumerate(chunk):
+                out.append(self.fill(r, logits[b], opts))
+        return out
+
+    def fill(self, ids: list[int], logits: torch.Tensor, opts) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+        masks = [i for i, t in enumerate(ids) if t == self.mask_id]
+        probs = torch.softmax(logits[masks], -1)  # (masks, V)
+        targets = opts.get("targets")
+        if targets is not None:
+            probs = probs[:, targets]
+        values, picks = probs.topk(min(opts["top_k"], probs.size(-1)))
+        single = len(masks) == 1
+        result = []
+        for m, vs, ps in zip(masks, values.tolist(), picks.tolist()):
+            row = []
+            for v, p in zip(vs, ps):
+                p = targets[p] if targets is not None else p
+                filled = list(ids)
+                filled[m] = p
+                row.append({"score": v, "token": p, "token_str": self.lm.tokenizer.decode([p]),
+                            "sequence": self.decode(filled, skip_special=single)})
+            result.append(row)
+        return result[0] if single else result
+
+    def decode(self, ids: list[int], skip_special: bool) -> str:
+        """The text of ``ids``; without the special tokens ([CLS], [SEP]) when one mask was filled, with
+        them otherwise (the other masks would vanish), as transformers does."""
+        inner = self.lm.tokenizer.tok
+        return inner.decode(ids, skip_special_tokens=skip_special)

@@ -420,7 +420,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
             raise UserError(f"{cfg.to_hf} is quantized ({describe(quantization_of(model))}); a Hugging Face folder holds "
                             f"a float model: convert the model it was quantized from")
         export_hf(model, tokenizer, out, info)
-        if model.config.type == "seq2seq":
+        if model.config.type == "encoder":
+            what = "arlm -> Hugging Face BERT (BertForMaskedLM) layout"
+        elif model.config.type == "seq2seq":
             from arlm.interop.hf_seq2seq import hf_family
 
             what = f"arlm -> Hugging Face {hf_family(model.config)} layout"

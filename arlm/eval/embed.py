@@ -4,6 +4,7 @@
 * A decoder-only Transformer (GPT, Llama family, or one with a task head): the states after its final
   norm, the input of its output layer.
 * An encoder-decoder: its encoder's output over the source (what its decoder attends to).
+* A masked-language-model encoder (BERT): its last block's output, as transformers' ``BertModel``.
 
 Pooling, as sentence embeddings are usually read from such models:
 
@@ -33,7 +34,7 @@ POOLINGS = ("mean", "last")
 
 def check_features(model) -> None:
     """Hidden states are read from a Transformer: a decoder-only one, a task-head model or an encoder-decoder."""
-    if isinstance(model, TaskModel) or getattr(model, "is_encoder_decoder", False):
+    if isinstance(model, TaskModel) or getattr(model, "is_encoder_decoder", False) or getattr(model, "is_masked_lm", False):
         return
     if not hasattr(model, "transformer") or not hasattr(model.transformer, "ln_f"):
         raise UserError(f"features are read from a Transformer's hidden states; this is a {model.config.type} model")
@@ -49,6 +50,8 @@ def _states(model, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Final hidden states (B, T, C) of right-padded ids (B, T)."""
     if isinstance(model, TaskModel):
         return model.hidden(idx)
+    if getattr(model, "is_masked_lm", False):  # bidirectional: the padding is masked out
+        return model.hidden(idx, torch.arange(idx.size(1), device=idx.device)[None] < lengths[:, None])
     if getattr(model, "is_encoder_decoder", False):
         real = torch.arange(idx.size(1), device=idx.device)[None] < lengths[:, None]  # (B, T)
         return model.encode(idx, real)

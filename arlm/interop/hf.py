@@ -34,7 +34,7 @@ from tokenizers import decoders, models
 
 from arlm.config import GPTConfig, ModelConfig, validated
 from arlm.errors import UserError
-from arlm.interop import hf_heads, hf_seq2seq
+from arlm.interop import hf_bert, hf_heads, hf_seq2seq
 from arlm.io.atomic import atomic_dir
 from arlm.io.checkpoint import read_pickle, read_safetensors
 from arlm.io.files import read_json
@@ -158,7 +158,7 @@ def gpt_config_from_hf(data: dict[str, Any], where: str = CONFIG) -> GPTConfig:
     mt = hf.model_type
     if mt not in SUPPORTED:
         raise UserError(f"{where}: model_type {mt!r} is not supported; arlm loads "
-                        f"{', '.join(SUPPORTED + hf_seq2seq.SEQ2SEQ_TYPES)}")
+                        f"{', '.join(SUPPORTED + hf_seq2seq.SEQ2SEQ_TYPES + hf_bert.BERT_TYPES)}")
     cfg = _gpt2_config(hf, where) if mt == "gpt2" else _llama_config(hf, mt, where)
     try:
         cfg.validate()
@@ -314,6 +314,8 @@ def hf_state_from_arlm(model: GPT, layout: str) -> dict[str, torch.Tensor]:
 def model_config_from_hf(data: dict[str, Any], where: str, tie: bool | None = None) -> ModelConfig:
     """The arlm config of a config.json: an encoder-decoder's (``tie``: whether its weights share the
     output layer; None: as the config says) or a decoder-only model's."""
+    if isinstance(data, dict) and data.get("model_type") in hf_bert.BERT_TYPES:
+        return hf_bert.bert_config_from_hf(data, where)
     if isinstance(data, dict) and data.get("model_type") in hf_seq2seq.SEQ2SEQ_TYPES:
         return hf_seq2seq.seq2seq_config_from_hf(data, where, data.get("tie_word_embeddings") is not False
                                                  if tie is None else tie)
@@ -353,7 +355,8 @@ def load_hf(path: str | Path) -> tuple[torch.nn.Module, Tokenizer | None, Checkp
         log.debug("%s has no tokenizer files: the model works on token ids only", d)
         tokenizer = None
     seq2seq = data["model_type"] in hf_seq2seq.SEQ2SEQ_TYPES
-    spec = None if seq2seq else hf_heads.head_spec(data, str(d / CONFIG))
+    bert = data["model_type"] in hf_bert.BERT_TYPES
+    spec = None if seq2seq or bert else hf_heads.head_spec(data, str(d / CONFIG))
     head = None
     if spec is not None:  # a task head in place of the output layer: the body has none to read
         head = HeadInfo(spec.task, hf_heads.labels_from_hf(data, spec, str(d / CONFIG)))
@@ -367,9 +370,15 @@ def load_hf(path: str | Path) -> tuple[torch.nn.Module, Tokenizer | None, Checkp
         raw, head_sd = hf_heads.split_state(raw, spec, data["model_type"], str(d))
     if seq2seq:
         cfg.tie_embeddings = hf_seq2seq.ties_output(raw, data["model_type"])
+    if bert:
+        cfg.tie_embeddings = hf_bert.ties_output(raw)
+        raw = {k: v for k, v in raw.items() if not k.startswith("bert.pooler.") and k != "bert.embeddings.position_ids"}
     check_size(cfg, raw, str(d / CONFIG))
     model = empty_model(cfg)
-    sd = (hf_seq2seq.arlm_state_from_hf if seq2seq else arlm_state_from_hf)(raw, cfg, data["model_type"], str(d))
+    if bert:
+        sd = hf_bert.arlm_state_from_hf(raw, cfg, str(d))
+    else:
+        sd = (hf_seq2seq.arlm_state_from_hf if seq2seq else arlm_state_from_hf)(raw, cfg, data["model_type"], str(d))
     if head is not None:
         model = TaskModel(model, head.task, head.labels)
         sd = {**{f"body.{k}": v for k, v in sd.items() if not k.startswith("lm_head.")}, **head_sd}
@@ -484,7 +493,7 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path, info: Checkpoin
     info = info or CheckpointInfo(model=model.config)
     cfg = model.config
     seq2seq = cfg.type == "seq2seq"
-    layout = hf_seq2seq.hf_family(cfg) if seq2seq else hf_layout(cfg)
+    layout = "bert" if cfg.type == "encoder" else hf_seq2seq.hf_family(cfg) if seq2seq else hf_layout(cfg)
     hf_tok = hf_tokenizer(tokenizer)
     if info.chat_template and not hf_tok.config.get("chat_template"):  # the template it was fine-tuned with
         hf_tok = PretrainedTokenizer(hf_tok.tok, {**hf_tok.config, "chat_template": info.chat_template})
@@ -497,7 +506,11 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path, info: Checkpoin
         gen["do_sample"] = False
     elif "temperature" in gen:
         gen["do_sample"] = True
-    if seq2seq:
+    if cfg.type == "encoder":  # BertForMaskedLM
+        pad = hf_tok.tok.token_to_id(special_token_text(hf_tok.config.get("pad_token")) or "[PAD]")
+        weights, config = hf_bert.hf_state_from_arlm(model), hf_bert.hf_bert_config(cfg, pad)
+        gen = {}
+    elif seq2seq:
         gen["decoder_start_token_id"] = cfg.decoder_start_token_id
         pad = hf_tok.tok.token_to_id(special_token_text(hf_tok.config.get("pad_token")) or "")
         pad = cfg.decoder_start_token_id if pad is None else pad
@@ -516,6 +529,7 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out: str | Path, info: Checkpoin
     with atomic_dir(out) as tmp:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
-        (tmp / GENERATION_CONFIG).write_text(json.dumps(gen, indent=2), encoding="utf-8")
+        if gen:
+            (tmp / GENERATION_CONFIG).write_text(json.dumps(gen, indent=2), encoding="utf-8")
         hf_tok.save(tmp)
     return Path(out)

@@ -13,7 +13,8 @@ from typing import ClassVar, Protocol
 import torch
 from torch import nn
 
-from arlm.config import MODEL_CONFIGS, GPTConfig, LSTMConfig, ModelConfig, Seq2SeqConfig
+from arlm.config import MODEL_CONFIGS, EncoderConfig, GPTConfig, LSTMConfig, ModelConfig, Seq2SeqConfig
+from arlm.model.encoder import MaskedLM
 from arlm.model.gpt import GPT
 from arlm.model.lstm import LSTMLM
 from arlm.model.seq2seq import EncoderDecoder
@@ -63,6 +64,7 @@ REGISTRY: dict[str, ModelType] = {
     "gpt": ModelType("gpt", GPTConfig, GPT),
     "lstm": ModelType("lstm", LSTMConfig, LSTMLM),
     "seq2seq": ModelType("seq2seq", Seq2SeqConfig, EncoderDecoder),
+    "encoder": ModelType("encoder", EncoderConfig, MaskedLM),
 }
 assert {k: v.config for k, v in REGISTRY.items()} == MODEL_CONFIGS, "arlm/config.py and the registry disagree"
 

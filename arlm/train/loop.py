@@ -209,6 +209,9 @@ def _open_data(path: str, tokenizer, cfg: TrainConfig):
     """The training data: a prepared token folder, or a JSONL file of fine-tuning examples tokenized
     with the base model's ``tokenizer``."""
     p = Path(path)
+    if cfg.model.type == "encoder":
+        raise UserError("training a masked-language-model encoder (BERT's masked-token objective) is not in arlm yet; "
+                        "it loads, exports, fills masks and embeds text (arlm.pipeline('fill-mask'), arlm embed)")
     if cfg.model.type == "seq2seq":  # an encoder-decoder learns from source -> target pairs
         if p.is_dir():
             raise UserError(f"an encoder-decoder trains on source/target pairs: give a JSONL file of "

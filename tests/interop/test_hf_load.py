@@ -106,7 +106,8 @@ def test_cli_generates_and_evaluates_from_a_hugging_face_folder(gpt2_dir, tmp_pa
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda d: (d / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10})), "model_type 'bert' is not supported"),
+    (lambda d: (d / "config.json").write_text(json.dumps({"model_type": "roberta", "vocab_size": 10})), "model_type 'roberta' is not supported"),
+    (lambda d: (d / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10})), "'num_hidden_layers' must be a positive integer"),
     (lambda d: (d / "model.safetensors").unlink(), "has no weights"),
     (lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 20), "damaged or truncated"),
     (lambda d: (d / "tokenizer.json").unlink(), "has no tokenizer files"),
