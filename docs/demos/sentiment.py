@@ -9,6 +9,8 @@ for the passages whose VADER compound score is at least 0.5 ("positive") or at m
 ("negative"), the rest left out. The text scored is the speech without its speaker's name.
 group: "he" when the passage uses he/him/his/himself and none of she/her/hers/herself, "she" the
 reverse, "neither" for none of them and "both" for both. Labels are silver: VADER's, not a reader's.
+Also genre-test-groups.jsonl: the genre demo's test passages with the same group, for probing the
+genre classifier by group.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def main() -> None:
         labels = Counter(r["label"] for r in out)
         groups = Counter(r["group"] for r in out)
         print(f"{split}: {len(out):,} of {len(rows):,} passages labelled ({dict(labels)}); groups {dict(groups)}")
+        if split == "test":
+            with open(Path(args.out_dir) / "genre-test-groups.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps({**r, "group": group(speech(r["text"]))}, ensure_ascii=False) + "\n" for r in rows)
 
 
 if __name__ == "__main__":
