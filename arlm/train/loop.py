@@ -25,6 +25,7 @@ import torch
 from arlm.compress.distill import Distiller, check_teacher
 from arlm.config import TrainConfig, apply_preset, from_dict, to_dict
 from arlm.data.loader import TokenData, WindowSampler, collate, random_batch, sequential_batches, windows
+from arlm.data.mlm import MLMData
 from arlm.data.pairs import PairData
 from arlm.data.sft import SFTData
 from arlm.data.tasks import TaskData
@@ -209,9 +210,11 @@ def _open_data(path: str, tokenizer, cfg: TrainConfig):
     """The training data: a prepared token folder, or a JSONL file of fine-tuning examples tokenized
     with the base model's ``tokenizer``."""
     p = Path(path)
-    if cfg.model.type == "encoder":
-        raise UserError("training a masked-language-model encoder (BERT's masked-token objective) is not in arlm yet; "
-                        "it loads, exports, fills masks and embeds text (arlm.pipeline('fill-mask'), arlm embed)")
+    if cfg.model.type == "encoder":  # a masked-language-model encoder learns to fill masked tokens of a text
+        if tokenizer is None or p.is_dir():
+            raise UserError("a masked-language-model encoder trains on text with its tokenizer's [MASK]: fine-tune a BERT "
+                            "folder (--init-from / arlm finetune --model) on a text or JSONL {\"text\"} file")
+        return MLMData(p, tokenizer, cfg.model.block_size, cfg.val_fraction, cfg.seed)
     if cfg.model.type == "seq2seq":  # an encoder-decoder learns from source -> target pairs
         if p.is_dir():
             raise UserError(f"an encoder-decoder trains on source/target pairs: give a JSONL file of "
@@ -499,7 +502,7 @@ class Trainer:
                 Tr = max((len(x) for x, _ in rows), default=T)
                 rows += replay.rows(torch.randint(len(replay.train) - Tr, (k,), generator=self.data_gen).tolist(), Tr)
             mine = rows[ctx.rank * B:(ctx.rank + 1) * B]
-            x, y = data.collate(mine) if isinstance(data, (PairData, TaskData)) else collate(mine, self.tokenizer.eot_id or 0)
+            x, y = data.collate(mine) if isinstance(data, (PairData, TaskData, MLMData)) else collate(mine, self.tokenizer.eot_id or 0)
             self.step_tokens += x.numel() * ctx.world_size  # (each process's rows padded alike: an estimate under DDP)
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), int((y != -1).sum())
 

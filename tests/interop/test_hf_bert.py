@@ -137,4 +137,4 @@ def test_convert_round_trip_and_embeddings(tmp_path, capsys):
     (tmp_path / "sft.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
     assert main(["finetune", "--model", str(tmp_path / "ours"), "--data", str(tmp_path / "sft.jsonl"),
                  "--out", str(tmp_path / "ft"), "--max-steps", "1"]) == 2
-    assert "not in arlm yet" in capsys.readouterr().err and not (tmp_path / "ft").exists()
+    assert "for masked-language-model training" in capsys.readouterr().err and not (tmp_path / "ft").exists()
