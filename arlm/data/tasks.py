@@ -71,6 +71,13 @@ def read_example(task: str, rec: Any, where: str) -> dict[str, Any]:
         return {"tokens": words, "tags": tags}
     context, question = _text(rec, "context", where), _text(rec, "question", where)
     answers = rec.get("answers")
+    if isinstance(answers, list) and answers and all(isinstance(a, str) and a for a in answers) \
+            and isinstance(rec.get("start"), int) and not isinstance(rec["start"], bool):
+        # the form this function returns (a record read once, passed on): the first answer at "start"
+        start = rec["start"]
+        if context[start:start + len(answers[0])] != answers[0]:
+            raise UserError(f"{where}: answer {answers[0]!r} is not at character {start} of the context")
+        return {"context": context, "question": question, "answers": list(answers), "start": start}
     if answers is not None:
         texts, starts = (answers.get("text"), answers.get("answer_start")) if isinstance(answers, dict) else (None, None)
         if not isinstance(texts, list) or not isinstance(starts, list) or not texts or len(texts) != len(starts):

@@ -11,7 +11,7 @@ ner-{train,test}.jsonl  {"tokens", "tags"}: the lines of each speech, words spli
     headings are written out in capitals are used (Hamlet and Lear abbreviate theirs). Lines with no
     name are kept at one in four.
 qa-{train,test}.jsonl   {"context", "question", "answer"}: a passage of two to four consecutive
-    speeches with their headings (at most 240 characters), the question one line of one of its
+    speeches with their headings (at most 240 characters), one starting at every speech, the question one line of one of its
     speeches, the answer that speech's speaker heading as written ("SIR TOBY"): "who says this?".
 
 The script also prints the trivial baselines on the test plays: for ner, every capitalised word
@@ -65,11 +65,9 @@ def tag_line(words: list[str], names: set[str]) -> list[str]:
 
 
 def qa_passages(play: list[tuple[str, list[str]]], rnd: random.Random) -> list[dict]:
-    out, i = [], 0
-    while i < len(play):
-        k = rnd.randint(2, 4)
-        group = play[i:i + k]
-        i += k
+    out = []
+    for i in range(len(play)):  # a passage starting at every speech (passages overlap)
+        group = play[i:i + rnd.randint(2, 4)]
         context = "\n\n".join(f"{h}.\n" + "\n".join(lines) for h, lines in group)
         if len(context) > 240 or len({h for h, _ in group}) < 2:
             continue

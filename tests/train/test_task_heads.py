@@ -205,3 +205,19 @@ def test_cli_reports_the_loss_per_label(trained_model, task_files, tmp_path, cap
                  "--no-progress", "--val-fraction", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "validation (whole split, 24 labels): loss" in out and "nats/label" in out and "perplexity" not in out
+
+
+def test_qa_eval_from_the_cli_in_both_shapes(trained_model, task_files, tmp_path, capsys):
+    """eval --task on a question-answering head reads SQuAD's shape and {context, question, answer}."""
+    run(trained_model, task_files["qa"], tmp_path / "run", "qa", max_steps=10)
+    rows = [json.loads(ln) for ln in open(task_files["qa"], encoding="utf-8")]
+    short = write(tmp_path / "short.jsonl", [{"context": r["context"], "question": r["question"],
+                                               "answer": r["answers"]["text"][0]} for r in rows])
+    figures = []
+    for f in (task_files["qa"], short):
+        assert main(["eval", "--model", str(tmp_path / "run" / "best"), "--task", f, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["examples"] == len(rows) and 0 <= out["exact_match"] <= 100
+        figures.append((out["exact_match"], out["f1"]))
+    # the first occurrence of each answer is where SQuAD's shape puts it in these files
+    assert figures[0] == figures[1]
