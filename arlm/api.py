@@ -526,11 +526,10 @@ class LanguageModel:
         """Each text's log-probability, every token scored once in windows of the model's length after
         the end-of-text token (lm-evaluation-harness's ``loglikelihood_rolling``)."""
         _, start = self._scoring()
-        out = []
-        for text in texts:
-            pairs = fewshot.rolling_pairs(self.tokenizer.encode(check_text(text, "a text")), start[0], self.block_size)
-            out.append(sum(ll for ll, _ in fewshot.loglikelihoods(self.model, pairs, batch_size)))
-        return out
+        per_text = [fewshot.rolling_pairs(self.tokenizer.encode(check_text(t, "a text")), start[0], self.block_size)
+                    for t in texts]
+        lls = iter(fewshot.loglikelihoods(self.model, [p for pairs in per_text for p in pairs], batch_size))
+        return [sum(next(lls)[0] for _ in pairs) for pairs in per_text]  # (batched across texts)
 
     def evaluate_choices(self, examples: list[dict[str, Any]], few_shot: int = 0, seed: int = fewshot.SEED,
                          batch_size: int = 8) -> tuple[dict[str, Any], list[int]]:
@@ -562,9 +561,13 @@ class LanguageModel:
             raise UserError("texts must be a non-empty list of strings")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+        return pooled(self.model, self.feature_rows(texts), pooling, batch_size)
+
+    def feature_rows(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of texts whose hidden states are read, with the special tokens the tokenizer adds
+        (BOS, [CLS] ... [SEP], </s>) as the model saw them in training."""
         encode = getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode)
-        rows = [encode(check_text(t, f"text {i + 1}")) or [self.tokenizer.eot_id or 0] for i, t in enumerate(texts)]
-        return pooled(self.model, rows, pooling, batch_size)
+        return [encode(check_text(t, f"text {i + 1}")) or [self.tokenizer.eot_id or 0] for i, t in enumerate(texts)]
 
     def evaluate_head(self, examples: list[dict[str, Any]], batch_size: int = 16) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Scores of this model's task head on labelled ``examples`` (the JSONL records of its task, as

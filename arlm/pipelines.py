@@ -142,6 +142,13 @@ def _int(options: dict[str, Any], name: str, default: int | None, low: int, none
     return value
 
 
+def _bool(options: dict[str, Any], name: str, default: bool | None) -> bool | None:
+    value = options.pop(name, default)
+    if value is not default and not isinstance(value, bool):
+        raise UserError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def _choice(options: dict[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = options.pop(name, default)
     value = value.lower() if isinstance(value, str) else value
@@ -156,8 +163,7 @@ class TextClassification(Pipeline):
 
     def settings(self, options):
         options = dict(options)
-        out = {"legacy": "top_k" not in options,
-               "top_k": _int(options, "top_k", 1, 1, none_ok=True),
+        out = {"top_k": _int(options, "top_k", 1, 1, none_ok=True),
                "function_to_apply": _choice(options, "function_to_apply", "softmax", ("softmax", "sigmoid", "none"))}
         super().settings(options)
         return out
@@ -328,9 +334,7 @@ def generation_controls(lm: LanguageModel, options: dict[str, Any]) -> dict[str,
     """arlm's decoding controls from transformers' call options: ``do_sample=False`` is greedy, and
     greedy is the default unless the model's generation config samples (transformers' default)."""
     options = dict(options)
-    sample = options.pop("do_sample", None)
-    if sample is not None and not isinstance(sample, bool):
-        raise UserError(f"do_sample must be true or false, got {sample!r}")
+    sample = _bool(options, "do_sample", None)
     if "max_length" in options:
         raise UserError("max_length counts the prompt too; arlm bounds the new text: use max_new_tokens")
     if sample is False:
@@ -354,9 +358,7 @@ class TextGeneration(Pipeline):
 
     def settings(self, options):
         options = dict(options)
-        full = options.pop("return_full_text", True)
-        if not isinstance(full, bool):
-            raise UserError(f"return_full_text must be true or false, got {full!r}")
+        full = _bool(options, "return_full_text", True)
         return {"return_full_text": full, "controls": generation_controls(self.lm, options)}
 
     def run(self, inputs, opts, given):
@@ -456,17 +458,12 @@ class FeatureExtraction(Pipeline):
 
     def settings(self, options):
         options = dict(options)
-        tensors = options.pop("return_tensors", False)
-        if not isinstance(tensors, bool):
-            raise UserError(f"return_tensors must be true or false, got {tensors!r}")
+        tensors = _bool(options, "return_tensors", False)
         super().settings(options)
         return {"return_tensors": tensors}
 
     def texts(self, texts, opts):
-        tok = self.lm.tokenizer
-        encode = getattr(tok, "encode_prompt", tok.encode)  # with BOS/EOS where the tokenizer adds them
-        rows = [encode(t) or [tok.eot_id or 0] for t in texts]
-        states = [s[None] for s in token_states(self.model, rows, self.batch_size)]  # (1, T, C) each
+        states = [s[None] for s in token_states(self.model, self.lm.feature_rows(texts), self.batch_size)]  # (1, T, C) each
         return states if opts["return_tensors"] else [s.tolist() for s in states]
 
 

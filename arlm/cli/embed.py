@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from arlm.cli.flags import add_config_args, emit_json, json_flag, load_model, load_options, options
+from arlm.cli.flags import add_verb, emit_json, load_model, load_options, options
 from arlm.config import EmbedConfig, LoadConfig
 from arlm.errors import UserError
 
@@ -93,12 +93,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def add_verbs(sub) -> None:
-    sp = sub.add_parser("embed", help="a vector per text from a model's hidden states; k-means clusters, LDA topics",
-                        description="Embed each text of --input with a model (the mean or last of its tokens' final "
-                                    "hidden states), write the vectors (.npy or Parquet), and group the corpus: "
-                                    "k-means on the vectors, LDA topics on the word counts, each scored against the "
-                                    "texts' labels (adjusted Rand index, NMI) when the JSONL has them.")
-    add_config_args(sp, LoadConfig)
-    add_config_args(sp, EmbedConfig)
-    json_flag(sp)
-    sp.set_defaults(func=cmd_embed)
+    add_verb(sub, "embed", cmd_embed, "a vector per text from a model's hidden states; k-means clusters, LDA topics",
+             LoadConfig, EmbedConfig,
+             description="Embed each text of --input with a model (the mean or last of its tokens' final hidden "
+                         "states), write the vectors (.npy or Parquet), and group the corpus: k-means on the vectors, "
+                         "LDA topics on the word counts, each scored against the texts' labels (adjusted Rand index, "
+                         "NMI) when the JSONL has them.")

@@ -149,7 +149,7 @@ class MaskedLM(nn.Module):
                 kv_len=None, last_only: bool = False, key_mask: torch.Tensor | None = None, positions=None):
         """Logits (B, T, V) at every position; with ``targets`` (B, T; -1 where not scored) the loss."""
         if cache is not None:
-            self.new_cache(0)  # refuses, by name
+            raise UserError("a masked-language-model encoder (BERT) reads a whole text at once; it has no decoding cache")
         x = self.hidden(idx, key_mask)
         x = self.mlm.ln(ACT[self.config.activation](self.mlm.dense(x)))  # BERT's prediction-head transform
         logits = self.lm_head(x)  # (B, T, V)

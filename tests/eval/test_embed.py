@@ -99,6 +99,7 @@ def test_refusals_leave_files_alone(trained_model, tmp_path, capsys):
         (["--input", lines, "--topics", "100000"], "--topics must be"),
         (["--input", lines, "--out", str(tmp_path / "notes.npy")], "is not a NumPy array"),
         (["--input", lines, "--out", str(tmp_path / "theirs.npy")], "--overwrite"),
+        (["--input", lines, "--out", str(trained_model / "v.npy")], "inside the model folder"),
         (["--input", lines, "--out", lines.replace(".jsonl", ".parquet"), "--max-texts", "2"], "more than --max-texts"),
         (["--input", str(tmp_path / "partial.jsonl"), "--clusters", "2"], "label every text or none"),
         (["--input", str(tmp_path / "nofield.jsonl"), "--clusters", "2"], "under 'text'"),

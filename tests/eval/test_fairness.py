@@ -100,6 +100,7 @@ def test_cli_probes(trained_model, tmp_path, capsys):
     (tmp_path / "bad_p.tsv").write_text("male\tfemale\nhe she\n", encoding="utf-8")
     (tmp_path / "nogroup.jsonl").write_text(json.dumps({"text": "a", "label": "pos"}) + "\n", encoding="utf-8")
     (tmp_path / "notes.png").write_text("mine", encoding="utf-8")
+    (tmp_path / "tmpl.jsonl").write_text("{} is a noble lord.\n", encoding="utf-8")  # templates, named like an output
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     bias = ["probe", "bias", "--model", str(trained_model), "--templates", str(tmp_path / "t.txt"), "--pairs", str(tmp_path / "p.tsv")]
     groups = ["probe", "groups", "--model", str(tmp_path / "clf"), "--task", str(tmp_path / "g.jsonl")]
@@ -109,6 +110,9 @@ def test_cli_probes(trained_model, tmp_path, capsys):
         (bias + ["--plot", str(tmp_path / "notes.png")], "is not a PNG image"),
         (bias + ["--plot", str(tmp_path / "gaps.jpg")], "name it FILE.png"),
         (bias + ["--out", str(tmp_path / "t.txt")], "FILE.jsonl"),
+        (bias + ["--out", str(tmp_path / "t.jsonl"), "--plot", str(trained_model / "gaps.png")], "inside the model folder"),
+        (bias[:4] + ["--templates", str(tmp_path / "tmpl.jsonl"), "--pairs", str(tmp_path / "p.tsv"), "--out",
+                     str(tmp_path / "tmpl.jsonl")], "templates file being read"),
         (groups, "add --positive"),
         (groups + ["--positive", "maybe"], "not one of the classifier's labels"),
         (["probe", "groups", "--model", str(tmp_path / "clf"), "--task", str(tmp_path / "nogroup.jsonl"), "--positive", "pos"],
